@@ -1,0 +1,166 @@
+"""Secret material of a lane: 0600 files in one directory, and redaction.
+
+Everything secret (SPICE ticket, DB password, Kerbside auth seed, API JWT,
+.vv files with console tokens, private keys, the MariaDB datadir that
+stores tickets and console tokens) lives under `<workdir>/secrets/` (0700),
+which is never an artifact. Every value put here is also known to the
+`Redactor`, which scrubs text the harness writes elsewhere.
+"""
+
+import os
+import secrets as _secrets
+
+REDACTED = '<redacted>'
+
+
+def random_token(nbytes=16):
+    return _secrets.token_hex(nbytes)
+
+
+def write_private(path, data, mode=0o600):
+    """Write `data` to a fresh file only the owner can read.
+
+    O_EXCL|O_NOFOLLOW after unlinking: never follows a planted symlink and
+    never inherits looser permissions from an old file.
+    """
+    if isinstance(data, str):
+        data = data.encode()
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
+                 mode)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+    return path
+
+
+class Redactor:
+    """Replaces known secret values in text with `<redacted>`."""
+
+    MIN_LEN = 6  # shorter values would redact ordinary words
+
+    def __init__(self):
+        self._values = set()
+
+    def add(self, value):
+        if value is None:
+            return
+        value = str(value).strip()
+        if len(value) >= self.MIN_LEN:
+            self._values.add(value)
+
+    @property
+    def values(self):
+        return frozenset(self._values)
+
+    def redact(self, text):
+        if text is None:
+            return text
+        # Longest first, so a secret containing another is removed whole.
+        for value in sorted(self._values, key=len, reverse=True):
+            if value in text:
+                text = text.replace(value, REDACTED)
+        return text
+
+    def redact_bytes(self, data):
+        for value in sorted(self._values, key=len, reverse=True):
+            raw = value.encode()
+            if raw in data:
+                data = data.replace(raw, REDACTED.encode())
+        return data
+
+
+class SecretStore:
+    """The `secrets/` directory of a workdir."""
+
+    def __init__(self, path, redactor=None):
+        self.path = os.path.abspath(path)
+        os.makedirs(self.path, mode=0o700, exist_ok=True)
+        os.chmod(self.path, 0o700)
+        self.redactor = redactor or Redactor()
+
+    def file(self, name):
+        return os.path.join(self.path, name)
+
+    def put(self, name, value):
+        """Store `value` in `secrets/<name>` (0600) and return the path."""
+        self.redactor.add(value)
+        return write_private(self.file(name), value)
+
+    def get(self, name):
+        """The stored value, or None. Also teaches the redactor."""
+        try:
+            with open(self.file(name)) as f:
+                value = f.read()
+        except FileNotFoundError:
+            return None
+        self.redactor.add(value)
+        return value
+
+    def get_or_create(self, name, factory=random_token):
+        value = self.get(name)
+        if value is None:
+            value = factory()
+            self.put(name, value)
+        return value
+
+    def load_all(self):
+        """Teach the redactor every small secret file (after a crash, `down`
+        rebuilds redaction from what is on disk).
+        """
+        for entry in os.scandir(self.path):
+            if entry.is_file() and entry.stat().st_size < 64 * 1024:
+                try:
+                    with open(entry.path, errors='replace') as f:
+                        text = f.read()
+                except OSError:
+                    continue
+                if entry.name.endswith('.vv'):
+                    from kerbside_tempest_plugin.lane import vv
+                    for key in ('password',):
+                        self.redactor.add(vv.parse_vv(text).get(key))
+                else:
+                    self.redactor.add(text)
+        return self.redactor
+
+
+def scrub_tree(root, redactor, skip=(), max_size=64 * 1024 * 1024):
+    """Redact known secret values in every regular file under `root`,
+    in place, skipping directories in `skip`. Returns the paths changed.
+
+    A safety net run at teardown over logs written by other programs; the
+    harness itself never writes a secret outside `secrets/`.
+    """
+    changed = []
+    skip = {os.path.abspath(s) for s in skip}
+    values = [v.encode() for v in redactor.values]
+    if not values:
+        return changed
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames
+                       if os.path.abspath(os.path.join(dirpath, d))
+                       not in skip]
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            try:
+                st = os.lstat(path)
+                if not os.path.isfile(path) or os.path.islink(path) or \
+                        st.st_size > max_size:
+                    continue
+                with open(path, 'rb') as f:
+                    data = f.read()
+            except OSError:
+                continue
+            if not any(v in data for v in values):
+                continue
+            with open(path, 'r+b') as f:
+                new = redactor.redact_bytes(data)
+                f.seek(0)
+                f.write(new)
+                f.truncate()
+            changed.append(path)
+    return changed

@@ -1,0 +1,528 @@
+"""The direct-qemu guest provider: the harness runs qemu itself.
+
+q35 with OVMF (4M code read-only, a per-guest copy of the vars file), the
+image on a throw-away qcow2 overlay as an AHCI disk (no `if=`: Sextant has no
+virtio driver and q35's default controller is AHCI), `-vga qxl` (without it
+there is no display surface), SPICE on loopback with a random ticket passed
+through `-object secret,file=` (never on the command line), an optional
+TLS port, serial to a file, `-no-reboot`, and QMP over a unix socket through
+qemu.qmp (imported lazily).
+
+The accelerator is probed: /dev/kvm exists on the CI machines but OVMF dies
+under it with "KVM internal error ... emulation failure", so `auto` boots
+OVMF under KVM for a few seconds and only uses KVM when firmware output
+appears; otherwise TCG. The choice and its reason are logged once per
+process.
+"""
+
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+
+from kerbside_tempest_plugin.lane import ports as lane_ports
+from kerbside_tempest_plugin.lane import secrets as lane_secrets
+from kerbside_tempest_plugin.lane import vv as lane_vv
+from kerbside_tempest_plugin.providers import base
+
+LOG = logging.getLogger(__name__)
+
+OVMF_CANDIDATES = [
+    ('/usr/share/OVMF/OVMF_CODE_4M.fd', '/usr/share/OVMF/OVMF_VARS_4M.fd'),
+    ('/usr/share/edk2/ovmf/OVMF_CODE_4M.fd',
+     '/usr/share/edk2/ovmf/OVMF_VARS_4M.fd'),
+    ('/usr/share/OVMF/OVMF_CODE.fd', '/usr/share/OVMF/OVMF_VARS.fd'),
+    ('/usr/share/edk2/ovmf/OVMF_CODE.fd', '/usr/share/edk2/ovmf/OVMF_VARS.fd'),
+    ('/usr/share/qemu/OVMF_CODE.fd', '/usr/share/qemu/OVMF_VARS.fd'),
+]
+
+SPICE_HOST = '127.0.0.1'
+QEMU_HOST_SUBJECT = 'CN=qemu-hv'
+
+_ACCEL_CACHE = {}
+_ACCEL_LOCK = threading.Lock()
+
+
+def find_ovmf(code=None, vars_template=None):
+    """(code, vars) paths: the given ones, or the first Debian/Fedora pair
+    that exists (4M preferred: Sextant is tested against it).
+    """
+    if code or vars_template:
+        missing = [p for p in (code, vars_template)
+                   if not p or not os.path.exists(p)]
+        if missing:
+            raise base.ProviderError(
+                'OVMF files not found: %s (set [direct_qemu] ovmf_code and '
+                'ovmf_vars)' % ', '.join(str(p) for p in missing))
+        return code, vars_template
+    for c, v in OVMF_CANDIDATES:
+        if os.path.exists(c) and os.path.exists(v):
+            return c, v
+    raise base.ProviderError(
+        'no OVMF firmware found (looked for %s); install the ovmf package '
+        'or set [direct_qemu] ovmf_code/ovmf_vars' % ', '.join(
+            c for c, _ in OVMF_CANDIDATES))
+
+
+def probe_kvm(qemu_binary, ovmf_code, ovmf_vars, timeout=10.0):
+    """Boot OVMF under KVM briefly. Returns (usable, reason)."""
+    if not os.path.exists('/dev/kvm'):
+        return False, '/dev/kvm does not exist'
+    if not os.access('/dev/kvm', os.R_OK | os.W_OK):
+        return False, '/dev/kvm is not readable and writable by this user'
+    tmp = tempfile.mkdtemp(prefix='ktp-kvm-probe-')
+    proc = None
+    started = time.monotonic()
+    try:
+        vars_copy = os.path.join(tmp, 'vars.fd')
+        shutil.copyfile(ovmf_vars, vars_copy)
+        serial = os.path.join(tmp, 'serial.log')
+        errlog = os.path.join(tmp, 'qemu.log')
+        argv = [qemu_binary, '-accel', 'kvm', '-machine', 'q35', '-m', '128',
+                '-drive', 'if=pflash,format=raw,readonly=on,file=%s'
+                % ovmf_code,
+                '-drive', 'if=pflash,format=raw,file=%s' % vars_copy,
+                '-display', 'none', '-nic', 'none', '-no-reboot',
+                '-serial', 'file:%s' % serial]
+        with open(errlog, 'wb') as err:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
+                                    stdout=err, stderr=err,
+                                    start_new_session=True)
+        while True:
+            elapsed = time.monotonic() - started
+            with open(errlog, 'rb') as f:
+                errtext = f.read().decode(errors='replace')
+            if 'KVM internal error' in errtext:
+                line = [x for x in errtext.splitlines()
+                        if 'emulation failure' in x or 'internal error' in x]
+                return False, ('OVMF crashed under KVM after %.1f s (%s)' % (
+                    elapsed, '; '.join(line[:2]).strip()))
+            if proc.poll() is not None:
+                return False, 'qemu -accel kvm exited %s: %s' % (
+                    proc.returncode, base.tail_text(errtext, 3))
+            if os.path.exists(serial) and os.path.getsize(serial) > 0:
+                return True, ('OVMF reached firmware output under KVM in '
+                              '%.1f s' % elapsed)
+            if elapsed > timeout:
+                return False, ('no firmware output under KVM within %.0f s'
+                               % timeout)
+            time.sleep(0.1)
+    except OSError as e:
+        return False, 'KVM probe failed to run: %s' % e
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def choose_accel(setting='auto', qemu_binary='qemu-system-x86_64',
+                 ovmf_code=None, ovmf_vars=None):
+    """('kvm'|'tcg', reason). `auto` probes once per process."""
+    if setting in ('kvm', 'tcg'):
+        return setting, 'configured ([direct_qemu] accel=%s)' % setting
+    code, vars_template = find_ovmf(ovmf_code, ovmf_vars)
+    key = (qemu_binary, code)
+    with _ACCEL_LOCK:
+        if key not in _ACCEL_CACHE:
+            ok, why = probe_kvm(qemu_binary, code, vars_template)
+            choice = ('kvm', why) if ok else (
+                'tcg', 'KVM unusable: %s' % why)
+            LOG.info('accelerator: %s (%s)', *choice)
+            _ACCEL_CACHE[key] = choice
+        return _ACCEL_CACHE[key]
+
+
+def image_format(path):
+    """'qcow2', 'raw', ... as qemu-img sees it."""
+    proc = subprocess.run(['qemu-img', 'info', '--output=json', path],
+                          capture_output=True, text=True, timeout=60)
+    if proc.returncode != 0:
+        raise base.ProviderError('qemu-img info %s failed: %s' % (
+            path, proc.stderr.strip()[-500:]))
+    return json.loads(proc.stdout)['format']
+
+
+class QMP:
+    """A short QMP connection per command (qemu.qmp's sync shim).
+
+    A fresh connection for each call means no event queue grows without
+    bound and a dead qemu shows up as an error on the next call.
+    """
+
+    def __init__(self, path, timeout=10.0):
+        self.path = path
+        self.timeout = timeout
+        self._lock = threading.Lock()
+
+    def cmd(self, name, timeout=None, **args):
+        from qemu.qmp.legacy import QEMUMonitorProtocol  # lazy, optional
+        with self._lock:
+            mon = QEMUMonitorProtocol(self.path)
+            try:
+                mon.connect(negotiate=True)
+                mon.settimeout(timeout or self.timeout)
+                return mon.cmd(name, **args)
+            finally:
+                try:
+                    mon.close()
+                except Exception:
+                    pass
+
+
+class DirectQemuGuest(base.Guest):
+    """A qemu process started by the harness."""
+
+    def __init__(self, provider, name, artifact_dir, spice_port, ticket,
+                 ticket_file, tls_port=None, x509_dir=None):
+        self.provider = provider
+        self.name = name
+        self.artifact_dir = artifact_dir
+        self.spice_port = spice_port
+        self.tls_port = tls_port
+        self.x509_dir = x509_dir
+        self._ticket = ticket
+        self.ticket_file = ticket_file
+        self.serial_path = os.path.join(artifact_dir, 'serial.log')
+        self.log_path = os.path.join(artifact_dir, 'qemu.log')
+        self.serial = base.FileSerialSource(self.serial_path,
+                                            running=self.is_running)
+        self.run_dir = None
+        self.qmp_path = None
+        self.qmp = None
+        self.proc = None
+        self.record = None
+        self.accel = None
+        self.accel_reason = None
+        self.started_at = None
+        self.boot_seconds = None
+        self._torn_down = False
+        self._scratch = []
+
+    # -- state -------------------------------------------------------------
+    @property
+    def pid(self):
+        return self.proc.pid if self.proc else None
+
+    def is_running(self):
+        if self.proc is None:
+            return False
+        return self.proc.poll() is None
+
+    @property
+    def returncode(self):
+        return self.proc.poll() if self.proc else None
+
+    def status(self):
+        """QMP query-status (e.g. {'status': 'running', 'running': True})."""
+        return self.qmp.cmd('query-status')
+
+    def describe(self):
+        rc = self.returncode
+        return 'qemu %s (pid %s) %s; qemu log tail:\n%s' % (
+            self.name, self.pid,
+            'running' if rc is None else 'exited with %s' % rc,
+            base.tail_file(self.log_path, 8))
+
+    # -- console -----------------------------------------------------------
+    def console_route(self, route=None):
+        route = route or self.provider.route
+        if route == 'direct':
+            return base.ConsoleRoute(kind='direct', host=SPICE_HOST,
+                                     port=self.spice_port,
+                                     tls_port=self.tls_port)
+        factory = self.provider.route_factory
+        if factory is None:
+            raise base.ProviderError(
+                'route %r needs a lane (Kerbside); a bare direct-qemu '
+                'provider only offers the direct route' % route)
+        return factory.console_route(self, route)
+
+    def console_vv(self, route=None):
+        route = route or self.provider.route
+        if route == 'direct':
+            ca = host_subject = None
+            if self.tls_port and self.x509_dir:
+                with open(os.path.join(self.x509_dir, 'ca-cert.pem')) as f:
+                    ca = f.read()
+                host_subject = QEMU_HOST_SUBJECT
+            return lane_vv.direct_vv(SPICE_HOST, self.spice_port,
+                                     self._ticket, tls_port=self.tls_port,
+                                     ca=ca, host_subject=host_subject,
+                                     title='%s (direct)' % self.name)
+        factory = self.provider.route_factory
+        if factory is None:
+            raise base.ProviderError(
+                'route %r needs a lane (Kerbside); a bare direct-qemu '
+                'provider only offers the direct route' % route)
+        return factory.console_vv(self, route)
+
+    # -- QMP helpers -------------------------------------------------------
+    def screendump(self, path):
+        """Write a PNG of the guest screen as qemu sees it."""
+        path = os.path.abspath(path)
+        try:
+            self.qmp.cmd('screendump', filename=path, format='png')
+        except Exception as e:
+            if 'format' not in str(e) and 'png' not in str(e).lower():
+                raise base.ProviderError('screendump failed: %s' % e) from e
+            # qemu without PNG support: take PPM and convert.
+            ppm = path + '.ppm'
+            self.qmp.cmd('screendump', filename=ppm)
+            from PIL import Image  # lazy
+            Image.open(ppm).save(path, 'PNG')
+            os.unlink(ppm)
+        return path
+
+    def powerdown(self):
+        """Press the ACPI power button (the guest may ignore it)."""
+        self.qmp.cmd('system_powerdown')
+
+    def quit(self):
+        """Ask qemu to exit. The reply races the socket EOF: both are
+        success.
+        """
+        try:
+            self.qmp.cmd('quit', timeout=5)
+        except Exception as e:
+            LOG.debug('qmp quit for %s ended with %r (expected)', self.name,
+                      e)
+
+    # -- lifecycle ---------------------------------------------------------
+    def wait_stopped(self, timeout):
+        base.wait_until(lambda: not self.is_running(), timeout,
+                        'qemu %s to exit' % self.name, seen=self.describe)
+        return self.returncode
+
+    def teardown(self):
+        if self._torn_down:
+            return
+        self._torn_down = True
+        try:
+            if self.is_running():
+                self.quit()
+                try:
+                    self.proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    LOG.warning('qemu %s ignored quit; SIGTERM', self.name)
+            if self.record is not None and self.provider.registry:
+                self.provider.registry.stop(self.record, timeout=10)
+            elif self.is_running():
+                self.proc.send_signal(signal.SIGTERM)
+                try:
+                    self.proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait(timeout=10)
+        except Exception:
+            LOG.exception('teardown of qemu %s failed', self.name)
+        for path in self._scratch:
+            try:
+                if os.path.isdir(path):
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    os.unlink(path)
+            except OSError:
+                pass
+
+
+class DirectQemuProvider(base.GuestProvider):
+    """Boots guests in qemu on this host.
+
+    `spice_port`/`ticket`: fixed values to reuse for every guest (the lane
+    does this so Kerbside's static source never changes); None allocates a
+    free port and a random ticket per guest. `registry` (a lane's
+    ProcessRegistry) records qemu for crash recovery. `secrets` is a
+    SecretStore for the ticket file; without one a private temporary
+    directory is used. `route_factory` provides routes other than
+    `direct` (the lane passes itself).
+    """
+
+    name = 'direct_qemu'
+
+    def __init__(self, qemu_binary='qemu-system-x86_64', accel='auto',
+                 ovmf_code=None, ovmf_vars=None, memory_mb=256,
+                 spice_port=None, ticket=None, tls=False, registry=None,
+                 secrets=None, run_dir=None, route='direct',
+                 route_factory=None, boot_timeout=60, extra_args=()):
+        self.qemu_binary = qemu_binary
+        self.accel_setting = accel
+        self.ovmf_code, self.ovmf_vars = find_ovmf(ovmf_code, ovmf_vars)
+        self.memory_mb = memory_mb
+        self.spice_port = spice_port
+        self.ticket = ticket
+        self.tls = tls
+        self.tls_port = None
+        self.registry = registry
+        self.secrets = secrets
+        self.run_dir = run_dir
+        self.route = route
+        self.route_factory = route_factory
+        self.boot_timeout = boot_timeout
+        self.extra_args = list(extra_args)
+        self._x509_dir = None
+        self.guests = []
+
+    @classmethod
+    def from_config(cls, conf, **kwargs):
+        """Build from oslo.config groups [direct_qemu] and [kerbside]."""
+        dq = conf.direct_qemu
+        kwargs.setdefault('route', conf.kerbside.route)
+        return cls(qemu_binary=dq.qemu_binary, accel=dq.accel,
+                   ovmf_code=dq.ovmf_code, ovmf_vars=dq.ovmf_vars,
+                   memory_mb=dq.memory_mb, **kwargs)
+
+    def _secret_store(self):
+        if self.secrets is None:
+            self.secrets = lane_secrets.SecretStore(
+                tempfile.mkdtemp(prefix='ktp-qemu-secrets-'))
+        return self.secrets
+
+    def _x509(self):
+        if self._x509_dir is None:
+            from kerbside_tempest_plugin.lane import tls as lane_tls
+            self._x509_dir = lane_tls.make_self_contained_x509(
+                os.path.join(self._secret_store().path, 'qemu-x509'))
+        return self._x509_dir
+
+    def boot(self, image, name, artifact_dir):
+        """Boot `image` (qcow2 or raw path; None boots OVMF diskless, which
+        still gives a SPICE surface and the EFI shell).
+        """
+        artifact_dir = os.path.abspath(artifact_dir)
+        os.makedirs(artifact_dir, exist_ok=True)
+        store = self._secret_store()
+
+        spice_port = self.spice_port
+        if spice_port is None:
+            spice_port = lane_ports.free_port()
+        tls_port = None
+        x509_dir = None
+        if self.tls:
+            if self.tls_port is None:
+                self.tls_port = lane_ports.free_port()
+            tls_port = self.tls_port
+            x509_dir = self._x509()
+        ticket = self.ticket or lane_secrets.random_token(12)
+        ticket_file = store.put('spice-ticket-%s' % name, ticket)
+
+        guest = DirectQemuGuest(self, name, artifact_dir, spice_port, ticket,
+                                ticket_file, tls_port=tls_port,
+                                x509_dir=x509_dir)
+        self.guests.append(guest)
+        try:
+            self._start(guest, image)
+        except BaseException:
+            guest.teardown()
+            raise
+        return guest
+
+    def _start(self, guest, image):
+        # A previous guest on the same (lane) port must be gone.
+        wanted = [p for p in (guest.spice_port, guest.tls_port) if p]
+        base.wait_until(lambda: not lane_ports.busy_ports(wanted), 15,
+                        'SPICE port(s) %s to be free for %s' % (
+                            wanted, guest.name),
+                        seen=lambda: 'busy: %s' % lane_ports.busy_ports(
+                            wanted))
+        guest.accel, guest.accel_reason = choose_accel(
+            self.accel_setting, self.qemu_binary, self.ovmf_code,
+            self.ovmf_vars)
+
+        run_dir = self.run_dir or tempfile.mkdtemp(prefix='ktp-q-')
+        if not self.run_dir:
+            guest._scratch.append(run_dir)
+        guest.run_dir = run_dir
+        guest.qmp_path = os.path.join(run_dir, 'qmp-%s.sock' % guest.name)
+        if len(guest.qmp_path) > 100:
+            raise base.ProviderError('QMP socket path too long (>100 bytes):'
+                                     ' %s' % guest.qmp_path)
+        if os.path.exists(guest.qmp_path):
+            os.unlink(guest.qmp_path)
+        guest.qmp = QMP(guest.qmp_path)
+
+        vars_copy = os.path.join(guest.artifact_dir, 'OVMF_VARS.fd')
+        shutil.copyfile(self.ovmf_vars, vars_copy)
+        guest._scratch.append(vars_copy)
+
+        argv = [self.qemu_binary, '-name', guest.name,
+                '-accel', guest.accel, '-machine', 'q35',
+                '-m', str(self.memory_mb),
+                '-drive', 'if=pflash,format=raw,readonly=on,file=%s'
+                % self.ovmf_code,
+                '-drive', 'if=pflash,format=raw,file=%s' % vars_copy]
+        if image:
+            image = os.path.abspath(image)
+            if not os.path.exists(image):
+                raise base.ProviderError('guest image %s does not exist'
+                                         % image)
+            fmt = image_format(image)
+            overlay = os.path.join(guest.artifact_dir, 'overlay.qcow2')
+            if os.path.exists(overlay):
+                os.unlink(overlay)
+            proc = subprocess.run(
+                ['qemu-img', 'create', '-q', '-f', 'qcow2', '-F', fmt, '-b',
+                 image, overlay], capture_output=True, text=True,
+                timeout=60)
+            if proc.returncode != 0:
+                raise base.ProviderError('qemu-img create overlay failed: %s'
+                                         % proc.stderr.strip()[-500:])
+            guest._scratch.append(overlay)
+            # No if=: the q35 default is the AHCI controller.
+            argv += ['-drive', 'format=qcow2,file=%s' % overlay]
+        spice = ['port=%d' % guest.spice_port, 'addr=%s' % SPICE_HOST,
+                 'password-secret=spice-ticket']
+        if guest.tls_port:
+            spice += ['tls-port=%d' % guest.tls_port,
+                      'x509-dir=%s' % guest.x509_dir]
+        argv += ['-vga', 'qxl', '-display', 'none', '-nic', 'none',
+                 '-no-reboot',
+                 '-serial', 'file:%s' % guest.serial_path,
+                 '-object', 'secret,id=spice-ticket,format=raw,file=%s'
+                 % guest.ticket_file,
+                 '-spice', ','.join(spice),
+                 '-qmp', 'unix:%s,server=on,wait=off' % guest.qmp_path]
+        argv += self.extra_args
+        with open(os.path.join(guest.artifact_dir, 'qemu-argv.txt'),
+                  'w') as f:
+            f.write(' '.join(argv) + '\n')
+        LOG.info('booting %s: accel=%s (%s), SPICE 127.0.0.1:%d%s',
+                 guest.name, guest.accel, guest.accel_reason,
+                 guest.spice_port,
+                 ', TLS %d' % guest.tls_port if guest.tls_port else '')
+
+        guest.started_at = time.monotonic()
+        if self.registry is not None:
+            guest.proc = self.registry.spawn('qemu:%s' % guest.name, argv,
+                                             guest.log_path)
+            guest.record = self.registry.find('qemu:%s' % guest.name)[-1]
+        else:
+            with open(guest.log_path, 'ab') as log:
+                guest.proc = subprocess.Popen(
+                    argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                    start_new_session=True)
+
+        def running():
+            if not os.path.exists(guest.qmp_path):
+                return None
+            try:
+                return guest.status().get('status') == 'running'
+            except Exception:
+                return None
+
+        def dead():
+            if not guest.is_running():
+                return 'qemu exited with %s' % guest.returncode
+            return None
+
+        base.wait_until(running, 30, 'qemu %s to run (QMP query-status)'
+                        % guest.name, seen=guest.describe, abort=dead)
+        base.wait_until(
+            lambda: lane_ports.is_listening(guest.spice_port), 10,
+            'qemu SPICE port %d to listen' % guest.spice_port,
+            seen=guest.describe, abort=dead)
