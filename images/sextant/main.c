@@ -297,30 +297,45 @@ static struct key blink_until_key(uint32_t col, uint32_t row)
 
 /* ---- text -------------------------------------------------------------------- */
 
-static const char *const script[19] = {
-	"Probing language support: zh-CN ........ FAILED",
-	"Probing language support: hi-IN ........ FAILED",
-	"Comprobando soporte: es ................ FALLO",
-	"Checking language support: en ......... OK",
-	"REMOTE LINK ............................ ESTABLISHED",
-	"AWAITING OPERATOR ...................... [connection confirmed]",
-	"VIDEO SUBSYSTEM ........................ FAILED",
-	"  mode 1: 640x480",
-	"  mode 2: 800x600",
-	"  mode 3: 1024x768",
-	"  mode 4: 1280x720",
-	"  mode 5: 1280x1024",
-	"POINTER ................................ OK",
-	"KEYBOARD ............................... OK",
-	"AUDIO DAC .............................. FAILED",
-	"CLIPBOARD RELAY ........................ OK",
-	"STORAGE ................................ NONE",
-	"THRUSTER CONTROL ....................... FAILED",
-	"SENSORIUM: nominal",
+/* Boot script rows 0-18 (§5.2): {label, status}; a NULL status is a plain
+ * line, otherwise a telemetry line with a dot leader to col 40 and the
+ * status at col 41.  The two language probes are plain ASCII here. */
+static const char *const script[19][2] = {
+	{ "Language probe zh-CN", "FAILED" },
+	{ "Language probe hi-IN", "FAILED" },
+	{ "Soporte de castellano", "FALLO" },
+	{ "English language support", "OK" },
+	{ "REMOTE LINK", "ESTABLISHED" },
+	{ "AWAITING OPERATOR", "[connection confirmed]" },
+	{ "VIDEO SUBSYSTEM", "FAILED" },
+	{ "  640x480", "key 1" },
+	{ "  800x600", "key 2" },
+	{ "  1024x768", "key 3" },
+	{ "  1280x720", "key 4" },
+	{ "  1280x1024", "key 5" },
+	{ "POINTER", "OK" },
+	{ "KEYBOARD", "OK" },
+	{ "AUDIO DAC", "FAILED" },
+	{ "CLIPBOARD RELAY", "OK" },
+	{ "STORAGE", "NONE" },
+	{ "THRUSTER CONTROL", "FAILED" },
+	{ "SENSORIUM: nominal", NULL },
 };
 
-#define PREAMBLE_1 "Advanced b64 cryptographic coprocessor ........ OFFLINE"
-#define PREAMBLE_2 "NIST 800-53 SC-28(1) Secret hardening ......... DISABLED BY CONFIGURATION"
+static void telemetry(char *out, const char *label, const char *status)
+{
+	char *p = sx_cat(out, label);
+	if (!status)
+		return;
+	*p++ = ' ';
+	while (p - out < 40)
+		*p++ = '.';
+	*p++ = ' ';
+	sx_cat(p, status);
+}
+
+#define PREAMBLE_1 "Advanced b64 cryptographic coprocessor ... OFFLINE"
+#define PREAMBLE_2 "NIST 800-53 SC-28(1) Secret hardening ... DISABLED BY CONFIGURATION"
 #define PROMPT "Decryption of next-stage bootloader failed. (R)etry, (I)gnore, or (A)bort?"
 #define NUDGE "Continued retry will not change the outcome."
 #define INTRO "Cryptographic co-processor offline. Encrypted bootloader payload follows. Decode externally and paste back to continue."
@@ -523,7 +538,9 @@ static void run_booting(void)
 	gfx_model_clear();
 	gfx_logo();
 	for (i = 0; i < 19; i++) {
-		line(0, i, script[i]);
+		char s[96];
+		telemetry(s, script[i][0], script[i][1]);
+		line(0, i, s);
 		stall_with_keys(200);
 	}
 	row = bootloader();
