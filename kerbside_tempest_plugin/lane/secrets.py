@@ -121,8 +121,10 @@ class SecretStore:
                     continue
                 if entry.name.endswith('.vv'):
                     from kerbside_tempest_plugin.lane import vv
-                    for key in ('password',):
-                        self.redactor.add(vv.parse_vv(text).get(key))
+                    try:
+                        self.redactor.add(vv.parse_vv(text).get('password'))
+                    except vv.VVError:
+                        self.redactor.add(text)
                 else:
                     self.redactor.add(text)
         return self.redactor

@@ -1,0 +1,482 @@
+"""The direct-qemu lane: private MariaDB, Kerbside (API, daemon, proxy) with
+a static source, TLS material, qemu guests and ryll, all on loopback.
+
+Start order: ports and secrets, MariaDB, TLS, sources.yaml, Kerbside (db
+upgrade, API, daemon + proxy), then guests and ryll on demand. Teardown:
+ryll, the daemon (its kerbside-proxy child must exit too), the API, qemu,
+MariaDB; then every lane port is checked free and the logs are scrubbed of
+known secrets (a safety net; the harness itself writes none outside
+`secrets/`).
+
+Several fresh guests per lane: the lane allocates the guest SPICE port and
+ticket once and every guest reuses them (the previous qemu has exited), so
+the static source in sources.yaml never changes and Kerbside (which re-reads
+it only every 60 s) never has to notice a new guest.
+
+Workdir layout (everything but `secrets/` is an artifact)::
+
+    lane.json          state: ports, paths, route, timings (no secrets)
+    processes.json     the process registry (pid, start time, argv)
+    logs/              mariadbd, gunicorn, kerbside, daemon+proxy, ryll
+    kerbside/          redacted sources.yaml and .vv copies
+    tls/               CA and proxy certificates (public)
+    guests/<name>/     serial.log, qemu.log, qemu-argv.txt, screendumps
+    secrets/  (0700)   ticket, DB password, auth seed, JWT, .vv files,
+                       private keys, sources.yaml, the MariaDB datadir
+"""
+
+import json
+import logging
+import os
+import shutil
+import signal
+import tempfile
+import time
+import uuid
+
+from kerbside_tempest_plugin.lane import kerbside as lane_kerbside
+from kerbside_tempest_plugin.lane import mariadb as lane_mariadb
+from kerbside_tempest_plugin.lane import ports as lane_ports
+from kerbside_tempest_plugin.lane import procs
+from kerbside_tempest_plugin.lane import secrets as lane_secrets
+from kerbside_tempest_plugin.lane import tls as lane_tls
+from kerbside_tempest_plugin.lane import vv as lane_vv
+from kerbside_tempest_plugin.providers import base
+from kerbside_tempest_plugin.providers import direct_qemu
+
+LOG = logging.getLogger(__name__)
+
+ROUTES = ('kerbside', 'direct')
+SEXTANT_BANNER = 'Hello from Uncalibrated Sextant'
+STATE_FILE = 'lane.json'
+PORT_NAMES = ('mariadb', 'api', 'proxy_secure', 'proxy_insecure',
+              'metrics', 'guest_spice')
+
+
+def default_workdir():
+    return os.environ.get('KERBSIDE_HARNESS_WORKDIR') or \
+        '/tmp/kerbside-harness'
+
+
+class Lane:
+    """One lane in one workdir. Use as a context manager, or call up() and
+    (always) down().
+
+    `route` is the default console route of guests (`kerbside` or
+    `direct`); each call can override it. `kerbside=False` skips MariaDB
+    and Kerbside (direct route only).
+    """
+
+    def __init__(self, workdir=None, route='kerbside', kerbside=True,
+                 kerbside_venv=None, ryll_binary='ryll', qemu_binary=None,
+                 accel='auto', ovmf_code=None, ovmf_vars=None, memory_mb=256,
+                 guest_tls=False, kerbside_verbose=True):
+        if route not in ROUTES:
+            raise ValueError('route must be one of %s' % (ROUTES,))
+        if route == 'kerbside' and not kerbside:
+            raise ValueError('the kerbside route needs kerbside=True')
+        self.workdir = os.path.abspath(workdir or default_workdir())
+        self.route = route
+        self.with_kerbside = kerbside
+        self.venv = lane_kerbside.KerbsideVenv(kerbside_venv)
+        self.ryll_binary = ryll_binary
+        self.qemu_options = dict(
+            qemu_binary=qemu_binary or 'qemu-system-x86_64', accel=accel,
+            ovmf_code=ovmf_code, ovmf_vars=ovmf_vars, memory_mb=memory_mb,
+            tls=guest_tls)
+        self.kerbside_verbose = kerbside_verbose
+        self.log_dir = os.path.join(self.workdir, 'logs')
+        self.redactor = lane_secrets.Redactor()
+        self.secrets = None
+        self.registry = None
+        self.run_dir = None
+        self.ports = {}
+        self.console_uuid = None
+        self.mariadb = None
+        self.kerbside = None
+        self.tls = None
+        self.provider = None
+        self.guest = None
+        self.guests = []
+        self.ryll = None
+        self.ryll_procs = []
+        self.timings = {}
+        self._ryll_count = 0
+        self._up = False
+        self._down_report = None
+
+    # -- construction helpers ------------------------------------------
+    @classmethod
+    def from_config(cls, conf, workdir=None, **kwargs):
+        """From oslo.config ([kerbside] and [direct_qemu])."""
+        kb, dq = conf.kerbside, conf.direct_qemu
+        kwargs.setdefault('route', kb.route)
+        return cls(workdir=workdir, kerbside_venv=kb.kerbside_venv,
+                   ryll_binary=kb.ryll_binary, qemu_binary=dq.qemu_binary,
+                   accel=dq.accel, ovmf_code=dq.ovmf_code,
+                   ovmf_vars=dq.ovmf_vars, memory_mb=dq.memory_mb, **kwargs)
+
+    def __enter__(self):
+        try:
+            self.up()
+        except BaseException:
+            self.down()
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        self.down()
+        return False
+
+    # -- state file ------------------------------------------------------
+    @property
+    def state_path(self):
+        return os.path.join(self.workdir, STATE_FILE)
+
+    def info(self):
+        """What a user or test needs to reach the lane (no secrets)."""
+        g = self.guest
+        info = {
+            'workdir': self.workdir,
+            'run_dir': self.run_dir,
+            'route': self.route,
+            'kerbside': self.with_kerbside,
+            'ports': dict(self.ports),
+            'spice_port': self.ports.get('guest_spice'),
+            'api_port': self.ports.get('api'),
+            'api_url': self.kerbside.api_url if self.kerbside else None,
+            'console': {'source': lane_kerbside.SOURCE_NAME,
+                        'uuid': self.console_uuid} if self.kerbside
+            else None,
+            'guest': None if g is None else {
+                'name': g.name, 'pid': g.pid, 'artifact_dir':
+                g.artifact_dir, 'accel': g.accel,
+                'accel_reason': g.accel_reason},
+            'serial_log': g.serial_path if g else None,
+            'control_socket': self.ryll.socket_path if self.ryll else None,
+            'ryll_pid': _ryll_pid(self.ryll) if self.ryll else None,
+            'kerbside_venv': self.venv.path if self.with_kerbside else None,
+            'timings': {k: round(v, 3) for k, v in self.timings.items()},
+        }
+        return info
+
+    def _save_state(self, **extra):
+        state = self.info()
+        state.update(extra)
+        tmp = self.state_path + '.tmp'
+        with open(tmp, 'w') as f:
+            json.dump(state, f, indent=1, sort_keys=True)
+        os.replace(tmp, self.state_path)
+
+    # -- up ----------------------------------------------------------------
+    def _prepare(self):
+        for d in ('logs', 'kerbside', 'tls', 'guests'):
+            os.makedirs(os.path.join(self.workdir, d), exist_ok=True)
+        self.secrets = lane_secrets.SecretStore(
+            os.path.join(self.workdir, 'secrets'), self.redactor)
+        self.registry = procs.ProcessRegistry(
+            os.path.join(self.workdir, 'processes.json'), self.redactor)
+        if self.registry.living():
+            raise base.HarnessError(
+                'workdir %s already has a running lane (%s); run '
+                '`kerbside-harness down --workdir %s` first' % (
+                    self.workdir, ', '.join(
+                        r['name'] for r in self.registry.living()),
+                    self.workdir))
+        run = os.path.join(self.workdir, 'run')
+        if len(run) > 60:  # unix socket paths are limited to ~108 bytes
+            run = tempfile.mkdtemp(prefix='ktp-run-')
+        os.makedirs(run, mode=0o700, exist_ok=True)
+        self.run_dir = run
+        allocated = lane_ports.free_ports(len(PORT_NAMES))
+        self.ports = dict(zip(PORT_NAMES, allocated))
+        self.console_uuid = str(uuid.uuid4())  # noqa: T113
+        self.ticket = lane_secrets.random_token(12)
+        self.secrets.put('spice-ticket', self.ticket)
+
+    def up(self, timeout=90):
+        """Bring up MariaDB and Kerbside (no guest yet). Returns self."""
+        t0 = time.monotonic()
+        self._prepare()
+        self._save_state(state='starting')
+        if self.with_kerbside:
+            problems = self.venv.check()
+            if problems:
+                raise base.HarnessError(
+                    'the Kerbside venv is not usable (%s); run '
+                    '`kerbside-harness setup`' % '; '.join(problems))
+            t = time.monotonic()
+            self.mariadb = lane_mariadb.PrivateMariaDB(
+                self.secrets.file('mariadb'), self.run_dir, self.log_dir,
+                self.ports['mariadb'], self.registry, self.secrets)
+            self.mariadb.start(timeout=timeout)
+            self.timings['mariadb'] = time.monotonic() - t
+            t = time.monotonic()
+            self.tls = lane_tls.make_tls(
+                os.path.join(self.workdir, 'tls'),
+                self.secrets.file('tls'))
+            self.timings['tls'] = time.monotonic() - t
+            t = time.monotonic()
+            self.kerbside = lane_kerbside.Kerbside(
+                self.venv, self.workdir, self.run_dir, self.secrets,
+                self.registry, self.tls, self.mariadb.sql_url,
+                self.ports['api'], self.ports['proxy_secure'],
+                self.ports['proxy_insecure'], self.ports['metrics'],
+                self.console_uuid, self.ports['guest_spice'], self.ticket,
+                verbose=self.kerbside_verbose)
+            self.kerbside.start(timeout=timeout)
+            self.kerbside.token()
+            self.timings['kerbside'] = time.monotonic() - t
+            for k, v in self.kerbside.timings.items():
+                self.timings['kerbside_' + k] = v
+        self.provider = direct_qemu.DirectQemuProvider(
+            spice_port=self.ports['guest_spice'], ticket=self.ticket,
+            registry=self.registry, secrets=self.secrets,
+            run_dir=self.run_dir, route=self.route, route_factory=self,
+            **self.qemu_options)
+        self.timings['lane_up'] = time.monotonic() - t0
+        self._up = True
+        self._save_state(state='up')
+        return self
+
+    # -- guests ------------------------------------------------------------
+    def boot_guest(self, image=None, name=None, banner=None,
+                   timeout=120):
+        """Boot a fresh guest on the lane's SPICE port and ticket.
+
+        Any previous guest is torn down first. With `banner` (a regex),
+        wait for it on serial; `image=None` boots OVMF diskless.
+        """
+        if not self._up:
+            raise base.HarnessError('lane is not up')
+        if self.guest is not None:
+            self.guest.teardown()
+        n = len(self.guests) + 1
+        name = name or 'guest%d' % n
+        t = time.monotonic()
+        guest = self.provider.boot(
+            image, name, os.path.join(self.workdir, 'guests', name))
+        self.guest = guest
+        self.guests.append(guest)
+        self._save_state(state='up')
+        if banner:
+            guest.serial.wait_for(banner, timeout)
+            guest.boot_seconds = time.monotonic() - t
+            self.timings['qemu_to_banner'] = guest.boot_seconds
+        return guest
+
+    # route factory used by DirectQemuGuest for routes other than direct
+    def console_route(self, guest, route):
+        if route != 'kerbside':
+            raise base.ProviderError('unknown route %r' % route)
+        self._need_kerbside()
+        return base.ConsoleRoute(
+            kind='kerbside', host='127.0.0.1',
+            port=self.ports['proxy_insecure'],
+            tls_port=self.ports['proxy_secure'],
+            source=lane_kerbside.SOURCE_NAME, uuid=self.console_uuid,
+            api_url=self.kerbside.api_url)
+
+    def console_vv(self, guest, route):
+        if route != 'kerbside':
+            raise base.ProviderError('unknown route %r' % route)
+        self._need_kerbside()
+        return self.kerbside.fetch_vv()
+
+    def _need_kerbside(self):
+        if self.kerbside is None:
+            raise base.ProviderError('this lane runs without Kerbside; '
+                                     'only the direct route exists')
+
+    # -- ryll --------------------------------------------------------------
+    def start_ryll(self, guest=None, route=None, timeout=30, verbose=False):
+        """Start ryll headless against `guest` (default: the current one)
+        over `route`; wait for its control socket. Returns the RyllProcess.
+
+        The .vv is fetched (kerbside) or written (direct) right before the
+        start, 0600 in secrets/; ryll deletes a Kerbside .vv after reading.
+        """
+        from kerbside_tempest_plugin.ryll import process as ryll_process
+        guest = guest or self.guest
+        if guest is None:
+            raise base.HarnessError('no guest to connect ryll to')
+        route = route or self.route
+        self.stop_ryll()
+        self._ryll_count += 1
+        n = self._ryll_count
+        ryll_dir = os.path.join(self.workdir, 'ryll', '%d-%s' % (n, route))
+        os.makedirs(ryll_dir, exist_ok=True)
+        t = time.monotonic()
+        text = guest.console_vv(route)
+        self.redactor.add(lane_vv.parse_vv(text).get('password'))
+        vv_path = self.secrets.put('ryll-%d.vv' % n, text)
+        with open(os.path.join(ryll_dir, 'console.redacted.vv'), 'w') as f:
+            f.write(lane_vv.redact_vv(text))
+        kwargs = {}
+        if verbose:
+            kwargs['verbose'] = True
+        rp = ryll_process.RyllProcess(vv_path, ryll_dir,
+                                      binary=self.ryll_binary, **kwargs)
+        rp.start()
+        pid = _ryll_pid(rp)
+        if pid:
+            self.registry.add('ryll:%d' % n, pid,
+                              logs=[rp.stdout_path, rp.stderr_path])
+        self.ryll = rp
+        self.ryll_procs.append(rp)
+        rp.wait_for_socket(timeout)
+        self.timings['ryll_to_socket'] = time.monotonic() - t
+        self._save_state(state='up')
+        return rp
+
+    def stop_ryll(self):
+        if self.ryll is not None:
+            try:
+                self.ryll.stop()
+            except Exception:
+                LOG.exception('stopping ryll failed')
+            self.ryll = None
+
+    # -- status --------------------------------------------------------
+    def status(self):
+        return lane_status(self.workdir)
+
+    # -- down ----------------------------------------------------------
+    def down(self, check=False):
+        """Stop everything (idempotent), verify ports are free, scrub the
+        artifacts. Returns a report; raises only when `check` and something
+        was left behind.
+        """
+        if self._down_report is not None:
+            return self._down_report
+        self.stop_ryll()
+        report = teardown_workdir(self.workdir, redactor=self.redactor,
+                                  extra_ports=self.ports.values(),
+                                  run_dir=self.run_dir)
+        for guest in self.guests:
+            guest.teardown()  # qemu is already stopped; frees scratch files
+        self._up = False
+        self._down_report = report
+        if check and (report['leftover_pids'] or report['busy_ports']):
+            raise base.HarnessError('teardown left processes %s and ports '
+                                    '%s' % (report['leftover_pids'],
+                                            report['busy_ports']))
+        return report
+
+
+def _ryll_pid(rp):
+    for attr in ('pid',):
+        value = getattr(rp, attr, None)
+        if isinstance(value, int):
+            return value
+    proc = getattr(rp, 'proc', None) or getattr(rp, 'process', None) or \
+        getattr(rp, '_proc', None)
+    return getattr(proc, 'pid', None)
+
+
+def load_state(workdir):
+    try:
+        with open(os.path.join(workdir, STATE_FILE)) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return None
+
+
+def teardown_workdir(workdir, redactor=None, extra_ports=(), run_dir=None,
+                     port_timeout=10.0):
+    """Stop every process recorded in `workdir` in lane order and check the
+    ports are free. Works after a crash of whatever started the lane (it
+    needs only the registry and the state file). Never raises.
+    """
+    started = time.monotonic()
+    state = load_state(workdir) or {}
+    report = {'workdir': workdir, 'stopped': [], 'leftover_pids': [],
+              'busy_ports': [], 'scrubbed_files': []}
+    secrets_dir = os.path.join(workdir, 'secrets')
+    redactor = redactor or lane_secrets.Redactor()
+    try:
+        if os.path.isdir(secrets_dir):
+            lane_secrets.SecretStore(secrets_dir, redactor).load_all()
+    except Exception:
+        LOG.exception('could not read secrets for redaction')
+    registry = procs.ProcessRegistry(os.path.join(workdir, 'processes.json'),
+                                     redactor)
+    try:
+        report['stopped'] = registry.stop_all(
+            timeouts={'ryll': 5, 'kerbside-daemon': 25, 'gunicorn': 15,
+                      'qemu': 10, 'mariadbd': 30},
+            signals={'ryll': signal.SIGINT})
+    except Exception as e:
+        LOG.exception('stopping lane processes failed')
+        report['error'] = repr(e)
+    report['leftover_pids'] = registry.leftovers()
+    ports = set(p for p in (state.get('ports') or {}).values() if p)
+    ports.update(p for p in extra_ports if p)
+    deadline = time.monotonic() + port_timeout
+    while True:
+        busy = lane_ports.busy_ports(ports)
+        if not busy or time.monotonic() >= deadline:
+            break
+        time.sleep(0.1)
+    report['busy_ports'] = busy
+    if busy or report['leftover_pids']:
+        LOG.error('teardown of %s left pids %s and listening ports %s',
+                  workdir, report['leftover_pids'], busy)
+    try:
+        report['scrubbed_files'] = [
+            os.path.relpath(p, workdir) for p in lane_secrets.scrub_tree(
+                workdir, redactor, skip=[secrets_dir])]
+        if report['scrubbed_files']:
+            LOG.warning('redacted secrets that other programs wrote into: '
+                        '%s', ', '.join(report['scrubbed_files']))
+    except Exception:
+        LOG.exception('scrubbing artifacts failed')
+    run_dir = run_dir or state.get('run_dir')
+    if run_dir and not run_dir.startswith(workdir) and \
+            os.path.basename(run_dir).startswith('ktp-run-'):
+        shutil.rmtree(run_dir, ignore_errors=True)
+    report['seconds'] = round(time.monotonic() - started, 3)
+    try:
+        state['state'] = 'down'
+        state['teardown'] = report
+        with open(os.path.join(workdir, STATE_FILE), 'w') as f:
+            json.dump(state, f, indent=1, sort_keys=True)
+    except OSError:
+        pass
+    return report
+
+
+def lane_status(workdir):
+    """Processes alive, ports listening and API health of a workdir."""
+    state = load_state(workdir)
+    if state is None:
+        return {'workdir': workdir, 'state': 'absent'}
+    registry = procs.ProcessRegistry(os.path.join(workdir, 'processes.json'))
+    processes = [{'name': r['name'], 'pid': r['pid'],
+                  'alive': registry.alive(r)} for r in registry.records]
+    ports = state.get('ports') or {}
+    listening = lane_ports.listening_ports()
+    out = {
+        'workdir': workdir,
+        'state': state.get('state'),
+        'route': state.get('route'),
+        'processes': processes,
+        'ports': {k: {'port': v, 'listening': v in listening}
+                  for k, v in ports.items()},
+        'control_socket': state.get('control_socket'),
+        'control_socket_exists': bool(state.get('control_socket')) and
+        os.path.exists(state['control_socket']),
+        'serial_log': state.get('serial_log'),
+    }
+    if state.get('api_url'):
+        import urllib.request
+        req = urllib.request.Request(state['api_url'] + '/', headers={
+            'Accept': 'application/json'})
+        try:
+            opener = urllib.request.build_opener(
+                urllib.request.ProxyHandler({}))
+            with opener.open(req, timeout=3) as r:
+                out['api'] = json.loads(r.read())
+        except Exception as e:
+            out['api'] = {'error': str(e)}
+    return out

@@ -1,0 +1,134 @@
+"""A private MariaDB for one lane (Kerbside 0.8.0 does not run on SQLite).
+
+`mariadb-install-db` into the lane's own datadir, `mariadbd --no-defaults`
+on a private socket and a free loopback port, a `kerbside` database and a
+`kerbside` user with a random password for both localhost and 127.0.0.1 (a
+TCP login to 127.0.0.1 matches `kerbside@localhost` because MariaDB
+resolves the name). No system service is used or touched.
+"""
+
+import getpass
+import os
+import shutil
+import subprocess
+import time
+
+from kerbside_tempest_plugin.providers import base
+
+
+def _tool(*names):
+    for name in names:
+        path = shutil.which(name) or (
+            os.path.exists('/usr/sbin/' + name) and '/usr/sbin/' + name)
+        if path:
+            return path
+    raise base.HarnessError('MariaDB tool not found: %s (install '
+                            'mariadb-server)' % ' or '.join(names))
+
+
+class PrivateMariaDB:
+    """One mariadbd owned by the lane.
+
+    `datadir` holds data that includes Kerbside's console tickets and
+    tokens, so the lane puts it under its secrets directory.
+    """
+
+    DB = 'kerbside'
+    USER = 'kerbside'
+
+    def __init__(self, datadir, run_dir, log_dir, port, registry, secrets):
+        self.datadir = datadir
+        self.socket = os.path.join(run_dir, 'mysqld.sock')
+        self.pid_file = os.path.join(run_dir, 'mariadbd.pid')
+        self.log_path = os.path.join(log_dir, 'mariadbd.err')
+        self.install_log = os.path.join(log_dir, 'mariadb-install-db.log')
+        self.port = port
+        self.registry = registry
+        self.secrets = secrets
+        self.proc = None
+        self.timings = {}
+
+    @property
+    def password(self):
+        return self.secrets.get_or_create('db-password')
+
+    @property
+    def sql_url(self):
+        return 'mysql://%s:%s@127.0.0.1:%d/%s' % (
+            self.USER, self.password, self.port, self.DB)
+
+    def _client(self, name):
+        return [_tool(name, name.replace('mariadb', 'mysql')),
+                '--no-defaults', '--socket=%s' % self.socket]
+
+    def _install(self):
+        if os.path.isdir(os.path.join(self.datadir, 'mysql')):
+            return
+        os.makedirs(self.datadir, mode=0o700, exist_ok=True)
+        t = time.monotonic()
+        with open(self.install_log, 'ab') as log:
+            proc = subprocess.run(
+                [_tool('mariadb-install-db', 'mysql_install_db'),
+                 '--no-defaults', '--user=%s' % getpass.getuser(),
+                 '--datadir=%s' % self.datadir,
+                 '--auth-root-authentication-method=socket',
+                 '--skip-test-db'],
+                stdout=log, stderr=subprocess.STDOUT, timeout=120)
+        if proc.returncode != 0:
+            raise base.HarnessError(
+                'mariadb-install-db failed (exit %d); log tail:\n%s' % (
+                    proc.returncode, base.tail_file(self.install_log)))
+        self.timings['install_db'] = time.monotonic() - t
+
+    def ping(self):
+        proc = subprocess.run(self._client('mariadb-admin') + ['ping'],
+                              capture_output=True, timeout=10)
+        return proc.returncode == 0
+
+    def _sql(self, statements):
+        proc = subprocess.run(self._client('mariadb') + ['-uroot'],
+                              input=statements.encode(),
+                              capture_output=True, timeout=30)
+        if proc.returncode != 0:
+            err = self.secrets.redactor.redact(
+                proc.stderr.decode(errors='replace'))
+            raise base.HarnessError('MariaDB SQL failed: %s' % err.strip())
+
+    def start(self, timeout=60):
+        self._install()
+        t = time.monotonic()
+        argv = [_tool('mariadbd', 'mysqld'), '--no-defaults',
+                '--user=%s' % getpass.getuser(),
+                '--datadir=%s' % self.datadir,
+                '--socket=%s' % self.socket, '--port=%d' % self.port,
+                '--bind-address=127.0.0.1',
+                '--pid-file=%s' % self.pid_file,
+                '--log-error=%s' % self.log_path]
+        self.proc = self.registry.spawn(
+            'mariadbd', argv, self.log_path + '.stdout')
+
+        def dead():
+            if self.proc.poll() is not None:
+                return 'mariadbd exited with %s' % self.proc.returncode
+            return None
+
+        base.wait_until(
+            self.ping, timeout, 'mariadbd on %s to answer ping' % self.socket,
+            seen=lambda: 'mariadbd %s; error log tail:\n%s' % (
+                'running' if self.proc.poll() is None else 'exited',
+                base.tail_file(self.log_path)),
+            interval=0.1, abort=dead)
+        self.timings['start_to_ping'] = time.monotonic() - t
+        pw = self.password.replace("'", "''")
+        stmts = ['CREATE DATABASE IF NOT EXISTS %s;' % self.DB]
+        for host in ('localhost', '127.0.0.1'):
+            stmts += [
+                "CREATE USER IF NOT EXISTS '%s'@'%s' IDENTIFIED BY '%s';" % (
+                    self.USER, host, pw),
+                "ALTER USER '%s'@'%s' IDENTIFIED BY '%s';" % (
+                    self.USER, host, pw),
+                "GRANT ALL PRIVILEGES ON %s.* TO '%s'@'%s';" % (
+                    self.DB, self.USER, host)]
+        stmts.append('FLUSH PRIVILEGES;')
+        self._sql('\n'.join(stmts) + '\n')
+        return self
