@@ -1,0 +1,254 @@
+"""kerbside-harness: bring the direct-qemu lane up and down.
+
+    kerbside-harness setup [--venv DIR] [--kerbside-source DIR]
+    kerbside-harness up [--image PATH | --diskless] [--route kerbside|direct]
+                        [--workdir DIR]
+    kerbside-harness status [--workdir DIR]
+    kerbside-harness down [--workdir DIR]
+
+`up` prints one JSON object (workdir, control socket, serial log, SPICE and
+API ports, route) once ryll's control socket exists, and leaves the lane
+running. Every process is recorded in the workdir, so `down` finds them
+even after `up` itself crashed.
+"""
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+
+from kerbside_tempest_plugin.lane import kerbside as lane_kerbside
+from kerbside_tempest_plugin.lane import lane as lane_mod
+from kerbside_tempest_plugin.providers import base
+from kerbside_tempest_plugin.providers import direct_qemu
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))
+DEFAULT_IMAGE = os.path.join(REPO_ROOT, 'images', 'out', 'sextant.qcow2')
+BUILD_SCRIPT = os.path.join(REPO_ROOT, 'images', 'build.sh')
+DISKLESS_BANNER = r'Shell> '
+
+
+def _err(msg):
+    print('kerbside-harness: %s' % msg, file=sys.stderr)
+
+
+def default_image(log_dir=None):
+    """images/out/sextant.qcow2, built first when missing."""
+    if os.path.exists(DEFAULT_IMAGE):
+        return DEFAULT_IMAGE
+    if not os.path.exists(BUILD_SCRIPT):
+        raise base.HarnessError(
+            'no guest image available: %s does not exist and there is no '
+            'images/build.sh to build it; pass --image PATH (a Sextant '
+            'qcow2) or --diskless' % DEFAULT_IMAGE)
+    _err('%s missing; building it with images/build.sh sextant' %
+         DEFAULT_IMAGE)
+    log = None
+    if log_dir:
+        os.makedirs(log_dir, exist_ok=True)
+        log = open(os.path.join(log_dir, 'image-build.log'), 'ab')
+    try:
+        proc = subprocess.run(['bash', BUILD_SCRIPT, 'sextant'],
+                              stdout=log or sys.stderr,
+                              stderr=subprocess.STDOUT, timeout=1800)
+    finally:
+        if log:
+            log.close()
+    if proc.returncode != 0 or not os.path.exists(DEFAULT_IMAGE):
+        raise base.HarnessError(
+            'images/build.sh failed (exit %d) and no guest image is '
+            'available%s' % (proc.returncode, '; see %s/image-build.log' %
+                             log_dir if log_dir else ''))
+    return DEFAULT_IMAGE
+
+
+def cmd_setup(args):
+    venv = lane_kerbside.KerbsideVenv(args.venv)
+    source = args.kerbside_source or os.environ.get('KERBSIDE_SOURCE')
+    ok = True
+    missing = [t for t in ('qemu-system-x86_64', 'qemu-img', 'openssl',
+                           'mariadb-install-db', args.ryll)
+               if shutil.which(t) is None]
+    if not (shutil.which('mariadbd') or os.path.exists('/usr/sbin/mariadbd')):
+        missing.append('mariadbd')
+    if missing:
+        ok = False
+        _err('missing tools: %s (see bindep.txt and tools/setup.sh)' %
+             ', '.join(missing))
+    try:
+        direct_qemu.find_ovmf()
+    except base.ProviderError as e:
+        ok = False
+        _err(str(e))
+    os.makedirs(os.path.dirname(venv.path), exist_ok=True)
+    log_path = os.path.join(os.path.dirname(venv.path), 'kerbside-pip.log')
+    try:
+        done = venv.ensure(source=source, log=_err, log_path=log_path)
+        _err(done)
+    except (base.HarnessError, subprocess.CalledProcessError) as e:
+        _err(str(e))
+        return 1
+    return 0 if ok else 1
+
+
+def cmd_up(args):
+    workdir = os.path.abspath(args.workdir or lane_mod.default_workdir())
+    state = lane_mod.load_state(workdir)
+    if state and state.get('state') in ('up', 'starting'):
+        status = lane_mod.lane_status(workdir)
+        if any(p['alive'] for p in status['processes']):
+            _err('a lane is already up in %s; run `kerbside-harness down '
+                 '--workdir %s` first' % (workdir, workdir))
+            return 1
+    if os.path.isdir(workdir) and os.listdir(workdir) and \
+            not args.keep_workdir:
+        if not os.path.exists(os.path.join(workdir, 'processes.json')):
+            _err('%s exists and is not a lane workdir; refusing to use it'
+                 % workdir)
+            return 1
+        # A fresh lane each time: the previous lane's artifacts go away.
+        shutil.rmtree(workdir)
+    lane = lane_mod.Lane(workdir, route=args.route,
+                         kerbside=not args.no_kerbside,
+                         kerbside_venv=args.venv, ryll_binary=args.ryll,
+                         accel=args.accel, guest_tls=args.guest_tls)
+    try:
+        if args.diskless:
+            image, banner = None, DISKLESS_BANNER
+        else:
+            image = args.image or default_image(os.path.join(workdir,
+                                                             'logs'))
+            banner = args.banner if args.banner is not None else \
+                lane_mod.SEXTANT_BANNER
+        lane.up(timeout=args.timeout)
+        lane.boot_guest(image, banner=banner or None,
+                        timeout=args.boot_timeout)
+        if not args.no_ryll:
+            lane.start_ryll(timeout=args.timeout)
+        lane._save_state(state='up')
+    except BaseException as e:
+        _err('lane failed to come up: %s' % e)
+        report = lane.down()
+        _err('torn down; logs kept in %s (leftover pids %s, busy ports %s)'
+             % (workdir, report['leftover_pids'], report['busy_ports']))
+        return 1
+    info = lane.info()
+    out = {
+        'workdir': info['workdir'],
+        'route': info['route'],
+        'control_socket': info['control_socket'],
+        'serial_log': info['serial_log'],
+        'spice_port': info['spice_port'],
+        'api_port': info['api_port'],
+        'api_url': info['api_url'],
+        'proxy_tls_port': info['ports'].get('proxy_secure')
+        if lane.with_kerbside else None,
+        'console': info['console'],
+        'guest': info['guest'],
+        'ryll_pid': info['ryll_pid'],
+        'timings': info['timings'],
+    }
+    print(json.dumps(out, sort_keys=True))
+    return 0
+
+
+def cmd_status(args):
+    workdir = os.path.abspath(args.workdir or lane_mod.default_workdir())
+    status = lane_mod.lane_status(workdir)
+    print(json.dumps(status, indent=1, sort_keys=True))
+    return 0 if status.get('state') != 'absent' else 1
+
+
+def cmd_down(args):
+    workdir = os.path.abspath(args.workdir or lane_mod.default_workdir())
+    if not os.path.exists(os.path.join(workdir, 'processes.json')):
+        _err('no lane in %s (no processes.json)' % workdir)
+        return 0
+    report = lane_mod.teardown_workdir(workdir)
+    print(json.dumps(report, indent=1, sort_keys=True))
+    if report['leftover_pids'] or report['busy_ports']:
+        _err('teardown left pids %s and listening ports %s' % (
+            report['leftover_pids'], report['busy_ports']))
+        return 1
+    return 0
+
+
+def build_parser():
+    p = argparse.ArgumentParser(
+        prog='kerbside-harness',
+        description='Bring the direct-qemu Kerbside lane up and down.')
+    p.add_argument('-v', '--verbose', action='store_true')
+    sub = p.add_subparsers(dest='command', required=True)
+
+    s = sub.add_parser('setup', help='create or repair the Kerbside venv')
+    s.add_argument('--venv', help='Kerbside venv (default: $KERBSIDE_VENV '
+                   'or ~/.cache/kerbside-tempest-plugin/kerbside-venv)')
+    s.add_argument('--kerbside-source',
+                   help='a local Kerbside checkout to install instead of '
+                        'kerbside==%s (or $KERBSIDE_SOURCE)' %
+                        lane_kerbside.KERBSIDE_VERSION)
+    s.add_argument('--ryll', default='ryll', help='ryll binary to check')
+    s.set_defaults(func=cmd_setup)
+
+    u = sub.add_parser('up', help='bring a lane up and print JSON')
+    img = u.add_mutually_exclusive_group()
+    img.add_argument('--image', help='guest image (qcow2 or raw); default '
+                     'images/out/sextant.qcow2, built when missing')
+    img.add_argument('--diskless', action='store_true',
+                     help='boot OVMF with no disk (EFI shell; for testing '
+                          'the lane without a guest image)')
+    u.add_argument('--route', choices=lane_mod.ROUTES, default='kerbside')
+    u.add_argument('--workdir', help='default $KERBSIDE_HARNESS_WORKDIR or '
+                   '/tmp/kerbside-harness; emptied first')
+    u.add_argument('--keep-workdir', action='store_true',
+                   help='do not empty the workdir first')
+    u.add_argument('--no-kerbside', action='store_true',
+                   help='no MariaDB/Kerbside (direct route only)')
+    u.add_argument('--no-ryll', action='store_true',
+                   help='do not start ryll')
+    u.add_argument('--banner', help='regex to wait for on serial (default '
+                   'the Sextant banner; empty: do not wait)')
+    u.add_argument('--accel', choices=['auto', 'kvm', 'tcg'], default='auto')
+    u.add_argument('--guest-tls', action='store_true',
+                   help='give qemu a SPICE TLS port too')
+    u.add_argument('--venv', help='Kerbside venv')
+    u.add_argument('--ryll', default='ryll', help='ryll binary')
+    u.add_argument('--timeout', type=float, default=90,
+                   help='deadline of each service start')
+    u.add_argument('--boot-timeout', type=float, default=120,
+                   help='deadline for the serial banner')
+    u.set_defaults(func=cmd_up)
+
+    st = sub.add_parser('status', help='show what runs')
+    st.add_argument('--workdir')
+    st.set_defaults(func=cmd_status)
+
+    d = sub.add_parser('down', help='stop everything the lane started')
+    d.add_argument('--workdir')
+    d.set_defaults(func=cmd_down)
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        stream=sys.stderr, format='%(asctime)s %(levelname)s %(name)s: '
+                                  '%(message)s')
+    if args.command == 'up' and args.no_kerbside and \
+            args.route == 'kerbside':
+        _err('--no-kerbside needs --route direct')
+        return 2
+    try:
+        return args.func(args)
+    except base.HarnessError as e:
+        _err(str(e))
+        return 1
+
+
+if __name__ == '__main__':
+    sys.exit(main())
