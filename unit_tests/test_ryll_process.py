@@ -1,0 +1,187 @@
+"""RyllProcess against a stand-in 'ryll' executable built on fake_ryll."""
+
+import json
+import os
+import signal
+import stat
+import sys
+import textwrap
+import time
+
+import pytest
+
+from kerbside_tempest_plugin.ryll import client as rc
+from kerbside_tempest_plugin.ryll import process as rp
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+FAKE_BINARY = textwrap.dedent('''\
+    #!%(python)s
+    """Stand-in for ryll: records its argv, then acts per FAKE_RYLL_MODE."""
+    import json, os, signal, stat, sys, time
+    sys.path.insert(0, %(repo)r)
+    from unit_tests.fake_ryll import FakeRyll
+
+    argv = sys.argv[1:]
+    mode = os.environ.get('FAKE_RYLL_MODE', 'serve')
+    record = {'argv': argv}
+    if '--file' in argv:
+        vv = argv[argv.index('--file') + 1]
+        record['vv_mode'] = stat.S_IMODE(os.stat(vv).st_mode)
+        record['vv_text'] = open(vv).read()
+    sock = argv[argv.index('--control-socket') + 1]
+    record['dir_mode'] = stat.S_IMODE(os.stat(os.path.dirname(sock)).st_mode)
+    with open(os.environ['FAKE_RYLL_RECORD'], 'w') as f:
+        json.dump(record, f)
+    print('\\x1b[32mINFO\\x1b[0m fake ryll starting', flush=True)
+    if mode == 'exit1':
+        print('Error: Connection refused', file=sys.stderr, flush=True)
+        sys.exit(1)
+    if mode == 'nosocket':
+        time.sleep(60)
+        sys.exit(0)
+    srv = FakeRyll(sock).start()
+    done = []
+    if mode == 'ignore_int':
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    else:
+        signal.signal(signal.SIGINT, lambda *a: done.append(1))
+    while not done:
+        time.sleep(0.01)
+    srv.stop()
+    sys.exit(0)
+''')
+
+
+@pytest.fixture
+def fake_binary(tmp_path, monkeypatch):
+    path = tmp_path / 'fake-ryll'
+    path.write_text(FAKE_BINARY % {'python': sys.executable, 'repo': REPO})
+    path.chmod(0o755)
+    record = tmp_path / 'record.json'
+    monkeypatch.setenv('FAKE_RYLL_RECORD', str(record))
+    return str(path), record
+
+
+def _proc(tmp_path, fake_binary, **kw):
+    binary, _ = fake_binary
+    kw.setdefault('direct', '127.0.0.1:1')
+    return rp.RyllProcess(workdir=str(tmp_path / 'work'), binary=binary,
+                          **kw)
+
+
+def test_start_connect_stop(tmp_path, fake_binary):
+    p = _proc(tmp_path, fake_binary)
+    with p:
+        client = p.connect(timeout=10)
+        try:
+            assert client.protocol_version == '1.5'
+            status = p.wait_ready(client, timeout=5, settle=0)
+            assert status['surfaces']
+        finally:
+            client.close()
+        sock_dir = os.path.dirname(p.socket_path)
+        assert len(os.fsencode(p.socket_path)) < rp.MAX_SOCKET_PATH
+    assert p.returncode == 0
+    assert not os.path.exists(sock_dir)
+    record = json.loads(fake_binary[1].read_text())
+    assert record['dir_mode'] == 0o700
+    assert record['argv'][:3] == ['--headless', '--control-socket',
+                                  p.socket_path]
+    assert '--enable-paste-as-keystrokes' in record['argv']
+    assert record['argv'][-2:] == ['--direct', '127.0.0.1:1']
+    assert 'fake ryll starting' in p.log_tail()
+    assert '\x1b[' not in p.log_tail()
+
+
+def test_vv_written_private_and_removed(tmp_path, fake_binary):
+    vv = '[virt-viewer]\ntype=spice\nhost=127.0.0.1\nport=1\npassword=s3cr3t\n'
+    p = _proc(tmp_path, fake_binary, direct=None, vv_text=vv)
+    with p:
+        p.wait_for_socket(10)
+        written = p._written_vv
+    record = json.loads(fake_binary[1].read_text())
+    assert record['vv_mode'] == 0o600
+    assert record['vv_text'] == vv
+    assert not os.path.exists(written)
+    for root, _, files in os.walk(p.workdir):
+        for name in files:
+            assert b's3cr3t' not in open(os.path.join(root, name),
+                                         'rb').read()
+
+
+def test_long_workdir_keeps_socket_path_short(tmp_path, fake_binary):
+    deep = tmp_path / ('d' * 60) / ('e' * 60)
+    p = rp.RyllProcess(workdir=str(deep), binary=fake_binary[0],
+                       direct='127.0.0.1:1')
+    with p:
+        p.wait_for_socket(10)
+        assert len(os.fsencode(p.socket_path)) < rp.MAX_SOCKET_PATH
+        assert stat.S_IMODE(os.stat(p.private_dir).st_mode) == 0o700
+    assert os.path.exists(p.stdout_path)
+
+
+def test_exit_before_socket_reports_status_and_log(tmp_path, fake_binary,
+                                                   monkeypatch):
+    monkeypatch.setenv('FAKE_RYLL_MODE', 'exit1')
+    p = _proc(tmp_path, fake_binary)
+    with p:
+        with pytest.raises(rp.RyllProcessError) as e:
+            p.wait_for_socket(10)
+    msg = str(e.value)
+    assert 'exited with status 1' in msg
+    assert 'Connection refused' in msg
+
+
+def test_socket_never_appears(tmp_path, fake_binary, monkeypatch):
+    monkeypatch.setenv('FAKE_RYLL_MODE', 'nosocket')
+    p = _proc(tmp_path, fake_binary)
+    with p:
+        with pytest.raises(rc.RyllTimeout) as e:
+            p.wait_for_socket(0.5)
+        assert 'running' in str(e.value)
+        assert 'fake ryll starting' in str(e.value)
+    assert p.returncode is not None
+
+
+def test_sigint_ignored_falls_back_to_sigkill(tmp_path, fake_binary,
+                                              monkeypatch):
+    monkeypatch.setenv('FAKE_RYLL_MODE', 'ignore_int')
+    p = _proc(tmp_path, fake_binary)
+    p.start()
+    p.wait_for_socket(10)
+    start = time.monotonic()
+    rc_ = p.stop(timeout=0.5, kill_timeout=5)
+    assert rc_ == -signal.SIGKILL
+    assert time.monotonic() - start < 5
+    assert not os.path.exists(p.socket_path)   # stale socket removed
+    assert p.stop() == rc_                     # idempotent
+
+
+def test_wait_ready_times_out_with_status(tmp_path, fake_binary):
+    p = _proc(tmp_path, fake_binary)
+    with p:
+        client = p.connect(timeout=10)
+        with client:
+            client.status()
+            # The fake serves one status object; make it surface-less.
+            with pytest.raises(rc.RyllTimeout, match='no SPICE surface'):
+                orig = client.status
+                client.status = lambda timeout=None: dict(
+                    orig(timeout), surfaces=[])
+                p.wait_ready(client, timeout=0.3)
+
+
+def test_find_ryll(tmp_path, fake_binary):
+    assert rp.find_ryll(fake_binary[0]) == fake_binary[0]
+    with pytest.raises(rp.RyllProcessError):
+        rp.find_ryll(str(tmp_path / 'nope'))
+    with pytest.raises(rp.RyllProcessError):
+        rp.find_ryll('no-such-ryll-binary')
+
+
+def test_exactly_one_target(tmp_path):
+    with pytest.raises(ValueError):
+        rp.RyllProcess(workdir=str(tmp_path))
+    with pytest.raises(ValueError):
+        rp.RyllProcess(vv_path='x', direct='h:1', workdir=str(tmp_path))
