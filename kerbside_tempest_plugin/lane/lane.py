@@ -293,8 +293,8 @@ class Lane:
         """Start ryll headless against `guest` (default: the current one)
         over `route`; wait for its control socket. Returns the RyllProcess.
 
-        The .vv is fetched (kerbside) or written (direct) right before the
-        start, 0600 in secrets/; ryll deletes a Kerbside .vv after reading.
+        The .vv is fetched (kerbside: a console token lives 60 s) or
+        written (direct) right before the start.
         """
         from kerbside_tempest_plugin.ryll import process as ryll_process
         guest = guest or self.guest
@@ -309,14 +309,13 @@ class Lane:
         t = time.monotonic()
         text = guest.console_vv(route)
         self.redactor.add(lane_vv.parse_vv(text).get('password'))
-        vv_path = self.secrets.put('ryll-%d.vv' % n, text)
         with open(os.path.join(ryll_dir, 'console.redacted.vv'), 'w') as f:
             f.write(lane_vv.redact_vv(text))
-        kwargs = {}
-        if verbose:
-            kwargs['verbose'] = True
-        rp = ryll_process.RyllProcess(vv_path, ryll_dir,
-                                      binary=self.ryll_binary, **kwargs)
+        # RyllProcess writes the .vv 0600 into its private 0700 directory;
+        # ryll deletes it after reading when it says delete-this-file=1.
+        rp = ryll_process.RyllProcess(
+            workdir=ryll_dir, binary=self.ryll_binary, vv_text=text,
+            extra_args=['--verbose'] if verbose else ())
         rp.start()
         pid = _ryll_pid(rp)
         if pid:
