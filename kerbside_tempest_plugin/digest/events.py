@@ -28,13 +28,6 @@ def _code(table, value, what):
         raise errors.EncodeError('unknown %s %r' % (what, value)) from None
 
 
-def _flag(value, what, offset):
-    if value not in (0, 1):
-        raise errors.BadEnumValue(
-            '%s byte must be 0 or 1, got 0x%02x' % (what, value), offset)
-    return bool(value)
-
-
 def _lookup(table, value, what, offset):
     if value not in table:
         raise errors.BadEnumValue(
@@ -42,14 +35,49 @@ def _lookup(table, value, what, offset):
     return table[value]
 
 
+class Codec:
+    """How one value field maps between the dataclass and the wire."""
+
+    def __init__(self, encode=None, decode=None):
+        self.encode = encode or (lambda v: v)
+        self.decode = decode or (lambda v, offset, what: v)
+
+
+def _decode_unicode(value, offset, what):
+    # Not a valid code point becomes U+FFFD (upstream rule §1.7).
+    return 0xFFFD if 0xD800 <= value <= 0xDFFF else value
+
+
+def _decode_flag(value, offset, what):
+    if value not in (0, 1):
+        raise errors.BadEnumValue(
+            '%s byte must be 0 or 1, got 0x%02x' % (what, value), offset)
+    return bool(value)
+
+
+INT = Codec()
+# The guest narrows these to u16 (stored wider in memory).
+U16_TRUNC = Codec(encode=lambda v: v & U16)
+UNICODE = Codec(encode=lambda v: v & U16, decode=_decode_unicode)
+FLAG = Codec(encode=lambda v: 1 if v else 0, decode=_decode_flag)
+PHASE = Codec(encode=lambda v: _code(PHASE_CODES, v, 'phase'),
+              decode=lambda v, off, what: _lookup(PHASES, v, 'phase', off))
+CHOICE = Codec(encode=lambda v: _code(CHOICE_CODES, v, 'choice'),
+               decode=lambda v, off, what: _lookup(CHOICES, v, 'choice',
+                                                   off))
+
+
 class Event:
-    """Common behaviour; subclasses are frozen dataclasses."""
+    """Common behaviour; subclasses are frozen dataclasses.
+
+    WIRE lists the value fields after the u64 timestamp as
+    (attribute, struct format, Codec, JSON name), in wire order.
+    """
 
     TAG = None
     KIND = None
     SERIAL_TYPE = None
-    # struct format of the value fields after the u64 timestamp.
-    FIELDS_FMT = ''
+    WIRE = ()
 
     @property
     def kind(self):
@@ -59,15 +87,16 @@ class Event:
     def channel_tag(self):
         return self.TAG + 0x10
 
-    def _fields(self):
-        """Wire integers after the timestamp, in FIELDS_FMT order."""
-        return ()
+    @classmethod
+    def _fmt(cls):
+        return '<Q' + ''.join(f[1] for f in cls.WIRE)
 
     def value(self):
-        fmt = '<Q' + self.FIELDS_FMT
         try:
-            return struct.pack(fmt, self.timestamp_ms, *self._fields())
-        except struct.error as e:
+            return struct.pack(self._fmt(), self.timestamp_ms, *(
+                codec.encode(getattr(self, attr))
+                for attr, _, codec, _ in self.WIRE))
+        except (struct.error, TypeError) as e:
             raise errors.EncodeError(
                 'cannot encode %s %r: %s' % (self.KIND, self, e)) from None
 
@@ -77,7 +106,7 @@ class Event:
 
     @classmethod
     def value_length(cls):
-        return struct.calcsize('<Q' + cls.FIELDS_FMT)
+        return struct.calcsize(cls._fmt())
 
     @classmethod
     def record_size(cls):
@@ -91,15 +120,16 @@ class Event:
                 '%s record (tag 0x%02x) must carry %d value bytes, got %d'
                 % (cls.KIND, cls.TAG, cls.value_length(), len(value)),
                 offset - 2)
-        t, *rest = struct.unpack('<Q' + cls.FIELDS_FMT, value)
-        return cls._build(t, rest, offset + 8)
-
-    @classmethod
-    def _build(cls, t, rest, offset):
-        return cls(t, *rest)
+        t, *rest = struct.unpack(cls._fmt(), value)
+        args = []
+        pos = offset + 8
+        for (attr, fmt, codec, _), raw in zip(cls.WIRE, rest):
+            args.append(codec.decode(raw, pos, '%s %s' % (cls.KIND, attr)))
+            pos += struct.calcsize('<' + fmt)
+        return cls(t, *args)
 
     def _json_fields(self):
-        return {}
+        return {name: getattr(self, attr) for attr, _, _, name in self.WIRE}
 
     def to_json(self):
         out = {'kind': self.KIND, 'timestamp_ms': self.timestamp_ms}
@@ -116,21 +146,8 @@ class Keypress(Event):
     TAG = 0x01
     KIND = 'keypress'
     SERIAL_TYPE = 'keypress'
-    FIELDS_FMT = 'HH'
-
-    def _fields(self):
-        # The guest truncates the char value to u16.
-        return (self.unicode & U16, self.scancode)
-
-    @classmethod
-    def _build(cls, t, rest, offset):
-        uni, scan = rest
-        if 0xD800 <= uni <= 0xDFFF:
-            uni = 0xFFFD    # not a valid code point (upstream rule §1.7)
-        return cls(t, uni, scan)
-
-    def _json_fields(self):
-        return {'unicode': self.unicode, 'scancode': self.scancode}
+    WIRE = (('unicode', 'H', UNICODE, 'unicode'),
+            ('scancode', 'H', INT, 'scancode'))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,13 +158,7 @@ class LineRendered(Event):
     TAG = 0x02
     KIND = 'line_rendered'
     SERIAL_TYPE = 'line'
-    FIELDS_FMT = 'H'
-
-    def _fields(self):
-        return (self.row & U16,)
-
-    def _json_fields(self):
-        return {'row': self.row}
+    WIRE = (('row', 'H', U16_TRUNC, 'row'),)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,19 +170,8 @@ class SceneTransition(Event):
     TAG = 0x03
     KIND = 'scene_transition'
     SERIAL_TYPE = 'transition'
-    FIELDS_FMT = 'BB'
-
-    def _fields(self):
-        return (_code(PHASE_CODES, self.from_phase, 'phase'),
-                _code(PHASE_CODES, self.to_phase, 'phase'))
-
-    @classmethod
-    def _build(cls, t, rest, offset):
-        return cls(t, _lookup(PHASES, rest[0], 'phase', offset),
-                   _lookup(PHASES, rest[1], 'phase', offset + 1))
-
-    def _json_fields(self):
-        return {'from': self.from_phase, 'to': self.to_phase}
+    WIRE = (('from_phase', 'B', PHASE, 'from'),
+            ('to_phase', 'B', PHASE, 'to'))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,17 +183,8 @@ class BootloaderDecision(Event):
     TAG = 0x04
     KIND = 'bootloader_decision'
     SERIAL_TYPE = 'bootloader_decision'
-    FIELDS_FMT = 'BI'
-
-    def _fields(self):
-        return (_code(CHOICE_CODES, self.choice, 'choice'), self.attempt)
-
-    @classmethod
-    def _build(cls, t, rest, offset):
-        return cls(t, _lookup(CHOICES, rest[0], 'choice', offset), rest[1])
-
-    def _json_fields(self):
-        return {'choice': self.choice, 'attempt': self.attempt}
+    WIRE = (('choice', 'B', CHOICE, 'choice'),
+            ('attempt', 'I', INT, 'attempt'))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -205,17 +196,8 @@ class PasteReceived(Event):
     TAG = 0x05
     KIND = 'paste_received'
     SERIAL_TYPE = 'paste'
-    FIELDS_FMT = 'HB'
-
-    def _fields(self):
-        return (self.length & U16, 1 if self.correct else 0)
-
-    @classmethod
-    def _build(cls, t, rest, offset):
-        return cls(t, rest[0], _flag(rest[1], 'paste correct', offset + 2))
-
-    def _json_fields(self):
-        return {'len': self.length, 'correct': self.correct}
+    WIRE = (('length', 'H', U16_TRUNC, 'len'),
+            ('correct', 'B', FLAG, 'correct'))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -238,7 +220,8 @@ class ModeSwitch(Event):
     TAG = 0x07
     KIND = 'mode_switch'
     SERIAL_TYPE = 'mode_switch'
-    FIELDS_FMT = 'HHHH'
+    WIRE = tuple((attr, 'H', U16_TRUNC, attr)
+                 for attr in ('req_w', 'req_h', 'app_w', 'app_h'))
 
     @property
     def requested(self):
@@ -247,10 +230,6 @@ class ModeSwitch(Event):
     @property
     def applied(self):
         return (self.app_w, self.app_h)
-
-    def _fields(self):
-        return (self.req_w & U16, self.req_h & U16,
-                self.app_w & U16, self.app_h & U16)
 
     def _json_fields(self):
         return {'requested': list(self.requested),
@@ -266,18 +245,8 @@ class ModeCycle(Event):
     TAG = 0x08
     KIND = 'mode_cycle'
     SERIAL_TYPE = 'mode_cycle'
-    FIELDS_FMT = 'IB'
-
-    def _fields(self):
-        return (self.count, 1 if self.interrupted else 0)
-
-    @classmethod
-    def _build(cls, t, rest, offset):
-        return cls(t, rest[0], _flag(rest[1], 'mode_cycle interrupted',
-                                     offset + 4))
-
-    def _json_fields(self):
-        return {'count': self.count, 'interrupted': self.interrupted}
+    WIRE = (('count', 'I', INT, 'count'),
+            ('interrupted', 'B', FLAG, 'interrupted'))
 
 
 @dataclasses.dataclass(frozen=True)
