@@ -455,6 +455,13 @@ def test_send_key_by_name(client, server):
     client.send_key('Return', gap=0)
     codes = [r['params']['scancode'] for r in server.requests_for('send_key')]
     assert codes[0] == keys.scancode('Return') == 0x1C
+    client.send_key('left', gap=0)
+    assert server.requests_for('send_key')[-1]['params'] == {
+        'scancode': 0xE04B, 'state': 'up'}
+    with pytest.raises(ValueError, match='Shift'):
+        client.send_key('A')
+    with pytest.raises(ValueError):
+        client.send_key('no-such-key')
 
 
 def test_screenshot_png(client):

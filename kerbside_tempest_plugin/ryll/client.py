@@ -234,6 +234,11 @@ def resolve_key(key):
         raise RyllError(
             'key name %r needs kerbside_tempest_plugin.sextant.keys, which '
             'could not be imported (%s); pass an int scancode' % (key, e))
+    needs_shift = getattr(keys, 'needs_shift', None)
+    if needs_shift is not None and needs_shift(key):
+        raise ValueError(
+            '%r needs Shift held: send_key(\'shift\', \'down\') around '
+            'it, or use paste()' % key)
     return int(keys.scancode(key))
 
 
