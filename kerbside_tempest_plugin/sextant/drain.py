@@ -120,25 +120,19 @@ class DrainRecord:
         return out
 
     def to_event(self):
-        """The digest event this record was drained from."""
-        f, t = self.fields, self.t
-        if self.type == 'keypress':
-            return ev.Keypress(t, f['unicode'], f['scancode'])
-        if self.type == 'line':
-            return ev.LineRendered(t, f['row'])
-        if self.type == 'transition':
-            return ev.SceneTransition(t, f['from'], f['to'])
-        if self.type == 'bootloader_decision':
-            return ev.BootloaderDecision(t, f['choice'], f['attempt'])
-        if self.type == 'paste':
-            return ev.PasteReceived(t, f['len'], f['correct'])
-        if self.type == 'bootloader_timeout':
-            return ev.BootloaderTimeout(t)
-        if self.type == 'mode_switch':
-            return ev.ModeSwitch(t, *f['requested'], *f['applied'])
-        if self.type == 'mode_cycle':
-            return ev.ModeCycle(t, f['count'], f['interrupted'])
-        raise ValueError('%s record is not an event' % self.type)
+        """The digest event this record was drained from.
+
+        Serial field names are the events' JSON names, so the events' WIRE
+        tables say which field feeds which attribute.
+        """
+        cls = ev.BY_SERIAL_TYPE.get(self.type)
+        if cls is None:
+            raise ValueError('%s record is not an event' % self.type)
+        if cls is ev.ModeSwitch:
+            return cls(self.t, *self.fields['requested'],
+                       *self.fields['applied'])
+        return cls(self.t, *(self.fields[name]
+                             for _, _, _, name in cls.WIRE))
 
     def describe(self):
         return 'line %d: %s' % (self.line_no, self.text)
