@@ -1,0 +1,283 @@
+"""Bringing the latency guest up on each route, with a ryll and a client.
+
+SPICE (qemu's spice-server) serves one client at a time, so the two routes
+cannot share one guest: each route gets its own lane, its own copy of the
+latency guest and its own ryll:
+
+- ``kerbside``: a full `lane.Lane` (private MariaDB, Kerbside API, daemon
+  and proxy with a static source) and ryll through the proxy;
+- ``direct``: a `lane.Lane(kerbside=False)` and ryll straight to qemu.
+
+Both guests are the same image with the same qemu command line, booted at
+the same time; the loadtest alternates the routes sample by sample so what
+the machine does to one it does to the other.
+
+Lane workdirs live in a private temporary directory (their ``secrets/``
+must never become an artifact); after teardown the logs are copied into
+the run's output directory and the workdir is removed.
+"""
+
+import logging
+import os
+import shutil
+import tempfile
+import time
+
+from kerbside_tempest_plugin.loadtest import fake as fake_ryll
+from kerbside_tempest_plugin.loadtest import sampler
+
+LOG = logging.getLogger(__name__)
+
+BANNER = r'ready: waiting for keys'
+# Files and directories from a lane workdir that are never copied out.
+_NO_COPY = ('secrets', 'run', '*.sock', 'overlay.qcow2', 'OVMF_VARS.fd',
+            '*.vv')
+
+
+class Route:
+    """One route's parts: lane, guest, ryll, control client, session."""
+
+    def __init__(self, name):
+        self.name = name
+        self.lane = None
+        self.guest = None
+        self.ryll = None
+        self.client = None
+        self.session = None
+        self.fake = None
+        self.workdir = None
+        self.timings = {}
+
+    def alive(self):
+        """None while ryll and the guest run; else what has gone."""
+        rp = self.ryll
+        if rp is not None:
+            rc = getattr(rp, 'returncode', None)
+            if rc is not None:
+                return 'ryll exited with status %s' % rc
+        g = self.guest
+        if g is not None and not g.is_running():
+            return 'the guest (qemu %s) stopped with status %s' % (
+                g.name, getattr(g, 'returncode', '?'))
+        return None
+
+    def describe(self):
+        parts = ['route %s' % self.name]
+        if self.guest is not None:
+            parts.append('guest %s %s' % (
+                self.guest.name,
+                'running' if self.guest.is_running() else 'stopped'))
+        if self.client is not None:
+            parts.append('control %s' % (
+                'closed: %s' % self.client.close_reason
+                if self.client.closed else 'open'))
+        return ', '.join(parts)
+
+
+def _connect(path, timeout, name):
+    from kerbside_tempest_plugin.ryll import client as ryll_client
+    c = ryll_client.ControlClient(path, client_name='kerbside-latency-%s'
+                                  % name)
+    c.connect(timeout=timeout)
+    return c
+
+
+def wait_spice_ready(client, timeout, what):
+    """Wait until ryll reports the SPICE session connected with a surface.
+    """
+    deadline = time.monotonic() + timeout
+    last = None
+    while True:
+        try:
+            last = client.status(timeout=max(deadline - time.monotonic(),
+                                             0.5))
+        except Exception as e:
+            last = {'error': str(e)}
+            if getattr(client, 'closed', False):
+                raise sampler.RouteDead(
+                    '%s: control connection closed while waiting for the '
+                    'SPICE session: %s' % (what, client.close_reason))
+        if last.get('spice_connected') and last.get('surfaces'):
+            return last
+        if time.monotonic() >= deadline:
+            raise TimeoutError(
+                'timed out after %.0f s waiting for ryll (%s) to report '
+                'spice_connected with a surface; last status: %s'
+                % (timeout, what, last))
+        time.sleep(0.05)
+
+
+class Rig:
+    """All routes of one loadtest run. Use `up()` then (always) `down()`.
+    """
+
+    def __init__(self, routes, image, out_dir, accel='auto',
+                 boot_timeout=120, ryll_binary='ryll', kerbside_venv=None,
+                 keep_workdir=False, say=None):
+        self.route_names = list(routes)
+        self.image = image
+        self.out_dir = out_dir
+        self.accel = accel
+        self.boot_timeout = boot_timeout
+        self.ryll_binary = ryll_binary
+        self.kerbside_venv = kerbside_venv
+        self.keep_workdir = keep_workdir
+        self.say = say or LOG.info
+        self.routes = [Route(n) for n in self.route_names]
+        self.base = None
+        self.teardown_reports = {}
+        self.scrubbed = {}
+
+    def up(self):
+        from kerbside_tempest_plugin.lane import lane as lane_mod
+        self.base = tempfile.mkdtemp(prefix='ktp-latency-')
+        for r in self.routes:
+            t = time.monotonic()
+            r.workdir = os.path.join(self.base, r.name)
+            r.lane = lane_mod.Lane(
+                workdir=r.workdir, route=r.name,
+                kerbside=(r.name == 'kerbside'),
+                kerbside_venv=self.kerbside_venv,
+                ryll_binary=self.ryll_binary, accel=self.accel)
+            self.say('route %s: starting its lane%s' % (
+                r.name, ' (MariaDB + Kerbside)' if r.name == 'kerbside'
+                else ' (qemu only)'))
+            r.lane.up()
+            r.timings['lane_up_s'] = time.monotonic() - t
+        # Boot every guest first, then wait for the banners together.
+        for r in self.routes:
+            r.timings['boot_started'] = time.monotonic()
+            r.guest = r.lane.boot_guest(self.image,
+                                        name='latency-%s' % r.name)
+        for r in self.routes:
+            r.guest.serial.wait_for(BANNER, self.boot_timeout)
+            r.timings['qemu_to_ready_s'] = \
+                time.monotonic() - r.timings.pop('boot_started')
+            self.say('route %s: guest ready after %.1f s (accel %s)' % (
+                r.name, r.timings['qemu_to_ready_s'], r.guest.accel))
+        for r in self.routes:
+            t = time.monotonic()
+            r.ryll = r.lane.start_ryll(r.guest, r.name, timeout=30)
+            r.client = _connect(r.ryll.socket_path, 15, r.name)
+            wait_spice_ready(r.client, 30, 'route %s' % r.name)
+            r.timings['ryll_to_spice_ready_s'] = time.monotonic() - t
+            r.session = sampler.RouteSession(r.name, r.client,
+                                             alive=r.alive)
+            r.session.attach()
+            self.say('route %s: ryll connected in %.2f s' % (
+                r.name, r.timings['ryll_to_spice_ready_s']))
+        return self
+
+    def sessions(self):
+        return [r.session for r in self.routes if r.session is not None]
+
+    def info(self):
+        out = {}
+        for r in self.routes:
+            info = {'timings': {k: round(v, 3) for k, v in
+                                r.timings.items()}}
+            if r.guest is not None:
+                info['accel'] = getattr(r.guest, 'accel', None)
+                info['accel_reason'] = getattr(r.guest, 'accel_reason',
+                                               None)
+            if r.client is not None:
+                info['ryll_protocol'] = r.client.protocol_version
+            out[r.name] = info
+        return out
+
+    def down(self):
+        """Close clients, stop ryll, tear the lanes down, copy logs out.
+        Never raises; returns the lanes' teardown reports.
+        """
+        for r in reversed(self.routes):
+            try:
+                if r.session is not None:
+                    r.session.detach()
+                if r.client is not None:
+                    r.client.close()
+            except Exception:
+                LOG.exception('closing the control client of %s', r.name)
+            if r.lane is not None:
+                try:
+                    self.teardown_reports[r.name] = r.lane.down()
+                except Exception as e:
+                    LOG.exception('tearing down the %s lane', r.name)
+                    self.teardown_reports[r.name] = {'error': repr(e)}
+        if self.base is not None:
+            for r in self.routes:
+                if r.workdir and os.path.isdir(r.workdir):
+                    dst = os.path.join(self.out_dir, 'lanes', r.name)
+                    _copy_logs(r.workdir, dst)
+                    self.scrubbed[r.name] = _scrub(dst, r.lane)
+            if self.keep_workdir:
+                self.say('lane workdirs kept in %s (holds secrets/)'
+                         % self.base)
+            else:
+                shutil.rmtree(self.base, ignore_errors=True)
+        return self.teardown_reports
+
+
+class FakeRig:
+    """Routes backed by instant fake control sockets (`fake.FakeRyll`):
+    the whole pipeline without qemu, Kerbside or ryll, for tests and for a
+    dry run. `delays` maps route name -> draw delay in seconds.
+    """
+
+    def __init__(self, routes, delays=None, fake_kwargs=None, say=None):
+        self.route_names = list(routes)
+        self.delays = delays or {}
+        self.fake_kwargs = fake_kwargs or {}
+        self.say = say or LOG.info
+        self.routes = [Route(n) for n in self.route_names]
+        self.teardown_reports = {}
+
+    def up(self):
+        for r in self.routes:
+            kwargs = dict(self.fake_kwargs.get(r.name, {}))
+            kwargs.setdefault('draw_delay_s', self.delays.get(r.name, 0.0))
+            r.fake = fake_ryll.FakeRyll(**kwargs).start()
+            r.client = _connect(r.fake.path, 10, r.name)
+            r.session = sampler.RouteSession(r.name, r.client)
+            r.session.attach()
+        return self
+
+    def sessions(self):
+        return [r.session for r in self.routes if r.session is not None]
+
+    def info(self):
+        return {r.name: {'fake': True, 'draw_delay_s':
+                         self.delays.get(r.name, 0.0)} for r in self.routes}
+
+    def down(self):
+        for r in reversed(self.routes):
+            try:
+                if r.client is not None:
+                    r.client.close()
+            finally:
+                if r.fake is not None:
+                    r.fake.stop()
+        return self.teardown_reports
+
+
+def _scrub(root, lane):
+    """Redact the lane's known secrets in copied logs (a safety net: the
+    lane scrubs its own workdir at teardown). Returns the files changed.
+    """
+    redactor = getattr(lane, 'redactor', None)
+    if redactor is None or not os.path.isdir(root):
+        return []
+    try:
+        from kerbside_tempest_plugin.lane import secrets as lane_secrets
+        return [os.path.relpath(p, root)
+                for p in lane_secrets.scrub_tree(root, redactor)]
+    except Exception:
+        LOG.exception('scrubbing %s failed', root)
+        return []
+
+
+def _copy_logs(src, dst):
+    try:
+        shutil.copytree(src, dst, dirs_exist_ok=True, symlinks=True,
+                        ignore=shutil.ignore_patterns(*_NO_COPY))
+    except Exception:
+        LOG.exception('copying the logs of %s failed', src)
