@@ -1,0 +1,402 @@
+"""The Sextant contract, end to end, on a guest under qemu (TCG).
+
+Every assertion is written against shared/spec/sextant-contract.md, not
+against images/sextant's internals, so the same tests pass against a real
+Uncalibrated Sextant image (SEXTANT_IMAGE=/path/to/uncalibrated-sextant.qcow2).
+Keys go in with QMP send-key, frames come out with QMP screendump and are
+decoded with kerbside_tempest_plugin.digest; the ending is read from the
+serial drain (pitfall 1).
+
+To keep the 2-core machine usable, each test shares one boot across many
+assertions.
+"""
+
+import os
+import pathlib
+import subprocess
+import time
+
+import pytest
+
+from kerbside_tempest_plugin.digest import chains as dchains
+from kerbside_tempest_plugin.digest import fbhash
+from kerbside_tempest_plugin.digest import payload as pl
+from kerbside_tempest_plugin.sextant import contract
+from kerbside_tempest_plugin.sextant import drain as sdrain
+from kerbside_tempest_plugin.sextant import expect as sx
+
+pytestmark = pytest.mark.integration
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
+BANNER_TIMEOUT = 120      # boot to banner is ~6 s under TCG, more when busy
+BEAT_TIMEOUT = 60
+EXIT_TIMEOUT = 60
+
+
+# ---- predicates over a FrameAnalysis ---------------------------------------
+
+def has_event(analysis, kind, **fields):
+    for e in analysis.digest.events:
+        if getattr(e, 'kind', None) == kind and all(
+                getattr(e, k) == v for k, v in fields.items()):
+            return True
+    return False
+
+
+def last_event_is(analysis, kind, **fields):
+    events = analysis.digest.events
+    return bool(events) and getattr(events[-1], 'kind', None) == kind and all(
+        getattr(events[-1], k) == v for k, v in fields.items())
+
+
+class Walk:
+    """One boot driven beat by beat; checks a valid digest at every beat
+    with a frame counter above the previous beat's.
+    """
+
+    def __init__(self, guest, watcher):
+        self.guest = guest
+        self.watcher = watcher
+        self.beats = []
+
+    def beat(self, what, predicate, timeout=BEAT_TIMEOUT):
+        analysis = self.watcher.wait_for(predicate, timeout, what)
+        d = analysis.digest
+        assert d.schema_version == pl.SCHEMA_VERSION
+        if self.beats:
+            prev = self.beats[-1][1].digest.frame_counter
+            assert d.frame_counter > prev, (
+                'beat %r: frame counter %d not above the previous beat\'s %d'
+                % (what, d.frame_counter, prev))
+        self.beats.append((what, analysis))
+        return analysis
+
+    def boot(self):
+        self.guest.wait_serial(contract.BANNER, BANNER_TIMEOUT,
+                               'the Sextant banner')
+        # Awaiting: the first refresh is frame 1 and no event exists yet.
+        a = self.beat('Awaiting', lambda a: True)
+        assert a.frame_size == contract.DEFAULT_MODE
+        assert a.origin == fbhash.digest_origin(*contract.DEFAULT_MODE)
+        assert a.digest.frame_counter >= 1
+        assert a.digest.events == ()
+        assert set(a.digest.hashes.values()) == {0}
+        return a
+
+    def enter_booting(self):
+        self.guest.send_key('ret')
+        return self.beat('awaiting->booting in the chains',
+                         lambda a: a.digest.hashes['scene_transition'] != 0)
+
+    def reach_prompt(self):
+        # The R/I/A prompt (row 21) is the last refresh before polling.
+        return self.beat('the R/I/A prompt line (row 21)',
+                         lambda a: last_event_is(
+                             a, 'line_rendered',
+                             row=contract.BOOTLOADER_PROMPT_ROW)
+                         and a.digest.hashes['bootloader_decision'] == 0)
+
+    def ignore(self, attempt=1):
+        self.guest.send_key('i')
+        return self.beat('the paste prompt (row 25) after Ignore',
+                         lambda a: last_event_is(
+                             a, 'line_rendered',
+                             row=contract.PASTE_PROMPT_ROW)
+                         and a.digest.hashes['bootloader_decision'] != 0)
+
+    def paste(self, text):
+        self.guest.type_text(text)
+        # Every printable key is echoed with a refresh: wait for the last.
+        self.beat('the echo of %r' % text[-1],
+                  lambda a: last_event_is(a, 'keypress',
+                                          unicode=ord(text[-1])))
+        self.guest.send_key('ret')
+
+    def reach_parked(self):
+        return self.beat('booting->parked',
+                         lambda a: has_event(a, 'scene_transition',
+                                             from_phase=contract.BOOTING,
+                                             to_phase=contract.PARKED))
+
+    def exit_and_drain(self):
+        """The exit key in Parked: drain, then ACPI power-off."""
+        self.guest.send_key('ret')
+        self.guest.wait_exit(EXIT_TIMEOUT)
+        drain = sdrain.parse(self.guest.serial_text())
+        assert drain.complete, ('no refresh_stats line in the serial log:\n%s'
+                                % self.guest.serial_tail())
+        return drain
+
+
+def check_drain_against_digests(drain, frames):
+    """Each decoded digest must be the state after some prefix of the drain:
+    its eight channel hashes equal the replay of that prefix (§1.4) and its
+    raw records are the newest records of that prefix that fit in 44 bytes
+    (§1.5). Returns the prefix length of the last (newest) digest.
+    """
+    events = drain.to_events()
+    assert len(events) < 256, 'ring overflow: the drain is not complete'
+    prefix = {}
+    state = dchains.ChannelChains()
+    prefix[tuple(sorted(state.hashes.items()))] = 0
+    for i, e in enumerate(events):
+        state.update(e)
+        prefix[tuple(sorted(state.hashes.items()))] = i + 1
+    last_n, last_frame = 0, 0
+    for a in sorted(frames, key=lambda a: a.digest.frame_counter):
+        d = a.digest
+        key = tuple(sorted(d.hashes.items()))
+        assert key in prefix, (
+            'digest frame %d: channel hashes %s are not the replay of any '
+            'prefix of the drain' % (d.frame_counter, d.to_json()['hashes']))
+        n = prefix[key]
+        assert n >= last_n or d.frame_counter == last_frame, (
+            'digest frame %d shows fewer events than an earlier frame'
+            % d.frame_counter)
+        window = list(d.events)
+        assert window == events[n - len(window):n], (
+            'digest frame %d raw records %s are not the newest %d drained '
+            'events before #%d' % (d.frame_counter,
+                                   [e.to_json() for e in window],
+                                   len(window), n))
+        size = sum(len(e.tlv()) for e in window)
+        assert size <= pl.RAW_BUDGET
+        if n > len(window):
+            older = events[n - len(window) - 1]
+            assert size + len(older.tlv()) > pl.RAW_BUDGET, (
+                'digest frame %d left out %s although it fits the raw budget'
+                % (d.frame_counter, older.to_json()))
+        last_n, last_frame = n, d.frame_counter
+    return last_n
+
+
+def check_clock(drain):
+    ts = [r.t for r in drain.records]
+    assert ts == sorted(ts), 't= is not monotonic: %s' % ts
+
+
+def normalise_stream_exercise(types):
+    """A newer Sextant goes awaiting->stream_exercise->booting (§1.9)."""
+    out = []
+    for item in types:
+        if item == ('transition', 'awaiting', 'stream_exercise'):
+            continue
+        if item == ('transition', 'stream_exercise', 'booting'):
+            item = ('transition', 'awaiting', 'booting')
+        out.append(item)
+    return out
+
+
+def drain_shape(drain):
+    shape = []
+    for r in drain.records:
+        f = r.fields
+        if r.type == 'keypress':
+            shape.append(('keypress', f['unicode'], f['scancode']))
+        elif r.type == 'line':
+            shape.append(('line', f['row']))
+        elif r.type == 'transition':
+            shape.append(('transition', f['from'], f['to']))
+        elif r.type == 'bootloader_decision':
+            shape.append(('decision', f['choice'], f['attempt']))
+        elif r.type == 'paste':
+            shape.append(('paste', f['len'], f['correct']))
+        else:
+            shape.append((r.type,))
+    return normalise_stream_exercise(shape)
+
+
+def canonical_shape():
+    """The §4.3 transcript as (type, fields) without t=."""
+    enter = ('keypress', 0x0d, 0)
+    shape = [enter, ('transition', 'awaiting', 'booting')]
+    shape += [('line', row) for row in range(0, 22)]
+    shape += [('keypress', ord('i'), 0), ('decision', 'ignore', 1),
+              ('line', 21), ('line', 23), ('line', 25)]
+    shape += [('keypress', ord(c), 0) for c in contract.PASTE_SECRET]
+    shape += [enter, ('paste', len(contract.PASTE_SECRET), True),
+              ('line', 21), ('line', 22),
+              ('transition', 'booting', 'parked'),
+              enter, ('transition', 'parked', 'parked')]
+    return shape
+
+
+# ---- the tests ----------------------------------------------------------
+
+def test_canonical_walk(qemu_guest, sextant_image, digest_watcher):
+    """Awaiting -> Enter -> Booting -> i -> paste -> Parked -> Enter, with
+    the banner, digests at every beat, framebuffer hashes, the §4.3 drain
+    and the drain/digest cross-check.
+    """
+    guest = qemu_guest(sextant_image, name='canonical')
+    watcher = digest_watcher(guest)
+    walk = Walk(guest, watcher)
+    walk.boot()
+
+    serial = guest.serial_path.read_bytes()
+    assert (contract.BANNER + '\r\n').encode() in serial
+    modes = sdrain.parse(serial).gop_modes
+    assert modes and contract.DEFAULT_MODE in modes, modes
+
+    # Quiescent Awaiting: the trailer is the host-recomputed hash.
+    watcher.framebuffer_hash_matches()
+
+    walk.enter_booting()
+    walk.reach_prompt()
+    walk.ignore()
+    walk.paste(contract.PASTE_SECRET)
+    walk.reach_parked()
+    parked = watcher.framebuffer_hash_matches()
+    assert parked.digest.hashes['paste_received'] != 0
+    last_seen = max(a.digest.frame_counter for a in watcher.frames)
+
+    drain = walk.exit_and_drain()
+    sx.match_ordered(drain, sx.CANONICAL_WALK)
+    assert drain_shape(drain) == normalise_stream_exercise(canonical_shape())
+    check_clock(drain)
+
+    lines = [r for r in drain.records if r.type == 'line'][:19]
+    for a, b in zip(lines, lines[1:]):
+        assert b.t - a.t >= contract.BOOT_LINE_MS, (a.text, b.text)
+    keys = [r for r in drain.records if r.type == 'keypress'][2:25]
+    for a, b in zip(keys, keys[1:]):
+        assert b.t - a.t >= contract.POLL_MS, (a.text, b.text)
+
+    # refresh_stats count is the last frame number, and one refresh at
+    # least follows the last frame we saw (the exit key's).
+    assert drain.refresh_stats['count'] > last_seen
+
+    # The last digest seen equals the drain replayed less the events of
+    # the exit key, which came after it.
+    n = check_drain_against_digests(drain, watcher.frames)
+    rest = drain.to_events()[n:]
+    assert [e.kind for e in rest] == ['keypress', 'scene_transition'], rest
+    assert (rest[1].from_phase, rest[1].to_phase) == ('parked', 'parked')
+
+
+def test_mode_keys_retry_and_wrong_paste(qemu_guest, sextant_image,
+                                         digest_watcher):
+    """Mode keys 1 and 3 in Awaiting (QR moves, hash holds at 640x480), a
+    mode key ignored at the R/I/A prompt, Retry, Ignore, one wrong paste,
+    then the correct one and the drain.
+    """
+    guest = qemu_guest(sextant_image, name='paths')
+    watcher = digest_watcher(guest)
+    walk = Walk(guest, watcher)
+    walk.boot()
+
+    guest.send_key('1')
+    a = walk.beat('a 640x480 frame after key 1',
+                  lambda a: a.frame_size == (640, 480)
+                  and a.digest.hashes['mode_switch'] != 0)
+    assert a.origin == fbhash.digest_origin(640, 480) == (444, 268)
+    time.sleep(2)   # the 1.5 s toast expires with a repaint
+    watcher.framebuffer_hash_matches()
+
+    guest.send_key('3')
+    a = walk.beat('a 1024x768 frame after key 3',
+                  lambda a: a.frame_size == (1024, 768)
+                  and has_event(a, 'mode_switch', app_w=1024, app_h=768))
+    assert a.origin == (828, 556)
+
+    walk.enter_booting()
+    walk.reach_prompt()
+    guest.send_key('2')          # mode keys are inert in the bootloader
+    time.sleep(0.5)
+    guest.send_key('r')
+    a = walk.beat('the prompt re-rendered after Retry',
+                  lambda a: has_event(a, 'bootloader_decision',
+                                      choice='retry', attempt=1)
+                  and last_event_is(a, 'line_rendered', row=21), timeout=90)
+    assert a.frame_size == (1024, 768)
+
+    walk.ignore()
+    guest.type_text('abc')
+    guest.send_key('ret')
+    walk.beat('the wrong-paste indicator (row 26)',
+              lambda a: has_event(a, 'paste_received', length=3,
+                                  correct=False)
+              and has_event(a, 'line_rendered', row=26))
+
+    walk.paste(contract.PASTE_SECRET)
+    walk.reach_parked()
+    drain = walk.exit_and_drain()
+
+    sx.match_ordered(drain, (
+        sx.Rec('keypress', unicode=ord('1')),
+        sx.Rec('mode_switch', requested=[640, 480], applied=[640, 480]),
+        sx.Rec('keypress', unicode=ord('3')),
+        sx.Rec('mode_switch', requested=[1024, 768], applied=[1024, 768]),
+        sx.Rec('keypress', unicode=0x0d),
+        sx.LEAVE_AWAITING,
+        sx.AtLeast(19, sx.Rec('line')),
+        sx.Rec('line', row=21),
+        sx.Rec('keypress', unicode=ord('2')),
+        sx.Rec('bootloader_decision', choice='retry', attempt=1),
+        sx.Rec('line', row=21),
+        sx.Rec('bootloader_decision', choice='ignore', attempt=2),
+        sx.Rec('line', row=25),
+        sx.Rec('paste', len=3, correct=False),
+        sx.Rec('line', row=26),
+        sx.Rec('paste', len=len(contract.PASTE_SECRET), correct=True),
+        sx.transition(contract.BOOTING, contract.PARKED),
+        sx.Rec('keypress'),
+        sx.transition(contract.PARKED, contract.PARKED),
+        sx.Rec(contract.REFRESH_STATS),
+    ))
+    switches = [r for r in drain.records if r.type == 'mode_switch']
+    assert len(switches) == 2, [r.text for r in switches]
+    check_clock(drain)
+    check_drain_against_digests(drain, watcher.frames)
+
+
+@pytest.mark.slow
+def test_paste_timeout(qemu_guest, sextant_image, digest_watcher):
+    """60 s without a key at the paste prompt: BootloaderTimeout, the 30 s
+    countdown, the halt line, then power-off without a drain (§4.1, §5.3).
+    """
+    guest = qemu_guest(sextant_image, name='timeout')
+    watcher = digest_watcher(guest)
+    walk = Walk(guest, watcher)
+    walk.boot()
+    walk.enter_booting()
+    walk.reach_prompt()
+    walk.ignore()
+    t_prompt = time.monotonic()
+
+    # No refresh while idle; poll slowly to leave the CPU to the guest.
+    walk.beat('BootloaderTimeout in the chains',
+              lambda a: a.digest.hashes['bootloader_timeout'] != 0,
+              timeout=120)
+    assert time.monotonic() - t_prompt >= contract.PASTE_TIMEOUT_S - 10
+    t_timeout = time.monotonic()
+    walk.beat('the halt line (row 23) after the countdown',
+              lambda a: a.digest.hashes['bootloader_timeout'] != 0
+              and last_event_is(a, 'line_rendered', row=23), timeout=90)
+    guest.wait_exit(EXIT_TIMEOUT)
+    assert time.monotonic() - t_timeout >= 30
+
+    drain = sdrain.parse(guest.serial_text())
+    assert drain.banner_seen
+    assert drain.records == [] and not drain.complete, (
+        'the timeout path must not drain: %s' % guest.serial_tail())
+
+
+def test_build_is_noop_second_time(tmp_path):
+    """images/build.sh skips the build when nothing changed."""
+    if os.environ.get('SEXTANT_IMAGE'):
+        pytest.skip('SEXTANT_IMAGE set: not testing our build')
+    env = dict(os.environ, IMAGES_OUT=str(tmp_path))
+    cmd = ['bash', str(REPO_ROOT / 'images/build.sh'), 'sextant']
+    first = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert first.returncode == 0, first.stdout + first.stderr
+    qcow = tmp_path / 'sextant.qcow2'
+    img = tmp_path / 'sextant.img'
+    assert qcow.stat().st_size > 0 and img.stat().st_size >= 33 * 2 ** 20
+    before = (qcow.stat().st_mtime_ns, img.stat().st_mtime_ns)
+    t0 = time.monotonic()
+    second = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert 'up to date' in second.stdout, second.stdout
+    assert (qcow.stat().st_mtime_ns, img.stat().st_mtime_ns) == before
+    assert time.monotonic() - t0 < 10
