@@ -148,6 +148,31 @@ def image_format(path):
     return json.loads(proc.stdout)['format']
 
 
+def build_argv(qemu_binary, name, accel, memory_mb, ovmf_code, vars_copy,
+               serial_path, ticket_file, spice_port, qmp_path, overlay=None,
+               tls_port=None, x509_dir=None, extra_args=()):
+    """The qemu command line. It holds paths and ports, never the ticket."""
+    argv = [qemu_binary, '-name', name, '-accel', accel, '-machine', 'q35',
+            '-m', str(memory_mb),
+            '-drive', 'if=pflash,format=raw,readonly=on,file=%s' % ovmf_code,
+            '-drive', 'if=pflash,format=raw,file=%s' % vars_copy]
+    if overlay:
+        # No if=: q35's default controller is AHCI (Sextant has no virtio).
+        argv += ['-drive', 'format=qcow2,file=%s' % overlay]
+    spice = ['port=%d' % spice_port, 'addr=%s' % SPICE_HOST,
+             'password-secret=spice-ticket']
+    if tls_port:
+        spice += ['tls-port=%d' % tls_port, 'x509-dir=%s' % x509_dir]
+    argv += ['-vga', 'qxl', '-display', 'none', '-nic', 'none',
+             '-no-reboot',
+             '-serial', 'file:%s' % serial_path,
+             '-object', 'secret,id=spice-ticket,format=raw,file=%s'
+             % ticket_file,
+             '-spice', ','.join(spice),
+             '-qmp', 'unix:%s,server=on,wait=off' % qmp_path]
+    return argv + list(extra_args)
+
+
 class QMP:
     """A short QMP connection per command (qemu.qmp's sync shim).
 
@@ -450,12 +475,7 @@ class DirectQemuProvider(base.GuestProvider):
         shutil.copyfile(self.ovmf_vars, vars_copy)
         guest._scratch.append(vars_copy)
 
-        argv = [self.qemu_binary, '-name', guest.name,
-                '-accel', guest.accel, '-machine', 'q35',
-                '-m', str(self.memory_mb),
-                '-drive', 'if=pflash,format=raw,readonly=on,file=%s'
-                % self.ovmf_code,
-                '-drive', 'if=pflash,format=raw,file=%s' % vars_copy]
+        overlay = None
         if image:
             image = os.path.abspath(image)
             if not os.path.exists(image):
@@ -473,21 +493,12 @@ class DirectQemuProvider(base.GuestProvider):
                 raise base.ProviderError('qemu-img create overlay failed: %s'
                                          % proc.stderr.strip()[-500:])
             guest._scratch.append(overlay)
-            # No if=: the q35 default is the AHCI controller.
-            argv += ['-drive', 'format=qcow2,file=%s' % overlay]
-        spice = ['port=%d' % guest.spice_port, 'addr=%s' % SPICE_HOST,
-                 'password-secret=spice-ticket']
-        if guest.tls_port:
-            spice += ['tls-port=%d' % guest.tls_port,
-                      'x509-dir=%s' % guest.x509_dir]
-        argv += ['-vga', 'qxl', '-display', 'none', '-nic', 'none',
-                 '-no-reboot',
-                 '-serial', 'file:%s' % guest.serial_path,
-                 '-object', 'secret,id=spice-ticket,format=raw,file=%s'
-                 % guest.ticket_file,
-                 '-spice', ','.join(spice),
-                 '-qmp', 'unix:%s,server=on,wait=off' % guest.qmp_path]
-        argv += self.extra_args
+        argv = build_argv(
+            self.qemu_binary, guest.name, guest.accel, self.memory_mb,
+            self.ovmf_code, vars_copy, guest.serial_path, guest.ticket_file,
+            guest.spice_port, guest.qmp_path, overlay=overlay,
+            tls_port=guest.tls_port, x509_dir=guest.x509_dir,
+            extra_args=self.extra_args)
         with open(os.path.join(guest.artifact_dir, 'qemu-argv.txt'),
                   'w') as f:
             f.write(' '.join(argv) + '\n')

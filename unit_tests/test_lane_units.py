@@ -1,0 +1,377 @@
+"""Unit tests for the lane's pure logic: .vv files, secrets and redaction,
+the process registry, port allocation, Kerbside configuration rendering
+and the kerbside-harness command line."""
+
+import json
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+
+import pytest
+
+from kerbside_tempest_plugin.lane import kerbside as lane_kerbside
+from kerbside_tempest_plugin.lane import ports
+from kerbside_tempest_plugin.lane import procs
+from kerbside_tempest_plugin.lane import secrets
+from kerbside_tempest_plugin.lane import tls
+from kerbside_tempest_plugin.lane import vv
+
+PROXY_VV = """[virt-viewer]
+type=spice
+host=127.0.0.1
+port=15901
+tls-port=15900
+password=0123456789abcdef0123456789abcdef0123456789abcdef
+delete-this-file=1
+title=sextant via proxy session ID abc%def
+ca=-----BEGIN CERTIFICATE-----\\nMIIB\\n-----END CERTIFICATE-----\\n
+host-subject=C=US,O=KB E2E,CN=kb-proxy
+"""
+
+
+# -- .vv -------------------------------------------------------------------
+
+def test_parse_proxy_vv_keeps_case_and_percent():
+    f = vv.parse_vv(PROXY_VV)
+    assert f['tls-port'] == '15900'
+    assert f['title'].endswith('abc%def')  # no interpolation
+    assert f['host-subject'] == 'C=US,O=KB E2E,CN=kb-proxy'
+
+
+def test_parse_vv_errors():
+    with pytest.raises(vv.VVError):
+        vv.parse_vv('type=spice\n')
+    with pytest.raises(vv.VVError):
+        vv.parse_vv('[other]\na=1\n')
+
+
+def test_redact_vv_removes_only_the_password():
+    out = vv.redact_vv(PROXY_VV)
+    assert '0123456789abcdef' not in out
+    assert 'password=<redacted>' in out
+    assert 'host-subject=C=US,O=KB E2E,CN=kb-proxy' in out
+    assert out.count('\n') == PROXY_VV.count('\n')
+    # works on text that does not parse as a .vv at all
+    assert vv.redact_vv('password=x\nfoo') == 'password=<redacted>\nfoo'
+
+
+def test_direct_vv_round_trip():
+    text = vv.direct_vv('127.0.0.1', 5910, 'tick3t', tls_port=5911,
+                        ca='A\nB\n', host_subject='CN=qemu-hv')
+    f = vv.parse_vv(text)
+    assert f == {'type': 'spice', 'host': '127.0.0.1', 'port': '5910',
+                 'tls-port': '5911', 'password': 'tick3t',
+                 'ca': 'A\\nB\\n', 'host-subject': 'CN=qemu-hv'}
+
+
+def test_vv_summary_has_no_secret():
+    s = vv.summary(PROXY_VV)
+    assert s['has_password'] and s['has_ca']
+    assert '0123456789abcdef' not in json.dumps(s)
+
+
+# -- secrets ---------------------------------------------------------------
+
+def test_secret_store_files_are_private(tmp_path):
+    store = secrets.SecretStore(str(tmp_path / 'secrets'))
+    path = store.put('ticket', 'abcdef123456')
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(store.path).st_mode) == 0o700
+    assert store.get('ticket') == 'abcdef123456'
+    assert store.get('missing') is None
+    # get_or_create is stable
+    v = store.get_or_create('pw')
+    assert store.get_or_create('pw') == v and len(v) == 32
+
+
+def test_write_private_never_follows_a_symlink(tmp_path):
+    target = tmp_path / 'target'
+    target.write_text('keep')
+    link = tmp_path / 'link'
+    link.symlink_to(target)
+    secrets.write_private(str(link), 'secret')
+    assert target.read_text() == 'keep'
+    assert not link.is_symlink() and link.read_text() == 'secret'
+
+
+def test_redactor_longest_first_and_min_length():
+    r = secrets.Redactor()
+    r.add('abc')  # too short to redact safely
+    r.add('secret-token')
+    r.add('secret-token-extended')
+    r.add(None)
+    text = 'x secret-token-extended y secret-token z abc'
+    assert r.redact(text) == 'x <redacted> y <redacted> z abc'
+    assert r.redact_bytes(text.encode()) == r.redact(text).encode()
+
+
+def test_load_all_learns_vv_passwords_and_files(tmp_path):
+    store = secrets.SecretStore(str(tmp_path))
+    secrets.write_private(str(tmp_path / 'fetched-1.vv'), PROXY_VV)
+    secrets.write_private(str(tmp_path / 'db-password'), 'dbpassword99')
+    secrets.write_private(str(tmp_path / 'broken.vv'), 'not a vv at all')
+    os.mkdir(tmp_path / 'mariadb')
+    r = store.load_all()
+    assert '0123456789abcdef0123456789abcdef0123456789abcdef' in r.values
+    assert 'dbpassword99' in r.values
+
+
+def test_scrub_tree_skips_secrets_and_rewrites_logs(tmp_path):
+    r = secrets.Redactor()
+    r.add('topsecretvalue')
+    (tmp_path / 'logs').mkdir()
+    (tmp_path / 'secrets').mkdir()
+    (tmp_path / 'logs' / 'a.log').write_text('token=topsecretvalue end')
+    (tmp_path / 'logs' / 'clean.log').write_text('nothing here')
+    (tmp_path / 'secrets' / 'ticket').write_text('topsecretvalue')
+    changed = secrets.scrub_tree(str(tmp_path), r,
+                                 skip=[str(tmp_path / 'secrets')])
+    assert changed == [str(tmp_path / 'logs' / 'a.log')]
+    assert (tmp_path / 'logs' / 'a.log').read_text() == \
+        'token=<redacted> end'
+    assert (tmp_path / 'secrets' / 'ticket').read_text() == 'topsecretvalue'
+
+
+# -- ports -----------------------------------------------------------------
+
+def test_free_ports_are_distinct_and_bindable():
+    got = ports.free_ports(6)
+    assert len(set(got)) == 6
+    for p in got:
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(('127.0.0.1', p))
+        s.close()
+
+
+def test_listening_ports_sees_a_listener():
+    s = socket.socket()
+    s.bind(('127.0.0.1', 0))
+    port = s.getsockname()[1]
+    assert not ports.is_listening(port)
+    s.listen(1)
+    try:
+        assert ports.is_listening(port)
+        assert ports.busy_ports([port, None, 1]) == [port]
+    finally:
+        s.close()
+    assert not ports.is_listening(port)
+
+
+# -- process registry ------------------------------------------------------
+
+def _sleeper_with_child(tmp_path):
+    # A parent that forks a child in its own group (like the daemon and
+    # its kerbside-proxy) and ignores SIGTERM in the child.
+    code = ('import os, signal, subprocess, sys, time\n'
+            'subprocess.Popen([sys.executable, "-c", '
+            '"import signal, time; signal.signal(signal.SIGTERM, '
+            'signal.SIG_IGN); time.sleep(600)"])\n'
+            'time.sleep(600)\n')
+    return [sys.executable, '-c', code]
+
+
+def test_registry_records_and_stops_in_lane_order(tmp_path):
+    reg = procs.ProcessRegistry(str(tmp_path / 'processes.json'))
+    log = str(tmp_path / 'x.log')
+    started = {}
+    for name in ('mariadbd', 'gunicorn', 'kerbside-daemon', 'qemu:g1',
+                 'ryll:1'):
+        started[name] = reg.spawn(name, [sys.executable, '-c',
+                                         'import time; time.sleep(600)'],
+                                  log)
+    data = json.load(open(tmp_path / 'processes.json'))
+    assert [r['name'] for r in data] == list(started)
+    assert all(r['start_ticks'] for r in data)
+    # A second registry (as `kerbside-harness down` would) sees them alive.
+    again = procs.ProcessRegistry(str(tmp_path / 'processes.json'))
+    assert len(again.living()) == 5
+    reports = reg.stop_all(signals={'ryll': signal.SIGINT})
+    assert [r['name'] for r in reports] == [
+        'ryll:1', 'kerbside-daemon', 'gunicorn', 'qemu:g1', 'mariadbd']
+    assert all(r['result'].startswith('exited') for r in reports)
+    assert again.living() == [] and again.leftovers() == []
+    # idempotent
+    assert all(r['result'] == 'not running' for r in reg.stop_all())
+
+
+def test_registry_kills_group_leftovers(tmp_path):
+    reg = procs.ProcessRegistry(str(tmp_path / 'processes.json'))
+    proc = reg.spawn('kerbside-daemon', _sleeper_with_child(tmp_path),
+                     str(tmp_path / 'd.log'))
+    deadline = time.time() + 10
+    while len(procs.group_members(proc.pid)) < 2 and time.time() < deadline:
+        time.sleep(0.05)
+    assert len(procs.group_members(proc.pid)) == 2
+    report = reg.stop(reg.records[0], timeout=5, group_timeout=0.5)
+    assert report['group_leftovers']
+    assert procs.group_members(proc.pid) == []
+    assert reg.leftovers() == []
+
+
+def test_registry_never_kills_a_recycled_pid(tmp_path):
+    reg = procs.ProcessRegistry(str(tmp_path / 'processes.json'))
+    me = os.getpid()
+    record = reg.add('qemu:ghost', me)
+    record['start_ticks'] += 1  # pretend the pid was recycled
+    assert not reg.alive(record)
+    assert reg.stop(record)['result'] == 'not running'
+
+
+def test_registry_unreadable_file_starts_empty(tmp_path):
+    path = tmp_path / 'processes.json'
+    path.write_text('{broken')
+    assert procs.ProcessRegistry(str(path)).records == []
+
+
+def test_rank_order():
+    names = ['mariadbd', 'qemu:g2', 'gunicorn', 'kerbside-proxy',
+             'kerbside-daemon', 'ryll:3', 'other']
+    assert sorted(names, key=procs.rank_of) == [
+        'ryll:3', 'kerbside-daemon', 'kerbside-proxy', 'gunicorn',
+        'qemu:g2', 'mariadbd', 'other']
+
+
+def test_registry_redacts_argv(tmp_path):
+    r = secrets.Redactor()
+    r.add('s3cr3t-value')
+    reg = procs.ProcessRegistry(str(tmp_path / 'p.json'), r)
+    reg.add('x', os.getpid(), argv=['prog', '--password=s3cr3t-value'])
+    assert 's3cr3t-value' not in (tmp_path / 'p.json').read_text()
+
+
+# -- Kerbside configuration -------------------------------------------------
+
+def _kerbside(tmp_path):
+    store = secrets.SecretStore(str(tmp_path / 'secrets'))
+    material = tls.TLSMaterial('/t/ca.pem', '/s/ca-key.pem', '/t/proxy.pem',
+                               '/s/proxy-key.pem',
+                               'C=US,O=Kerbside Harness,CN=x')
+    (tmp_path / 'logs').mkdir()
+    return lane_kerbside.Kerbside(
+        lane_kerbside.KerbsideVenv(str(tmp_path / 'venv')), str(tmp_path),
+        str(tmp_path / 'run'), store, None, material,
+        'mysql://kerbside:pw123456@127.0.0.1:3306/kerbside', 13002, 15900,
+        15901, 13009, '6f4e2c1a-0000-0000-0000-000000000001', 15910,
+        '012345678901')
+
+
+def test_kerbside_env(tmp_path, monkeypatch):
+    monkeypatch.setenv('KERBSIDE_SQL_URL', 'sqlite://leaked')
+    kb = _kerbside(tmp_path)
+    env = kb.env()
+    assert env['PATH'].split(os.pathsep)[0] == str(tmp_path / 'venv' / 'bin')
+    assert env['KERBSIDE_SQL_URL'].startswith('mysql://kerbside:')
+    assert env['KERBSIDE_VDI_SECURE_PORT'] == \
+        env['KERBSIDE_PUBLIC_SECURE_PORT'] == '15900'
+    assert env['KERBSIDE_VDI_INSECURE_PORT'] == \
+        env['KERBSIDE_PUBLIC_INSECURE_PORT'] == '15901'
+    assert env['KERBSIDE_PROXY_HOST_SUBJECT'] == \
+        'C=US,O=Kerbside Harness,CN=x'
+    assert env['KERBSIDE_API_SOCKET_PATH'].startswith(str(tmp_path / 'run'))
+    assert len(env['KERBSIDE_AUTH_SECRET_SEED']) == 64
+    assert env['KERBSIDE_AUTH_SECRET_SEED'] == kb.env()[
+        'KERBSIDE_AUTH_SECRET_SEED']
+    assert '127.0.0.1' in env['no_proxy']
+
+
+def test_sources_yaml_quotes_the_ticket_and_is_private(tmp_path):
+    kb = _kerbside(tmp_path)
+    text = kb.sources_yaml()
+    assert 'type: static' in text and 'insecure_port: 15910' in text
+    assert 'ticket: "012345678901"' in text
+    kb.write_sources()
+    assert stat.S_IMODE(os.stat(kb.sources_path).st_mode) == 0o600
+    assert kb.sources_path.startswith(str(tmp_path / 'secrets'))
+    redacted = (tmp_path / 'kerbside' / 'sources.redacted.yaml').read_text()
+    assert '012345678901' not in redacted and 'uuid: 6f4e2c1a' in redacted
+    try:
+        import yaml
+    except ImportError:
+        return
+    data = yaml.safe_load(text)
+    assert data[0]['consoles'][0]['ticket'] == '012345678901'
+
+
+def test_default_venv(monkeypatch):
+    monkeypatch.delenv('KERBSIDE_VENV', raising=False)
+    monkeypatch.setenv('XDG_CACHE_HOME', '/c')
+    assert lane_kerbside.default_venv() == \
+        '/c/kerbside-tempest-plugin/kerbside-venv'
+    monkeypatch.setenv('KERBSIDE_VENV', '/v')
+    assert lane_kerbside.default_venv() == '/v'
+
+
+def test_venv_check_reports_missing_binaries(tmp_path):
+    problems = lane_kerbside.KerbsideVenv(str(tmp_path)).check()
+    assert any('kerbside-proxy' in p for p in problems)
+
+
+# -- TLS -------------------------------------------------------------------
+
+def test_subject_forms():
+    subj = (('C', 'US'), ('O', 'KB E2E'), ('CN', 'kb-proxy'))
+    assert tls.subject_slash(subj) == '/C=US/O=KB E2E/CN=kb-proxy'
+    assert tls.subject_comma(subj) == 'C=US,O=KB E2E,CN=kb-proxy'
+
+
+def test_make_tls_v3_with_loopback_san(tmp_path):
+    m = tls.make_tls(str(tmp_path / 'tls'), str(tmp_path / 'keys'),
+                     qemu=True)
+    for key in (m.ca_key, m.key,
+                os.path.join(m.qemu_x509_dir, 'server-key.pem')):
+        assert stat.S_IMODE(os.stat(key).st_mode) == 0o600
+    text = subprocess.run(['openssl', 'x509', '-in', m.cert, '-noout',
+                           '-text'], capture_output=True, text=True).stdout
+    assert 'Version: 3' in text
+    assert 'IP Address:127.0.0.1' in text and 'DNS:localhost' in text
+    assert m.host_subject == \
+        'C=US,O=Kerbside Harness,CN=kerbside-harness-proxy'
+    assert sorted(os.listdir(m.qemu_x509_dir)) == [
+        'ca-cert.pem', 'server-cert.pem', 'server-key.pem']
+    assert m.ca_pem().startswith('-----BEGIN CERTIFICATE-----')
+
+
+# -- the command line --------------------------------------------------------
+
+def test_harness_parser():
+    from kerbside_tempest_plugin.cmd import harness
+    p = harness.build_parser()
+    a = p.parse_args(['up', '--route', 'direct', '--workdir', '/w',
+                      '--diskless'])
+    assert (a.route, a.workdir, a.diskless, a.image) == ('direct', '/w',
+                                                         True, None)
+    with pytest.raises(SystemExit):
+        p.parse_args(['up', '--image', 'x', '--diskless'])
+    with pytest.raises(SystemExit):
+        p.parse_args(['up', '--route', 'vnc'])
+
+
+def test_harness_no_image_is_said_clearly(monkeypatch, tmp_path):
+    from kerbside_tempest_plugin.cmd import harness
+    from kerbside_tempest_plugin.providers import base
+    monkeypatch.setattr(harness, 'DEFAULT_IMAGE', str(tmp_path / 'no.qcow2'))
+    monkeypatch.setattr(harness, 'BUILD_SCRIPT', str(tmp_path / 'build.sh'))
+    with pytest.raises(base.HarnessError) as e:
+        harness.default_image()
+    assert 'no guest image available' in str(e.value)
+
+
+def test_harness_refuses_a_foreign_workdir(tmp_path, capsys):
+    from kerbside_tempest_plugin.cmd import harness
+    (tmp_path / 'precious.txt').write_text('keep me')
+    rc = harness.main(['up', '--workdir', str(tmp_path), '--diskless'])
+    assert rc == 1
+    assert (tmp_path / 'precious.txt').read_text() == 'keep me'
+    assert 'not a lane workdir' in capsys.readouterr().err
+
+
+def test_harness_down_and_status_without_a_lane(tmp_path, capsys):
+    from kerbside_tempest_plugin.cmd import harness
+    assert harness.main(['down', '--workdir', str(tmp_path)]) == 0
+    assert harness.main(['status', '--workdir', str(tmp_path)]) == 1
+    assert '"absent"' in capsys.readouterr().out
