@@ -99,9 +99,15 @@ def _read(gray, fast):
     if fast:
         kwargs = dict(try_rotate=False, try_downscale=False,
                       try_invert=False)
-    found = zxingcpp.read_barcodes(np.ascontiguousarray(gray),
-                                   formats=zxingcpp.BarcodeFormat.QRCode,
-                                   **kwargs)
+    gray = np.ascontiguousarray(gray)
+    try:
+        found = zxingcpp.read_barcodes(
+            gray, formats=zxingcpp.BarcodeFormat.QRCode, **kwargs)
+    except TypeError:
+        # zxing-cpp 2.x has no try_invert; the image is inverted already.
+        kwargs.pop('try_invert', None)
+        found = zxingcpp.read_barcodes(
+            gray, formats=zxingcpp.BarcodeFormat.QRCode, **kwargs)
     return [b for b in found
             if b.valid and b.format == zxingcpp.BarcodeFormat.QRCode]
 
