@@ -185,7 +185,7 @@ def plot(path, series, title, summary_routes=None, floor_ms=None):
     ax1.set_title('ECDF (dashed p50, dotted p95)', fontsize=9)
     if names:
         data = [series[n] for n in names]
-        ax2.boxplot(data, vert=True, widths=0.5, showfliers=False,
+        ax2.boxplot(data, widths=0.5, showfliers=False,
                     medianprops={'color': 'black', 'lw': 1.5})
         ax2.set_xticks(range(1, len(names) + 1))
         ax2.set_xticklabels(names)
