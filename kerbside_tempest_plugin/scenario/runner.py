@@ -1,0 +1,303 @@
+"""One scenario run: a fresh guest on a lane, a walk, both oracles judged.
+
+`run_scenario(lane, walk, route, ...)` boots a fresh guest on an up Lane
+(lane.Lane), starts ryll on the route, captures the digest stream while
+the walk's beats run, reads the serial drain after the power-off, tears
+the guest and ryll down (always), copies the logs, judges every check,
+and writes the artifacts and report.md. It returns a RunResult and raises
+only for programming errors: a failed beat or check is in the result,
+so a caller can report every verdict before failing.
+
+`judge(...)` is the checks part alone (used by the unit tests with a fake
+guest, and by the benchmark).
+"""
+
+import dataclasses
+import json
+import logging
+import os
+import re
+import time
+import traceback
+import typing
+
+from kerbside_tempest_plugin.scenario import artifacts as art_mod
+from kerbside_tempest_plugin.scenario import capture as cap
+from kerbside_tempest_plugin.scenario import checks
+from kerbside_tempest_plugin.scenario import report as report_mod
+from kerbside_tempest_plugin.scenario import walk as walk_mod
+
+LOG = logging.getLogger(__name__)
+
+BANNER_RE = r'Hello from Uncalibrated Sextant'
+EVENTS = ('surface_drawn', 'paste_completed', 'paste_failed')
+
+
+@dataclasses.dataclass
+class RunResult:
+    name: str
+    walk: str
+    route: str
+    artifact_dir: str
+    passed: bool = False
+    results: typing.List[checks.CheckResult] = dataclasses.field(
+        default_factory=list)
+    beats: list = dataclasses.field(default_factory=list)
+    phases: dict = dataclasses.field(default_factory=dict)
+    error: str = None
+    error_type: str = None
+    stats: dict = dataclasses.field(default_factory=dict)
+
+    def verdicts(self):
+        return {r.name: r.passed for r in self.results}
+
+    def failure_message(self):
+        lines = ['%s (%s route) FAILED; artifacts: %s' % (
+            self.walk, self.route, self.artifact_dir)]
+        if self.error:
+            lines.append('error: %s' % self.error)
+        lines += [r.message() for r in self.results if not r.passed]
+        return '\n'.join(lines)
+
+    def summary_line(self):
+        return '%s %s/%s: %s; %s; report %s' % (
+            'PASS' if self.passed else 'FAIL', self.walk, self.route,
+            ', '.join('%s=%s' % (r.name, r.verdict) for r in self.results),
+            ', '.join('%s=%.1fs' % (k, v) for k, v in self.phases.items()
+                      if v is not None),
+            os.path.join(self.artifact_dir, 'report.md'))
+
+    def to_json(self):
+        out = dataclasses.asdict(self)
+        out['results'] = [r.to_json() for r in self.results]
+        return out
+
+
+def judge(walk_name, walker, stream, drain):
+    """Every check of a run, in report order."""
+    results = [checks.check_beats(walker.beats)]
+    if drain is None:
+        results.append(checks.CheckResult(
+            'drain', False, 'no serial drain was read (see the error and '
+            'serial.log)'))
+    else:
+        results += [
+            checks.check_drain_sequence(drain, walk_mod.expected(walk_name)),
+            checks.check_t_monotonic(drain),
+            checks.check_refresh_stats(drain),
+        ]
+    digests = stream.snapshot()
+    if drain is not None:
+        results.append(checks.check_chains(drain.to_events(), digests))
+    results += [
+        checks.check_framebuffer_hash(list(stream.captures),
+                                      walker.quiet_windows),
+        checks.check_frame_counters(digests),
+    ]
+    count = None
+    if drain is not None and drain.refresh_stats is not None:
+        count = drain.refresh_stats.fields.get('count')
+    results.append(checks.capture_fidelity(digests, count))
+    return results
+
+
+def guest_pacing(drain, first_key_unicode=None):
+    """Seconds of the guest's own stalls between the first and the last
+    keypress of the drain (its `t` clock), or None.
+    """
+    if drain is None:
+        return None
+    keys = [r for r in drain.records if r.type == 'keypress']
+    if len(keys) < 2:
+        return None
+    return (keys[-1].t - keys[0].t) / 1000.0
+
+
+def run_scenario(lane, walk_name, route, image, artifact_root,
+                 step_timeout=90, boot_timeout=120, drain_timeout=60,
+                 paste_secret=walk_mod.PASTE_SECRET, char_delay_ms=20,
+                 name=None, log=None):
+    """Run walk `walk_name` on a fresh guest of `lane` over `route`."""
+    log = log or LOG.info
+    name = name or 'sextant-%s-%s' % (walk_name.replace('_', '-'), route)
+    art = art_mod.ArtifactDir(artifact_root, name,
+                              redactor=getattr(lane, 'redactor', None))
+    log('artifacts for %s: %s' % (name, art.path))
+    result = RunResult(name, walk_name, route, art.path)
+    guest = rp = client = stream = walker = drain = None
+    drain_text = None
+    t_start = time.monotonic()
+    phases = result.phases
+    try:
+        t = time.monotonic()
+        guest = lane.boot_guest(image, name=_guest_name(name),
+                                banner=BANNER_RE, timeout=boot_timeout)
+        phases['boot_to_banner'] = getattr(guest, 'boot_seconds', None) \
+            or time.monotonic() - t
+        t = time.monotonic()
+        rp = lane.start_ryll(guest, route=route, timeout=30)
+        client = rp.connect(timeout=30)
+        accepted = client.subscribe(list(EVENTS))
+        missing = [e for e in EVENTS if e not in accepted]
+        if missing:
+            raise AssertionError(
+                'ryll %s does not offer event(s) %s (supported: %s); the '
+                'digest capture needs surface_drawn and the paste needs '
+                'paste_completed' % (client.protocol_version, missing,
+                                     list(client.supported_events)))
+        rp.wait_ready(client, timeout=60)
+        phases['ryll_to_surface'] = time.monotonic() - t
+        stream = cap.DigestStream(
+            client, on_digest=lambda cd: art.append_jsonl(
+                'digests.jsonl', cd.to_json())).start()
+        walker = walk_mod.Walker(client, stream, art,
+                                 step_timeout=step_timeout,
+                                 paste_secret=paste_secret,
+                                 char_delay_ms=char_delay_ms, log=log)
+        t = time.monotonic()
+        walk_mod.run_walk(walk_name, walker)
+        phases['walk'] = time.monotonic() - t
+        t = time.monotonic()
+        guest.serial.wait_for(walk_mod.DRAIN_END_RE, drain_timeout)
+        drain_text = guest.serial.read()
+        phases['drain'] = time.monotonic() - t
+        try:
+            guest.wait_stopped(30)
+        except Exception as e:
+            result.stats['power_off'] = 'guest still running: %s' % e
+    except BaseException as e:
+        result.error = '%s: %s' % (type(e).__name__, e)
+        result.error_type = type(e).__name__
+        art.write_text('error.txt', traceback.format_exc())
+        log('%s: %s' % (name, result.error))
+        if isinstance(e, (KeyboardInterrupt, SystemExit)):
+            _teardown(lane, guest, client, stream, art, result)
+            raise
+    _teardown(lane, guest, client, stream, art, result)
+    phases['total'] = time.monotonic() - t_start
+
+    # The drain, whether or not the walk finished: whatever serial holds.
+    serial_path = getattr(guest, 'serial_path', None) if guest else None
+    if drain_text is None and serial_path and os.path.exists(serial_path):
+        with open(serial_path, 'rb') as f:
+            drain_text = f.read().decode('utf-8', 'replace')
+    if drain_text:
+        from kerbside_tempest_plugin.sextant import drain as drain_mod
+        try:
+            drain = drain_mod.parse(drain_text)
+        except drain_mod.SerialParseError as e:
+            result.error = (result.error + '; ' if result.error else '') + \
+                'serial drain unparsable: %s' % e
+    if walker is not None and stream is not None:
+        result.results = judge(walk_name, walker, stream, drain)
+        result.beats = [b.to_json() for b in walker.beats]
+        pacing = guest_pacing(drain)
+        if pacing is not None and walker.keys:
+            wall = walker.beats[-1].ended - walker.keys[0][0] \
+                if walker.beats and walker.beats[-1].ended else None
+            result.stats['guest_pacing_s'] = pacing
+            if wall is not None:
+                result.stats['keys_wall_s'] = wall
+                result.stats['overhead_s'] = wall - pacing
+        fb = stream.fb_stats()
+        result.stats.update({
+            'fb_matched': fb['matched'], 'fb_checked': fb['checked'],
+            'captures': len(stream.captures),
+            'digests': len(stream.digests),
+            'decode_failures': stream.decode_failures,
+            'surface_drawn': stream.draws,
+        })
+        for r in result.results:
+            if r.name == 'capture_fidelity' and 'fidelity' in r.data:
+                result.stats['fidelity'] = r.data['fidelity']
+    result.passed = (result.error is None and bool(result.results) and
+                     all(r.passed for r in result.results))
+    _write(art, result, walker, stream, drain, drain_text, route, image,
+           guest)
+    log(result.summary_line())
+    return result
+
+
+def _guest_name(name):
+    return re.sub(r'[^a-z0-9-]', '-', name.lower())[-40:].strip('-')
+
+
+def _teardown(lane, guest, client, stream, art, result):
+    """Stop capture, close the client, stop ryll, tear the guest down and
+    copy the logs. Never raises over the original failure.
+    """
+    steps = [
+        ('stop the capture', lambda: stream and stream.stop()),
+        ('close the control client', lambda: client and client.close()),
+        ('stop ryll', lane.stop_ryll),
+        ('tear the guest down', lambda: guest and guest.teardown()),
+        ('copy the logs', lambda: _copy_logs(lane, guest, art)),
+    ]
+    for what, fn in steps:
+        try:
+            fn()
+        except Exception as e:
+            LOG.exception('teardown: could not %s', what)
+            result.stats.setdefault('teardown_errors', []).append(
+                '%s: %r' % (what, e))
+
+
+def _copy_logs(lane, guest, art):
+    if guest is not None:
+        gdir = getattr(guest, 'artifact_dir', None)
+        art.copy_logs(gdir, prefix='guest__')
+    rp = None
+    procs = getattr(lane, 'ryll_procs', None) or []
+    if procs:
+        rp = procs[-1]
+    if rp is not None:
+        for p, n in ((rp.stdout_path, 'ryll.stdout.log'),
+                     (rp.stderr_path, 'ryll.stderr.log')):
+            art.copy_file(p, n)
+    log_dir = getattr(lane, 'log_dir', None)
+    art.copy_logs(log_dir, prefix='lane__')
+
+
+def _write(art, result, walker, stream, drain, drain_text, route, image,
+           guest):
+    try:
+        if stream is not None:
+            for c in stream.captures:
+                art.append_jsonl('captures.jsonl', c.to_json())
+        if drain_text is not None:
+            art.write_text('serial.log', drain_text)
+        art.write_json('result.json', result.to_json())
+        meta = {'walk': result.walk, 'route': route,
+                'image': image or '(provider default)',
+                'artifact dir': art.path}
+        accel = getattr(guest, 'accel', None)
+        if accel:
+            meta['accelerator'] = '%s (%s)' % (
+                accel, getattr(guest, 'accel_reason', '') or '')
+        phases = dict(result.phases)
+        for k in ('guest_pacing_s', 'overhead_s'):
+            if k in result.stats:
+                phases[k.replace('_s', '')] = result.stats[k]
+        events = drain.to_events() if drain is not None else []
+        text = report_mod.render(
+            '%s: %s' % (result.name, 'PASS' if result.passed else 'FAIL'),
+            meta, result.results, walker, stream, events,
+            drain_text=_drain_only(drain), phases=phases,
+            files=list(art.files) + ['report.md'], error=result.error)
+        art.write_text('report.md', text)
+    except Exception:
+        LOG.exception('writing the report failed')
+        art.write_text('report-error.txt', traceback.format_exc())
+    finally:
+        art.finish()
+
+
+def _drain_only(drain):
+    if drain is None:
+        return None
+    return '\n'.join(r.text for r in drain.all_records())
+
+
+def dump_results(results, path):
+    with open(path, 'w') as f:
+        json.dump([r.to_json() for r in results], f, indent=1, default=str)

@@ -1,0 +1,496 @@
+"""The beats of the Sextant walks, driven over ryll's control socket.
+
+A `Walker` sends keys and pastes through a ControlClient and waits, beat by
+beat, for a digest in the DigestStream that shows the expected record. The
+walks (functions taking a Walker) are:
+
+- canonical: Awaiting, Enter, the 19 boot lines and the bootloader prompt,
+  `i`, paste the secret (wait for paste_completed), Enter, Parked, Enter;
+- wrong_paste: as canonical, but a wrong paste first (paste_received
+  correct=false and the attempt indicator), then the right one;
+- retry: `r` twice at the bootloader prompt (decision attempts 1 and 2,
+  the prompt re-rendered each time), then `i` (attempt 3), then on;
+- mode_key: `4` in Awaiting (mode_switch to 1280x720, the QR moves and the
+  decoder follows), then the canonical walk at that size.
+
+Every walk ends with the Enter in Parked that powers the guest off (ryll
+exits and the control connection gets EOF, which is expected there). Each
+walk has the ordered sequence its serial drain must hold
+(`expected(name)`, sextant.expect items).
+
+Beats are judged on records in the digest's raw window (2 to 4 records,
+newest first). A record can scroll out of the window between two captures
+(contract section 7.2). Then the channel hash decides: if the beat's
+channel, chained from its value before the beat with the expected event
+(all fields, `t` taken from the records seen since), equals a later
+digest's hash, the event provably happened and the beat passes as
+*inferred*; the report says so. The chains check over the serial drain
+later proves the whole history either way.
+"""
+
+import dataclasses
+import logging
+import re
+import time
+import typing
+
+from kerbside_tempest_plugin.scenario import capture as cap
+from kerbside_tempest_plugin.scenario import checks
+
+LOG = logging.getLogger(__name__)
+
+PASTE_SECRET = 'sextant{HELLO_OPERATOR}'
+WRONG_PASTE = 'sextant{GOODBYE_OPERATOR}'
+PROMPT_ROW = 21
+PASTE_PROMPT_ROW = 25
+WRONG_INDICATOR_ROW = 26
+MODE_KEY = '4'
+MODE_SIZE = (1280, 720)
+DRAIN_END_RE = re.compile(r'type=refresh_stats[^\r\n]*\r?\n')
+
+
+@dataclasses.dataclass
+class Beat:
+    """One beat of a walk, as it happened."""
+    index: int
+    name: str
+    what: str
+    started: float                  # stream clock, seconds
+    ended: float = None
+    ok: bool = False
+    inferred: bool = False
+    frame_counter: int = None
+    frame_size: tuple = None
+    records: typing.List[str] = dataclasses.field(default_factory=list)
+    error: str = None
+    screenshot: str = None          # file name in the artifact dir
+    note: str = None
+
+    @property
+    def elapsed(self):
+        return None if self.ended is None else self.ended - self.started
+
+    def describe(self):
+        if self.ok:
+            return '%s: frame %s after %.2f s%s' % (
+                self.name, self.frame_counter, self.elapsed,
+                ' (inferred)' if self.inferred else '')
+        return '%s: FAILED: %s' % (self.name, self.error)
+
+    def to_json(self):
+        out = dataclasses.asdict(self)
+        out['elapsed'] = self.elapsed
+        return out
+
+
+def _hash_moved(channel):
+    def moved(cd):
+        return cd.hashes.get(channel, 0) != 0
+    return moved
+
+
+def _proven(w, since, channel, make):
+    """A predicate: the digest's `channel` hash equals the chain from the
+    hash before the beat (the last digest before `since`) extended by
+    `make(t)` for some `t` seen in the records since then. This proves the
+    event happened, with all its fields, even when it left the raw window
+    before any capture saw it.
+    """
+    before = w.stream.snapshot()[:since]
+    if not before:
+        return lambda cd: False
+    base = before[-1].hashes.get(channel)
+
+    def proves(cd):
+        from kerbside_tempest_plugin.digest import chains
+        want = cd.hashes.get(channel)
+        if want is None or want == base:
+            return False
+        ts = {e.timestamp_ms for d in w.stream.snapshot()[since:cd.index + 1]
+              for e in d.events if e.timestamp_ms is not None}
+        return any(chains.crc32c_continue(make(t).tlv(), base) == want
+                   for t in sorted(ts))
+    return proves
+
+
+def _any(*preds):
+    def either(cd):
+        return any(p(cd) for p in preds)
+    return either
+
+
+def _all(*preds):
+    def both(cd):
+        return all(p(cd) for p in preds)
+    return both
+
+
+class Walker:
+    """Drives one guest through beats and keeps the beat log."""
+
+    def __init__(self, client, stream, artifacts=None, step_timeout=90.0,
+                 paste_secret=PASTE_SECRET, char_delay_ms=20, log=None):
+        self.client = client
+        self.stream = stream
+        self.artifacts = artifacts
+        self.step_timeout = step_timeout
+        self.paste_secret = paste_secret
+        self.char_delay_ms = char_delay_ms
+        self.beats = []
+        self.quiet_windows = []
+        self.keys = []              # (stream time, key) sent
+        self._log = log or LOG.info
+        self.powered_off = False
+
+    # -- primitives
+
+    def log(self, msg, *args):
+        self._log(msg % args if args else msg)
+
+    def press(self, key):
+        """Explicit down, then up with the release code."""
+        self.keys.append((self.stream.now(), key))
+        self.client.send_key(key)
+
+    def paste(self, text):
+        """Type `text`; return only after paste_completed."""
+        self.keys.append((self.stream.now(), 'paste(%d chars)' % len(text)))
+        sent = self.client.paste(text, char_delay_ms=self.char_delay_ms)
+        if sent != len(text):
+            raise AssertionError('ryll typed %r of the %d characters pasted'
+                                 % (sent, len(text)))
+        return sent
+
+    def beat(self, name, what, predicate, implied_by=None, since=None,
+             timeout=None):
+        """Wait for a digest (index >= since) showing what `predicate`
+        tests; `implied_by` accepts a later digest that proves it.
+        """
+        since = self.stream.mark() if since is None else since
+        timeout = self.step_timeout if timeout is None else timeout
+        beat = Beat(len(self.beats), name, what, self.stream.now())
+        self.beats.append(beat)
+
+        def accept(cd):
+            return predicate(cd) or (implied_by is not None and
+                                     implied_by(cd))
+        try:
+            cd = self.stream.wait_for(accept, timeout, what, since=since)
+        except AssertionError as e:
+            beat.ended = self.stream.now()
+            beat.error = str(e)
+            beat.screenshot = self._save_last('%02d-%s-TIMEOUT'
+                                              % (beat.index, name))
+            self.log('beat %s FAILED: %s', name, e)
+            raise
+        beat.ended = self.stream.now()
+        beat.ok = True
+        beat.inferred = not predicate(cd)
+        beat.frame_counter = cd.frame_counter
+        beat.frame_size = cd.frame_size
+        beat.records = cd.records_text()
+        beat.screenshot = self._save_png('%02d-%s' % (beat.index, name),
+                                         cd.png)
+        self.log('beat %s: frame %d at %.2f s%s: %s', name,
+                 cd.frame_counter, cd.at,
+                 ' (inferred)' if beat.inferred else '',
+                 '; '.join(beat.records))
+        return cd
+
+    def quiet(self, label, within=5, timeout=None):
+        """Keep capturing a quiescent screen until the framebuffer hash
+        matches or `within` checked captures were made; record the window
+        for checks.check_framebuffer_hash. Never fails by itself.
+        """
+        start = len(self.stream.captures)
+        deadline = time.monotonic() + (timeout or within * 1.5 + 3)
+        while time.monotonic() < deadline and self.stream.running:
+            caps = [c for c in self.stream.captures[start:]
+                    if c.framebuffer_hash_ok is not None]
+            if any(c.framebuffer_hash_ok for c in caps) or \
+                    len(caps) >= within:
+                break
+            self.stream.request_capture()
+            time.sleep(0.3)
+        window = checks.QuietWindow(label, start, None, within)
+        self.quiet_windows.append(window)
+        return window
+
+    def end_quiet(self):
+        """Close the open quiet window at the current capture."""
+        if self.quiet_windows and self.quiet_windows[-1].end is None:
+            w = self.quiet_windows[-1]
+            self.quiet_windows[-1] = dataclasses.replace(
+                w, end=len(self.stream.captures))
+
+    def power_off(self):
+        """The final Enter in Parked: the guest drains and powers off."""
+        from kerbside_tempest_plugin.ryll import client as ryll_client
+        self.end_quiet()
+        beat = Beat(len(self.beats), 'power-off',
+                    'Enter in Parked (drain, ACPI power-off)',
+                    self.stream.now())
+        self.beats.append(beat)
+        try:
+            self.press('enter')
+        except ryll_client.RyllConnectionClosed as e:
+            # Expected: the guest powers off, qemu exits, ryll exits and
+            # the control connection reaches EOF, maybe before the key-up.
+            beat.note = 'connection closed during the key: %s' % e
+        except ryll_client.RyllError as e:
+            beat.note = 'ryll error after the key (power-off race): %s' % e
+        beat.ended = self.stream.now()
+        beat.ok = True
+        self.powered_off = True
+        self.log('power-off key sent%s', ' (%s)' % beat.note
+                 if beat.note else '')
+
+    # -- artifacts
+
+    def _save_png(self, stem, png):
+        if self.artifacts is None or not png:
+            return None
+        try:
+            return self.artifacts.save_png(stem, png)
+        except Exception as e:
+            LOG.warning('could not save %s: %s', stem, e)
+            return None
+
+    def _save_last(self, stem):
+        return self._save_png(stem, self.stream.last_png)
+
+
+# --------------------------------------------------------------- beats
+
+
+def awaiting(w):
+    cd = w.beat('awaiting', 'any digest on the Awaiting screen (the QR '
+                'pipeline is live)', lambda cd: True, since=0)
+    w.quiet('awaiting')
+    return cd
+
+
+def enter_to_booting(w):
+    from kerbside_tempest_plugin.digest import events as ev
+    since = w.stream.mark()
+    w.end_quiet()
+    w.press('enter')
+    return w.beat(
+        'booting', 'scene_transition awaiting->booting after Enter',
+        cap.shows('scene_transition', from_='awaiting',
+                  to=lambda v: v in ('booting', 'stream_exercise')),
+        # Proven by the transition hash; or, for the stream-exercise
+        # variant (two transitions), boot lines with the hash moved.
+        implied_by=_any(
+            _proven(w, since, 'scene_transition',
+                    lambda t: ev.SceneTransition(t, 'awaiting', 'booting')),
+            _all(cap.shows('line_rendered'),
+                 _hash_moved('scene_transition'))),
+        since=since)
+
+
+def boot_lines_to_prompt(w, since):
+    cd = w.beat('bootloader-prompt', 'line_rendered row %d (the bootloader '
+                'prompt, after the 19 boot lines and 2 preamble rows)'
+                % PROMPT_ROW, cap.shows('line_rendered', row=PROMPT_ROW),
+                since=since)
+    rows = set()
+    for d in w.stream.snapshot()[since:cd.index + 1]:
+        rows.update(e.row for e in d.events
+                    if getattr(e, 'kind', None) == 'line_rendered')
+    w.beats[-1].note = 'boot rows seen in digests: %d of 21 (%s)' % (
+        len(rows & set(range(21))), _ranges(sorted(rows)))
+    return cd
+
+
+def ignore(w, attempt=1):
+    from kerbside_tempest_plugin.digest import events as ev
+    since = w.stream.mark()
+    w.press('i')
+    return w.beat(
+        'ignore', 'bootloader_decision choice=ignore attempt=%d' % attempt,
+        cap.shows('bootloader_decision', choice='ignore', attempt=attempt),
+        implied_by=_proven(w, since, 'bootloader_decision',
+                           lambda t: ev.BootloaderDecision(t, 'ignore',
+                                                           attempt)),
+        since=since)
+
+
+def retry(w, attempt):
+    """`r` at the prompt; wait for the decision, then the prompt again."""
+    since = w.stream.mark()
+    w.press('r')
+    cd = w.beat('retry-%d' % attempt,
+                'bootloader_decision choice=retry attempt=%d' % attempt,
+                cap.shows('bootloader_decision', choice='retry',
+                          attempt=attempt), since=since)
+    ev = cd.shows('bootloader_decision', choice='retry', attempt=attempt)
+    t0 = ev.timestamp_ms
+    w.beat('prompt-%d' % (attempt + 1),
+           'the prompt re-rendered (line_rendered row %d after t=%d)'
+           % (PROMPT_ROW, t0),
+           cap.shows('line_rendered', row=PROMPT_ROW,
+                     timestamp_ms=lambda t: t > t0), since=cd.index)
+    return cd
+
+
+def paste_and_submit(w, text, correct):
+    from kerbside_tempest_plugin.digest import events as ev
+    since = w.stream.mark()
+    w.paste(text)
+    w.press('enter')
+    proof = _proven(w, since, 'paste_received',
+                    lambda t: ev.PasteReceived(t, len(text), correct))
+    if correct:
+        return w.beat(
+            'paste-accepted', 'paste_received correct=true len=%d'
+            % len(text), cap.shows('paste_received', correct=True,
+                                   len=len(text)), implied_by=proof,
+            since=since)
+    cd = w.beat('paste-rejected', 'paste_received correct=false len=%d'
+                % len(text), cap.shows('paste_received', correct=False,
+                                       len=len(text)), implied_by=proof,
+                since=since)
+    w.beat('wrong-indicator', 'the attempt indicator (line_rendered row '
+           '%d) after the wrong paste' % WRONG_INDICATOR_ROW,
+           cap.shows('line_rendered', row=WRONG_INDICATOR_ROW),
+           since=cd.index)
+    return cd
+
+
+def parked(w, since):
+    cd = w.beat('parked', 'scene_transition booting->parked',
+                cap.shows('scene_transition', from_='booting', to='parked'),
+                since=since)
+    w.quiet('parked')
+    return cd
+
+
+def mode_key(w, key=MODE_KEY, size=MODE_SIZE):
+    since = w.stream.mark()
+    w.end_quiet()
+    w.press(key)
+    cd = w.beat('mode-%dx%d' % size, 'mode_switch applied=%dx%d after key '
+                '%r, decoded at the moved QR' % (size + (key,)),
+                _all(cap.shows('mode_switch', applied=tuple(size)),
+                     lambda cd: cd.frame_size == tuple(size)),
+                since=since)
+    origin = cd.origin
+    w.beats[-1].note = 'QR found at %s in a %dx%d frame' % (
+        origin, cd.frame_size[0], cd.frame_size[1])
+    # The toast expires after 1.5 s and repaints; the capture continues.
+    w.beat('mode-settled', 'a later digest at %dx%d (capture continues '
+           'after the toast repaint)' % size,
+           lambda d: d.frame_size == tuple(size) and
+           d.frame_counter > cd.frame_counter + 2, since=cd.index + 1)
+    w.quiet('awaiting-%dx%d' % size)
+    return cd
+
+
+# --------------------------------------------------------------- walks
+
+
+def _tail(w, since_paste):
+    parked(w, since_paste)
+    w.power_off()
+
+
+def canonical(w):
+    awaiting(w)
+    booted = enter_to_booting(w)
+    boot_lines_to_prompt(w, booted.index)
+    ignore(w)
+    accepted = paste_and_submit(w, w.paste_secret, correct=True)
+    _tail(w, accepted.index)
+
+
+def wrong_paste(w):
+    awaiting(w)
+    booted = enter_to_booting(w)
+    boot_lines_to_prompt(w, booted.index)
+    ignore(w)
+    paste_and_submit(w, WRONG_PASTE, correct=False)
+    accepted = paste_and_submit(w, w.paste_secret, correct=True)
+    _tail(w, accepted.index)
+
+
+def retry_path(w, retries=2):
+    awaiting(w)
+    booted = enter_to_booting(w)
+    boot_lines_to_prompt(w, booted.index)
+    for attempt in range(1, retries + 1):
+        retry(w, attempt)
+    ignore(w, attempt=retries + 1)
+    accepted = paste_and_submit(w, w.paste_secret, correct=True)
+    _tail(w, accepted.index)
+
+
+def mode_switch(w):
+    awaiting(w)
+    mode_key(w)
+    booted = enter_to_booting(w)
+    boot_lines_to_prompt(w, booted.index)
+    ignore(w)
+    accepted = paste_and_submit(w, w.paste_secret, correct=True)
+    _tail(w, accepted.index)
+
+
+# --------------------------------------------------------------- drains
+
+
+def _expected(decisions=(('ignore', 1),), pastes=((23, True),), prefix=()):
+    """The ordered drain sequence of a walk (sextant.expect items): the
+    canonical walk of contract section 4.3 with its bootloader decisions,
+    pastes and leading mode keys varied.
+    """
+    from kerbside_tempest_plugin.sextant import expect as ex
+    items = list(prefix) + [ex.Rec('keypress'), ex.LEAVE_AWAITING,
+                            ex.AtLeast(10, ex.Rec('line'))]
+    items += [ex.Rec('bootloader_decision', choice=c, attempt=a)
+              for c, a in decisions]
+    items += [ex.Rec('paste', len=n, correct=ok) for n, ok in pastes]
+    items += [ex.transition('booting', 'parked'), ex.Rec('keypress'),
+              ex.transition('parked', 'parked'), ex.Rec('refresh_stats')]
+    return tuple(items)
+
+
+def _canonical_expected():
+    from kerbside_tempest_plugin.sextant import expect as ex
+    return ex.CANONICAL_WALK
+
+
+def _mode_prefix():
+    from kerbside_tempest_plugin.sextant import expect as ex
+    return (ex.Rec('keypress', unicode=ord(MODE_KEY)),
+            ex.Rec('mode_switch', applied=list(MODE_SIZE)))
+
+
+WALKS = {
+    # The canonical sequence is the contract's own (sextant.expect).
+    'canonical': (canonical, lambda: _canonical_expected()),
+    'wrong_paste': (wrong_paste, lambda: _expected(
+        pastes=((len(WRONG_PASTE), False), (23, True)))),
+    'retry': (retry_path, lambda: _expected(
+        decisions=(('retry', 1), ('retry', 2), ('ignore', 3)))),
+    'mode_switch': (mode_switch, lambda: _expected(prefix=_mode_prefix())),
+}
+
+
+def expected(name):
+    """The ordered drain sequence walk `name` must leave."""
+    return WALKS[name][1]()
+
+
+def run_walk(name, walker):
+    WALKS[name][0](walker)
+
+
+def _ranges(values):
+    out = []
+    for v in values:
+        if out and v == out[-1][1] + 1:
+            out[-1][1] = v
+        else:
+            out.append([v, v])
+    return ','.join('%d' % a if a == b else '%d-%d' % (a, b)
+                    for a, b in out) or 'none'
