@@ -567,3 +567,26 @@ def test_raw_busy_line_matches_spec(server):
         assert json.loads(data)['error']['code'] == 'busy'
         assert s.recv(4096) == b''
         s.close()
+
+
+def test_idless_error_with_nothing_in_flight_is_not_busy(client, server):
+    server.active.error(None, 'bad_params', 'stray')
+    time.sleep(0.1)
+    server.active.close()
+    with pytest.raises(rc.RyllConnectionClosed):
+        client.wait_for_event('latency', 2)
+    assert any('stray' in line for line in client.malformed_lines)
+
+
+def test_key_is_released_even_if_gap_is_interrupted(client, server):
+    class Stop(Exception):
+        pass
+
+    def boom(_):
+        raise Stop()
+    import unittest.mock
+    with unittest.mock.patch.object(rc.time, 'sleep', boom):
+        with pytest.raises(Stop):
+            client.send_key(28, gap=0.05)
+    states = [r['params']['state'] for r in server.requests_for('send_key')]
+    assert states == ['down', 'up']

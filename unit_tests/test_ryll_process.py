@@ -40,12 +40,12 @@ FAKE_BINARY = textwrap.dedent('''\
     if mode == 'nosocket':
         time.sleep(60)
         sys.exit(0)
-    srv = FakeRyll(sock).start()
     done = []
     if mode == 'ignore_int':
         signal.signal(signal.SIGINT, signal.SIG_IGN)
     else:
         signal.signal(signal.SIGINT, lambda *a: done.append(1))
+    srv = FakeRyll(sock).start()   # socket only once signals are set up
     while not done:
         time.sleep(0.01)
     srv.stop()

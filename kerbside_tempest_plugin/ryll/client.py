@@ -458,10 +458,16 @@ class ControlClient:
         reader = self._reader
         if reader is not None and reader is not threading.current_thread():
             reader.join(5.0)
+        # A writer blocked in sendall was woken by the shutdown; let it
+        # leave before the descriptor goes away.
+        got_write_lock = self._write_lock.acquire(timeout=2.0)
         try:
             sock.close()
         except OSError:
             pass
+        finally:
+            if got_write_lock:
+                self._write_lock.release()
         with self._lock:
             self._sock = None
         self._mark_closed(RyllConnectionClosed,
@@ -617,10 +623,12 @@ class ControlClient:
         if state is None:
             self.call('send_key', {'scancode': code, 'state': 'down'},
                       timeout=timeout)
-            if gap:
-                time.sleep(gap)
-            self.call('send_key', {'scancode': release_code(code),
-                                   'state': 'up'}, timeout=timeout)
+            try:
+                if gap:
+                    time.sleep(gap)
+            finally:   # never leave a key held down
+                self.call('send_key', {'scancode': release_code(code),
+                                       'state': 'up'}, timeout=timeout)
         else:
             if state not in ('down', 'up', 'press'):
                 raise ValueError('state must be down, up, press or None')
@@ -1043,8 +1051,9 @@ class ControlClient:
             self._idless_error(code, message)
             return
         with self._lock:
-            pending = self._pending.pop(msg['id'], None) \
-                if isinstance(msg['id'], (int, str)) else None
+            rid = msg['id']
+            pending = self._pending.pop(rid, None) if isinstance(
+                rid, (int, str)) and not isinstance(rid, bool) else None
         if pending is None:
             # Timed-out requests stay in the table, so an unknown id means
             # ryll echoed an id we never sent (or the line is corrupt).
@@ -1086,7 +1095,9 @@ class ControlClient:
         with self._lock:
             pending = self._pop_oldest()
             if pending is None:
-                self._refusal = (code, message)
+                self.malformed_lines.append(
+                    'id-less error with nothing in flight: %s: %s'
+                    % (code, _excerpt(message)))
         if pending is None:
             LOG.warning('id-less error from ryll with nothing in flight: '
                         '%s: %s', code, message)
