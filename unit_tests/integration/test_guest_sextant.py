@@ -290,7 +290,7 @@ def test_mode_keys_retry_and_wrong_paste(qemu_guest, sextant_image,
                   lambda a: a.frame_size == (640, 480)
                   and a.digest.hashes['mode_switch'] != 0)
     assert a.origin == fbhash.digest_origin(640, 480) == (444, 268)
-    time.sleep(2)   # the 1.5 s toast expires with a repaint
+    time.sleep(3)   # the 1.5 s toast (synthetic clock) ends with a repaint
     watcher.framebuffer_hash_matches()
 
     guest.send_key('3')
