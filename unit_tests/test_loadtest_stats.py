@@ -70,3 +70,15 @@ def test_brief():
 
 def test_method_is_stated():
     assert 'nearest-rank' in stats.PERCENTILE_METHOD
+
+
+def test_bootstrap_ratio_ci_brackets_the_ratio():
+    a = [float(x) for x in range(20, 60)]
+    b = [float(x) for x in range(10, 30)]
+    lo, hi = stats.bootstrap_ratio_ci(a, b, 50, resamples=500)
+    point = stats.nearest_rank(a, 50) / stats.nearest_rank(b, 50)
+    assert lo <= point <= hi
+    assert 1.0 < lo and hi < 3.0
+    # Reproducible (fixed seed) and None on tiny samples.
+    assert stats.bootstrap_ratio_ci(a, b, 50, resamples=500) == [lo, hi]
+    assert stats.bootstrap_ratio_ci([1.0] * 4, b, 50) is None

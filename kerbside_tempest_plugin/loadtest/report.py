@@ -71,6 +71,13 @@ def route_summary(session):
 
 def build_summary(sessions, settings=None, floor=None, extra=None):
     routes = {s.name: route_summary(s) for s in sessions}
+    by_name = {s.name: s for s in sessions}
+    ci = {}
+    if 'kerbside' in by_name and 'direct' in by_name:
+        for p in (50, 95):
+            ci['p%d' % p] = stats.bootstrap_ratio_ci(
+                by_name['kerbside'].latencies_ms,
+                by_name['direct'].latencies_ms, p)
     summary = {
         'metric': 'keypress-to-screen latency: from just before send_key '
                   'down (time.time_ns()//1000) to the wallclock_us of the '
@@ -78,6 +85,9 @@ def build_summary(sessions, settings=None, floor=None, extra=None):
         'routes': routes,
         'ratio': stats.ratio(routes.get('kerbside'), routes.get('direct')),
         'ratio_definition': 'kerbside / direct, per percentile',
+        'ratio_ci95': ci,
+        'ratio_ci95_method': 'percentile bootstrap, 2000 resamples of each '
+                             'route independently, fixed seed',
         'percentile_method': stats.PERCENTILE_METHOD,
         'latency_events_note': PING_NOTE,
     }
@@ -107,6 +117,10 @@ def _fmt(v, unit=' ms'):
     return '%.1f%s' % (v, unit)
 
 
+def _fmt2(v):
+    return 'n/a' if v is None else '%.2fx' % v
+
+
 def text_lines(summary):
     """The short human summary (without the final JSON path line)."""
     lines = []
@@ -122,8 +136,16 @@ def text_lines(summary):
                 else ' ENDED EARLY: %s' % r['ended']))
     ratio = summary.get('ratio') or {}
     if ratio.get('p50') is not None or ratio.get('p95') is not None:
+        ci = summary.get('ratio_ci95') or {}
+
+        def with_ci(key):
+            text = _fmt2(ratio.get(key))
+            if ci.get(key):
+                text += ' (95%% CI %s-%s)' % (_fmt2(ci[key][0]),
+                                              _fmt2(ci[key][1]))
+            return text
         lines.append('LOADTEST ratio kerbside/direct p50=%s p95=%s' % (
-            _fmt(ratio.get('p50'), 'x'), _fmt(ratio.get('p95'), 'x')))
+            with_ci('p50'), with_ci('p95')))
     floor = summary.get('floor')
     if floor and floor.get('samples'):
         lines.append(

@@ -72,3 +72,31 @@ def brief(values):
         return {'count': 0, 'min': None, 'p50': None, 'max': None}
     return {'count': len(values), 'min': values[0],
             'p50': nearest_rank(values, 50), 'max': values[-1]}
+
+
+def bootstrap_ratio_ci(numerator, denominator, p, resamples=2000,
+                       confidence=0.95, seed=20261125):
+    """A percentile-bootstrap confidence interval for the ratio of the
+    p-th nearest-rank percentiles of two samples (numerator/denominator).
+
+    Each resample draws both samples with replacement, independently. The
+    seed is fixed so a summary is reproducible from its CSV. Returns
+    [low, high], or None when either side has fewer than 5 values.
+    """
+    import random
+    a, b = list(numerator), list(denominator)
+    if len(a) < 5 or len(b) < 5:
+        return None
+    rng = random.Random(seed)
+    ratios = []
+    for _ in range(resamples):
+        pa = nearest_rank(sorted(rng.choices(a, k=len(a))), p)
+        pb = nearest_rank(sorted(rng.choices(b, k=len(b))), p)
+        if pb > 0:
+            ratios.append(pa / pb)
+    if not ratios:
+        return None
+    ratios.sort()
+    tail = (1.0 - confidence) / 2.0 * 100.0
+    return [nearest_rank(ratios, max(tail, 0.0)),
+            nearest_rank(ratios, 100.0 - tail)]
