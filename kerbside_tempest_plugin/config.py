@@ -75,6 +75,89 @@ DirectQemuGroup = [
 ]
 
 
+nova_provider_group = cfg.OptGroup(
+    name='nova_provider', title='Nova guest provider options')
+
+NovaProviderGroup = [
+    cfg.StrOpt('image_ref', default=None,
+               help='Glance image to boot (the Sextant image uploaded with '
+                    'hw_video_model=qxl, hw_firmware_type=uefi and '
+                    'hw_machine_type=q35).'),
+    cfg.StrOpt('flavor_ref', default=None, help='Flavor to boot with.'),
+    cfg.StrOpt('network', default=None,
+               help='Network UUID for the server, or auto / none (needed '
+                    'from microversion 2.37). Unset omits networks.'),
+    cfg.IntOpt('boot_timeout', default=300,
+               help='Deadline in seconds for the server to become ACTIVE.'),
+    cfg.IntOpt('delete_timeout', default=120,
+               help='Deadline in seconds for the server to be deleted.'),
+    cfg.FloatOpt('poll_interval', default=2.0,
+                 help='Seconds between server status polls.'),
+    cfg.StrOpt('microversion', default='2.99',
+               help='Compute microversion for spice-direct consoles (2.99, '
+                    'Nova 2025.1 Epoxy, or later).'),
+    cfg.IntOpt('console_timeout', default=60,
+               help='Deadline in seconds for Kerbside to serve the .vv for '
+                    'a spice-direct console URL.'),
+    cfg.StrOpt('console_ca_file', default=None,
+               help='CA bundle to verify Kerbside when fetching the .vv '
+                    'over https. Unset uses the system CAs.'),
+    cfg.BoolOpt('console_verify', default=True,
+                help='Verify Kerbside\'s certificate when fetching the .vv.'),
+    cfg.FloatOpt('serial_poll_interval', default=2.0,
+                 help='Seconds between console-output polls.'),
+]
+
+shakenfist_provider_group = cfg.OptGroup(
+    name='shakenfist_provider', title='Shaken Fist guest provider options')
+
+ShakenFistProviderGroup = [
+    cfg.StrOpt('api_url', default=None,
+               help='Shaken Fist API URL (e.g. http://sf-primary:13000/api).'),
+    cfg.StrOpt('namespace', default=None,
+               help='Shaken Fist namespace to boot in.'),
+    cfg.StrOpt('key', default=None, secret=True,
+               help='Key of the namespace. Never logged.'),
+    cfg.StrOpt('image', default=None,
+               help='Disk base of the guest: a label, URL or '
+                    'sf://upload/<namespace>/<name> reference.'),
+    cfg.IntOpt('cpus', default=1, help='Guest vCPUs.'),
+    cfg.IntOpt('memory_mb', default=1024, help='Guest memory in MB.'),
+    cfg.IntOpt('disk_gb', default=1, help='Guest disk size in GB.'),
+    cfg.StrOpt('disk_bus', default=None,
+               help='Disk bus (virtio, sata, ...). Unset: the Shaken Fist '
+                    'default.'),
+    cfg.StrOpt('video_model', default='qxl',
+               choices=['qxl', 'cirrus', 'vga'],
+               help='Guest video model.'),
+    cfg.IntOpt('video_memory_kb', default=16384,
+               help='Guest video memory in KiB.'),
+    cfg.StrOpt('network', default=None,
+               help='Network UUID to attach. Unset: no network.'),
+    cfg.IntOpt('boot_timeout', default=300,
+               help="Deadline in seconds for the instance to reach state "
+                    "'created'."),
+    cfg.IntOpt('delete_timeout', default=120,
+               help='Deadline in seconds for the instance to be deleted.'),
+    cfg.FloatOpt('poll_interval', default=2.0,
+                 help='Seconds between instance state polls.'),
+    cfg.IntOpt('console_timeout', default=180,
+               help='Deadline in seconds for Kerbside to serve the .vv. '
+                    'Kerbside learns consoles by scraping every 60 s and '
+                    'answers 404 until then.'),
+    cfg.StrOpt('console_ca_file', default=None,
+               help='CA bundle to verify Kerbside when fetching the .vv '
+                    'over https. Unset uses the system CAs.'),
+    cfg.BoolOpt('console_verify', default=True,
+                help='Verify Kerbside\'s certificate when fetching the .vv.'),
+    cfg.FloatOpt('console_poll_interval', default=2.0,
+                 help='Seconds between console-data (serial) polls.'),
+    cfg.IntOpt('console_data_length', default=200000,
+               help='Bytes of console data fetched per poll (the tail of '
+                    'the log).'),
+]
+
+
 def register_opts(conf):
     conf.register_opt(service_option, group='service_available')
     for group, opts in _groups():
@@ -87,6 +170,8 @@ def _groups():
         (kerbside_group, KerbsideGroup),
         (sextant_group, SextantGroup),
         (direct_qemu_group, DirectQemuGroup),
+        (nova_provider_group, NovaProviderGroup),
+        (shakenfist_provider_group, ShakenFistProviderGroup),
     ]
 
 
