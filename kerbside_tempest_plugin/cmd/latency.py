@@ -39,29 +39,48 @@ def repo_root():
     return os.path.dirname(os.path.dirname(here))
 
 
+def build_script():
+    """images/latency/build.sh of this checkout (or the cwd), or None."""
+    for root in (repo_root(), os.getcwd()):
+        script = os.path.join(root, 'images', 'latency', 'build.sh')
+        if os.path.exists(script):
+            return script
+    return None
+
+
 def default_image():
+    """The latency guest to boot by default.
+
+    KTP_LATENCY_IMAGE, else images/out/latency.qcow2 next to the build
+    script (or under the cwd).
+    """
     env = os.environ.get('KTP_LATENCY_IMAGE')
     if env:
-        return env
-    for root in (repo_root(), os.getcwd()):
-        path = os.path.join(root, 'images', 'out', 'latency.qcow2')
-        if os.path.exists(path) or os.path.exists(
-                os.path.join(root, 'images', 'latency', 'build.sh')):
-            return path
-    return os.path.join(os.getcwd(), 'images', 'out', 'latency.qcow2')
+        return os.path.abspath(env)
+    script = build_script()
+    root = (os.path.dirname(os.path.dirname(script)) if script
+            else os.path.join(os.getcwd(), 'images'))
+    return os.path.join(root, 'out', 'latency.qcow2')
 
 
-def ensure_image(path, say):
-    """Build the latency guest when `path` is the default one and missing.
+def ensure_image(path, say, rebuild=False):
+    """Make sure the latency guest is at `path`.
+
+    It is built (into the directory of `path`) when missing, or with
+    `rebuild` whenever its sources changed: the build script itself skips
+    an unchanged build. Only a path named latency.qcow2 can be built.
     """
-    if os.path.exists(path):
+    if os.path.exists(path) and not rebuild:
         return path
-    script = os.path.join(os.path.dirname(os.path.dirname(path)), 'latency',
-                          'build.sh')
-    if not os.path.exists(script):
+    script = build_script()
+    if script is None or os.path.basename(path) != 'latency.qcow2':
+        if os.path.exists(path):
+            return path
         raise FileNotFoundError(
-            'latency guest %s does not exist and there is no %s to build it '
-            '(run images/build.sh, or pass --image)' % (path, script))
+            'latency guest %s does not exist and cannot be built here (%s); '
+            'run images/build.sh, or pass --image'
+            % (path, 'no images/latency/build.sh' if script is None
+               else 'not a latency.qcow2 path'))
     say('building the latency guest with %s' % script)
     proc = subprocess.run(['bash', script], capture_output=True, text=True,
                           timeout=300,
