@@ -238,13 +238,6 @@ static const char *phase_name(uint32_t p)
 	}
 }
 
-static char *size(char *p, uint32_t w, uint32_t h)
-{
-	p = sx_dec(p, w);
-	p = sx_cat(p, "x");
-	return sx_dec(p, h);
-}
-
 static void drain_event(const struct event *e)
 {
 	char line[160], *p = line;
@@ -284,9 +277,9 @@ static void drain_event(const struct event *e)
 		break;
 	case EV_MODE_SWITCH:
 		p = sx_cat(p, " type=mode_switch requested=");
-		p = size(p, e->a, e->b);
+		p = sx_size(p, e->a, e->b);
 		p = sx_cat(p, " applied=");
-		p = size(p, e->c, e->d);
+		p = sx_size(p, e->c, e->d);
 		break;
 	case EV_MODE_CYCLE:
 		p = sx_cat(p, " type=mode_cycle count=");
@@ -329,16 +322,18 @@ void digest_drain(void)
 		max_us = stat_max * 1000 / ticks_per_ms;
 		p99_us = sorted[idx] * 1000 / ticks_per_ms;
 	}
-	p = sx_cat(p, "type=refresh_stats count=");
-	p = sx_dec(p, frame);
-	p = sx_cat(p, " total_ms=");
-	p = sx_dec(p, total_ms);
-	p = sx_cat(p, " mean_us=");
-	p = sx_dec(p, mean_us);
-	p = sx_cat(p, " max_us=");
-	p = sx_dec(p, max_us);
-	p = sx_cat(p, " p99_us=");
-	p = sx_dec(p, p99_us);
+	{
+		static const char *const key[5] = {
+			"type=refresh_stats count=", " total_ms=", " mean_us=",
+			" max_us=", " p99_us=",
+		};
+		const uint64_t val[5] = { frame, total_ms, mean_us, max_us,
+					  p99_us };
+		for (i = 0; i < 5; i++) {
+			p = sx_cat(p, key[i]);
+			p = sx_dec(p, val[i]);
+		}
+	}
 	sx_cat(p, "\r\n");
 	sx_serial_write(line);
 }

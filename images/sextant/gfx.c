@@ -108,9 +108,7 @@ void gfx_log_modes(void)
 		uint32_t w, h;
 		gfx_mode_size(i, &w, &h);
 		p = sx_cat(p, " ");
-		p = sx_dec(p, w);
-		p = sx_cat(p, "x");
-		p = sx_dec(p, h);
+		p = sx_size(p, w, h);
 	}
 	sx_cat(p, "\r\n");
 	sx_serial_write(line);

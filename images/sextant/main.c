@@ -53,6 +53,13 @@ char *sx_hex(char *d, uint64_t v, int min_digits)
 	return d;
 }
 
+char *sx_size(char *d, uint32_t w, uint32_t h)
+{
+	d = sx_dec(d, w);
+	d = sx_cat(d, "x");
+	return sx_dec(d, h);
+}
+
 void sx_serial_write(const char *s)
 {
 	UINTN n = (UINTN)sx_strlen(s);
@@ -153,12 +160,12 @@ static void show_toast(uint32_t rw, uint32_t rh, uint32_t aw, uint32_t ah)
 	char s[96], *p = s;
 	if (rw == aw && rh == ah) {
 		p = sx_cat(p, "mode ");
-		p = sx_dec(p, aw); p = sx_cat(p, "x"); sx_dec(p, ah);
+		sx_size(p, aw, ah);
 	} else {
 		p = sx_cat(p, "requested ");
-		p = sx_dec(p, rw); p = sx_cat(p, "x"); p = sx_dec(p, rh);
+		p = sx_size(p, rw, rh);
 		p = sx_cat(p, " -> using ");
-		p = sx_dec(p, aw); p = sx_cat(p, "x"); sx_dec(p, ah);
+		sx_size(p, aw, ah);
 	}
 	gfx_toast(s);
 	toast_active = 1;

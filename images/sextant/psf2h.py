@@ -22,13 +22,17 @@ def load(path):
     return data
 
 
+def _glyphs(data, offset, count, stride):
+    return [data[offset + i * stride:offset + (i + 1) * stride]
+            for i in range(count)]
+
+
 def parse(data):
     if data[:2] == b'\x36\x04':
         mode, height = data[2], data[3]
         count = 512 if mode & 0x01 else 256
         width, stride, off = 8, height, 4
-        glyphs = [data[off + i * stride:off + (i + 1) * stride]
-                  for i in range(count)]
+        glyphs = _glyphs(data, off, count, stride)
         table = {}
         if mode & 0x02:
             pos = off + count * stride
@@ -44,8 +48,7 @@ def parse(data):
     if data[:4] == b'\x72\xb5\x4a\x86':
         (_, hsize, flags, count, stride, height,
          width) = struct.unpack_from('<IIIIIII', data, 4)
-        glyphs = [data[hsize + i * stride:hsize + (i + 1) * stride]
-                  for i in range(count)]
+        glyphs = _glyphs(data, hsize, count, stride)
         table = {}
         if flags & 1:
             pos = hsize + count * stride

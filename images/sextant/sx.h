@@ -27,6 +27,7 @@ int sx_strlen(const char *s);
 char *sx_cat(char *dst, const char *src);   /* returns the new end */
 char *sx_dec(char *dst, uint64_t v);
 char *sx_hex(char *dst, uint64_t v, int min_digits);
+char *sx_size(char *dst, uint32_t w, uint32_t h);   /* "WxH" */
 
 /* ---- screen (gfx.c) ------------------------------------------------------- */
 #define SX_MARGIN 16
