@@ -276,9 +276,9 @@ def test_canonical_walk(qemu_guest, sextant_image, digest_watcher):
 
 def test_mode_keys_retry_and_wrong_paste(qemu_guest, sextant_image,
                                          digest_watcher):
-    """Mode keys 1 and 3 in Awaiting (QR moves, hash holds at 640x480), a
-    mode key ignored at the R/I/A prompt, Retry, Ignore, one wrong paste,
-    then the correct one and the drain.
+    """Mode keys 1, then 0 interrupted by 3, in Awaiting (the QR moves, the
+    hash holds at 640x480); a mode key ignored at the R/I/A prompt; Retry;
+    Ignore; one wrong paste; then the correct one and the drain.
     """
     guest = qemu_guest(sextant_image, name='paths')
     watcher = digest_watcher(guest)
@@ -293,9 +293,16 @@ def test_mode_keys_retry_and_wrong_paste(qemu_guest, sextant_image,
     time.sleep(3)   # the 1.5 s toast (synthetic clock) ends with a repaint
     watcher.framebuffer_hash_matches()
 
+    # Key 0 walks the GOP modes (1 s each); a mode key interrupts the walk
+    # and is applied.
+    guest.send_key('0')
+    walk.beat('the key-0 walk past 640x480',
+              lambda a: a.frame_size != (640, 480)
+              and a.digest.hashes['mode_switch'] != 0)
     guest.send_key('3')
     a = walk.beat('a 1024x768 frame after key 3',
                   lambda a: a.frame_size == (1024, 768)
+                  and a.digest.hashes['mode_cycle'] != 0
                   and has_event(a, 'mode_switch', app_w=1024, app_h=768))
     assert a.origin == (828, 556)
 
@@ -325,7 +332,9 @@ def test_mode_keys_retry_and_wrong_paste(qemu_guest, sextant_image,
     sx.match_ordered(drain, (
         sx.Rec('keypress', unicode=ord('1')),
         sx.Rec('mode_switch', requested=[640, 480], applied=[640, 480]),
-        sx.Rec('keypress', unicode=ord('3')),
+        sx.Rec('keypress', unicode=ord('0')),
+        sx.AtLeast(2, sx.Rec('mode_switch')),
+        sx.Rec('mode_cycle', interrupted=True),
         sx.Rec('mode_switch', requested=[1024, 768], applied=[1024, 768]),
         sx.Rec('keypress', unicode=0x0d),
         sx.LEAVE_AWAITING,
@@ -344,8 +353,14 @@ def test_mode_keys_retry_and_wrong_paste(qemu_guest, sextant_image,
         sx.transition(contract.PARKED, contract.PARKED),
         sx.Rec(contract.REFRESH_STATS),
     ))
-    switches = [r for r in drain.records if r.type == 'mode_switch']
-    assert len(switches) == 2, [r.text for r in switches]
+    cycle = [r for r in drain.records if r.type == 'mode_cycle']
+    assert len(cycle) == 1 and cycle[0]['count'] >= 2, cycle
+    # Nothing switches the mode once Booting starts (the `2` at the prompt).
+    booting = next(i for i, r in enumerate(drain.records)
+                   if r.type == 'transition' and r['from'] == 'awaiting')
+    late = [r.text for r in drain.records[booting:]
+            if r.type == 'mode_switch']
+    assert late == [], late
     check_clock(drain)
     check_drain_against_digests(drain, watcher.frames)
 
