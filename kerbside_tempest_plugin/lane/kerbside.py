@@ -62,12 +62,17 @@ class KerbsideVenv:
             [self.bin('python'), '-c',
              'import kerbside.main, MySQLdb, gunicorn\n'
              'from importlib.metadata import version as v\n'
-             'print(v("kerbside"), v("kerbside-proxy"))'],
+             'print("KTP-VERSIONS", v("kerbside"), v("kerbside-proxy"))'],
             capture_output=True, text=True, timeout=120)
         if proc.returncode != 0:
             return ['kerbside does not import in %s: %s' % (
                 self.path, base.tail_text(proc.stderr, 3))]
-        self.versions = proc.stdout.split()
+        # kerbside prints logging diagnostics to stdout on import.
+        lines = [ln.split()[1:] for ln in proc.stdout.splitlines()
+                 if ln.startswith('KTP-VERSIONS ')]
+        if not lines:
+            return ['cannot read the kerbside version in %s' % self.path]
+        self.versions = lines[-1]
         return []
 
     def installed_version(self):
