@@ -406,7 +406,20 @@ class DirectQemuProvider(base.GuestProvider):
         if self.secrets is None:
             self.secrets = lane_secrets.SecretStore(
                 tempfile.mkdtemp(prefix='ktp-qemu-secrets-'))
+            self._own_secrets = True
         return self.secrets
+
+    def close(self):
+        """Tear down every guest; remove the private secrets directory
+        when the provider made it itself. Never raises.
+        """
+        for guest in self.guests:
+            guest.teardown()
+        if getattr(self, '_own_secrets', False):
+            shutil.rmtree(self.secrets.path, ignore_errors=True)
+            self.secrets = None
+            self._own_secrets = False
+            self._x509_dir = None
 
     def _x509(self):
         if self._x509_dir is None:
