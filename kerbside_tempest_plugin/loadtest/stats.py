@@ -81,11 +81,12 @@ def bootstrap_ratio_ci(numerator, denominator, p, resamples=2000,
 
     Each resample draws both samples with replacement, independently. The
     seed is fixed so a summary is reproducible from its CSV. Returns
-    [low, high], or None when either side has fewer than 5 values.
+    [low, high], or None when either side has fewer than 20 values (the
+    tail percentiles of a handful of samples resample to nonsense).
     """
     import random
     a, b = list(numerator), list(denominator)
-    if len(a) < 5 or len(b) < 5:
+    if len(a) < 20 or len(b) < 20:
         return None
     rng = random.Random(seed)
     ratios = []
