@@ -1,0 +1,334 @@
+"""What the cloud providers (Nova, Shaken Fist) share.
+
+- `fetch_console_vv()`: mint a console URL, GET it, retry what may heal
+  (Kerbside has not scraped the console yet: 404; 5xx; connection errors)
+  until a deadline, and fail at once on what will not (401/403: a used,
+  expired or foreign token). Only the standard library: the URL carries its
+  own capability, so no cloud credentials go with it.
+- `PolledSerialSource`: a SerialSource over an API that returns the tail
+  of the console log. Snapshots are merged into one growing text (so the
+  offsets `wait_for(start=...)` relies on stay valid), fetched at most once
+  per interval, mirrored to `serial.log` in the artifact directory.
+- `redact()` and `install_log_redaction()`: console tokens ride in URLs
+  (`?token=`) and in Nova's `os-console-auth-tokens/<token>` path, and the
+  client libraries log response bodies at DEBUG. Neither may reach a log.
+
+Imports only the standard library and the project's lane.vv helpers.
+"""
+
+import logging
+import os
+import re
+import ssl
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+
+from kerbside_tempest_plugin.lane import vv as lane_vv
+from kerbside_tempest_plugin.providers import base
+
+LOG = logging.getLogger(__name__)
+
+_SECRET_PATTERNS = [
+    # ?token=... / &token=... (Nova spice-direct, Kerbside sf-console.vv)
+    (re.compile(r'([?&]token=)[^&\s"\'<>]+'), r'\1<redacted>'),
+    (re.compile(r'(os-console-auth-tokens/)[^/\s"\'?<>]+'),
+     r'\1<redacted>'),
+    (re.compile(r'("(?:access_token|key|password|adminPass)"\s*:\s*")'
+                r'[^"]*"'), r'\1<redacted>"'),
+    (re.compile(r'(?m)^(\s*password\s*=).*$'), r'\1<redacted>'),
+    # A bare JWT (three base64url parts; header starts with eyJ).
+    (re.compile(r'eyJ[\w-]+\.[\w-]+\.[\w-]+'), '<redacted-jwt>'),
+]
+
+RETRYABLE_STATUSES = (404, 500, 502, 503, 504)
+
+
+class ConsoleTokenRejected(base.ProviderError):
+    """Kerbside refused a console token (used, expired, foreign, bad)."""
+
+    def __init__(self, message, status=None):
+        super().__init__(message)
+        self.status = status
+
+
+def redact(text):
+    """`text` with console tokens, JWTs, keys and passwords masked."""
+    text = '%s' % (text,)
+    for regex, repl in _SECRET_PATTERNS:
+        text = regex.sub(repl, text)
+    return text
+
+
+def redact_url(url):
+    """scheme://host/path with the query's token masked."""
+    return redact(url)
+
+
+class _RedactingFilter(logging.Filter):
+    def filter(self, record):
+        try:
+            message = record.getMessage()
+        except Exception:
+            return True
+        clean = redact(message)
+        if clean != message:
+            record.msg = clean
+            record.args = None
+        return True
+
+
+_FILTER = _RedactingFilter()
+_INSTALLED = set()
+_INSTALL_LOCK = threading.Lock()
+
+
+def install_log_redaction(*logger_names):
+    """Mask console tokens in what the named loggers emit (idempotent).
+
+    The tempest rest client and shakenfist_client log full request and
+    response bodies at DEBUG; a remote-consoles or vdiconsoleproxy body holds
+    a live console token.
+    """
+    with _INSTALL_LOCK:
+        for name in logger_names:
+            if name in _INSTALLED:
+                continue
+            logging.getLogger(name).addFilter(_FILTER)
+            _INSTALLED.add(name)
+
+
+def ssl_context(ca_file=None, verify=True):
+    """The SSL context for fetching a .vv over https (None: defaults)."""
+    if not verify:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        return ctx
+    if ca_file:
+        return ssl.create_default_context(cafile=ca_file)
+    return None
+
+
+def http_get(url, timeout=30, context=None):
+    """(status, text) of a plain GET; no credentials are added.
+
+    Connection failures return status None and the reason as text.
+    """
+    req = urllib.request.Request(url, headers={
+        'Accept': 'application/x-virt-viewer, text/plain, */*',
+        'User-Agent': 'kerbside-tempest-plugin'})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout,
+                                    context=context) as resp:
+            return resp.status, resp.read().decode('utf-8', 'replace')
+    except urllib.error.HTTPError as e:
+        try:
+            body = e.read().decode('utf-8', 'replace')
+        except Exception:
+            body = ''
+        return e.code, body
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, 'reason', e)
+        return None, 'connection failed: %s' % (reason,)
+
+
+def check_vv(text, what):
+    """Raise ProviderError unless `text` is a SPICE .vv with a password."""
+    try:
+        fields = lane_vv.parse_vv(text)
+    except lane_vv.VVError as e:
+        raise base.ProviderError('%s is not a .vv file (%s); first line: %r'
+                                 % (what, e, redact(
+                                     (text or '').strip()[:80]))) from None
+    if not fields.get('password'):
+        raise base.ProviderError('%s has no password (%s)' % (
+            what, lane_vv.summary(text)))
+    return fields
+
+
+def _short(text, limit=200):
+    text = ' '.join((text or '').split())
+    return redact(text[:limit]) or '<empty body>'
+
+
+def fetch_console_vv(mint, what, timeout, interval=5.0, context=None,
+                     request_timeout=30, clock=time.monotonic,
+                     sleep=time.sleep):
+    """A fresh .vv from Kerbside; call it right before ryll starts.
+
+    `mint()` returns a console URL (a new token each call: retries never
+    replay a token). 404 (console not scraped yet; the token is not used
+    up), 5xx and connection failures are retried every `interval` s until
+    `timeout`; 401/403 and other 4xx raise ConsoleTokenRejected at once.
+    """
+    start = clock()
+    attempts = 0
+    last = None
+    while True:
+        attempts += 1
+        url = mint()
+        status, body = http_get(url, timeout=request_timeout,
+                                context=context)
+        where = redact_url(url.split('?', 1)[0])
+        if status == 200:
+            check_vv(body, 'the console .vv from %s' % where)
+            LOG.info('fetched the console .vv for %s from %s after %d '
+                     'attempt(s) in %.1f s', what, where, attempts,
+                     clock() - start)
+            return body
+        last = '%s from %s: %s' % (
+            'HTTP %s' % status if status else 'no response', where,
+            _short(body))
+        if status is not None and status not in RETRYABLE_STATUSES:
+            raise ConsoleTokenRejected(
+                'Kerbside refused the console token for %s: %s' % (
+                    what, last), status=status)
+        elapsed = clock() - start
+        if elapsed + interval > timeout:
+            raise base.HarnessTimeout(
+                'timed out after %.1f s waiting for Kerbside to serve the '
+                'console .vv for %s; seen: %d attempt(s), last %s '
+                '(404 means Kerbside does not know the console yet: it '
+                'scrapes its sources every 60 s)' % (
+                    elapsed, what, attempts, last))
+        LOG.debug('console .vv for %s not ready (%s); retrying in %.1f s',
+                  what, last, interval)
+        sleep(interval)
+
+
+def merge_tail(cache, snapshot):
+    """Merge a console-log tail `snapshot` into the accumulated `cache`.
+
+    Returns (text, gap): `gap` is True when the snapshot shares nothing
+    with the cache although both are non-empty (output was lost between
+    two polls, or the log was cleared). The overlap is the longest prefix
+    of `snapshot` that is a suffix of `cache` (KMP over snapshot + cache).
+    """
+    if not cache:
+        return snapshot, False
+    if snapshot.startswith(cache):
+        return snapshot, False
+    if not snapshot or cache.endswith(snapshot):
+        return cache, False
+    # Prefix function over snapshot + sep + cache-tail.
+    window = cache[-len(snapshot):]
+    s = list(snapshot) + [None] + list(window)  # None matches no char
+    pi = [0] * len(s)
+    k = 0
+    for i in range(1, len(s)):
+        while k and s[i] != s[k]:
+            k = pi[k - 1]
+        if s[i] == s[k]:
+            k += 1
+        pi[i] = k
+    overlap = pi[-1]
+    if overlap == 0:
+        return cache + snapshot, True
+    return cache + snapshot[overlap:], False
+
+
+class PolledSerialSource(base.SerialSource):
+    """Serial output read through a cloud API that returns the log's tail.
+
+    `fetch()` returns the current text (a tail window or the whole log);
+    `running()` says whether the guest can still write (it is asked at most
+    once per interval as well). Failures of `fetch()` keep the cached text
+    and show up in `describe()`.
+    """
+
+    def __init__(self, fetch, running, what, interval=2.0, log_path=None,
+                 clock=time.monotonic):
+        self._fetch = fetch
+        self._running = running
+        self.what = what
+        self.interval = interval
+        self.log_path = log_path
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._text = ''
+        self._last_fetch = None
+        self._last_state = None
+        self._state = True
+        self._stopped_fetched = False
+        self.fetches = 0
+        self.gaps = 0
+        self.last_error = None
+
+    def refresh(self):
+        """Fetch now, whatever the interval; return the whole text."""
+        with self._lock:
+            return self._refresh_locked()
+
+    def _refresh_locked(self):
+        self._last_fetch = self._clock()
+        try:
+            snapshot = self._fetch()
+        except Exception as e:
+            self.last_error = redact('%s: %s' % (type(e).__name__, e))[:300]
+            LOG.debug('reading %s failed: %s', self.what, self.last_error)
+            return self._text
+        self.fetches += 1
+        self.last_error = None
+        if isinstance(snapshot, bytes):
+            snapshot = snapshot.decode('utf-8', 'replace')
+        text, gap = merge_tail(self._text, snapshot or '')
+        if gap:
+            self.gaps += 1
+            LOG.warning('%s: output was lost between two polls (gap %d); '
+                        'poll more often or fetch a longer tail', self.what,
+                        self.gaps)
+        if text != self._text:
+            self._text = text
+            self._mirror()
+        return self._text
+
+    def _mirror(self):
+        if not self.log_path:
+            return
+        try:
+            tmp = self.log_path + '.tmp'
+            with open(tmp, 'w', encoding='utf-8') as f:
+                f.write(self._text)
+            os.replace(tmp, self.log_path)
+        except OSError as e:
+            LOG.debug('cannot mirror %s to %s: %s', self.what,
+                      self.log_path, e)
+
+    def read(self):
+        with self._lock:
+            now = self._clock()
+            stale = (self._last_fetch is None or
+                     now - self._last_fetch >= self.interval)
+            # Once the guest is seen stopped, one more fetch picks up the
+            # output written just before it stopped.
+            final = not self._state and not self._stopped_fetched
+            if final:
+                self._stopped_fetched = True
+            if stale or final:
+                return self._refresh_locked()
+            return self._text
+
+    def guest_running(self):
+        with self._lock:
+            now = self._clock()
+            if (self._last_state is None or
+                    now - self._last_state >= self.interval):
+                self._last_state = now
+                try:
+                    self._state = bool(self._running())
+                except Exception as e:
+                    LOG.debug('state of %s unknown: %s', self.what, e)
+            return self._state
+
+    def describe(self):
+        extra = []
+        if self.gaps:
+            extra.append('%d gap(s)' % self.gaps)
+        if self.last_error:
+            extra.append('last fetch failed: %s' % self.last_error)
+        return '%s (%d fetch(es)%s)' % (
+            self.what, self.fetches,
+            '; ' + '; '.join(extra) if extra else '')
