@@ -1,0 +1,427 @@
+"""The Nova guest provider: a thin layer over tempest's ServersClient.
+
+The tempest test owns the credentials and hands in its clients (the member
+`servers_client`, optionally an admin one for console-token lookups); the
+provider never talks to Keystone.
+
+- boot: `create_server` then `show_server` until ACTIVE (our own waiter
+  with a deadline: `tempest.common.waiters` is not a stable API). ERROR
+  raises ProviderError naming the server's fault.
+- console_vv(): `get_remote_console(id, 'spice-direct', 'spice')` at
+  microversion 2.99 (Nova 2025.1 Epoxy and later), then a plain GET of the
+  returned URL, which Kerbside (`/nova-console.vv?token=`) answers with a
+  .vv after validating the token with Nova. Kerbside's console token lives
+  a minute: call it just before ryll starts. The `direct` route does not
+  exist on Nova: Nova never hands out the hypervisor's SPICE ticket.
+- serial: `get_console_output` polled into a cached, growing text. Nova's
+  API drops control characters (ESC and CR among them) from console
+  output, so ANSI sequences arrive as bare `[..m` text.
+- teardown: `delete_server` and wait until the server is gone; idempotent,
+  never raises, keeps serial.log and server.json in the artifact dir.
+
+tempest is imported lazily so that the libraries work without it.
+"""
+
+import contextlib
+import json
+import logging
+import os
+import threading
+import urllib.parse
+
+from kerbside_tempest_plugin.lane import vv as lane_vv
+from kerbside_tempest_plugin.providers import base
+from kerbside_tempest_plugin.providers import cloud
+
+LOG = logging.getLogger(__name__)
+
+SPICE_DIRECT_MICROVERSION = '2.99'
+STOPPED_STATUSES = ('SHUTOFF', 'STOPPED', 'SUSPENDED', 'PAUSED', 'SHELVED',
+                    'SHELVED_OFFLOADED', 'ERROR', 'DELETED', 'SOFT_DELETED')
+
+NO_DIRECT_ROUTE = (
+    "route 'direct' is not available on Nova: Nova hands out SPICE consoles "
+    "only through a console proxy (spice-direct resolves to Kerbside) and "
+    "never reveals the hypervisor's SPICE ticket; use route 'kerbside', or "
+    "the direct_qemu provider to compare against a direct connection")
+
+_MICROVERSION_LOCK = threading.RLock()
+
+
+@contextlib.contextmanager
+def compute_microversion(version):
+    """Send compute requests at `version` inside the block.
+
+    tempest keeps the compute microversion in a module global
+    (base_compute_client.COMPUTE_MICROVERSION; its fixture does the same);
+    the previous value is restored on exit.
+    """
+    from tempest.lib.services.compute import base_compute_client as bcc
+    with _MICROVERSION_LOCK:
+        old = bcc.COMPUTE_MICROVERSION
+        bcc.COMPUTE_MICROVERSION = version
+        try:
+            yield
+        finally:
+            bcc.COMPUTE_MICROVERSION = old
+
+
+def _exc():
+    from tempest.lib import exceptions as lib_exc
+    return lib_exc
+
+
+def _error_text(e):
+    body = getattr(e, 'resp_body', None)
+    if isinstance(body, dict):
+        # tempest unwraps {"badRequest": {...}} to the inner dict.
+        candidates = [body] + [v for v in body.values()
+                               if isinstance(v, dict)]
+        for value in candidates:
+            if 'message' in value:
+                return cloud.redact('%s %s' % (
+                    value.get('code', ''), value['message'])).strip()
+    if isinstance(body, (bytes, str)) and body:
+        text = body.decode('utf-8', 'replace') if isinstance(
+            body, bytes) else body
+        return cloud.redact(' '.join(text.split())[:300])
+    return cloud.redact(str(e).splitlines()[0] if str(e) else repr(e))
+
+
+def describe_server(server):
+    """Status, task/vm/power state and fault of a server dict, for
+    messages.
+    """
+    if not server:
+        return 'no server details yet'
+    parts = ['status %s' % server.get('status')]
+    for key, label in (('OS-EXT-STS:task_state', 'task_state'),
+                       ('OS-EXT-STS:vm_state', 'vm_state'),
+                       ('OS-EXT-STS:power_state', 'power_state')):
+        if server.get(key) is not None:
+            parts.append('%s %s' % (label, server[key]))
+    fault = server.get('fault')
+    if fault:
+        parts.append('fault: %s (code %s)%s' % (
+            fault.get('message'), fault.get('code'),
+            '; details: %s' % fault['details'][:300]
+            if fault.get('details') else ''))
+    return ', '.join(parts)
+
+
+class NovaGuest(base.Guest):
+    """A Nova server booted for one test."""
+
+    def __init__(self, provider, name, artifact_dir, server_id):
+        self.provider = provider
+        self.name = name
+        self.artifact_dir = artifact_dir
+        self.server_id = server_id
+        self.last_server = None
+        self.console_fetches = 0
+        self._route = None
+        self._torn_down = False
+        self.serial = cloud.PolledSerialSource(
+            self._console_output, self._server_running,
+            'Nova console output of %s (%s)' % (name, server_id),
+            interval=provider.serial_interval,
+            log_path=os.path.join(artifact_dir, 'serial.log'))
+
+    # -- state -------------------------------------------------------------
+    def show(self):
+        """The server dict (None once it is gone); remembered for
+        messages.
+        """
+        try:
+            server = self.provider.servers_client.show_server(
+                self.server_id)['server']
+        except _exc().NotFound:
+            return None
+        self.last_server = server
+        return server
+
+    def status(self):
+        server = self.show()
+        return server.get('status') if server else 'DELETED'
+
+    def is_running(self):
+        return self.status() not in STOPPED_STATUSES
+
+    def _server_running(self):
+        return self.is_running()
+
+    def describe(self):
+        return 'Nova server %s (%s): %s' % (
+            self.name, self.server_id, describe_server(self.last_server))
+
+    def wait_stopped(self, timeout):
+        base.wait_until(lambda: not self.is_running(), timeout,
+                        'Nova server %s (%s) to stop' % (
+                            self.name, self.server_id),
+                        seen=lambda: describe_server(self.last_server),
+                        interval=self.provider.poll_interval)
+
+    def _console_output(self):
+        body = self.provider.servers_client.get_console_output(
+            self.server_id)
+        return body['output'] or ''
+
+    # -- console -----------------------------------------------------------
+    def _check_route(self, route):
+        route = route or self.provider.route
+        if route == 'direct':
+            raise base.ProviderError(NO_DIRECT_ROUTE)
+        if route != 'kerbside':
+            raise base.ProviderError('unknown route %r' % route)
+
+    def _mint(self):
+        """A new spice-direct console URL (a fresh Nova console token)."""
+        lib_exc = _exc()
+        mv = self.provider.microversion
+        try:
+            with compute_microversion(mv):
+                body = self.provider.servers_client.get_remote_console(
+                    self.server_id, 'spice-direct', 'spice')
+        except lib_exc.BadRequest as e:
+            raise base.ProviderError(
+                'Nova refused a spice-direct console for %s at microversion '
+                '%s: %s. spice-direct needs Nova 2025.1 (Epoxy) or later '
+                '(microversion 2.99) with [spice] enabled' % (
+                    self.server_id, mv, _error_text(e))) from None
+        except lib_exc.NotAcceptable as e:
+            raise base.ProviderError(
+                'Nova does not support microversion %s (needed for '
+                'spice-direct): %s' % (mv, _error_text(e))) from None
+        except lib_exc.RestClientException as e:
+            raise base.ProviderError(
+                'creating a spice-direct console for %s failed: %s: %s' % (
+                    self.server_id, type(e).__name__,
+                    _error_text(e))) from None
+        console = body['remote_console']
+        self.console_fetches += 1
+        return console['url']
+
+    def console_vv(self, route=None):
+        """A fresh .vv from Kerbside for this server (holds a password)."""
+        self._check_route(route)
+        p = self.provider
+        text = cloud.fetch_console_vv(
+            self._mint, 'Nova server %s (%s)' % (self.name, self.server_id),
+            timeout=p.console_timeout, interval=p.console_retry_interval,
+            context=cloud.ssl_context(p.console_ca_file, p.console_verify))
+        fields = lane_vv.parse_vv(text)
+        self._route = base.ConsoleRoute(
+            kind='kerbside', host=fields.get('host'),
+            port=int(fields['port']) if fields.get('port') else None,
+            tls_port=int(fields['tls-port']) if fields.get('tls-port')
+            else None, source='nova', uuid=self.server_id)
+        return text
+
+    def console_route(self, route=None):
+        """The route of the last .vv (Kerbside's proxy host and ports);
+        known only after console_vv().
+        """
+        self._check_route(route)
+        if self._route is None:
+            raise base.ProviderError(
+                'the Kerbside route of %s is known only after console_vv() '
+                '(Nova names the proxy only in the .vv)' % self.server_id)
+        return self._route
+
+    def console_details(self):
+        """What Nova tells the proxy about a fresh spice-direct token:
+        {instance_uuid, host, port, tls_port, internal_access_path}.
+        Needs the admin client. The token itself is not returned.
+        """
+        admin = self.provider.admin_servers_client
+        if admin is None:
+            raise base.ProviderError(
+                'console_details needs an admin servers client '
+                '(os-console-auth-tokens is admin-only)')
+        url = self._mint()
+        token = urllib.parse.parse_qs(
+            urllib.parse.urlparse(url).query).get('token', [None])[0]
+        if not token:
+            raise base.ProviderError('the spice-direct URL %s has no token'
+                                     % cloud.redact_url(url))
+        try:
+            with compute_microversion(self.provider.microversion):
+                body = admin.get_console_auth_token_details(token)
+        except _exc().RestClientException as e:
+            raise base.ProviderError(
+                'looking up the console token of %s failed: %s: %s' % (
+                    self.server_id, type(e).__name__,
+                    _error_text(e))) from None
+        return dict(body['console'])
+
+    # -- lifecycle ---------------------------------------------------------
+    def _write_record(self):
+        try:
+            with open(os.path.join(self.artifact_dir, 'server.json'),
+                      'w') as f:
+                json.dump({'provider': 'nova', 'name': self.name,
+                           'server_id': self.server_id,
+                           'last_seen': describe_server(self.last_server),
+                           'console_fetches': self.console_fetches,
+                           'serial': self.serial.describe()}, f, indent=2)
+        except OSError as e:
+            LOG.debug('cannot write server.json: %s', e)
+
+    def teardown(self):
+        if self._torn_down:
+            return
+        self._torn_down = True
+        client = self.provider.servers_client
+        try:
+            self.serial.refresh()
+        except Exception:
+            pass
+        self._write_record()
+        try:
+            lib_exc = _exc()
+            try:
+                client.delete_server(self.server_id)
+            except lib_exc.NotFound:
+                return
+            base.wait_until(
+                lambda: self.show() is None or
+                self.last_server.get('status') == 'DELETED',
+                self.provider.delete_timeout,
+                'Nova server %s (%s) to be deleted' % (
+                    self.name, self.server_id),
+                seen=lambda: describe_server(self.last_server),
+                interval=self.provider.poll_interval)
+        except Exception:
+            LOG.exception('teardown of Nova server %s (%s) failed',
+                          self.name, self.server_id)
+
+
+class NovaProvider(base.GuestProvider):
+    """Boots guests as Nova servers through tempest's ServersClient.
+
+    `servers_client`: the test's member ServersClient; `admin_servers_client`
+    (optional): an admin one, for console_details(). `image_ref` and
+    `flavor_ref` are the defaults for boot(); the image must carry
+    hw_video_model=qxl, hw_firmware_type=uefi and hw_machine_type=q35.
+    `network`: a network UUID, 'auto', 'none' or None (omit `networks`).
+    """
+
+    name = 'nova'
+
+    def __init__(self, servers_client, admin_servers_client=None,
+                 image_ref=None, flavor_ref=None, network=None,
+                 route='kerbside', boot_timeout=300, delete_timeout=120,
+                 poll_interval=2.0, microversion=SPICE_DIRECT_MICROVERSION,
+                 console_timeout=60, console_retry_interval=5.0,
+                 console_ca_file=None, console_verify=True,
+                 serial_interval=2.0, create_kwargs=None):
+        if route == 'direct':
+            raise base.ProviderError(NO_DIRECT_ROUTE)
+        self.servers_client = servers_client
+        self.admin_servers_client = admin_servers_client
+        self.image_ref = image_ref
+        self.flavor_ref = flavor_ref
+        self.network = network
+        self.route = route
+        self.boot_timeout = boot_timeout
+        self.delete_timeout = delete_timeout
+        self.poll_interval = poll_interval
+        self.microversion = microversion
+        self.console_timeout = console_timeout
+        self.console_retry_interval = console_retry_interval
+        self.console_ca_file = console_ca_file
+        self.console_verify = console_verify
+        self.serial_interval = serial_interval
+        self.create_kwargs = dict(create_kwargs or {})
+        self.guests = []
+        cloud.install_log_redaction('tempest.lib.common.rest_client',
+                                    'urllib3.connectionpool')
+
+    @classmethod
+    def from_config(cls, conf, servers_client, admin_servers_client=None,
+                    **kwargs):
+        """Build from [nova_provider] and [kerbside]."""
+        np = conf.nova_provider
+        kwargs.setdefault('route', conf.kerbside.route)
+        values = dict(
+            image_ref=np.image_ref, flavor_ref=np.flavor_ref,
+            network=np.network, boot_timeout=np.boot_timeout,
+            delete_timeout=np.delete_timeout,
+            poll_interval=np.poll_interval, microversion=np.microversion,
+            console_timeout=np.console_timeout,
+            console_ca_file=np.console_ca_file,
+            console_verify=np.console_verify,
+            serial_interval=np.serial_poll_interval)
+        values.update(kwargs)
+        return cls(servers_client, admin_servers_client, **values)
+
+    def boot(self, image, name, artifact_dir):
+        """Boot `image` (a Glance image ref; None: the configured one)."""
+        image_ref = image or self.image_ref
+        if not image_ref:
+            raise base.ProviderError(
+                'no Nova image: pass one or set [nova_provider] image_ref')
+        if os.path.sep in str(image_ref) and os.path.exists(image_ref):
+            raise base.ProviderError(
+                '%s is a local file; upload it to Glance (with '
+                'hw_video_model=qxl, hw_firmware_type=uefi, '
+                'hw_machine_type=q35) and set [nova_provider] image_ref'
+                % image_ref)
+        if not self.flavor_ref:
+            raise base.ProviderError('no Nova flavor: set [nova_provider] '
+                                     'flavor_ref')
+        artifact_dir = os.path.abspath(artifact_dir)
+        os.makedirs(artifact_dir, exist_ok=True)
+        kwargs = dict(self.create_kwargs, name=name, imageRef=image_ref,
+                      flavorRef=self.flavor_ref)
+        if self.network in ('auto', 'none'):
+            kwargs['networks'] = self.network
+        elif self.network:
+            kwargs['networks'] = [{'uuid': self.network}]
+        try:
+            body = self.servers_client.create_server(**kwargs)
+        except _exc().RestClientException as e:
+            raise base.ProviderError(
+                'Nova refused to create server %s (image %s, flavor %s): '
+                '%s: %s' % (name, image_ref, self.flavor_ref,
+                            type(e).__name__, _error_text(e))) from None
+        guest = NovaGuest(self, name, artifact_dir, body['server']['id'])
+        self.guests.append(guest)
+        LOG.info('booting Nova server %s (%s) from image %s, flavor %s',
+                 name, guest.server_id, image_ref, self.flavor_ref)
+        try:
+            self._wait_active(guest)
+        except BaseException:
+            guest.teardown()
+            raise
+        return guest
+
+    def _wait_active(self, guest):
+        lib_exc = _exc()
+        what = 'Nova server %s (%s) to become ACTIVE' % (guest.name,
+                                                         guest.server_id)
+
+        def check():
+            try:
+                server = guest.show()
+            except lib_exc.ServerRestClientException as e:
+                LOG.debug('show_server failed while waiting: %s', e)
+                return None
+            if server is None:
+                raise base.ProviderError(
+                    'Nova server %s (%s) vanished while booting; last seen: '
+                    '%s' % (guest.name, guest.server_id,
+                            describe_server(guest.last_server)))
+            status = server.get('status')
+            if status == 'ACTIVE':
+                return server
+            if status == 'ERROR':
+                raise base.ProviderError(
+                    'Nova server %s (%s) went to ERROR while booting: %s' % (
+                        guest.name, guest.server_id,
+                        describe_server(server)))
+            return None
+
+        base.wait_until(check, self.boot_timeout, what,
+                        seen=lambda: describe_server(guest.last_server),
+                        interval=self.poll_interval)
