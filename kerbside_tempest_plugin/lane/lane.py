@@ -281,7 +281,34 @@ class Lane:
         if route != 'kerbside':
             raise base.ProviderError('unknown route %r' % route)
         self._need_kerbside()
+        dead = self.dead_services()
+        if dead:
+            # kerbside 0.8.0's daemon exits when its proxy dies; say so
+            # instead of handing ryll a .vv nobody will serve.
+            raise base.ProviderError(
+                'the kerbside route is down: %s; daemon output tail:\n%s' % (
+                    ', '.join(dead),
+                    self.redactor.redact(base.tail_file(os.path.join(
+                        self.log_dir, 'kerbside-daemon.out'), 5))))
         return self.kerbside.fetch_vv()
+
+    def dead_services(self):
+        """Lane services (not guests or ryll) that should run but do not."""
+        out = []
+        for name, proc in (('mariadbd', self.mariadb and self.mariadb.proc),
+                           ('gunicorn', self.kerbside and self.kerbside.api),
+                           ('kerbside-daemon',
+                            self.kerbside and self.kerbside.daemon)):
+            if proc is not None and proc.poll() is not None:
+                out.append('%s exited with %s' % (name, proc.returncode))
+        if self.kerbside is not None and self.kerbside.daemon is not None \
+                and not out:
+            proxies = [p for p in procs.group_members(self.kerbside.daemon.pid)
+                       if os.path.basename((procs.proc_cmdline(p) or [''])[0])
+                       == 'kerbside-proxy']
+            if not proxies:
+                out.append('no kerbside-proxy process')
+        return out
 
     def _need_kerbside(self):
         if self.kerbside is None:

@@ -28,6 +28,7 @@ from kerbside_tempest_plugin.lane import lane as lane_mod
 from kerbside_tempest_plugin.lane import ports as lane_ports
 from kerbside_tempest_plugin.lane import procs
 from kerbside_tempest_plugin.lane import vv as lane_vv
+from kerbside_tempest_plugin.providers import base
 from unit_tests.conftest import REPO_ROOT
 from unit_tests.conftest import require_tools
 
@@ -284,6 +285,18 @@ def test_fault_kill_proxy(lane, image):
 
         took = _kill_and_expect_closed(client, kill, 15)
         assert took < 15
+        client.close()
+        lane.stop_ryll()
+        # kerbside 0.8.0's daemon exits when its proxy dies (no restart):
+        # the kerbside route now fails clearly, the direct route still
+        # reaches the same guest, which tells a proxy fault from a guest one.
+        base.wait_until(lambda: lane.dead_services(), 15,
+                        'the lane to notice the dead proxy')
+        with pytest.raises(base.ProviderError) as e:
+            lane.start_ryll(guest, route='kerbside')
+        assert 'kerbside route is down' in str(e.value)
+        rp, client = _session(lane, guest, 'direct')
+        assert rp.wait_ready(client, timeout=60)['surfaces']
     finally:
         client.close()
         lane.stop_ryll()
