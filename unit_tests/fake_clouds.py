@@ -15,6 +15,7 @@ Knobs a test turns (all plain attributes):
 - FakeNova: `build_polls` (GETs in BUILD before ACTIVE), `fault` (go to
   ERROR with this fault instead), `delete_polls`, `delete_status` (answer
   DELETE with this status, e.g. 500), per-server `console` text.
+- FakeGlance: `add(**props)` seeds an image; uploads arrive chunked.
 - FakeShakenFist: `create_polls`, `fail_state`/`fail_message`,
   `delete_polls`, `reuse_token` (hand out the same console token again),
   `kerbside` (None: vdiconsoleproxy answers 404, no KERBSIDE_URL),
@@ -47,8 +48,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         pass
 
     def _dispatch(self):
-        length = int(self.headers.get('Content-Length') or 0)
-        body = self.rfile.read(length) if length else b''
+        if 'chunked' in (self.headers.get('Transfer-Encoding') or ''):
+            body = self._read_chunked()
+        else:
+            length = int(self.headers.get('Content-Length') or 0)
+            body = self.rfile.read(length) if length else b''
         parsed = urllib.parse.urlsplit(self.path)
         query = urllib.parse.parse_qs(parsed.query)
         headers = {k.lower(): v for k, v in self.headers.items()}
@@ -74,6 +78,17 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != 'HEAD':
             self.wfile.write(rbody)
+
+    def _read_chunked(self):
+        chunks = []
+        while True:
+            size = int(self.rfile.readline().split(b';')[0].strip(), 16)
+            if size == 0:
+                while self.rfile.readline() not in (b'\r\n', b'\n', b''):
+                    pass
+                return b''.join(chunks)
+            chunks.append(self.rfile.read(size))
+            self.rfile.readline()
 
     do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = _dispatch
 
@@ -407,6 +422,59 @@ def servers_client(nova, token=NOVA_TOKEN):
     from tempest.lib.services.compute import servers_client as sc
     return sc.ServersClient(
         StubAuthProvider(nova.url + FakeNova.PREFIX, token), 'compute',
+        'RegionOne')
+
+
+# -- Glance ----------------------------------------------------------------
+
+class FakeGlance(FakeHTTP):
+    """The image v2 API under /image/v2: create, upload, show, delete."""
+
+    PREFIX = '/image/v2'
+
+    def __init__(self):
+        super().__init__()
+        self.images = {}
+        self.data = {}
+
+    def add(self, **props):
+        image_id = data_utils.rand_uuid()
+        with self.lock:
+            self.images[image_id] = dict(props, id=image_id, status='active')
+        return image_id
+
+    def handle(self, method, path, query, headers, body):
+        if headers.get('x-auth-token') not in (NOVA_TOKEN, NOVA_ADMIN_TOKEN):
+            return 401, {}, {'error': 'auth required'}
+        path = path[len(self.PREFIX):]
+        with self.lock:
+            if path == '/images' and method == 'POST':
+                image_id = data_utils.rand_uuid()
+                image = dict(json.loads(body), id=image_id, status='queued')
+                self.images[image_id] = image
+                return 201, {}, image
+            m = re.match(r'^/images/([^/]+)(/file)?$', path)
+            image = self.images.get(m.group(1)) if m else None
+            if image is None:
+                return 404, {}, {'error': 'image not found'}
+            if m.group(2) and method == 'PUT':
+                self.data[image['id']] = body
+                image['status'] = 'active'
+                image['size'] = len(body)
+                return 204, {}, b''
+            if method == 'GET':
+                return 200, {}, image
+            if method == 'DELETE':
+                del self.images[image['id']]
+                return 204, {}, b''
+        return 404, {}, {'error': 'not found'}
+
+
+def images_client(glance, token=NOVA_TOKEN):
+    """A real tempest image v2 ImagesClient talking to `glance`."""
+    from tempest.lib.services.image.v2 import images_client as ic
+    return ic.ImagesClient(
+        StubAuthProvider(glance.url + FakeGlance.PREFIX, token), 'image',
         'RegionOne')
 
 

@@ -277,3 +277,50 @@ def test_image_and_flavor_are_required(clouds, tmp_path):
         make_provider(fake_nova, flavor_ref=None).boot(None, 'x',
                                                        str(tmp_path))
     assert not fake_nova.servers
+
+
+@pytest.fixture
+def glance():
+    fake = fake_clouds.FakeGlance().start()
+    yield fake
+    fake.stop()
+
+
+def test_image_properties_are_checked(clouds, glance, tmp_path, caplog):
+    fake_nova, _ = clouds
+    good = glance.add(hw_video_model='qxl', hw_firmware_type='uefi')
+    bad = glance.add(hw_video_model='virtio', hw_firmware_type='uefi')
+    provider = make_provider(fake_nova, image_ref=bad,
+                             images_client=fake_clouds.images_client(glance))
+    with pytest.raises(base.ProviderError) as e:
+        provider.boot(None, 'sextant-bad', str(tmp_path))
+    assert "hw_video_model=qxl (has 'virtio')" in str(e.value)
+    assert 'no SPICE display surface' in str(e.value)
+    assert not fake_nova.servers
+    guest = provider.boot(good, 'sextant-good', str(tmp_path))
+    assert 'hw_machine_type' in caplog.text      # q35 only recommended
+    assert fake_nova.servers[guest.server_id]['image'] == good
+    guest.teardown()
+
+
+def test_local_image_is_uploaded_once_and_cleaned_up(clouds, glance,
+                                                     tmp_path):
+    fake_nova, _ = clouds
+    local = tmp_path / 'sextant.qcow2'
+    local.write_bytes(b'QFI\xfb' + b'\0' * 70000)
+    provider = make_provider(fake_nova,
+                             images_client=fake_clouds.images_client(glance))
+    g1 = provider.boot(str(local), 'sextant-up1', str(tmp_path / '1'))
+    g2 = provider.boot(str(local), 'sextant-up2', str(tmp_path / '2'))
+    (image_id,) = glance.images
+    image = glance.images[image_id]
+    assert (image['disk_format'], image['hw_video_model'],
+            image['hw_firmware_type'], image['hw_machine_type']) == (
+        'qcow2', 'qxl', 'uefi', 'q35')
+    assert glance.data[image_id] == local.read_bytes()
+    for g in (g1, g2):
+        assert fake_nova.servers[g.server_id]['image'] == image_id
+        g.teardown()
+    provider.cleanup()
+    assert not glance.images and not provider.uploaded
+    provider.cleanup()                            # idempotent

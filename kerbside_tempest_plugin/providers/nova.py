@@ -6,7 +6,9 @@ provider never talks to Keystone.
 
 - boot: `create_server` then `show_server` until ACTIVE (our own waiter
   with a deadline: `tempest.common.waiters` is not a stable API). ERROR
-  raises ProviderError naming the server's fault.
+  raises ProviderError naming the server's fault. With an images client
+  the image's properties are checked first (hw_video_model=qxl,
+  hw_firmware_type=uefi) and a local image file is uploaded with them.
 - console_vv(): `get_remote_console(id, 'spice-direct', 'spice')` at
   microversion 2.99 (Nova 2025.1 Epoxy and later), then a plain GET of the
   returned URL, which Kerbside (`/nova-console.vv?token=`) answers with a
@@ -44,6 +46,13 @@ NO_DIRECT_ROUTE = (
     "only through a console proxy (spice-direct resolves to Kerbside) and "
     "never reveals the hypervisor's SPICE ticket; use route 'kerbside', or "
     "the direct_qemu provider to compare against a direct connection")
+
+# Image properties the Sextant guest needs on Nova: without QXL there is no
+# SPICE display surface, and the guest is a UEFI application. q35 matches
+# the direct-qemu provider (AHCI disk); other machine types only warn.
+REQUIRED_IMAGE_PROPERTIES = {'hw_video_model': 'qxl',
+                             'hw_firmware_type': 'uefi'}
+RECOMMENDED_IMAGE_PROPERTIES = {'hw_machine_type': 'q35'}
 
 _MICROVERSION_LOCK = threading.RLock()
 
@@ -304,6 +313,9 @@ class NovaProvider(base.GuestProvider):
     `flavor_ref` are the defaults for boot(); the image must carry
     hw_video_model=qxl, hw_firmware_type=uefi and hw_machine_type=q35.
     `network`: a network UUID, 'auto', 'none' or None (omit `networks`).
+    `images_client` (optional, tempest's image v2 ImagesClient): checks the
+    image's properties before booting and uploads local image files (then
+    call cleanup() to delete them).
     """
 
     name = 'nova'
@@ -314,7 +326,8 @@ class NovaProvider(base.GuestProvider):
                  poll_interval=2.0, microversion=SPICE_DIRECT_MICROVERSION,
                  console_timeout=60, console_retry_interval=5.0,
                  console_ca_file=None, console_verify=True,
-                 serial_interval=2.0, create_kwargs=None):
+                 serial_interval=2.0, create_kwargs=None, images_client=None,
+                 check_image=True, image_upload_timeout=600):
         if route == 'direct':
             raise base.ProviderError(NO_DIRECT_ROUTE)
         self.servers_client = servers_client
@@ -333,7 +346,12 @@ class NovaProvider(base.GuestProvider):
         self.console_verify = console_verify
         self.serial_interval = serial_interval
         self.create_kwargs = dict(create_kwargs or {})
+        self.images_client = images_client
+        self.check_image = check_image
+        self.image_upload_timeout = image_upload_timeout
         self.guests = []
+        self.uploaded = {}        # local path -> Glance image id
+        self._checked = set()
         cloud.install_log_redaction('tempest.lib.common.rest_client',
                                     'urllib3.connectionpool')
 
@@ -356,20 +374,19 @@ class NovaProvider(base.GuestProvider):
         return cls(servers_client, admin_servers_client, **values)
 
     def boot(self, image, name, artifact_dir):
-        """Boot `image` (a Glance image ref; None: the configured one)."""
-        image_ref = image or self.image_ref
-        if not image_ref:
+        """Boot `image`: a Glance image ref, or a local image file that is
+        uploaded once per provider (needs `images_client`); None boots the
+        configured image_ref. With an images client the image's properties
+        are checked first.
+        """
+        image = image or self.image_ref
+        if not image:
             raise base.ProviderError(
                 'no Nova image: pass one or set [nova_provider] image_ref')
-        if os.path.sep in str(image_ref) and os.path.exists(image_ref):
-            raise base.ProviderError(
-                '%s is a local file; upload it to Glance (with '
-                'hw_video_model=qxl, hw_firmware_type=uefi, '
-                'hw_machine_type=q35) and set [nova_provider] image_ref'
-                % image_ref)
         if not self.flavor_ref:
             raise base.ProviderError('no Nova flavor: set [nova_provider] '
                                      'flavor_ref')
+        image_ref = self.ensure_image(image)
         artifact_dir = os.path.abspath(artifact_dir)
         os.makedirs(artifact_dir, exist_ok=True)
         kwargs = dict(self.create_kwargs, name=name, imageRef=image_ref,
@@ -395,6 +412,97 @@ class NovaProvider(base.GuestProvider):
             guest.teardown()
             raise
         return guest
+
+    # -- images ------------------------------------------------------------
+    def ensure_image(self, image):
+        """The Glance ref to boot for `image` (a ref or a local file)."""
+        if os.path.exists(str(image)) and os.path.isfile(str(image)):
+            if self.images_client is None:
+                raise base.ProviderError(
+                    '%s is a local file; pass images_client to upload it, or '
+                    'upload it to Glance yourself (with hw_video_model=qxl, '
+                    'hw_firmware_type=uefi, hw_machine_type=q35) and set '
+                    '[nova_provider] image_ref' % image)
+            path = os.path.abspath(image)
+            if path not in self.uploaded:
+                self.uploaded[path] = self._upload(path)
+            return self.uploaded[path]
+        if self.images_client is not None and self.check_image and \
+                image not in self._checked:
+            self._check_image(image)
+            self._checked.add(image)
+        return image
+
+    def _check_image(self, image_ref):
+        try:
+            props = self.images_client.show_image(image_ref)
+        except _exc().RestClientException as e:
+            raise base.ProviderError('cannot show Glance image %s: %s: %s' % (
+                image_ref, type(e).__name__, _error_text(e))) from None
+        wrong = ['%s=%s (has %r)' % (k, v, props.get(k))
+                 for k, v in REQUIRED_IMAGE_PROPERTIES.items()
+                 if props.get(k) != v]
+        if wrong:
+            raise base.ProviderError(
+                'Glance image %s is not set up for the Sextant guest: needs '
+                '%s. Without hw_video_model=qxl there is no SPICE display '
+                'surface; the guest is a UEFI application' % (
+                    image_ref, ', '.join(wrong)))
+        for k, v in RECOMMENDED_IMAGE_PROPERTIES.items():
+            if props.get(k) != v:
+                LOG.warning('Glance image %s has %s=%r; the harness is tested '
+                            'with %s=%s', image_ref, k, props.get(k), k, v)
+
+    def _upload(self, path):
+        with open(path, 'rb') as f:
+            magic = f.read(4)
+        disk_format = 'qcow2' if magic == b'QFI\xfb' else 'raw'
+        props = dict(REQUIRED_IMAGE_PROPERTIES)
+        props.update(RECOMMENDED_IMAGE_PROPERTIES)
+        lib_exc = _exc()
+        try:
+            image = self.images_client.create_image(
+                name='ktp-%s' % os.path.basename(path),
+                container_format='bare', disk_format=disk_format,
+                visibility='private', **props)
+            image_id = image['id']
+            with open(path, 'rb') as f:
+                self.images_client.store_image_file(image_id, f)
+        except lib_exc.RestClientException as e:
+            raise base.ProviderError('uploading %s to Glance failed: %s: %s'
+                                     % (path, type(e).__name__,
+                                        _error_text(e))) from None
+        state = {}
+
+        def active():
+            state['image'] = self.images_client.show_image(image_id)
+            status = state['image'].get('status')
+            if status in ('killed', 'deleted', 'deactivated'):
+                raise base.ProviderError('Glance image %s from %s went %s' % (
+                    image_id, path, status))
+            return status == 'active'
+
+        base.wait_until(active, self.image_upload_timeout,
+                        'Glance image %s (from %s) to become active' % (
+                            image_id, path),
+                        seen=lambda: 'status %s' % state.get(
+                            'image', {}).get('status'),
+                        interval=self.poll_interval)
+        LOG.info('uploaded %s to Glance as %s (%s)', path, image_id,
+                 disk_format)
+        return image_id
+
+    def cleanup(self):
+        """Delete the images this provider uploaded. Never raises."""
+        for path, image_id in list(self.uploaded.items()):
+            try:
+                self.images_client.delete_image(image_id)
+            except _exc().NotFound:
+                pass
+            except Exception:
+                LOG.exception('deleting Glance image %s (from %s) failed',
+                              image_id, path)
+            del self.uploaded[path]
 
     def _wait_active(self, guest):
         lib_exc = _exc()
