@@ -255,18 +255,21 @@ class DirectQemuGuest(base.Guest):
             base.tail_file(self.log_path, 8))
 
     # -- console -----------------------------------------------------------
+    def _factory(self, route):
+        factory = self.provider.route_factory
+        if factory is None:
+            raise base.ProviderError(
+                'route %r needs a lane (Kerbside); a bare direct-qemu '
+                'provider only offers the direct route' % route)
+        return factory
+
     def console_route(self, route=None):
         route = route or self.provider.route
         if route == 'direct':
             return base.ConsoleRoute(kind='direct', host=SPICE_HOST,
                                      port=self.spice_port,
                                      tls_port=self.tls_port)
-        factory = self.provider.route_factory
-        if factory is None:
-            raise base.ProviderError(
-                'route %r needs a lane (Kerbside); a bare direct-qemu '
-                'provider only offers the direct route' % route)
-        return factory.console_route(self, route)
+        return self._factory(route).console_route(self, route)
 
     def console_vv(self, route=None):
         route = route or self.provider.route
@@ -280,12 +283,7 @@ class DirectQemuGuest(base.Guest):
                                      self._ticket, tls_port=self.tls_port,
                                      ca=ca, host_subject=host_subject,
                                      title='%s (direct)' % self.name)
-        factory = self.provider.route_factory
-        if factory is None:
-            raise base.ProviderError(
-                'route %r needs a lane (Kerbside); a bare direct-qemu '
-                'provider only offers the direct route' % route)
-        return factory.console_vv(self, route)
+        return self._factory(route).console_vv(self, route)
 
     # -- QMP helpers -------------------------------------------------------
     def screendump(self, path):
