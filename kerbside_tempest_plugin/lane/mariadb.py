@@ -35,6 +35,9 @@ class PrivateMariaDB:
 
     DB = 'kerbside'
     USER = 'kerbside'
+    # Small: the default 96 MiB redo log and 128 MiB buffer pool would
+    # make every lane's datadir 114 MiB; these make it 26 MiB.
+    TUNING = ['--innodb-log-file-size=8M', '--innodb-buffer-pool-size=32M']
 
     def __init__(self, datadir, run_dir, log_dir, port, registry, secrets):
         self.datadir = datadir
@@ -72,7 +75,7 @@ class PrivateMariaDB:
                  '--no-defaults', '--user=%s' % getpass.getuser(),
                  '--datadir=%s' % self.datadir,
                  '--auth-root-authentication-method=socket',
-                 '--skip-test-db'],
+                 '--skip-test-db'] + self.TUNING,
                 stdout=log, stderr=subprocess.STDOUT, timeout=120)
         if proc.returncode != 0:
             raise base.HarnessError(
@@ -103,7 +106,7 @@ class PrivateMariaDB:
                 '--socket=%s' % self.socket, '--port=%d' % self.port,
                 '--bind-address=127.0.0.1',
                 '--pid-file=%s' % self.pid_file,
-                '--log-error=%s' % self.log_path]
+                '--log-error=%s' % self.log_path] + self.TUNING
         self.proc = self.registry.spawn(
             'mariadbd', argv, self.log_path + '.stdout')
 
