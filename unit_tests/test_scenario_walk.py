@@ -31,7 +31,7 @@ def test_every_walk_passes_on_a_well_behaved_guest(tmp_path, walk_name):
     assert result.stats['fb_matched'] >= 1
     assert 0 < result.stats['fidelity'] <= 1
     assert result.beats[-1]['name'] == 'power-off'
-    assert result.beats[-1]['note'] and 'closed' in result.beats[-1]['note']
+    assert result.beats[-1]['ok']
 
 
 def test_artifacts_and_report(tmp_path):
@@ -85,6 +85,26 @@ def test_a_guest_that_ignores_the_paste_fails_with_a_clear_beat(tmp_path):
     assert lane.guests[0].torn_down
     report = open(os.path.join(result.artifact_dir, 'report.md')).read()
     assert '**Verdict: FAIL**' in report and 'paste-accepted' in report
+
+
+def test_a_lost_paste_character_fails_the_beat_at_once(tmp_path):
+    def drop_p(fake):
+        real = fake.handle
+
+        def handle(c):
+            if fake.state == 'paste' and c == 'P':
+                return          # lost on the way (a full PS/2 queue)
+            real(c)
+        fake.handle = handle
+    lane, result = run(tmp_path, 'canonical', guest_hook=drop_p)
+    assert not result.passed
+    beats = {b['name']: b for b in result.beats}
+    b = beats['paste-accepted']
+    assert not b['ok'] and b['elapsed'] < 10      # not the 15 s deadline
+    assert 'the guest showed shows paste_received correct=False' in \
+        b['error']
+    assert 'len=22 correct=false' in b['error']
+    assert result.verdicts()['drain'] is False
 
 
 def test_lost_keypress_in_the_drain_fails_the_chains(tmp_path):

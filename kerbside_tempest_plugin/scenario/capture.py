@@ -185,8 +185,8 @@ def shows(kind, **fields):
     def predicate(cd):
         return cd.shows(kind, **fields) is not None
     predicate.__name__ = 'shows %s' % ' '.join(
-        [kind] + ['%s=%s' % (k.rstrip('_'), v) for k, v in fields.items()
-                  if not callable(v)])
+        [kind] + ['%s=%s' % (k.rstrip('_'), '(test)' if callable(v) else v)
+                  for k, v in fields.items()])
     return predicate
 
 

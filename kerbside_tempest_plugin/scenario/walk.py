@@ -116,6 +116,8 @@ def _proven(w, since, channel, make):
 def _any(*preds):
     def either(cd):
         return any(p(cd) for p in preds)
+    either.__name__ = ' or '.join(getattr(p, '__name__', 'predicate')
+                                  for p in preds)
     return either
 
 
@@ -162,20 +164,32 @@ class Walker:
         return sent
 
     def beat(self, name, what, predicate, implied_by=None, since=None,
-             timeout=None):
+             timeout=None, fail_on=None):
         """Wait for a digest (index >= since) showing what `predicate`
-        tests; `implied_by` accepts a later digest that proves it.
+        tests; `implied_by` accepts a later digest that proves it;
+        `fail_on` ends the wait at once with a failure (a digest proving
+        the beat can no longer happen, such as a rejected paste).
         """
         since = self.stream.mark() if since is None else since
         timeout = self.step_timeout if timeout is None else timeout
         beat = Beat(len(self.beats), name, what, self.stream.now())
         self.beats.append(beat)
 
-        def accept(cd):
+        def ok(cd):
             return predicate(cd) or (implied_by is not None and
                                      implied_by(cd))
+
+        def accept(cd):
+            return ok(cd) or (fail_on is not None and fail_on(cd))
         try:
             cd = self.stream.wait_for(accept, timeout, what, since=since)
+            if not ok(cd):
+                raise AssertionError(
+                    'waiting for %s, the guest showed %s instead (frame %d '
+                    'at %.2f s: %s)' % (
+                        what, getattr(fail_on, '__name__', 'a failure'),
+                        cd.frame_counter, cd.at,
+                        '; '.join(cd.records_text())))
         except AssertionError as e:
             beat.ended = self.stream.now()
             beat.error = str(e)
@@ -346,11 +360,17 @@ def paste_and_submit(w, text, correct):
             'paste-accepted', 'paste_received correct=true len=%d'
             % len(text), cap.shows('paste_received', correct=True,
                                    len=len(text)), implied_by=proof,
-            since=since)
+            since=since, fail_on=_any(
+                cap.shows('paste_received', correct=False),
+                cap.shows('paste_received', len=lambda n: n != len(text)),
+                cap.shows('bootloader_timeout')))
     cd = w.beat('paste-rejected', 'paste_received correct=false len=%d'
                 % len(text), cap.shows('paste_received', correct=False,
                                        len=len(text)), implied_by=proof,
-                since=since)
+                since=since, fail_on=_any(
+                    cap.shows('paste_received', correct=True),
+                    cap.shows('paste_received',
+                              len=lambda n: n != len(text))))
     w.beat('wrong-indicator', 'the attempt indicator (line_rendered row '
            '%d) after the wrong paste' % WRONG_INDICATOR_ROW,
            cap.shows('line_rendered', row=WRONG_INDICATOR_ROW),
