@@ -218,3 +218,14 @@ def test_csv_row_shape():
                            '0.250', '']
     t = sampler.Sample('kerbside', 4, 100, timeout=True, note='x')
     assert t.csv_row()[3:6] == ['', '', '1']
+
+
+def test_timeout_note_carries_the_route_state(servers, clients):
+    server = servers(silent_keys={1})
+    session = sampler.RouteSession(
+        'kerbside', clients(server.path),
+        explain=lambda: 'lane services down: kerbside-daemon exited with 1')
+    session.attach()
+    sample = session.measure(0, deadline_s=0.2, hold_s=0, quiet_s=0)
+    assert sample.timeout
+    assert 'kerbside-daemon exited with 1' in sample.note

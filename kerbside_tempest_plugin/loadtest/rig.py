@@ -61,17 +61,13 @@ class Route:
                 g.name, getattr(g, 'returncode', '?'))
         return None
 
-    def describe(self):
-        parts = ['route %s' % self.name]
-        if self.guest is not None:
-            parts.append('guest %s %s' % (
-                self.guest.name,
-                'running' if self.guest.is_running() else 'stopped'))
-        if self.client is not None:
-            parts.append('control %s' % (
-                'closed: %s' % self.client.close_reason
-                if self.client.closed else 'open'))
-        return ', '.join(parts)
+    def explain(self):
+        """Lane services that have died (MariaDB, the Kerbside API,
+        daemon or proxy), for a timeout's note; None when all run.
+        """
+        probe = getattr(self.lane, 'dead_services', None)
+        dead = probe() if probe is not None else None
+        return 'lane services down: %s' % '; '.join(dead) if dead else None
 
 
 def _connect(path, timeout, name):
@@ -162,7 +158,8 @@ class Rig:
             wait_spice_ready(r.client, 30, 'route %s' % r.name)
             r.timings['ryll_to_spice_ready_s'] = time.monotonic() - t
             r.session = sampler.RouteSession(r.name, r.client,
-                                             alive=r.alive)
+                                             alive=r.alive,
+                                             explain=r.explain)
             r.session.attach()
             self.say('route %s: ryll connected in %.2f s' % (
                 r.name, r.timings['ryll_to_spice_ready_s']))

@@ -81,13 +81,17 @@ class RouteSession:
 
     `alive()` (optional) returns None while the route's parts are fine, or
     a reason string once one has gone (ryll exited, the guest stopped).
+    `explain()` (optional) returns extra state for a timeout's note (for
+    example lane services that have died), or None.
     """
 
-    def __init__(self, name, client, alive=None, scancode=SCANCODE_SPACE):
+    def __init__(self, name, client, alive=None, scancode=SCANCODE_SPACE,
+                 explain=None):
         self.name = name
         self.client = client
         self.scancode = scancode
         self._alive = alive
+        self._explain = explain
         self._cond = threading.Condition()
         self._draws = collections.deque(maxlen=100000)
         self.last_draw_mono = None
@@ -257,6 +261,9 @@ class RouteSession:
             notes.append('no surface_drawn within %.1f s of the key (%d '
                          'draws seen on this route so far)'
                          % (deadline_s, self.draw_total))
+            extra = self._explain_state()
+            if extra:
+                notes.append(extra)
         else:
             stamp, received = found
             sample.drawn_us = stamp
@@ -270,6 +277,14 @@ class RouteSession:
         sample.note = '; '.join(notes)
         self._after(sample)
         return sample
+
+    def _explain_state(self):
+        if self._explain is None:
+            return None
+        try:
+            return self._explain()
+        except Exception as e:
+            return 'could not describe the route: %r' % e
 
     def _cond_check_dead(self):
         # Called with the condition held; only looks at cheap state.
