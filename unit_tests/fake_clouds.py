@@ -163,32 +163,31 @@ class FakeKerbside(FakeHTTP):
             '-----END CERTIFICATE-----\\n',
             'host-subject=CN=kerbside-proxy', '']) + '\n'
 
+    def _exchange(self, token, console, bad_status, bad_message):
+        """Trade a console token for a .vv: once, and only once scraped."""
+        if console is None:
+            return bad_status, {}, {'error': bad_message}
+        if token in self.used:
+            return 401, {}, {'error': 'token already used'}
+        if self.unscraped > 0:
+            self.unscraped -= 1
+            return 404, {}, {'error': 'console not found'}
+        self.used.add(token)
+        return 200, {'Content-Type': 'application/x-virt-viewer'}, \
+            self._vv(console)
+
     def handle(self, method, path, query, headers, body):
         token = (query.get('token') or [''])[0]
-        vv_headers = {'Content-Type': 'application/x-virt-viewer'}
         with self.lock:
             if path == '/nova-console.vv':
                 console = self.nova.validate_token(token) if self.nova \
                     else None
-                if console is None:
-                    return 403, {}, {'error': 'invalid console token'}
-                if token in self.used:
-                    return 401, {}, {'error': 'token already used'}
-                if self.unscraped > 0:
-                    self.unscraped -= 1
-                    return 404, {}, {'error': 'console not found'}
-                self.used.add(token)
-                return 200, vv_headers, self._vv(console['instance_uuid'])
+                return self._exchange(
+                    token, console and console['instance_uuid'], 403,
+                    'invalid console token')
             if path == '/sf-console.vv':
-                if token not in self.sf_tokens:
-                    return 401, {}, {'error': 'malformed token'}
-                if token in self.used:
-                    return 401, {}, {'error': 'token already used'}
-                if self.unscraped > 0:
-                    self.unscraped -= 1
-                    return 404, {}, {'error': 'console not found'}
-                self.used.add(token)
-                return 200, vv_headers, self._vv(self.sf_tokens[token])
+                return self._exchange(token, self.sf_tokens.get(token), 401,
+                                      'malformed token')
         return 404, {}, {'error': 'no such endpoint'}
 
 

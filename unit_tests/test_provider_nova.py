@@ -105,7 +105,7 @@ def test_server_error_names_the_fault_and_deletes(clouds, tmp_path):
     with pytest.raises(base.ProviderError) as e:
         provider.boot('img-other', 'sextant-err', str(tmp_path))
     msg = str(e.value)
-    assert 'went to ERROR' in msg
+    assert 'went to ERROR while waiting to become ACTIVE' in msg
     assert 'No valid host was found' in msg and 'code 500' in msg
     (server,) = fake_nova.servers.values()
     assert server['image'] == 'img-other'

@@ -154,7 +154,7 @@ def test_error_state_names_the_error(clouds, tmp_path):
     with pytest.raises(base.ProviderError) as e:
         make_provider(sf).boot(None, 'sextant-err', str(tmp_path))
     msg = str(e.value)
-    assert 'went to error while booting' in msg
+    assert "went to error while waiting to reach state 'created'" in msg
     assert 'failed to create disk: base image missing' in msg
     (inst,) = sf.instances.values()
     assert inst['state'] == 'deleted'      # boot failure cleans up

@@ -16,6 +16,7 @@
 Imports only the standard library and the project's lane.vv helpers.
 """
 
+import json
 import logging
 import os
 import re
@@ -332,3 +333,159 @@ class PolledSerialSource(base.SerialSource):
         return '%s (%d fetch(es)%s)' % (
             self.what, self.fetches,
             '; ' + '; '.join(extra) if extra else '')
+
+
+def route_from_vv(text, kind, source, uuid):
+    """The ConsoleRoute a .vv sends a client to (no secret in it)."""
+    fields = lane_vv.parse_vv(text)
+    return base.ConsoleRoute(
+        kind=kind, host=fields.get('host'),
+        port=int(fields['port']) if fields.get('port') else None,
+        tls_port=int(fields['tls-port']) if fields.get('tls-port') else None,
+        source=source, uuid=uuid)
+
+
+class CloudGuest(base.Guest):
+    """What a guest on a cloud API shares, whatever the cloud.
+
+    A subclass sets `label` (e.g. 'Nova server'), `source` and
+    `record_name`, and implements `show()` (the API's view of the guest,
+    None once it is gone; a transient failure raises one of
+    `transient_errors`), `describe_state(view)`, `is_running()` and
+    `_delete()` (False when the guest was already gone). The provider
+    gives `poll_interval`, `serial_interval`, `delete_timeout`,
+    `console_timeout`, `console_retry_interval`, `console_ca_file` and
+    `console_verify`.
+    """
+
+    label = 'cloud guest'
+    source = None
+    record_name = 'guest.json'
+    transient_errors = ()
+
+    def __init__(self, provider, name, artifact_dir, ref, read_serial,
+                 serial_what):
+        self.provider = provider
+        self.name = name
+        self.artifact_dir = artifact_dir
+        self.ref = ref
+        self.last = None
+        self.console_fetches = 0
+        self._route = None
+        self._torn_down = False
+        self.serial = PolledSerialSource(
+            read_serial, self.is_running,
+            '%s of %s (%s)' % (serial_what, name, ref),
+            interval=provider.serial_interval,
+            log_path=os.path.join(artifact_dir, 'serial.log'))
+
+    @property
+    def title(self):
+        return '%s %s (%s)' % (self.label, self.name, self.ref)
+
+    def show(self):
+        raise NotImplementedError
+
+    def describe_state(self, view):
+        raise NotImplementedError
+
+    def _delete(self):
+        raise NotImplementedError
+
+    def _gone(self, view):
+        return view is None
+
+    def describe(self):
+        return '%s: %s' % (self.title, self.describe_state(self.last))
+
+    def _seen(self):
+        return self.describe_state(self.last)
+
+    def wait_for_state(self, what, ready, failed, timeout):
+        """Poll show() until `ready(view)`; `failed(view)` returning a word
+        (e.g. 'ERROR') raises ProviderError with the state; vanishing too.
+        """
+        def check():
+            try:
+                view = self.show()
+            except self.transient_errors as e:
+                LOG.debug('reading %s failed while waiting: %s', self.title,
+                          e)
+                return None
+            if view is None:
+                raise base.ProviderError('%s vanished while waiting to %s; '
+                                         'last seen: %s' % (
+                                             self.title, what, self._seen()))
+            state = failed(view)
+            if state:
+                raise base.ProviderError('%s went to %s while waiting to '
+                                         '%s: %s' % (
+                                             self.title, state, what,
+                                             self.describe_state(view)))
+            return view if ready(view) else None
+
+        return base.wait_until(check, timeout, '%s to %s' % (
+            self.title, what), seen=self._seen,
+            interval=self.provider.poll_interval)
+
+    def wait_stopped(self, timeout):
+        base.wait_until(lambda: not self.is_running(), timeout,
+                        '%s to stop' % self.title, seen=self._seen,
+                        interval=self.provider.poll_interval)
+
+    # -- console -----------------------------------------------------------
+    def kerbside_vv(self, mint):
+        """A fresh .vv from Kerbside through URLs from `mint()`."""
+        p = self.provider
+        text = fetch_console_vv(
+            mint, self.title, timeout=p.console_timeout,
+            interval=p.console_retry_interval,
+            context=ssl_context(p.console_ca_file, p.console_verify))
+        self._route = route_from_vv(text, 'kerbside', self.source, self.ref)
+        return text
+
+    def kerbside_route(self):
+        if self._route is None:
+            raise base.ProviderError(
+                'the Kerbside route of %s is known only after console_vv() '
+                '(the cloud names the proxy only in the .vv)' % self.title)
+        return self._route
+
+    # -- lifecycle ---------------------------------------------------------
+    def record(self):
+        """What is written to `record_name` in the artifact dir."""
+        return {'provider': self.provider.name, 'name': self.name,
+                'ref': self.ref, 'last_seen': self._seen(),
+                'console_fetches': self.console_fetches,
+                'serial': self.serial.describe()}
+
+    def teardown(self):
+        """Keep the last serial output and a record, delete the guest and
+        wait until it is gone. Idempotent; logs instead of raising.
+        """
+        if self._torn_down:
+            return
+        self._torn_down = True
+        try:
+            self.serial.refresh()
+        except Exception:
+            pass
+        try:
+            with open(os.path.join(self.artifact_dir, self.record_name),
+                      'w') as f:
+                json.dump(self.record(), f, indent=2)
+        except (OSError, TypeError, ValueError) as e:
+            LOG.debug('cannot write %s: %s', self.record_name, e)
+        try:
+            if not self._delete():
+                return
+
+            def gone():
+                return self._gone(self.show())
+
+            base.wait_until(gone, self.provider.delete_timeout,
+                            '%s to be deleted' % self.title,
+                            seen=self._seen,
+                            interval=self.provider.poll_interval)
+        except Exception:
+            LOG.exception('teardown of %s failed', self.title)

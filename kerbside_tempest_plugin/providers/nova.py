@@ -25,13 +25,11 @@ tempest is imported lazily so that the libraries work without it.
 """
 
 import contextlib
-import json
 import logging
 import os
 import threading
 import urllib.parse
 
-from kerbside_tempest_plugin.lane import vv as lane_vv
 from kerbside_tempest_plugin.providers import base
 from kerbside_tempest_plugin.providers import cloud
 
@@ -118,23 +116,25 @@ def describe_server(server):
     return ', '.join(parts)
 
 
-class NovaGuest(base.Guest):
+class NovaGuest(cloud.CloudGuest):
     """A Nova server booted for one test."""
 
+    label = 'Nova server'
+    source = 'nova'
+    record_name = 'server.json'
+
     def __init__(self, provider, name, artifact_dir, server_id):
-        self.provider = provider
-        self.name = name
-        self.artifact_dir = artifact_dir
         self.server_id = server_id
-        self.last_server = None
-        self.console_fetches = 0
-        self._route = None
-        self._torn_down = False
-        self.serial = cloud.PolledSerialSource(
-            self._console_output, self._server_running,
-            'Nova console output of %s (%s)' % (name, server_id),
-            interval=provider.serial_interval,
-            log_path=os.path.join(artifact_dir, 'serial.log'))
+        super().__init__(provider, name, artifact_dir, server_id,
+                         self._console_output, 'Nova console output')
+
+    @property
+    def transient_errors(self):
+        return (_exc().ServerRestClientException,)
+
+    @property
+    def last_server(self):
+        return self.last
 
     # -- state -------------------------------------------------------------
     def show(self):
@@ -146,8 +146,14 @@ class NovaGuest(base.Guest):
                 self.server_id)['server']
         except _exc().NotFound:
             return None
-        self.last_server = server
+        self.last = server
         return server
+
+    def _gone(self, server):
+        return server is None or server.get('status') == 'DELETED'
+
+    def describe_state(self, server):
+        return describe_server(server)
 
     def status(self):
         server = self.show()
@@ -155,20 +161,6 @@ class NovaGuest(base.Guest):
 
     def is_running(self):
         return self.status() not in STOPPED_STATUSES
-
-    def _server_running(self):
-        return self.is_running()
-
-    def describe(self):
-        return 'Nova server %s (%s): %s' % (
-            self.name, self.server_id, describe_server(self.last_server))
-
-    def wait_stopped(self, timeout):
-        base.wait_until(lambda: not self.is_running(), timeout,
-                        'Nova server %s (%s) to stop' % (
-                            self.name, self.server_id),
-                        seen=lambda: describe_server(self.last_server),
-                        interval=self.provider.poll_interval)
 
     def _console_output(self):
         body = self.provider.servers_client.get_console_output(
@@ -213,29 +205,14 @@ class NovaGuest(base.Guest):
     def console_vv(self, route=None):
         """A fresh .vv from Kerbside for this server (holds a password)."""
         self._check_route(route)
-        p = self.provider
-        text = cloud.fetch_console_vv(
-            self._mint, 'Nova server %s (%s)' % (self.name, self.server_id),
-            timeout=p.console_timeout, interval=p.console_retry_interval,
-            context=cloud.ssl_context(p.console_ca_file, p.console_verify))
-        fields = lane_vv.parse_vv(text)
-        self._route = base.ConsoleRoute(
-            kind='kerbside', host=fields.get('host'),
-            port=int(fields['port']) if fields.get('port') else None,
-            tls_port=int(fields['tls-port']) if fields.get('tls-port')
-            else None, source='nova', uuid=self.server_id)
-        return text
+        return self.kerbside_vv(self._mint)
 
     def console_route(self, route=None):
         """The route of the last .vv (Kerbside's proxy host and ports);
         known only after console_vv().
         """
         self._check_route(route)
-        if self._route is None:
-            raise base.ProviderError(
-                'the Kerbside route of %s is known only after console_vv() '
-                '(Nova names the proxy only in the .vv)' % self.server_id)
-        return self._route
+        return self.kerbside_route()
 
     def console_details(self):
         """What Nova tells the proxy about a fresh spice-direct token:
@@ -263,46 +240,12 @@ class NovaGuest(base.Guest):
                     _error_text(e))) from None
         return dict(body['console'])
 
-    # -- lifecycle ---------------------------------------------------------
-    def _write_record(self):
+    def _delete(self):
         try:
-            with open(os.path.join(self.artifact_dir, 'server.json'),
-                      'w') as f:
-                json.dump({'provider': 'nova', 'name': self.name,
-                           'server_id': self.server_id,
-                           'last_seen': describe_server(self.last_server),
-                           'console_fetches': self.console_fetches,
-                           'serial': self.serial.describe()}, f, indent=2)
-        except OSError as e:
-            LOG.debug('cannot write server.json: %s', e)
-
-    def teardown(self):
-        if self._torn_down:
-            return
-        self._torn_down = True
-        client = self.provider.servers_client
-        try:
-            self.serial.refresh()
-        except Exception:
-            pass
-        self._write_record()
-        try:
-            lib_exc = _exc()
-            try:
-                client.delete_server(self.server_id)
-            except lib_exc.NotFound:
-                return
-            base.wait_until(
-                lambda: self.show() is None or
-                self.last_server.get('status') == 'DELETED',
-                self.provider.delete_timeout,
-                'Nova server %s (%s) to be deleted' % (
-                    self.name, self.server_id),
-                seen=lambda: describe_server(self.last_server),
-                interval=self.provider.poll_interval)
-        except Exception:
-            LOG.exception('teardown of Nova server %s (%s) failed',
-                          self.name, self.server_id)
+            self.provider.servers_client.delete_server(self.server_id)
+        except _exc().NotFound:
+            return False
+        return True
 
 
 class NovaProvider(base.GuestProvider):
@@ -505,31 +448,7 @@ class NovaProvider(base.GuestProvider):
             del self.uploaded[path]
 
     def _wait_active(self, guest):
-        lib_exc = _exc()
-        what = 'Nova server %s (%s) to become ACTIVE' % (guest.name,
-                                                         guest.server_id)
-
-        def check():
-            try:
-                server = guest.show()
-            except lib_exc.ServerRestClientException as e:
-                LOG.debug('show_server failed while waiting: %s', e)
-                return None
-            if server is None:
-                raise base.ProviderError(
-                    'Nova server %s (%s) vanished while booting; last seen: '
-                    '%s' % (guest.name, guest.server_id,
-                            describe_server(guest.last_server)))
-            status = server.get('status')
-            if status == 'ACTIVE':
-                return server
-            if status == 'ERROR':
-                raise base.ProviderError(
-                    'Nova server %s (%s) went to ERROR while booting: %s' % (
-                        guest.name, guest.server_id,
-                        describe_server(server)))
-            return None
-
-        base.wait_until(check, self.boot_timeout, what,
-                        seen=lambda: describe_server(guest.last_server),
-                        interval=self.poll_interval)
+        guest.wait_for_state(
+            'become ACTIVE', lambda server: server.get('status') == 'ACTIVE',
+            lambda server: server.get('status') == 'ERROR' and 'ERROR',
+            self.boot_timeout)

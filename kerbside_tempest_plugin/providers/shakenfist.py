@@ -100,23 +100,27 @@ def _no_client_waits(client):
         client.async_strategy = old
 
 
-class ShakenFistGuest(base.Guest):
+class ShakenFistGuest(cloud.CloudGuest):
     """A Shaken Fist instance booted for one test."""
 
+    label = 'Shaken Fist instance'
+    source = 'shakenfist'
+    record_name = 'instance.json'
+
     def __init__(self, provider, name, artifact_dir, uuid):
-        self.provider = provider
-        self.name = name
-        self.artifact_dir = artifact_dir
         self.uuid = uuid
-        self.last_instance = None
-        self.console_fetches = 0
-        self._route = None
-        self._torn_down = False
-        self.serial = cloud.PolledSerialSource(
-            self._console_data, self.is_running,
-            'Shaken Fist console data of %s (%s)' % (name, uuid),
-            interval=provider.serial_interval,
-            log_path=os.path.join(artifact_dir, 'serial.log'))
+        super().__init__(provider, name, artifact_dir, uuid,
+                         self._console_data, 'Shaken Fist console data')
+
+    @property
+    def transient_errors(self):
+        apiclient = _sf()
+        return (apiclient.InternalServerError,
+                apiclient.DependenciesNotReadyException)
+
+    @property
+    def last_instance(self):
+        return self.last
 
     # -- state -------------------------------------------------------------
     def show(self):
@@ -126,25 +130,20 @@ class ShakenFistGuest(base.Guest):
             inst = self.provider.client.get_instance(self.uuid)
         except apiclient.ResourceNotFoundException:
             return None
-        self.last_instance = inst
+        self.last = inst
         return inst
+
+    def _gone(self, inst):
+        return inst is None or inst.get('state') == 'deleted'
+
+    def describe_state(self, inst):
+        return describe_instance(inst)
 
     def is_running(self):
         inst = self.show()
         if not inst or inst.get('state') != 'created':
             return False
         return inst.get('power_state') not in ('off', 'crashed', 'paused')
-
-    def describe(self):
-        return 'Shaken Fist instance %s (%s): %s' % (
-            self.name, self.uuid, describe_instance(self.last_instance))
-
-    def wait_stopped(self, timeout):
-        base.wait_until(lambda: not self.is_running(), timeout,
-                        'Shaken Fist instance %s (%s) to stop' % (
-                            self.name, self.uuid),
-                        seen=lambda: describe_instance(self.last_instance),
-                        interval=self.provider.poll_interval)
 
     def _console_data(self):
         return self.provider.client.get_console_data(
@@ -176,21 +175,15 @@ class ShakenFistGuest(base.Guest):
     def console_vv(self, route=None):
         """A fresh .vv for `route` (kerbside: holds a password)."""
         route = route or self.provider.route
-        p = self.provider
         if route == 'direct':
             return self._helper_vv()
         if route != 'kerbside':
             raise base.ProviderError('unknown route %r' % route)
-        text = cloud.fetch_console_vv(
-            self._mint, 'Shaken Fist instance %s (%s)' % (self.name,
-                                                          self.uuid),
-            timeout=p.console_timeout, interval=p.console_retry_interval,
-            context=cloud.ssl_context(p.console_ca_file, p.console_verify))
+        text = self.kerbside_vv(self._mint)
         if '/sf-console.vv?token=' in text:
             raise base.ProviderError(
                 'the .vv for %s still points at the token exchange URL '
                 '(Kerbside returned the URL, not a console)' % self.uuid)
-        self._route = self._route_from(text, 'kerbside')
         return text
 
     def _helper_vv(self):
@@ -201,16 +194,13 @@ class ShakenFistGuest(base.Guest):
             raise base.ProviderError(
                 'Shaken Fist vdiconsolehelper for %s failed: %s' % (
                     self.uuid, _error_text(e))) from None
-        self._route_from(text, 'direct')
+        try:
+            lane_vv.parse_vv(text)
+        except lane_vv.VVError as e:
+            raise base.ProviderError('Shaken Fist vdiconsolehelper for %s '
+                                     'did not return a .vv: %s' % (
+                                         self.uuid, e)) from None
         return text
-
-    def _route_from(self, text, kind):
-        fields = lane_vv.parse_vv(text)
-        return base.ConsoleRoute(
-            kind=kind, host=fields.get('host'),
-            port=int(fields['port']) if fields.get('port') else None,
-            tls_port=int(fields['tls-port']) if fields.get('tls-port')
-            else None, source='shakenfist', uuid=self.uuid)
 
     def console_route(self, route=None):
         route = route or self.provider.route
@@ -220,57 +210,17 @@ class ShakenFistGuest(base.Guest):
                 kind='direct', host=inst.get('node'),
                 port=inst.get('vdi_port'), tls_port=inst.get('vdi_tls_port'),
                 source='shakenfist', uuid=self.uuid)
-        if self._route is None:
-            raise base.ProviderError(
-                'the Kerbside route of %s is known only after console_vv()'
-                % self.uuid)
-        return self._route
+        return self.kerbside_route()
 
-    # -- lifecycle ---------------------------------------------------------
-    def _write_record(self):
+    def _delete(self):
+        apiclient = _sf()
         try:
-            with open(os.path.join(self.artifact_dir, 'instance.json'),
-                      'w') as f:
-                json.dump({'provider': 'shakenfist', 'name': self.name,
-                           'uuid': self.uuid,
-                           'last_seen': describe_instance(
-                               self.last_instance),
-                           'console_fetches': self.console_fetches,
-                           'serial': self.serial.describe()}, f, indent=2)
-        except OSError as e:
-            LOG.debug('cannot write instance.json: %s', e)
-
-    def teardown(self):
-        if self._torn_down:
-            return
-        self._torn_down = True
-        try:
-            self.serial.refresh()
-        except Exception:
-            pass
-        self._write_record()
-        try:
-            apiclient = _sf()
-            client = self.provider.client
-            try:
-                with _no_client_waits(client):
-                    client.delete_instance(self.uuid, async_request=True)
-            except apiclient.ResourceNotFoundException:
-                return
-
-            def gone():
-                inst = self.show()
-                return inst is None or inst.get('state') == 'deleted'
-
-            base.wait_until(
-                gone, self.provider.delete_timeout,
-                'Shaken Fist instance %s (%s) to be deleted' % (
-                    self.name, self.uuid),
-                seen=lambda: describe_instance(self.last_instance),
-                interval=self.provider.poll_interval)
-        except Exception:
-            LOG.exception('teardown of Shaken Fist instance %s (%s) failed',
-                          self.name, self.uuid)
+            with _no_client_waits(self.provider.client):
+                self.provider.client.delete_instance(self.uuid,
+                                                     async_request=True)
+        except apiclient.ResourceNotFoundException:
+            return False
+        return True
 
 
 class ShakenFistProvider(base.GuestProvider):
@@ -372,7 +322,7 @@ class ShakenFistProvider(base.GuestProvider):
                 'Shaken Fist refused to create instance %s (image %s): %s'
                 % (name, image, _error_text(e))) from None
         guest = ShakenFistGuest(self, name, artifact_dir, inst['uuid'])
-        guest.last_instance = inst
+        guest.last = inst
         self.guests.append(guest)
         LOG.info('booting Shaken Fist instance %s (%s) from %s', name,
                  guest.uuid, image)
@@ -384,34 +334,13 @@ class ShakenFistProvider(base.GuestProvider):
         return guest
 
     def _wait_created(self, guest):
-        apiclient = _sf()
-
-        def check():
-            try:
-                inst = guest.show()
-            except (apiclient.InternalServerError,
-                    apiclient.DependenciesNotReadyException) as e:
-                LOG.debug('get_instance failed while waiting: %s', e)
-                return None
-            if inst is None:
-                raise base.ProviderError(
-                    'Shaken Fist instance %s (%s) vanished while booting; '
-                    'last seen: %s' % (guest.name, guest.uuid,
-                                       describe_instance(
-                                           guest.last_instance)))
+        def failed(inst):
             state = inst.get('state') or ''
-            if state == 'created':
-                return inst
             if state in ERROR_STATES or state.endswith('-error'):
-                raise base.ProviderError(
-                    'Shaken Fist instance %s (%s) went to %s while booting: '
-                    '%s' % (guest.name, guest.uuid, state,
-                            describe_instance(inst)))
+                return state
             return None
 
-        base.wait_until(
-            check, self.boot_timeout,
-            "Shaken Fist instance %s (%s) to reach state 'created'" % (
-                guest.name, guest.uuid),
-            seen=lambda: describe_instance(guest.last_instance),
-            interval=self.poll_interval)
+        guest.wait_for_state(
+            "reach state 'created'",
+            lambda inst: inst.get('state') == 'created', failed,
+            self.boot_timeout)
