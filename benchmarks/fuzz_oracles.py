@@ -260,11 +260,11 @@ def main(argv=None):
         t0 = time.perf_counter()
         func(rng, n, report)
         c = report.counts.get(name, {'cases': 0})
-        print('%-8s %7d cases in %6.1f s: %s' % (
-            name, c['cases'], time.perf_counter() - t0,
-            ', '.join('%s=%d' % kv for kv in sorted(
-                c.get('error_types', {}).items())) or 'no errors')
-            + ('; %d decoded' % c['ok'] if c['cases'] else ''))
+        errors = ', '.join('%s=%d' % kv for kv in sorted(
+            c.get('error_types', {}).items())) or 'no errors'
+        decoded = '; %d decoded' % c['ok'] if c['cases'] else ''
+        print('%-8s %7d cases in %6.1f s: %s%s' % (
+            name, c['cases'], time.perf_counter() - t0, errors, decoded))
     print('total %d cases in %.1f s, seed %d; findings (untyped errors or '
           'slow cases): %d' % (report.total, time.perf_counter() - start,
                                args.seed, len(report.findings)))
