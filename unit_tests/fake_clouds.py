@@ -14,7 +14,8 @@ Knobs a test turns (all plain attributes):
   use (a replay gets 401 "token already used").
 - FakeNova: `build_polls` (GETs in BUILD before ACTIVE), `fault` (go to
   ERROR with this fault instead), `delete_polls`, `delete_status` (answer
-  DELETE with this status, e.g. 500), per-server `console` text.
+  DELETE with this status, e.g. 500), `show_failures` (answer that many
+  GETs of a server 500), per-server `console` text.
 - FakeGlance: `add(**props)` seeds an image; uploads arrive chunked.
 - FakeShakenFist: `create_polls`, `fail_state`/`fail_message`,
   `delete_polls`, `reuse_token` (hand out the same console token again),
@@ -224,6 +225,7 @@ class FakeNova(FakeHTTP):
         self.fault = None
         self.delete_polls = 1
         self.delete_status = 204
+        self.show_failures = 0
 
     def validate_token(self, token):
         with self.lock:
@@ -316,6 +318,10 @@ class FakeNova(FakeHTTP):
                                    % m.group(1))
             sub = m.group(2) or ''
             if sub == '' and method == 'GET':
+                if self.show_failures > 0:
+                    self.show_failures -= 1
+                    return _nova_error(500, 'computeFault',
+                                       'Unexpected API Error.')
                 return self._show(server)
             if sub == '' and method == 'DELETE':
                 if self.delete_status != 204:

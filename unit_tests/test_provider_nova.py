@@ -324,3 +324,14 @@ def test_local_image_is_uploaded_once_and_cleaned_up(clouds, glance,
     provider.cleanup()
     assert not glance.images and not provider.uploaded
     provider.cleanup()                            # idempotent
+
+
+def test_transient_api_errors_do_not_end_a_wait(clouds, tmp_path):
+    fake_nova, _ = clouds
+    fake_nova.show_failures = 2
+    guest = make_provider(fake_nova).boot(None, 'sextant-5xx',
+                                          str(tmp_path))
+    assert guest.status() == 'ACTIVE'
+    fake_nova.show_failures = 1
+    assert guest.is_running()              # unknown counts as running
+    guest.teardown()

@@ -160,7 +160,11 @@ class NovaGuest(cloud.CloudGuest):
         return server.get('status') if server else 'DELETED'
 
     def is_running(self):
-        return self.status() not in STOPPED_STATUSES
+        try:
+            return self.status() not in STOPPED_STATUSES
+        except self.transient_errors as e:   # unknown: assume it still is
+            LOG.debug('status of %s unknown: %s', self.title, e)
+            return True
 
     def _console_output(self):
         body = self.provider.servers_client.get_console_output(

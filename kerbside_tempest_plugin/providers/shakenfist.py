@@ -140,7 +140,11 @@ class ShakenFistGuest(cloud.CloudGuest):
         return describe_instance(inst)
 
     def is_running(self):
-        inst = self.show()
+        try:
+            inst = self.show()
+        except self.transient_errors as e:   # unknown: assume it still is
+            LOG.debug('state of %s unknown: %s', self.title, e)
+            return True
         if not inst or inst.get('state') != 'created':
             return False
         return inst.get('power_state') not in ('off', 'crashed', 'paused')
