@@ -117,7 +117,7 @@ class _Guest(base.Guest):
         self.running = True
         self.torn = 0
 
-    def console_route(self):
+    def console_route(self, route=None):
         return None
 
     def console_vv(self, route=None):

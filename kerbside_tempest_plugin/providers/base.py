@@ -228,8 +228,10 @@ class Guest(abc.ABC):
     serial = None
 
     @abc.abstractmethod
-    def console_route(self):
-        """The ConsoleRoute a client will be sent to (no secrets)."""
+    def console_route(self, route=None):
+        """The ConsoleRoute a client is sent to for `route` (default: the
+        configured one). Holds no secret.
+        """
 
     @abc.abstractmethod
     def console_vv(self, route=None):
