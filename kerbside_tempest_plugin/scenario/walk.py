@@ -410,49 +410,37 @@ def mode_key(w, key=MODE_KEY, size=MODE_SIZE):
 # --------------------------------------------------------------- walks
 
 
-def _tail(w, since_paste):
-    parked(w, since_paste)
-    w.power_off()
-
-
-def canonical(w):
+def _walk(w, mode_key_first=False, retries=0, wrong_paste_first=False):
+    """The canonical walk, with its optional variations."""
     awaiting(w)
-    booted = enter_to_booting(w)
-    boot_lines_to_prompt(w, booted.index)
-    ignore(w)
-    accepted = paste_and_submit(w, w.paste_secret, correct=True)
-    _tail(w, accepted.index)
-
-
-def wrong_paste(w):
-    awaiting(w)
-    booted = enter_to_booting(w)
-    boot_lines_to_prompt(w, booted.index)
-    ignore(w)
-    paste_and_submit(w, WRONG_PASTE, correct=False)
-    accepted = paste_and_submit(w, w.paste_secret, correct=True)
-    _tail(w, accepted.index)
-
-
-def retry_path(w, retries=2):
-    awaiting(w)
+    if mode_key_first:
+        mode_key(w)
     booted = enter_to_booting(w)
     boot_lines_to_prompt(w, booted.index)
     for attempt in range(1, retries + 1):
         retry(w, attempt)
     ignore(w, attempt=retries + 1)
+    if wrong_paste_first:
+        paste_and_submit(w, WRONG_PASTE, correct=False)
     accepted = paste_and_submit(w, w.paste_secret, correct=True)
-    _tail(w, accepted.index)
+    parked(w, accepted.index)
+    w.power_off()
+
+
+def canonical(w):
+    _walk(w)
+
+
+def wrong_paste(w):
+    _walk(w, wrong_paste_first=True)
+
+
+def retry_path(w, retries=2):
+    _walk(w, retries=retries)
 
 
 def mode_switch(w):
-    awaiting(w)
-    mode_key(w)
-    booted = enter_to_booting(w)
-    boot_lines_to_prompt(w, booted.index)
-    ignore(w)
-    accepted = paste_and_submit(w, w.paste_secret, correct=True)
-    _tail(w, accepted.index)
+    _walk(w, mode_key_first=True)
 
 
 # --------------------------------------------------------------- drains
