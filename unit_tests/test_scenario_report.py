@@ -78,3 +78,31 @@ def test_artifact_dirs_never_collide(tmp_path):
     one = artifacts.ArtifactDir(str(tmp_path), 'x', stamp='S')
     two = artifacts.ArtifactDir(str(tmp_path), 'x', stamp='S')
     assert one.path != two.path and two.path.endswith('S-x-2')
+
+
+def test_summary_fails_on_a_failed_or_missing_run(tmp_path, capsys):
+    import json
+
+    from kerbside_tempest_plugin.scenario import summary
+
+    def put(name, passed):
+        d = tmp_path / name
+        d.mkdir()
+        (d / 'result.json').write_text(json.dumps({
+            'walk': name, 'route': 'direct', 'passed': passed,
+            'results': [{'name': 'chains', 'passed': passed}],
+            'phases': {'walk': 8.0}, 'stats': {'fidelity': 0.7,
+                                               'fb_matched': 9,
+                                               'fb_checked': 10},
+            'error': None if passed else 'CaptureTimeout: waited'}))
+    assert summary.main([str(tmp_path)]) == 1          # nothing found
+    put('canonical', True)
+    assert summary.main([str(tmp_path)]) == 0
+    assert summary.main(['--expect', '4', str(tmp_path)]) == 1  # skipped
+    put('retry', False)
+    assert summary.main([str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert 'PASS canonical' in out and 'FAIL retry' in out
+    assert 'error: CaptureTimeout: waited' in out
+    assert 'fidelity=70% fb=9/10' in out
+    assert 'expected at least 4' in out
