@@ -168,7 +168,12 @@ def run_scenario(lane, walk_name, route, image, artifact_root,
     except BaseException as e:
         result.error = '%s: %s' % (type(e).__name__, e)
         result.error_type = type(e).__name__
-        art.write_text('error.txt', traceback.format_exc())
+        state = _state_at_failure(rp, guest)
+        if state:
+            result.error += ' [at failure: %s]' % '; '.join(
+                line.splitlines()[0] for line in state)
+        art.write_text('error.txt', traceback.format_exc() + '\n' +
+                       '\n\n'.join(state))
         log('%s: %s' % (name, result.error))
         if isinstance(e, (KeyboardInterrupt, SystemExit)):
             _teardown(lane, guest, client, stream, art, result)
@@ -216,6 +221,22 @@ def run_scenario(lane, walk_name, route, image, artifact_root,
            guest)
     log(result.summary_line())
     return result
+
+
+def _state_at_failure(rp, guest):
+    """What ryll and the guest were doing when the run failed (the first
+    line of each is short: alive or exit status; then log tails).
+    """
+    out = []
+    for label, obj in (('ryll', rp), ('guest', guest)):
+        describe = getattr(obj, 'describe', None)
+        if describe is None:
+            continue
+        try:
+            out.append('%s: %s' % (label, describe()))
+        except Exception as e:
+            out.append('%s: <cannot describe: %r>' % (label, e))
+    return out
 
 
 def _guest_name(name):
