@@ -36,16 +36,17 @@ import typing
 
 from kerbside_tempest_plugin.scenario import capture as cap
 from kerbside_tempest_plugin.scenario import checks
+from kerbside_tempest_plugin.sextant import contract
 
 LOG = logging.getLogger(__name__)
 
-PASTE_SECRET = 'sextant{HELLO_OPERATOR}'
+PASTE_SECRET = contract.PASTE_SECRET
 WRONG_PASTE = 'sextant{GOODBYE_OPERATOR}'
-PROMPT_ROW = 21
-PASTE_PROMPT_ROW = 25
-WRONG_INDICATOR_ROW = 26
+PROMPT_ROW = contract.BOOTLOADER_PROMPT_ROW
+PASTE_PROMPT_ROW = contract.PASTE_PROMPT_ROW
+WRONG_INDICATOR_ROW = contract.PASTE_PROMPT_ROW + 1   # "(wrong, attempt N)"
 MODE_KEY = '4'
-MODE_SIZE = (1280, 720)
+MODE_SIZE = contract.MODE_KEYS[MODE_KEY]
 DRAIN_END_RE = re.compile(r'type=refresh_stats[^\r\n]*\r?\n')
 
 
