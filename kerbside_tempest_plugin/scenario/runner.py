@@ -26,10 +26,10 @@ from kerbside_tempest_plugin.scenario import capture as cap
 from kerbside_tempest_plugin.scenario import checks
 from kerbside_tempest_plugin.scenario import report as report_mod
 from kerbside_tempest_plugin.scenario import walk as walk_mod
+from kerbside_tempest_plugin.sextant import contract
 
 LOG = logging.getLogger(__name__)
 
-BANNER_RE = r'Hello from Uncalibrated Sextant'
 EVENTS = ('surface_drawn', 'paste_completed', 'paste_failed')
 
 
@@ -131,7 +131,8 @@ def run_scenario(lane, walk_name, route, image, artifact_root,
     try:
         t = time.monotonic()
         guest = lane.boot_guest(image, name=_guest_name(name),
-                                banner=BANNER_RE, timeout=boot_timeout)
+                                banner=re.escape(contract.BANNER),
+                                timeout=boot_timeout)
         phases['boot_to_banner'] = getattr(guest, 'boot_seconds', None) \
             or time.monotonic() - t
         t = time.monotonic()
