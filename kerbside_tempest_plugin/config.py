@@ -53,9 +53,13 @@ SextantGroup = [
                     'from images/ in this project.'),
     cfg.StrOpt('paste_secret', default='sextant{HELLO_OPERATOR}',
                help='The decoded bootloader payload the guest expects.'),
-    cfg.IntOpt('paste_char_delay_ms', default=20,
+    # The default is sextant.contract.PASTE_CHAR_DELAY_MS (checked by a
+    # unit test; this module stays free of project imports).
+    cfg.IntOpt('paste_char_delay_ms', default=50,
                help='Delay between pasted characters. The guest polls the '
-                    'keyboard every 50 ms; the firmware buffers keys.'),
+                    'keyboard every 50 ms; pasting faster relies on qemu\'s '
+                    '16-byte PS/2 queue and the firmware keeping up, which '
+                    'lost a character under load at 20 ms.'),
 ]
 
 direct_qemu_group = cfg.OptGroup(

@@ -115,7 +115,8 @@ def guest_pacing(drain, first_key_unicode=None):
 
 def run_scenario(lane, walk_name, route, image, artifact_root,
                  step_timeout=90, boot_timeout=120, drain_timeout=60,
-                 paste_secret=walk_mod.PASTE_SECRET, char_delay_ms=20,
+                 paste_secret=walk_mod.PASTE_SECRET,
+                 char_delay_ms=contract.PASTE_CHAR_DELAY_MS,
                  name=None, log=None):
     """Run walk `walk_name` on a fresh guest of `lane` over `route`."""
     log = log or LOG.info

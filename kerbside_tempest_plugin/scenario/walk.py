@@ -132,7 +132,8 @@ class Walker:
     """Drives one guest through beats and keeps the beat log."""
 
     def __init__(self, client, stream, artifacts=None, step_timeout=90.0,
-                 paste_secret=PASTE_SECRET, char_delay_ms=20, log=None):
+                 paste_secret=PASTE_SECRET,
+                 char_delay_ms=contract.PASTE_CHAR_DELAY_MS, log=None):
         self.client = client
         self.stream = stream
         self.artifacts = artifacts
