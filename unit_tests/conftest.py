@@ -2,6 +2,8 @@
 
 import os
 import pathlib
+import sys
+import textwrap
 
 import pytest
 
@@ -27,3 +29,54 @@ def require_tools(*names):
         if os.environ.get('KTP_ALLOW_SKIP') == '1':
             pytest.skip(msg)
         pytest.fail(msg)
+
+
+# A stand-in 'ryll' executable built on unit_tests/fake_ryll.py: records
+# its argv, then serves a fake control socket (FAKE_RYLL_MODE changes that).
+FAKE_BINARY = textwrap.dedent('''\
+    #!%(python)s
+    """Stand-in for ryll: records its argv, then acts per FAKE_RYLL_MODE."""
+    import json, os, signal, stat, sys, time
+    sys.path.insert(0, %(repo)r)
+    from unit_tests.fake_ryll import FakeRyll
+
+    argv = sys.argv[1:]
+    mode = os.environ.get('FAKE_RYLL_MODE', 'serve')
+    record = {'argv': argv}
+    if '--file' in argv:
+        vv = argv[argv.index('--file') + 1]
+        record['vv_mode'] = stat.S_IMODE(os.stat(vv).st_mode)
+        record['vv_text'] = open(vv).read()
+    sock = argv[argv.index('--control-socket') + 1]
+    record['dir_mode'] = stat.S_IMODE(os.stat(os.path.dirname(sock)).st_mode)
+    with open(os.environ['FAKE_RYLL_RECORD'], 'w') as f:
+        json.dump(record, f)
+    print('\\x1b[32mINFO\\x1b[0m fake ryll starting', flush=True)
+    if mode == 'exit1':
+        print('Error: Connection refused', file=sys.stderr, flush=True)
+        sys.exit(1)
+    if mode == 'nosocket':
+        time.sleep(60)
+        sys.exit(0)
+    done = []
+    if mode == 'ignore_int':
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    else:
+        signal.signal(signal.SIGINT, lambda *a: done.append(1))
+    srv = FakeRyll(sock).start()   # socket only once signals are set up
+    while not done:
+        time.sleep(0.01)
+    srv.stop()
+    sys.exit(0)
+''')
+
+
+@pytest.fixture
+def fake_binary(tmp_path, monkeypatch):
+    path = tmp_path / 'fake-ryll'
+    path.write_text(FAKE_BINARY % {'python': sys.executable,
+                                   'repo': str(REPO_ROOT)})
+    path.chmod(0o755)
+    record = tmp_path / 'record.json'
+    monkeypatch.setenv('FAKE_RYLL_RECORD', str(record))
+    return str(path), record

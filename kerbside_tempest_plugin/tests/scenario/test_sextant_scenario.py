@@ -35,17 +35,18 @@ class SextantScenarioTest(test.BaseTestCase):
     Common steps of every walk (each wait has a deadline of
     [kerbside] step_timeout and its timeout says what it saw):
 
-    1. Boot a fresh guest from [sextant] image (default: the guest built
-       from images/) and wait for the serial banner.
+    1. Boot a fresh guest through [kerbside] provider (direct_qemu, nova
+       or shakenfist) from [sextant] image (direct_qemu default: the guest
+       built from images/) and wait for the serial banner.
     2. Start ryll headless on a fresh .vv for [kerbside] route; connect to
        its control socket, subscribe to surface_drawn and the paste
        events, and wait for a SPICE surface.
     3. Capture digests continuously: every burst of surface_drawn events
        triggers a screenshot of ryll's surface mirror, which is decoded;
        each new frame counter is kept with its capture time.
-    4. Walk the beats (keys as explicit down then up; pastes at 20 ms per
-       character, Enter only after paste_completed); each beat waits for a
-       digest showing its record.
+    4. Walk the beats (keys as explicit down then up; pastes at [sextant]
+       paste_char_delay_ms per character, Enter only after
+       paste_completed); each beat waits for a digest showing its record.
     5. The final Enter in Parked: the guest drains its event ring to
        serial and powers off; ryll exits (EOF on the control socket is
        expected). Read the drain up to type=refresh_stats.
@@ -59,34 +60,46 @@ class SextantScenarioTest(test.BaseTestCase):
        digests.jsonl, logs, report.md) is printed and kept.
     """
 
+    # direct_qemu and shakenfist need no Keystone users; nova needs a member
+    # (boot, ask for the console) and an admin (resolve console tokens).
+    # Chosen in skip_checks, before tempest provisions credentials.
     credentials = []
 
     @classmethod
     def skip_checks(cls):
+        if CONF.kerbside.provider == 'nova':
+            cls.credentials = ['primary', 'admin']
         super().skip_checks()
         if not CONF.service_available.kerbside:
             raise cls.skipException(
                 'the Kerbside console lane is not configured: set '
                 '[service_available] kerbside = True (and [kerbside] '
                 'provider and route) to run the Sextant scenario')
-        if CONF.kerbside.provider != 'direct_qemu':
+        if (CONF.kerbside.provider == 'nova'
+                and not CONF.service_available.nova):
             raise cls.skipException(
-                '[kerbside] provider = %s: the Sextant scenario runs on '
-                'the direct_qemu provider only so far'
-                % CONF.kerbside.provider)
+                '[kerbside] provider = nova but [service_available] nova '
+                'is False')
 
     @classmethod
     def resource_setup(cls):
         super().resource_setup()
-        # Imported here, not at module level: discovery must never need
-        # the lane's dependencies.
-        from kerbside_tempest_plugin.lane import lane as lane_mod
-
         cls.route = CONF.kerbside.route
         cls.artifact_root = artifact_root()
         lanes = os.path.join(cls.artifact_root, 'lanes')
         os.makedirs(lanes, exist_ok=True)
         workdir = tempfile.mkdtemp(prefix='%s-' % cls.route, dir=lanes)
+        if CONF.kerbside.provider == 'direct_qemu':
+            cls._direct_qemu_lane(workdir)
+        else:
+            cls._cloud_lane(workdir)
+
+    @classmethod
+    def _direct_qemu_lane(cls, workdir):
+        # Imported here, not at module level: discovery must never need
+        # the lane's dependencies.
+        from kerbside_tempest_plugin.lane import lane as lane_mod
+
         cls.lane = lane_mod.Lane.from_config(
             CONF, workdir=workdir, route=cls.route,
             kerbside=cls.route == 'kerbside')
@@ -96,6 +109,26 @@ class SextantScenarioTest(test.BaseTestCase):
         LOG.info('bringing the %s lane up in %s', cls.route, workdir)
         cls.lane.up()
         cls.image = CONF.sextant.image or cls._default_image(workdir)
+
+    @classmethod
+    def _cloud_lane(cls, workdir):
+        # The cloud runs Kerbside and the hypervisor; the provider boots
+        # the guest and hands out its .vv and serial; ryll runs here.
+        from kerbside_tempest_plugin.lane import provider_lane
+        from kerbside_tempest_plugin.providers import factory
+
+        kw = {}
+        if CONF.kerbside.provider == 'nova':
+            kw = dict(servers_client=cls.os_primary.servers_client,
+                      admin_servers_client=cls.os_admin.servers_client,
+                      images_client=cls.os_primary.image_client_v2)
+        provider = factory.provider_from_config(CONF, **kw)
+        cls.lane = provider_lane.ProviderLane(
+            provider, workdir, route=cls.route,
+            ryll_binary=CONF.kerbside.ryll_binary)
+        cls.addClassResourceCleanup(cls._lane_down)
+        # None lets the provider use its configured image reference.
+        cls.image = CONF.sextant.image
 
     @classmethod
     def _default_image(cls, workdir):
