@@ -82,8 +82,8 @@ def test_a_missing_banner_is_a_timeout_that_shows_the_serial_tail(tmp_path):
     lane.down()
 
 
-def test_start_ryll_uses_a_fresh_vv_and_keeps_no_secret(tmp_path,
-                                                         fake_binary):
+def test_start_ryll_uses_a_fresh_vv_and_keeps_no_secret(
+        tmp_path, fake_binary):
     binary, record = fake_binary
     lane = provider_lane.ProviderLane(
         FakeProvider(), str(tmp_path / 'lane'), route='kerbside',

@@ -69,6 +69,18 @@ def image_format(path):
     return json.loads(out)['format']
 
 
+def terminate(proc, timeout=10):
+    """SIGTERM `proc`, then SIGKILL if it is still there after `timeout`;
+    always reaps it.
+    """
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout)
+
+
 class WaitTimeout(AssertionError):
     pass
 
@@ -139,12 +151,7 @@ class QemuGuest:
 
     def kill(self):
         if self.alive:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+            terminate(self.proc)
         self._log.close()
 
     # -- QMP --------------------------------------------------------------

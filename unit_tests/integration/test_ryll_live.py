@@ -22,6 +22,7 @@ import pytest
 from kerbside_tempest_plugin.ryll import client as rc
 from kerbside_tempest_plugin.ryll import process as rp
 from unit_tests.conftest import require_tools
+from unit_tests.integration.conftest import terminate
 
 pytestmark = pytest.mark.integration
 
@@ -100,12 +101,7 @@ class Qemu:
 
     def stop(self):
         if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+            terminate(self.proc)
 
 
 @pytest.fixture(scope='module')
