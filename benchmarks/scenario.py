@@ -13,7 +13,7 @@ includes TCG emulation and refresh costs as well as the harness). The
 per-run results and every artifact directory are kept under --out.
 
     python3 benchmarks/scenario.py [--runs 10] [--routes kerbside direct]
-        [--walk canonical] [--image PATH] [--char-delay 20] [--out DIR]
+        [--walk canonical] [--image PATH] [--char-delay 50] [--out DIR]
 """
 
 import argparse
@@ -30,6 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
     __file__))))
 
 from kerbside_tempest_plugin.scenario import runner  # noqa: E402
+from kerbside_tempest_plugin.sextant import contract  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -128,7 +129,8 @@ def main():
                    choices=sorted(runner.walk_mod.WALKS))
     p.add_argument('--image', default=os.path.join(
         REPO, 'images', 'out', 'sextant.qcow2'))
-    p.add_argument('--char-delay', type=int, default=20,
+    p.add_argument('--char-delay', type=int,
+                   default=contract.PASTE_CHAR_DELAY_MS,
                    help='paste delay per character (ms)')
     p.add_argument('--out', default=None)
     args = p.parse_args()
