@@ -199,6 +199,23 @@ def test_registry_records_and_stops_in_lane_order(tmp_path):
     assert all(r['result'] == 'not running' for r in reg.stop_all())
 
 
+def test_registry_removes_scratch_only_once_the_process_is_gone(tmp_path):
+    reg = procs.ProcessRegistry(str(tmp_path / 'processes.json'))
+    proc = subprocess.Popen([sys.executable, '-c',
+                             'import time; time.sleep(600)'])
+    scratch = tmp_path / 'ryll-private'
+    scratch.mkdir()
+    (scratch / 'ctl.sock').write_text('')
+    reg.add('ryll:1', proc.pid, scratch=[str(scratch)])
+    # A registry re-read from disk (as `kerbside-harness down` does).
+    again = procs.ProcessRegistry(str(tmp_path / 'processes.json'))
+    assert again.remove_scratch() == [] and scratch.is_dir()
+    proc.kill()
+    proc.wait(10)
+    assert again.remove_scratch() == [str(scratch)]
+    assert not scratch.exists()
+
+
 def test_registry_kills_group_leftovers(tmp_path):
     reg = procs.ProcessRegistry(str(tmp_path / 'processes.json'))
     proc = reg.spawn('kerbside-daemon', _sleeper_with_child(tmp_path),

@@ -347,7 +347,8 @@ class Lane:
         pid = _ryll_pid(rp)
         if pid:
             self.registry.add('ryll:%d' % n, pid,
-                              logs=[rp.stdout_path, rp.stderr_path])
+                              logs=[rp.stdout_path, rp.stderr_path],
+                              scratch=[rp.private_dir])
         self.ryll = rp
         self.ryll_procs.append(rp)
         rp.wait_for_socket(timeout)
@@ -436,6 +437,10 @@ def teardown_workdir(workdir, redactor=None, extra_ports=(), run_dir=None,
         LOG.exception('stopping lane processes failed')
         report['error'] = repr(e)
     report['leftover_pids'] = registry.leftovers()
+    try:
+        report['removed_scratch'] = registry.remove_scratch()
+    except Exception:
+        LOG.exception('removing process scratch directories failed')
     ports = set(p for p in (state.get('ports') or {}).values() if p)
     ports.update(p for p in extra_ports if p)
     deadline = time.monotonic() + port_timeout

@@ -14,6 +14,7 @@ even when the parent is gone.
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -166,8 +167,13 @@ class ProcessRegistry:
                  logs=[p for p in (stdout_path, stderr_path) if p])
         return proc
 
-    def add(self, name, pid, argv=None, logs=None):
-        """Record a process started elsewhere (ryll, the proxy child)."""
+    def add(self, name, pid, argv=None, logs=None, scratch=None):
+        """Record a process started elsewhere (ryll, the proxy child).
+
+        `scratch` lists directories of the process's own (ryll's private
+        socket directory, which may sit outside the workdir) that
+        `remove_scratch()` deletes once the process is gone.
+        """
         info = proc_info(pid)
         record = {
             'name': name,
@@ -177,6 +183,7 @@ class ProcessRegistry:
             'argv': self._redact(argv or proc_cmdline(pid)),
             'started_at': time.time(),
             'logs': logs or [],
+            'scratch': list(scratch or []),
         }
         self.records = [r for r in self.records
                         if not (r['pid'] == pid and
@@ -184,6 +191,20 @@ class ProcessRegistry:
         self.records.append(record)
         self._save()
         return record
+
+    def remove_scratch(self):
+        """Delete the scratch directories of every process that has
+        stopped; returns the ones removed.
+        """
+        removed = []
+        for r in self.records:
+            if self.alive(r):
+                continue
+            for d in r.get('scratch') or []:
+                if os.path.isdir(d):
+                    shutil.rmtree(d, ignore_errors=True)
+                    removed.append(d)
+        return removed
 
     def find(self, name):
         return [r for r in self.records if r['name'] == name]
