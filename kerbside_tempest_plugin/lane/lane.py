@@ -34,13 +34,13 @@ import tempfile
 import time
 import uuid
 
+from kerbside_tempest_plugin.lane import console as lane_console
 from kerbside_tempest_plugin.lane import kerbside as lane_kerbside
 from kerbside_tempest_plugin.lane import mariadb as lane_mariadb
 from kerbside_tempest_plugin.lane import ports as lane_ports
 from kerbside_tempest_plugin.lane import procs
 from kerbside_tempest_plugin.lane import secrets as lane_secrets
 from kerbside_tempest_plugin.lane import tls as lane_tls
-from kerbside_tempest_plugin.lane import vv as lane_vv
 from kerbside_tempest_plugin.providers import base
 from kerbside_tempest_plugin.providers import direct_qemu
 
@@ -323,7 +323,6 @@ class Lane:
         The .vv is fetched (kerbside: a console token lives 60 s) or
         written (direct) right before the start.
         """
-        from kerbside_tempest_plugin.ryll import process as ryll_process
         guest = guest or self.guest
         if guest is None:
             raise base.HarnessError('no guest to connect ryll to')
@@ -332,18 +331,10 @@ class Lane:
         self._ryll_count += 1
         n = self._ryll_count
         ryll_dir = os.path.join(self.workdir, 'ryll', '%d-%s' % (n, route))
-        os.makedirs(ryll_dir, exist_ok=True)
         t = time.monotonic()
-        text = guest.console_vv(route)
-        self.redactor.add(lane_vv.parse_vv(text).get('password'))
-        with open(os.path.join(ryll_dir, 'console.redacted.vv'), 'w') as f:
-            f.write(lane_vv.redact_vv(text))
-        # RyllProcess writes the .vv 0600 into its private 0700 directory;
-        # ryll deletes it after reading when it says delete-this-file=1.
-        rp = ryll_process.RyllProcess(
-            workdir=ryll_dir, binary=self.ryll_binary, vv_text=text,
+        rp = lane_console.start_ryll_on(
+            guest, route, ryll_dir, self.ryll_binary, self.redactor,
             extra_args=['--verbose'] if verbose else ())
-        rp.start()
         pid = _ryll_pid(rp)
         if pid:
             self.registry.add('ryll:%d' % n, pid,
@@ -357,12 +348,8 @@ class Lane:
         return rp
 
     def stop_ryll(self):
-        if self.ryll is not None:
-            try:
-                self.ryll.stop()
-            except Exception:
-                LOG.exception('stopping ryll failed')
-            self.ryll = None
+        lane_console.stop_ryll_quietly(self.ryll)
+        self.ryll = None
 
     # -- status --------------------------------------------------------
     def status(self):

@@ -14,8 +14,8 @@ import logging
 import os
 import time
 
+from kerbside_tempest_plugin.lane import console as lane_console
 from kerbside_tempest_plugin.lane import secrets as lane_secrets
-from kerbside_tempest_plugin.lane import vv as lane_vv
 from kerbside_tempest_plugin.providers import base
 
 LOG = logging.getLogger(__name__)
@@ -64,7 +64,6 @@ class ProviderLane:
         """Start ryll headless on a fresh .vv for `route`; wait for its
         control socket. Returns the RyllProcess.
         """
-        from kerbside_tempest_plugin.ryll import process as ryll_process
         guest = guest or self.guest
         if guest is None:
             raise base.HarnessError('no guest to connect ryll to')
@@ -72,30 +71,18 @@ class ProviderLane:
         self.stop_ryll()
         ryll_dir = os.path.join(self.workdir, 'ryll', '%d-%s' % (
             len(self.ryll_procs) + 1, route))
-        os.makedirs(ryll_dir, exist_ok=True)
         t = time.monotonic()
-        # Fetched just before ryll starts: a Kerbside console token lives
-        # one minute and covers every channel's link.
-        text = guest.console_vv(route)
-        self.redactor.add(lane_vv.parse_vv(text).get('password'))
-        with open(os.path.join(ryll_dir, 'console.redacted.vv'), 'w') as f:
-            f.write(lane_vv.redact_vv(text))
-        rp = ryll_process.RyllProcess(
-            workdir=ryll_dir, binary=self.ryll_binary, vv_text=text)
+        rp = lane_console.start_ryll_on(guest, route, ryll_dir,
+                                        self.ryll_binary, self.redactor)
         self.ryll = rp
         self.ryll_procs.append(rp)
-        rp.start()
         rp.wait_for_socket(timeout)
         self.timings['ryll_to_socket'] = time.monotonic() - t
         return rp
 
     def stop_ryll(self):
-        if self.ryll is not None:
-            try:
-                self.ryll.stop()
-            except Exception:
-                LOG.exception('stopping ryll failed')
-            self.ryll = None
+        lane_console.stop_ryll_quietly(self.ryll)
+        self.ryll = None
 
     def down(self):
         """Stop ryll and tear every guest down; never raises. Returns a
