@@ -31,6 +31,10 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 BANNER_TIMEOUT = 120      # boot to banner is ~6 s under TCG, more when busy
 BEAT_TIMEOUT = 60
 EXIT_TIMEOUT = 60
+ABORT_EXIT_TIMEOUT = 20      # Abort resets at once (§5.3 step 3)
+# Third wrong paste to power-off: 31 countdown ticks + 5 s (§5.3 step 8).
+THREE_WRONG_EXIT_TIMEOUT = 50
+COUNTDOWN_TIMEOUT = 60
 
 
 # ---- predicates over a FrameAnalysis ---------------------------------------
@@ -395,6 +399,151 @@ def test_paste_timeout(qemu_guest, sextant_image, digest_watcher):
     assert drain.banner_seen
     assert drain.records == [] and not drain.complete, (
         'the timeout path must not drain: %s' % guest.serial_tail())
+
+
+def assert_no_drain(guest, why):
+    """The serial log holds the banner and no drain record at all (§4.1)."""
+    text = guest.serial_text()
+    drain = sdrain.parse(text)
+    assert drain.banner_seen, 'no banner on serial:\n%s' % guest.serial_tail()
+    assert drain.records == [] and not drain.complete, (
+        '%s must not drain (§4.1), but serial holds %d records%s:\n%s'
+        % (why, len(drain.records),
+           ' and refresh_stats' if drain.complete else '',
+           guest.serial_tail()))
+    assert 'type=' not in text and contract.REFRESH_STATS not in text, (
+        '%s: drain text on serial:\n%s' % (why, guest.serial_tail()))
+
+
+def test_abort_cold_reset(qemu_guest, sextant_image, digest_watcher):
+    """Abort at the R/I/A prompt: an immediate COLD reset, which under
+    -no-reboot ends qemu, with no refresh after the decision and no drain
+    (§4.1 item 4, §5.3 step 3, pitfall 13).
+    """
+    guest = qemu_guest(sextant_image, name='abort')
+    assert '-no-reboot' in guest.argv, guest.argv
+    watcher = digest_watcher(guest)
+    walk = Walk(guest, watcher)
+    walk.boot()
+    walk.enter_booting()
+    prompt = walk.reach_prompt()
+    assert prompt.digest.hashes['bootloader_decision'] == 0
+    assert not any(has_event(a, 'bootloader_decision')
+                   for a in watcher.frames)
+
+    guest.send_key('a')
+    t_key = time.monotonic()
+    # The Abort is not observable on either channel (§5.3 step 3): keep
+    # capturing until qemu goes, but expect nothing of the frames beyond
+    # never showing an abort decision.
+    deadline = t_key + ABORT_EXIT_TIMEOUT
+    while guest.alive and time.monotonic() < deadline:
+        try:
+            watcher.capture()
+        except Exception as exc:
+            # qemu exiting under a screendump; anything else is a failure.
+            try:
+                guest.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                raise exc from None
+            break
+        time.sleep(0.25)
+    rc = guest.wait_exit(max(1, deadline - time.monotonic()))
+    assert rc == 0, 'qemu exit code %s after Abort: %s' % (rc,
+                                                           guest.qemu_log())
+    aborts = [a.digest.frame_counter for a in watcher.frames
+              if has_event(a, 'bootloader_decision', choice=contract.ABORT)]
+    assert aborts == [], ('an abort decision was observed in frames %s; '
+                          'Abort must reset with no refresh' % aborts)
+    assert_no_drain(guest, 'Abort (a cold reset)')
+
+
+def test_three_wrong_pastes(qemu_guest, sextant_image, digest_watcher):
+    """Three wrong pastes: PasteReceived(len, false) and the row-26 attempt
+    indicator after the first two; the third goes straight to the timeout
+    path (BootloaderTimeout, the 30..00 countdown on row 21, the halt line
+    on row 23, 5 s, power-off) with no drain (§4.1, §5.3 steps 7-8).
+    """
+    guest = qemu_guest(sextant_image, name='three-wrong')
+    watcher = digest_watcher(guest)
+    walk = Walk(guest, watcher)
+    walk.boot()
+    walk.enter_booting()
+    walk.reach_prompt()
+    walk.ignore()
+
+    # Distinct lengths tell the three PasteReceived records apart.
+    payloads = ['x', 'xy', 'xyz']
+    assert contract.PASTE_SECRET not in payloads
+    paste_hash = 0
+    for attempt, text in enumerate(payloads[:2], start=1):
+        walk.paste(text)
+        a = walk.beat('wrong paste %d (len %d) and the attempt indicator '
+                      '(row 26)' % (attempt, len(text)),
+                      lambda a, n=len(text): has_event(
+                          a, 'paste_received', length=n, correct=False)
+                      and has_event(a, 'line_rendered', row=26))
+        assert a.digest.hashes['paste_received'] not in (0, paste_hash)
+        assert a.digest.hashes['bootloader_timeout'] == 0, (
+            'BootloaderTimeout after wrong paste %d of %d'
+            % (attempt, contract.MAX_WRONG_PASTES))
+        paste_hash = a.digest.hashes['paste_received']
+
+    walk.paste(payloads[2])
+    t_third = time.monotonic()
+    first = walk.beat('BootloaderTimeout in the chains after the third '
+                      'wrong paste',
+                      lambda a: a.digest.hashes['bootloader_timeout'] != 0)
+    t_timeout = time.monotonic()
+    # The third PasteReceived was chained before the timeout.
+    assert first.digest.hashes['paste_received'] != paste_hash
+    assert not any(has_event(a, 'paste_received', correct=True)
+                   for a in watcher.frames)
+    for a in watcher.frames:
+        if has_event(a, 'bootloader_timeout'):
+            kinds = [e.kind for e in a.digest.events]
+            i = kinds.index('bootloader_timeout')
+            if i:
+                prev = a.digest.events[i - 1]
+                assert (prev.kind, getattr(prev, 'length', None),
+                        getattr(prev, 'correct', None)) == (
+                    'paste_received', 3, False), a.digest.to_json()
+
+    # The countdown: one refresh per tick (30..00) with no new event,
+    # then the halt line. Poll gently to leave the CPU to the guest.
+    halt = watcher.wait_for(
+        lambda a: a.digest.hashes['bootloader_timeout'] != 0
+        and last_event_is(a, 'line_rendered', row=23),
+        COUNTDOWN_TIMEOUT, 'the halt line (row 23) after the countdown',
+        interval=0.5)
+    t_halt = time.monotonic()
+    ticks = sorted({a.digest.frame_counter for a in watcher.frames
+                    if first.digest.frame_counter <= a.digest.frame_counter
+                    < halt.digest.frame_counter})
+    assert halt.digest.frame_counter - first.digest.frame_counter >= 31, (
+        'only %d refreshes between BootloaderTimeout (frame %d) and the halt '
+        'line (frame %d); the countdown is 31 ticks' % (
+            halt.digest.frame_counter - first.digest.frame_counter,
+            first.digest.frame_counter, halt.digest.frame_counter))
+    assert len(ticks) >= 10, 'countdown frames seen: %s' % ticks
+    # One BootloaderTimeout, and no paste after it.
+    for a in watcher.frames:
+        if a.digest.frame_counter > first.digest.frame_counter:
+            for channel in ('bootloader_timeout', 'paste_received'):
+                assert a.digest.hashes[channel] == \
+                    first.digest.hashes[channel], (
+                        'frame %d: the %s chain moved during the countdown: '
+                        '%s' % (a.digest.frame_counter, channel,
+                                a.digest.to_json()))
+    assert t_halt - t_timeout >= 28, (
+        'the countdown took %.1f s, not 30' % (t_halt - t_timeout))
+
+    guest.wait_exit(max(1, t_third + THREE_WRONG_EXIT_TIMEOUT
+                        - time.monotonic()))
+    t_exit = time.monotonic()
+    assert t_exit - t_halt >= 3, (
+        'power-off %.1f s after the halt line, not 5 s' % (t_exit - t_halt))
+    assert_no_drain(guest, 'the third wrong paste (the timeout path)')
 
 
 def test_build_is_noop_second_time(tmp_path):
