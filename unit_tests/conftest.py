@@ -64,6 +64,10 @@ FAKE_BINARY = textwrap.dedent('''\
     else:
         signal.signal(signal.SIGINT, lambda *a: done.append(1))
     srv = FakeRyll(sock).start()   # socket only once signals are set up
+    inputs_after = os.environ.get('FAKE_RYLL_INPUTS_AFTER')
+    if inputs_after:
+        time.sleep(float(inputs_after))
+        print('INFO inputs: connected successfully', flush=True)
     while not done:
         time.sleep(0.01)
     srv.stop()

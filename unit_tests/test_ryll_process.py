@@ -121,6 +121,36 @@ def test_wait_ready_times_out_with_status(tmp_path, fake_binary):
                 p.wait_ready(client, timeout=0.3)
 
 
+def test_wait_ready_waits_for_the_inputs_log_line(tmp_path, fake_binary,
+                                                  monkeypatch):
+    # The stand-in logs ryll's inputs line only in this mode, after 0.3 s.
+    monkeypatch.setenv('FAKE_RYLL_INPUTS_AFTER', '0.3')
+    p = _proc(tmp_path, fake_binary)
+    with p:
+        client = p.connect(timeout=10)
+        with client:
+            start = time.monotonic()
+            p.wait_ready(client, timeout=5, settle=3, inputs_timeout=5)
+            waited = time.monotonic() - start
+    # Returned on the log line, not after the 3 s fallback settle.
+    assert 0.2 < waited < 2.5, waited
+
+
+def test_wait_ready_falls_back_to_settle_without_the_log_line(
+        tmp_path, fake_binary, caplog):
+    p = _proc(tmp_path, fake_binary)
+    with p:
+        client = p.connect(timeout=10)
+        with client:
+            start = time.monotonic()
+            p.wait_ready(client, timeout=5, settle=0.4, inputs_timeout=0.3)
+            waited = time.monotonic() - start
+    assert waited >= 0.7, waited
+    assert rp.INPUTS_READY_LOG in caplog.text
+    assert p.wait_for_log('fake ryll starting', 1)
+    assert not p.wait_for_log('never logged', 1)   # ryll has exited
+
+
 def test_find_ryll(tmp_path, fake_binary):
     assert rp.find_ryll(fake_binary[0]) == fake_binary[0]
     with pytest.raises(rp.RyllProcessError):

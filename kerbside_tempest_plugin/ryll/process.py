@@ -33,6 +33,10 @@ MAX_SOCKET_PATH = 100
 _ANSI = re.compile(r'\x1b\[[0-9;]*[A-Za-z]')
 
 
+# What ryll 0.3.0 logs (INFO, stdout) once its inputs channel is linked.
+INPUTS_READY_LOG = 'inputs: connected successfully'
+
+
 class RyllProcessError(ryll_client.RyllError):
     """ryll exited, or could not be started, when it should be running."""
 
@@ -262,11 +266,17 @@ class RyllProcess:
             return ryll_client.RyllConnectionClosed(message, error.reason)
         return error
 
-    def wait_ready(self, client, timeout=30.0, settle=0.5, interval=0.05):
-        """Poll ``status`` until SPICE is connected with a surface.
+    def wait_ready(self, client, timeout=30.0, settle=0.5, interval=0.05,
+                   inputs_timeout=5.0):
+        """Poll ``status`` until SPICE is connected with a surface, then
+        wait for the inputs channel. Returns the last status.
 
-        Then sleep ``settle`` seconds: the inputs channel connects 50-100 ms
-        after the first surface. Returns the last status.
+        The inputs channel connects 50-100 ms after the first surface (more
+        under load), and the control protocol does not report it. ryll 0.3.0
+        logs ``inputs: connected successfully``; wait up to
+        ``inputs_timeout`` for that line and, if it never comes (another
+        build may word it differently), fall back to sleeping ``settle``
+        seconds with a warning. ``settle=0`` skips this wait.
         """
         start = time.monotonic()
         deadline = start + timeout
@@ -290,10 +300,32 @@ class RyllProcess:
                     waited_for='SPICE surface', elapsed=timeout)
             time.sleep(interval)
         if settle:
-            time.sleep(settle)
+            if not self.wait_for_log(INPUTS_READY_LOG, inputs_timeout):
+                LOG.warning('%s never logged %r within %.1f s; sleeping '
+                            '%.1f s for the inputs channel instead',
+                            self.name, INPUTS_READY_LOG, inputs_timeout,
+                            settle)
+                time.sleep(settle)
         LOG.info('%s ready after %.2f s: %s', self.name,
                  time.monotonic() - start, status.get('surfaces'))
         return status
+
+    def wait_for_log(self, needle, timeout, interval=0.05):
+        """Wait until ryll's stdout log contains `needle`; return whether
+        it did within `timeout` seconds (False at once if ryll has exited
+        without logging it).
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with open(self.stdout_path, 'rb') as f:
+                    if needle.encode() in f.read():
+                        return True
+            except FileNotFoundError:
+                pass
+            if not self.alive or time.monotonic() >= deadline:
+                return False
+            time.sleep(interval)
 
     # -- stopping
 

@@ -234,18 +234,6 @@ def test_round_trip_and_screenshot_timing(session):
     assert rtts[25] < 0.05
 
 
-def wait_for_log(proc, needle, timeout):
-    deadline = time.monotonic() + timeout
-    while True:
-        with open(proc.stdout_path, errors='replace') as f:
-            if needle in f.read():
-                return
-        if time.monotonic() > deadline:
-            raise AssertionError('ryll never logged %r in %d s (%s):\n%s' % (
-                needle, timeout, proc.describe(), proc.log_tail()))
-        time.sleep(0.05)
-
-
 def test_ticketed_vv_then_qemu_killed(tools, tmp_path):
     ticket = secrets.token_urlsafe(12)
     guest = Qemu(str(tmp_path), ticket=ticket).start()
@@ -262,7 +250,8 @@ def test_ticketed_vv_then_qemu_killed(tools, tmp_path):
             # handshake (it connects 50-100 ms after the surface) ryll
             # reports 'Connection reset by peer' and exits 1. Kill qemu
             # only once every channel is up.
-            wait_for_log(proc, 'inputs: connected successfully', 10)
+            assert proc.wait_for_log(rp.INPUTS_READY_LOG, 10), \
+                proc.log_tail()
             guest.proc.send_signal(signal.SIGTERM)
             killed = time.monotonic()
             with pytest.raises(rc.RyllConnectionClosed):
