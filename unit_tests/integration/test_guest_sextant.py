@@ -108,6 +108,12 @@ class Walk:
                              row=contract.PASTE_PROMPT_ROW)
                          and a.digest.hashes['bootloader_decision'] != 0)
 
+    def to_paste_prompt(self):
+        """From Awaiting: Enter, the R/I/A prompt, then Ignore."""
+        self.enter_booting()
+        self.reach_prompt()
+        return self.ignore()
+
     def paste(self, text):
         self.guest.type_text(text)
         # Every printable key is echoed with a refresh: wait for the last.
@@ -227,14 +233,24 @@ def canonical_shape():
 
 # ---- the tests ----------------------------------------------------------
 
-def test_canonical_walk(qemu_guest, sextant_image, digest_watcher):
+@pytest.fixture
+def new_walk(qemu_guest, sextant_image, digest_watcher):
+    """A fresh guest of the Sextant image with its digest watcher, as a
+    Walk (not yet booted).
+    """
+    def make(name):
+        guest = qemu_guest(sextant_image, name=name)
+        return Walk(guest, digest_watcher(guest))
+    return make
+
+
+def test_canonical_walk(new_walk):
     """Awaiting -> Enter -> Booting -> i -> paste -> Parked -> Enter, with
     the banner, digests at every beat, framebuffer hashes, the §4.3 drain
     and the drain/digest cross-check.
     """
-    guest = qemu_guest(sextant_image, name='canonical')
-    watcher = digest_watcher(guest)
-    walk = Walk(guest, watcher)
+    walk = new_walk('canonical')
+    guest, watcher = walk.guest, walk.watcher
     walk.boot()
 
     serial = guest.serial_path.read_bytes()
@@ -245,9 +261,7 @@ def test_canonical_walk(qemu_guest, sextant_image, digest_watcher):
     # Quiescent Awaiting: the trailer is the host-recomputed hash.
     watcher.framebuffer_hash_matches()
 
-    walk.enter_booting()
-    walk.reach_prompt()
-    walk.ignore()
+    walk.to_paste_prompt()
     walk.paste(contract.PASTE_SECRET)
     walk.reach_parked()
     parked = watcher.framebuffer_hash_matches()
@@ -278,15 +292,13 @@ def test_canonical_walk(qemu_guest, sextant_image, digest_watcher):
     assert (rest[1].from_phase, rest[1].to_phase) == ('parked', 'parked')
 
 
-def test_mode_keys_retry_and_wrong_paste(qemu_guest, sextant_image,
-                                         digest_watcher):
+def test_mode_keys_retry_and_wrong_paste(new_walk):
     """Mode keys 1, then 0 interrupted by 3, in Awaiting (the QR moves, the
     hash holds at 640x480); a mode key ignored at the R/I/A prompt; Retry;
     Ignore; one wrong paste; then the correct one and the drain.
     """
-    guest = qemu_guest(sextant_image, name='paths')
-    watcher = digest_watcher(guest)
-    walk = Walk(guest, watcher)
+    walk = new_walk('paths')
+    guest, watcher = walk.guest, walk.watcher
     walk.boot()
 
     guest.send_key('1')
@@ -370,17 +382,14 @@ def test_mode_keys_retry_and_wrong_paste(qemu_guest, sextant_image,
 
 
 @pytest.mark.slow
-def test_paste_timeout(qemu_guest, sextant_image, digest_watcher):
+def test_paste_timeout(new_walk):
     """60 s without a key at the paste prompt: BootloaderTimeout, the 30 s
     countdown, the halt line, then power-off without a drain (§4.1, §5.3).
     """
-    guest = qemu_guest(sextant_image, name='timeout')
-    watcher = digest_watcher(guest)
-    walk = Walk(guest, watcher)
+    walk = new_walk('timeout')
+    guest = walk.guest
     walk.boot()
-    walk.enter_booting()
-    walk.reach_prompt()
-    walk.ignore()
+    walk.to_paste_prompt()
     t_prompt = time.monotonic()
 
     # No refresh while idle; poll slowly to leave the CPU to the guest.
@@ -415,15 +424,14 @@ def assert_no_drain(guest, why):
         '%s: drain text on serial:\n%s' % (why, guest.serial_tail()))
 
 
-def test_abort_cold_reset(qemu_guest, sextant_image, digest_watcher):
+def test_abort_cold_reset(new_walk):
     """Abort at the R/I/A prompt: an immediate COLD reset, which under
     -no-reboot ends qemu, with no refresh after the decision and no drain
     (§4.1 item 4, §5.3 step 3, pitfall 13).
     """
-    guest = qemu_guest(sextant_image, name='abort')
+    walk = new_walk('abort')
+    guest, watcher = walk.guest, walk.watcher
     assert '-no-reboot' in guest.argv, guest.argv
-    watcher = digest_watcher(guest)
-    walk = Walk(guest, watcher)
     walk.boot()
     walk.enter_booting()
     prompt = walk.reach_prompt()
@@ -458,19 +466,16 @@ def test_abort_cold_reset(qemu_guest, sextant_image, digest_watcher):
     assert_no_drain(guest, 'Abort (a cold reset)')
 
 
-def test_three_wrong_pastes(qemu_guest, sextant_image, digest_watcher):
+def test_three_wrong_pastes(new_walk):
     """Three wrong pastes: PasteReceived(len, false) and the row-26 attempt
     indicator after the first two; the third goes straight to the timeout
     path (BootloaderTimeout, the 30..00 countdown on row 21, the halt line
     on row 23, 5 s, power-off) with no drain (§4.1, §5.3 steps 7-8).
     """
-    guest = qemu_guest(sextant_image, name='three-wrong')
-    watcher = digest_watcher(guest)
-    walk = Walk(guest, watcher)
+    walk = new_walk('three-wrong')
+    guest, watcher = walk.guest, walk.watcher
     walk.boot()
-    walk.enter_booting()
-    walk.reach_prompt()
-    walk.ignore()
+    walk.to_paste_prompt()
 
     # Distinct lengths tell the three PasteReceived records apart.
     payloads = ['x', 'xy', 'xyz']
