@@ -392,3 +392,19 @@ def test_harness_down_and_status_without_a_lane(tmp_path, capsys):
     assert harness.main(['down', '--workdir', str(tmp_path)]) == 0
     assert harness.main(['status', '--workdir', str(tmp_path)]) == 1
     assert '"absent"' in capsys.readouterr().out
+
+
+def test_redact_patterns_masks_every_secret_shape():
+    jwt = 'eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJoYXJuZXNzIn0.c2lnbmF0dXJl'
+    text = ('Authorization: Bearer %s\n'
+            'GET /sf-console.vv?token=abc.def.ghi&x=1\n'
+            '/os-console-auth-tokens/tok-123\n'
+            '{"ticket": "t1cket", "Password": "pw", "name": "keep"}\n'
+            '  password = hunter2 more\n'
+            '-spice port=1,password=legacy,addr=x\n' % jwt)
+    out = secrets.redact_patterns(text)
+    for secret in (jwt, 'abc.def.ghi', 'tok-123', 't1cket', '"pw"',
+                   'hunter2', 'legacy'):
+        assert secret not in out, secret
+    for kept in ('x=1', '"name": "keep"', 'addr=x'):
+        assert kept in out, kept

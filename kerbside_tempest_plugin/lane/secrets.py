@@ -8,9 +8,39 @@ which is never an artifact. Every value put here is also known to the
 """
 
 import os
+import re
 import secrets as _secrets
 
 REDACTED = '<redacted>'
+
+# Shapes of secrets that must never be kept even when nobody registered the
+# value with a Redactor: what the artifact writer and the cloud providers'
+# error messages and logs both mask.
+SECRET_PATTERNS = [
+    # Kerbside API tokens and Shaken Fist console tokens (base64url
+    # header.payload.signature; the header starts with eyJ).
+    (re.compile(r'eyJ[\w-]+\.[\w-]+\.[\w-]+'), REDACTED),
+    # ?token=... / &token=... (Nova spice-direct, Kerbside sf-console.vv).
+    (re.compile(r'([?&]token=)[^&\s"\'<>]+'), r'\1' + REDACTED),
+    (re.compile(r'(os-console-auth-tokens/)[^/\s"\'?<>]+'),
+     r'\1' + REDACTED),
+    # JSON values of secret-looking keys.
+    (re.compile(r'(?i)("(?:access_token|key|password|adminPass|ticket|'
+                r'token|secret)"\s*:\s*")[^"]*(")'),
+     r'\1' + REDACTED + r'\2'),
+    # .vv / ini style `password=...`: the rest of the line.
+    (re.compile(r'(?im)^(\s*password\s*=).*$'), r'\1' + REDACTED),
+    # qemu -spice ...,password=XXX (legacy form, in case a log shows it).
+    (re.compile(r'(?i)([,?&]password=)[^,&\s]+'), r'\1' + REDACTED),
+    (re.compile(r'(?i)(Authorization:\s*Bearer\s+)\S+'), r'\1' + REDACTED),
+]
+
+
+def redact_patterns(text):
+    """`text` with everything shaped like a secret masked."""
+    for pattern, repl in SECRET_PATTERNS:
+        text = pattern.sub(repl, text)
+    return text
 
 
 def random_token(nbytes=16):

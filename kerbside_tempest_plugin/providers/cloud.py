@@ -19,7 +19,6 @@ Imports only the standard library and the project's lane.vv helpers.
 import json
 import logging
 import os
-import re
 import ssl
 import threading
 import time
@@ -27,22 +26,11 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
+from kerbside_tempest_plugin.lane import secrets as lane_secrets
 from kerbside_tempest_plugin.lane import vv as lane_vv
 from kerbside_tempest_plugin.providers import base
 
 LOG = logging.getLogger(__name__)
-
-_SECRET_PATTERNS = [
-    # ?token=... / &token=... (Nova spice-direct, Kerbside sf-console.vv)
-    (re.compile(r'([?&]token=)[^&\s"\'<>]+'), r'\1<redacted>'),
-    (re.compile(r'(os-console-auth-tokens/)[^/\s"\'?<>]+'),
-     r'\1<redacted>'),
-    (re.compile(r'("(?:access_token|key|password|adminPass)"\s*:\s*")'
-                r'[^"]*"'), r'\1<redacted>"'),
-    (re.compile(r'(?m)^(\s*password\s*=).*$'), r'\1<redacted>'),
-    # A bare JWT (three base64url parts; header starts with eyJ).
-    (re.compile(r'eyJ[\w-]+\.[\w-]+\.[\w-]+'), '<redacted-jwt>'),
-]
 
 RETRYABLE_STATUSES = (404, 500, 502, 503, 504)
 
@@ -57,10 +45,7 @@ class ConsoleTokenRejected(base.ProviderError):
 
 def redact(text):
     """`text` with console tokens, JWTs, keys and passwords masked."""
-    text = '%s' % (text,)
-    for regex, repl in _SECRET_PATTERNS:
-        text = regex.sub(repl, text)
-    return text
+    return lane_secrets.redact_patterns('%s' % (text,))
 
 
 def redact_url(url):

@@ -19,21 +19,6 @@ import time
 
 from kerbside_tempest_plugin.lane import secrets as lane_secrets
 
-REDACTED = lane_secrets.REDACTED
-# Shapes of secrets that must never be kept even if nobody registered them.
-PATTERNS = [
-    # JWTs (Kerbside API tokens): base64url header.payload.signature.
-    (re.compile(r'eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.'
-                r'[A-Za-z0-9_-]{8,}'), REDACTED),
-    # .vv / ini style `password=...` and JSON `"password": "..."`.
-    (re.compile(r'(?im)^(\s*password\s*=\s*)\S+'), r'\1' + REDACTED),
-    (re.compile(r'(?i)("(?:password|ticket|token|secret)"\s*:\s*")'
-                r'[^"]+(")'), r'\1' + REDACTED + r'\2'),
-    # qemu -spice ...,password=XXX (legacy form, in case a log shows it).
-    (re.compile(r'(?i)([,?&]password=)[^,&\s]+'), r'\1' + REDACTED),
-    (re.compile(r'(?i)(Authorization:\s*Bearer\s+)\S+'), r'\1' + REDACTED),
-]
-
 
 def _safe(name):
     return re.sub(r'[^A-Za-z0-9_.-]+', '-', name).strip('-')[:120] or 'run'
@@ -70,16 +55,13 @@ class ArtifactDir:
         self.redactor.add(value)
 
     def redact(self, text):
-        text = self.redactor.redact(text)
-        for pattern, repl in PATTERNS:
-            text = pattern.sub(repl, text)
-        return text
+        return lane_secrets.redact_patterns(self.redactor.redact(text))
 
     def redact_bytes(self, data):
         data = self.redactor.redact_bytes(data)
-        if any(p.search(data.decode('latin-1')) for p, _ in PATTERNS):
-            data = self.redact(data.decode('latin-1')).encode('latin-1')
-        return data
+        text = data.decode('latin-1')
+        clean = lane_secrets.redact_patterns(text)
+        return data if clean == text else clean.encode('latin-1')
 
     # -- writing
 
