@@ -332,7 +332,7 @@ class FakeLane:
                  guest_hook=None):
         import os
 
-        from kerbside_tempest_plugin.lane import secrets
+        from kerbside_tempest_plugin.common import secrets
         self.workdir = workdir
         self.log_dir = os.path.join(workdir, 'logs')
         os.makedirs(self.log_dir, exist_ok=True)

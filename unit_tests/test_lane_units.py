@@ -13,12 +13,13 @@ import time
 
 import pytest
 
+from kerbside_tempest_plugin.common import errors
+from kerbside_tempest_plugin.common import ports
+from kerbside_tempest_plugin.common import secrets
+from kerbside_tempest_plugin.common import tls
+from kerbside_tempest_plugin.common import vv
 from kerbside_tempest_plugin.lane import kerbside as lane_kerbside
-from kerbside_tempest_plugin.lane import ports
 from kerbside_tempest_plugin.lane import procs
-from kerbside_tempest_plugin.lane import secrets
-from kerbside_tempest_plugin.lane import tls
-from kerbside_tempest_plugin.lane import vv
 
 PROXY_VV = """[virt-viewer]
 type=spice
@@ -370,10 +371,9 @@ def test_harness_parser():
 
 def test_harness_no_image_is_said_clearly(monkeypatch, tmp_path):
     from kerbside_tempest_plugin.cmd import harness
-    from kerbside_tempest_plugin.providers import base
     monkeypatch.setattr(harness, 'DEFAULT_IMAGE', str(tmp_path / 'no.qcow2'))
     monkeypatch.setattr(harness, 'BUILD_SCRIPT', str(tmp_path / 'build.sh'))
-    with pytest.raises(base.HarnessError) as e:
+    with pytest.raises(errors.HarnessError) as e:
         harness.default_image()
     assert 'no guest image available' in str(e.value)
 

@@ -5,6 +5,7 @@ import os
 
 import pytest
 
+from kerbside_tempest_plugin.common import errors
 from kerbside_tempest_plugin.lane import provider_lane
 from kerbside_tempest_plugin.providers import base
 
@@ -76,7 +77,7 @@ def test_a_missing_banner_is_a_timeout_that_shows_the_serial_tail(tmp_path):
     lane = provider_lane.ProviderLane(
         FakeProvider(serial_text='BdsDxe: loading Boot0001\r\n'),
         str(tmp_path / 'lane'))
-    with pytest.raises(base.HarnessTimeout) as e:
+    with pytest.raises(errors.HarnessTimeout) as e:
         lane.boot_guest('img', banner='Hello from Uncalibrated', timeout=0.5)
     assert 'BdsDxe: loading Boot0001' in str(e.value)
     lane.down()

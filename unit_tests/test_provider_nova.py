@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from kerbside_tempest_plugin.lane import vv as lane_vv
-from kerbside_tempest_plugin.providers import base
+from kerbside_tempest_plugin.common import errors
+from kerbside_tempest_plugin.common import vv as common_vv
 from kerbside_tempest_plugin.providers import cloud
 from kerbside_tempest_plugin.providers import nova
 from unit_tests import fake_clouds
@@ -56,7 +56,7 @@ def test_boot_console_serial_teardown(clouds, tmp_path):
     assert server['spec']['networks'] == [{'uuid': 'net-1'}]
 
     text = guest.console_vv()
-    fields = lane_vv.parse_vv(text)
+    fields = common_vv.parse_vv(text)
     assert text.startswith('[virt-viewer]')
     assert fields['password'] == kerbside.served[-1][1]
     assert kerbside.served[-1][0] == guest.server_id
@@ -102,7 +102,7 @@ def test_server_error_names_the_fault_and_deletes(clouds, tmp_path):
                        'message': 'No valid host was found. There are not '
                                   'enough hosts available.'}
     provider = make_provider(fake_nova)
-    with pytest.raises(base.ProviderError) as e:
+    with pytest.raises(errors.ProviderError) as e:
         provider.boot('img-other', 'sextant-err', str(tmp_path))
     msg = str(e.value)
     assert 'went to ERROR while waiting to become ACTIVE' in msg
@@ -116,7 +116,7 @@ def test_boot_deadline_says_what_was_seen(clouds, tmp_path):
     fake_nova, _ = clouds
     fake_nova.build_polls = 10 ** 6
     provider = make_provider(fake_nova, boot_timeout=0.3)
-    with pytest.raises(base.HarnessTimeout) as e:
+    with pytest.raises(errors.HarnessTimeout) as e:
         provider.boot(None, 'sextant-slow', str(tmp_path))
     msg = str(e.value)
     assert 'timed out after 0.3 s waiting for Nova server sextant-slow' \
@@ -128,7 +128,7 @@ def test_spice_direct_needs_microversion_2_99(clouds, tmp_path):
     fake_nova, kerbside = clouds
     provider = make_provider(fake_nova, microversion='2.98')
     guest = provider.boot(None, 'sextant-old', str(tmp_path))
-    with pytest.raises(base.ProviderError) as e:
+    with pytest.raises(errors.ProviderError) as e:
         guest.console_vv()
     msg = str(e.value)
     assert 'refused a spice-direct console' in msg
@@ -158,7 +158,7 @@ def test_console_deadline_message(clouds, tmp_path):
     kerbside.unscraped = 10 ** 6
     guest = make_provider(fake_nova, console_timeout=0.2).boot(
         None, 'sextant-never', str(tmp_path))
-    with pytest.raises(base.HarnessTimeout) as e:
+    with pytest.raises(errors.HarnessTimeout) as e:
         guest.console_vv()
     msg = str(e.value)
     assert 'waiting for Kerbside to serve the console .vv for Nova ' \
@@ -192,13 +192,13 @@ def test_rejected_token_is_a_typed_error(clouds, tmp_path):
 
 def test_direct_route_is_refused_clearly(clouds, tmp_path):
     fake_nova, _ = clouds
-    with pytest.raises(base.ProviderError) as e:
+    with pytest.raises(errors.ProviderError) as e:
         make_provider(fake_nova, route='direct')
     assert "route 'direct' is not available on Nova" in str(e.value)
     guest = make_provider(fake_nova).boot(None, 'sextant-d', str(tmp_path))
-    with pytest.raises(base.ProviderError, match='not available on Nova'):
+    with pytest.raises(errors.ProviderError, match='not available on Nova'):
         guest.console_vv('direct')
-    with pytest.raises(base.ProviderError, match='only after console_vv'):
+    with pytest.raises(errors.ProviderError, match='only after console_vv'):
         guest.console_route()
     guest.teardown()
 
@@ -219,7 +219,7 @@ def test_console_details_through_the_admin_client(clouds, tmp_path):
     member = make_provider(fake_nova).boot(None, 'sextant-mem',
                                            str(tmp_path / 'm'))
     member.provider.admin_servers_client = member.provider.servers_client
-    with pytest.raises(base.ProviderError, match='Forbidden'):
+    with pytest.raises(errors.ProviderError, match='Forbidden'):
         member.console_details()
     member.teardown()
 
@@ -247,7 +247,7 @@ def test_wait_for_raises_guest_stopped_when_the_server_stops(clouds,
     guest = make_provider(fake_nova).boot(None, 'sextant-off', str(tmp_path))
     fake_nova.set_console(guest.server_id, 'booting...\n')
     fake_nova.set_status(guest.server_id, 'SHUTOFF')
-    with pytest.raises(base.GuestStopped) as e:
+    with pytest.raises(errors.GuestStopped) as e:
         guest.serial.wait_for(BANNER, 5)
     assert 'the guest stopped' in str(e.value)
     assert 'booting...' in str(e.value)
@@ -267,13 +267,13 @@ def test_teardown_never_raises(clouds, tmp_path, caplog):
 def test_image_and_flavor_are_required(clouds, tmp_path):
     fake_nova, _ = clouds
     provider = make_provider(fake_nova, image_ref=None)
-    with pytest.raises(base.ProviderError, match='image_ref'):
+    with pytest.raises(errors.ProviderError, match='image_ref'):
         provider.boot(None, 'x', str(tmp_path))
     local = tmp_path / 'sextant.qcow2'
     local.write_bytes(b'qcow')
-    with pytest.raises(base.ProviderError, match='upload it to Glance'):
+    with pytest.raises(errors.ProviderError, match='upload it to Glance'):
         provider.boot(str(local), 'x', str(tmp_path))
-    with pytest.raises(base.ProviderError, match='flavor_ref'):
+    with pytest.raises(errors.ProviderError, match='flavor_ref'):
         make_provider(fake_nova, flavor_ref=None).boot(None, 'x',
                                                        str(tmp_path))
     assert not fake_nova.servers
@@ -292,7 +292,7 @@ def test_image_properties_are_checked(clouds, glance, tmp_path, caplog):
     bad = glance.add(hw_video_model='virtio', hw_firmware_type='uefi')
     provider = make_provider(fake_nova, image_ref=bad,
                              images_client=fake_clouds.images_client(glance))
-    with pytest.raises(base.ProviderError) as e:
+    with pytest.raises(errors.ProviderError) as e:
         provider.boot(None, 'sextant-bad', str(tmp_path))
     assert "hw_video_model=qxl (has 'virtio')" in str(e.value)
     assert 'no SPICE display surface' in str(e.value)

@@ -11,9 +11,9 @@ import time
 from oslo_config import cfg
 import pytest
 
+from kerbside_tempest_plugin.common import errors
+from kerbside_tempest_plugin.common import vv as common_vv
 from kerbside_tempest_plugin import config
-from kerbside_tempest_plugin.lane import vv as lane_vv
-from kerbside_tempest_plugin.providers import base
 from kerbside_tempest_plugin.providers import cloud
 from kerbside_tempest_plugin.providers import factory
 from kerbside_tempest_plugin.providers import nova
@@ -60,7 +60,7 @@ def test_boot_console_serial_teardown(clouds, tmp_path):
     assert guest.is_running()
 
     text = guest.console_vv()
-    fields = lane_vv.parse_vv(text)
+    fields = common_vv.parse_vv(text)
     assert fields['password'] == kerbside.served[-1][1]
     assert kerbside.served[-1][0] == guest.uuid
     (fetch,) = kerbside.requests
@@ -123,7 +123,7 @@ def test_console_deadline_message(clouds, tmp_path):
     kerbside.unscraped = 10 ** 6
     guest = make_provider(sf, console_timeout=0.2).boot(
         None, 'sextant-unknown', str(tmp_path))
-    with pytest.raises(base.HarnessTimeout) as e:
+    with pytest.raises(errors.HarnessTimeout) as e:
         guest.console_vv()
     msg = str(e.value)
     assert 'Kerbside to serve the console .vv for Shaken Fist instance ' \
@@ -137,12 +137,12 @@ def test_no_kerbside_url_and_non_spice_are_clear(clouds, tmp_path):
     sf, _ = clouds
     guest = make_provider(sf).boot(None, 'sextant-nk', str(tmp_path))
     kerbside, sf.kerbside = sf.kerbside, None
-    with pytest.raises(base.ProviderError, match='no KERBSIDE_URL'):
+    with pytest.raises(errors.ProviderError, match='no KERBSIDE_URL'):
         guest.console_vv()
     sf.kerbside = kerbside
     sf.instances[guest.uuid]['video'] = {'model': 'qxl', 'memory': 16384,
                                          'vdi': 'vnc'}
-    with pytest.raises(base.ProviderError, match='not a SPICE instance'):
+    with pytest.raises(errors.ProviderError, match='not a SPICE instance'):
         guest.console_vv()
     guest.teardown()
 
@@ -151,7 +151,7 @@ def test_error_state_names_the_error(clouds, tmp_path):
     sf, _ = clouds
     sf.fail_state = 'error'
     sf.fail_message = 'failed to create disk: base image missing'
-    with pytest.raises(base.ProviderError) as e:
+    with pytest.raises(errors.ProviderError) as e:
         make_provider(sf).boot(None, 'sextant-err', str(tmp_path))
     msg = str(e.value)
     assert "went to error while waiting to reach state 'created'" in msg
@@ -163,7 +163,7 @@ def test_error_state_names_the_error(clouds, tmp_path):
 def test_boot_deadline_says_what_was_seen(clouds, tmp_path):
     sf, _ = clouds
     sf.create_polls = 10 ** 6
-    with pytest.raises(base.HarnessTimeout) as e:
+    with pytest.raises(errors.HarnessTimeout) as e:
         make_provider(sf, boot_timeout=0.3).boot(None, 'sextant-slow',
                                                  str(tmp_path))
     msg = str(e.value)
@@ -189,7 +189,7 @@ def test_serial_stops_when_the_instance_powers_off(clouds, tmp_path):
     guest = make_provider(sf).boot(None, 'sextant-off', str(tmp_path))
     sf.append_console(guest.uuid, b'drain: begin\n')
     sf.set_power_state(guest.uuid, 'off')
-    with pytest.raises(base.GuestStopped) as e:
+    with pytest.raises(errors.GuestStopped) as e:
         guest.serial.wait_for('drain: end', 5)
     assert 'drain: begin' in str(e.value)
     guest.wait_stopped(1)
@@ -215,7 +215,7 @@ def test_wrong_key_is_a_provider_error(clouds, tmp_path):
     sf, _ = clouds
     client = fake_clouds.sf_client(sf, key='wrong')
     provider = shakenfist.ShakenFistProvider(client, image='img', **FAST)
-    with pytest.raises(base.ProviderError) as e:
+    with pytest.raises(errors.ProviderError) as e:
         provider.boot(None, 'x', str(tmp_path))
     assert 'HTTP 401' in str(e.value)
     assert 'wrong' not in str(e.value).replace('wrong key', '')
@@ -269,7 +269,7 @@ def test_factory_builds_shakenfist_from_config(clouds, tmp_path):
 def test_factory_nova_needs_the_tests_clients():
     conf = make_conf(kerbside={'provider': 'nova'},
                      nova_provider={'image_ref': 'i', 'flavor_ref': 'f'})
-    with pytest.raises(base.ProviderError, match='servers_client'):
+    with pytest.raises(errors.ProviderError, match='servers_client'):
         factory.provider_from_config(conf)
     fake_nova = fake_clouds.FakeNova().start()
     try:
@@ -279,7 +279,7 @@ def test_factory_nova_needs_the_tests_clients():
         assert (provider.image_ref, provider.flavor_ref,
                 provider.microversion) == ('i', 'f', '2.99')
         conf.set_override('route', 'direct', group='kerbside')
-        with pytest.raises(base.ProviderError, match='not available'):
+        with pytest.raises(errors.ProviderError, match='not available'):
             factory.provider_from_config(conf, servers_client=client)
     finally:
         fake_nova.stop()
@@ -297,7 +297,7 @@ def test_factory_direct_qemu_and_unknown(tmp_path):
     provider = factory.provider_from_config(conf, route='direct')
     assert isinstance(provider, direct_qemu.DirectQemuProvider)
     assert provider.memory_mb == 128 and provider.route == 'direct'
-    with pytest.raises(base.ProviderError, match='unknown provider'):
+    with pytest.raises(errors.ProviderError, match='unknown provider'):
         factory.provider_from_config(conf, provider='vmware')
 
 

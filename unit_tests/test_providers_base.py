@@ -5,48 +5,51 @@ import time
 
 import pytest
 
+from kerbside_tempest_plugin.common import errors
+from kerbside_tempest_plugin.common import logtext
+from kerbside_tempest_plugin.common import waiting
 from kerbside_tempest_plugin.providers import base
 
 
 def test_wait_until_returns_the_value():
     seq = iter([None, 0, 'yes'])
-    assert base.wait_until(lambda: next(seq), 5, 'a value',
-                           interval=0.01) == 'yes'
+    assert waiting.wait_until(lambda: next(seq), 5, 'a value',
+                              interval=0.01) == 'yes'
 
 
 def test_wait_until_timeout_says_what_and_seen():
-    with pytest.raises(base.HarnessTimeout) as e:
-        base.wait_until(lambda: False, 0.2, 'the moon',
-                        seen=lambda: 'only clouds', interval=0.05)
+    with pytest.raises(errors.HarnessTimeout) as e:
+        waiting.wait_until(lambda: False, 0.2, 'the moon',
+                           seen=lambda: 'only clouds', interval=0.05)
     msg = str(e.value)
     assert 'the moon' in msg and 'only clouds' in msg and '0.2 s' in msg
 
 
 def test_wait_until_abort_is_not_a_timeout():
-    with pytest.raises(base.HarnessError) as e:
-        base.wait_until(lambda: False, 30, 'x', abort=lambda: 'it died',
-                        seen=lambda: 'tail')
-    assert not isinstance(e.value, base.HarnessTimeout)
+    with pytest.raises(errors.HarnessError) as e:
+        waiting.wait_until(lambda: False, 30, 'x', abort=lambda: 'it died',
+                           seen=lambda: 'tail')
+    assert not isinstance(e.value, errors.HarnessTimeout)
     assert 'it died' in str(e.value) and 'tail' in str(e.value)
 
 
 def test_wait_until_seen_that_raises_does_not_hide_the_timeout():
     def broken():
         raise RuntimeError('boom')
-    with pytest.raises(base.HarnessTimeout) as e:
-        base.wait_until(lambda: False, 0.05, 'x', seen=broken,
-                        interval=0.01)
+    with pytest.raises(errors.HarnessTimeout) as e:
+        waiting.wait_until(lambda: False, 0.05, 'x', seen=broken,
+                           interval=0.01)
     assert 'could not describe' in str(e.value)
 
 
 def test_tail_text_strips_ansi_and_limits():
     text = '\x1b[2J\x1b[01;01H' + '\n'.join('line%d' % i for i in range(50))
-    out = base.tail_text(text, lines=3)
+    out = logtext.tail_text(text, lines=3)
     assert out == 'line47\nline48\nline49'
 
 
 def test_tail_file_missing(tmp_path):
-    assert 'cannot read' in base.tail_file(str(tmp_path / 'nope'))
+    assert 'cannot read' in logtext.tail_file(str(tmp_path / 'nope'))
 
 
 def _writer(path, chunks, delay):
@@ -75,7 +78,7 @@ def test_file_serial_timeout_carries_tail(tmp_path):
     path = tmp_path / 'serial.log'
     path.write_text('BdsDxe: loading Boot0002\r\nShell> ')
     src = base.FileSerialSource(str(path))
-    with pytest.raises(base.HarnessTimeout) as e:
+    with pytest.raises(errors.HarnessTimeout) as e:
         src.wait_for('never', 0.2)
     assert 'Shell>' in str(e.value) and 'never' in str(e.value)
 
@@ -85,7 +88,7 @@ def test_file_serial_guest_stopped_fails_fast(tmp_path):
     path.write_text('some output')
     src = base.FileSerialSource(str(path), running=lambda: False)
     t = time.monotonic()
-    with pytest.raises(base.GuestStopped) as e:
+    with pytest.raises(errors.GuestStopped) as e:
         src.wait_for('never', 30)
     assert time.monotonic() - t < 2
     assert 'stopped' in str(e.value) and 'some output' in str(e.value)
@@ -134,7 +137,7 @@ def test_guest_defaults():
     g = _Guest()
     with pytest.raises(NotImplementedError):
         g.screendump('/tmp/x.png')
-    with pytest.raises(base.HarnessTimeout):
+    with pytest.raises(errors.HarnessTimeout):
         g.wait_stopped(0.1)
     g.running = False
     g.wait_stopped(0.1)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from kerbside_tempest_plugin.providers import base
+from kerbside_tempest_plugin.common import errors
 from kerbside_tempest_plugin.providers import direct_qemu
 
 
@@ -60,7 +60,7 @@ def test_argv_tls_port_and_qmp():
 
 
 def test_find_ovmf_explicit_missing(tmp_path):
-    with pytest.raises(base.ProviderError) as e:
+    with pytest.raises(errors.ProviderError) as e:
         direct_qemu.find_ovmf(str(tmp_path / 'code.fd'),
                               str(tmp_path / 'vars.fd'))
     assert 'code.fd' in str(e.value)
@@ -85,7 +85,7 @@ def test_find_ovmf_prefers_4m(monkeypatch):
 
 def test_find_ovmf_none(monkeypatch):
     monkeypatch.setattr(direct_qemu.os.path, 'exists', lambda p: False)
-    with pytest.raises(base.ProviderError) as e:
+    with pytest.raises(errors.ProviderError) as e:
         direct_qemu.find_ovmf()
     assert 'ovmf' in str(e.value).lower()
 
@@ -124,7 +124,7 @@ def test_probe_kvm_without_dev_kvm(monkeypatch):
 
 
 def test_direct_route_vv_holds_the_ticket_but_argv_does_not(tmp_path):
-    from kerbside_tempest_plugin.lane import vv
+    from kerbside_tempest_plugin.common import vv
     provider = direct_qemu.DirectQemuProvider.__new__(
         direct_qemu.DirectQemuProvider)
     provider.route = 'direct'
@@ -137,7 +137,7 @@ def test_direct_route_vv_holds_the_ticket_but_argv_does_not(tmp_path):
                       'title': 'g (direct)'}
     assert guest.console_route().to_json() == {
         'kind': 'direct', 'host': '127.0.0.1', 'port': 41000}
-    with pytest.raises(base.ProviderError):
+    with pytest.raises(errors.ProviderError):
         guest.console_vv('kerbside')
     assert not guest.is_running()
     guest.teardown()

@@ -20,9 +20,9 @@ import shutil
 import subprocess
 import sys
 
+from kerbside_tempest_plugin.common import errors
 from kerbside_tempest_plugin.lane import kerbside as lane_kerbside
 from kerbside_tempest_plugin.lane import lane as lane_mod
-from kerbside_tempest_plugin.providers import base
 from kerbside_tempest_plugin.providers import direct_qemu
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
@@ -41,7 +41,7 @@ def default_image(log_dir=None):
     if os.path.exists(DEFAULT_IMAGE):
         return DEFAULT_IMAGE
     if not os.path.exists(BUILD_SCRIPT):
-        raise base.HarnessError(
+        raise errors.HarnessError(
             'no guest image available: %s does not exist and there is no '
             'images/build.sh to build it; pass --image PATH (a Sextant '
             'qcow2) or --diskless' % DEFAULT_IMAGE)
@@ -59,7 +59,7 @@ def default_image(log_dir=None):
         if log:
             log.close()
     if proc.returncode != 0 or not os.path.exists(DEFAULT_IMAGE):
-        raise base.HarnessError(
+        raise errors.HarnessError(
             'images/build.sh failed (exit %d) and no guest image is '
             'available%s' % (proc.returncode, '; see %s/image-build.log' %
                              log_dir if log_dir else ''))
@@ -81,7 +81,7 @@ def cmd_setup(args):
              ', '.join(missing))
     try:
         direct_qemu.find_ovmf()
-    except base.ProviderError as e:
+    except errors.ProviderError as e:
         ok = False
         _err(str(e))
     os.makedirs(os.path.dirname(venv.path), exist_ok=True)
@@ -89,7 +89,7 @@ def cmd_setup(args):
     try:
         done = venv.ensure(source=source, log=_err, log_path=log_path)
         _err(done)
-    except (base.HarnessError, subprocess.CalledProcessError) as e:
+    except (errors.HarnessError, subprocess.CalledProcessError) as e:
         _err(str(e))
         return 1
     return 0 if ok else 1
@@ -245,7 +245,7 @@ def main(argv=None):
         return 2
     try:
         return args.func(args)
-    except base.HarnessError as e:
+    except errors.HarnessError as e:
         _err(str(e))
         return 1
 

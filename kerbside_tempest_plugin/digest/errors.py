@@ -5,8 +5,10 @@ be encoded) is a subclass of DigestError, so a caller can catch one type and
 still read a precise message.
 """
 
+from kerbside_tempest_plugin.common import errors
 
-class DigestError(ValueError):
+
+class DigestError(errors.HarnessError, ValueError):
     """Base class: a digest payload, image or event could not be handled."""
 
     def __init__(self, message, offset=None):

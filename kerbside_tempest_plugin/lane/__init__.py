@@ -1,13 +1,6 @@
-"""Local services for the direct-qemu lane.
+"""The services in front of the guest: the direct-qemu lane (MariaDB,
+Kerbside, TLS, the process registry) and the provider lane.
 
-`Lane` (in lane.lane) is imported lazily so that the small helper modules
-here (ports, procs, secrets, vv, tls) can be used by the direct-qemu
-provider without importing the whole lane.
+The small helpers the providers also need (ports, secrets, .vv, TLS) live
+in `kerbside_tempest_plugin.common`, below both.
 """
-
-
-def __getattr__(name):
-    if name in ('Lane', 'teardown_workdir', 'lane_status'):
-        from kerbside_tempest_plugin.lane import lane
-        return getattr(lane, name)
-    raise AttributeError(name)

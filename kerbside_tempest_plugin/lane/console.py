@@ -5,7 +5,7 @@ direct-qemu lane) and `provider_lane.ProviderLane` (the clouds).
 import logging
 import os
 
-from kerbside_tempest_plugin.lane import vv as lane_vv
+from kerbside_tempest_plugin.common import vv as common_vv
 
 LOG = logging.getLogger(__name__)
 
@@ -23,9 +23,9 @@ def start_ryll_on(guest, route, ryll_dir, binary, redactor, extra_args=()):
     from kerbside_tempest_plugin.ryll import process as ryll_process
     os.makedirs(ryll_dir, exist_ok=True)
     text = guest.console_vv(route)
-    redactor.add(lane_vv.parse_vv(text).get('password'))
+    redactor.add(common_vv.parse_vv(text).get('password'))
     with open(os.path.join(ryll_dir, 'console.redacted.vv'), 'w') as f:
-        f.write(lane_vv.redact_vv(text))
+        f.write(common_vv.redact_vv(text))
     rp = ryll_process.RyllProcess(workdir=ryll_dir, binary=binary,
                                   vv_text=text, extra_args=extra_args)
     rp.start()

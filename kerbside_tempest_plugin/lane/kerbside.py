@@ -16,10 +16,12 @@ import time
 import urllib.error
 import urllib.request
 
-from kerbside_tempest_plugin.lane import ports as lane_ports
+from kerbside_tempest_plugin.common import errors
+from kerbside_tempest_plugin.common import logtext
+from kerbside_tempest_plugin.common import ports as common_ports
+from kerbside_tempest_plugin.common import vv as common_vv
+from kerbside_tempest_plugin.common import waiting
 from kerbside_tempest_plugin.lane import procs
-from kerbside_tempest_plugin.lane import vv as lane_vv
-from kerbside_tempest_plugin.providers import base
 
 KERBSIDE_VERSION = '0.8.0'
 SOURCE_NAME = 'harness-lab'
@@ -66,7 +68,7 @@ class KerbsideVenv:
             capture_output=True, text=True, timeout=120)
         if proc.returncode != 0:
             return ['kerbside does not import in %s: %s' % (
-                self.path, base.tail_text(proc.stderr, 3))]
+                self.path, logtext.tail_text(proc.stderr, 3))]
         # kerbside prints logging diagnostics to stdout on import.
         lines = [ln.split()[1:] for ln in proc.stdout.splitlines()
                  if ln.startswith('KTP-VERSIONS ')]
@@ -112,7 +114,7 @@ class KerbsideVenv:
             proc = subprocess.run([self.bin('pip'), 'install', target],
                                   stdout=out, stderr=out)
             if proc.returncode != 0:
-                raise base.HarnessError(
+                raise errors.HarnessError(
                     'pip install %s failed (exit %d)%s. mysqlclient builds '
                     'from source: it needs default-libmysqlclient-dev, '
                     'pkg-config and a compiler (see bindep.txt)' % (
@@ -123,8 +125,8 @@ class KerbsideVenv:
                 out.close()
         problems = self.check()
         if problems:
-            raise base.HarnessError('kerbside venv still broken after '
-                                    'install: %s' % '; '.join(problems))
+            raise errors.HarnessError('kerbside venv still broken after '
+                                      'install: %s' % '; '.join(problems))
         return 'installed %s into %s (kerbside %s)' % (
             target, self.path, self.versions[0])
 
@@ -237,9 +239,9 @@ class Kerbside:
                                   env=self.env(), stdout=out,
                                   stderr=subprocess.STDOUT, timeout=timeout)
         if proc.returncode != 0:
-            raise base.HarnessError('%s failed (exit %d); log tail:\n%s' % (
+            raise errors.HarnessError('%s failed (exit %d); log tail:\n%s' % (
                 what, proc.returncode,
-                self.secrets.redactor.redact(base.tail_file(log))))
+                self.secrets.redactor.redact(logtext.tail_file(log))))
 
     def db_upgrade(self):
         t = time.monotonic()
@@ -257,15 +259,15 @@ class Kerbside:
 
     def _log_tail(self, name):
         return self.secrets.redactor.redact(
-            base.tail_file(os.path.join(self.log_dir, name), 10))
+            logtext.tail_file(os.path.join(self.log_dir, name), 10))
 
     def start(self, timeout=60):
         """Sources file, db upgrade, API, daemon; wait until all answer."""
         os.makedirs(os.path.dirname(self.api_sock), mode=0o700,
                     exist_ok=True)
         if len(self.api_sock) > 100:
-            raise base.HarnessError('API socket path too long: %s'
-                                    % self.api_sock)
+            raise errors.HarnessError('API socket path too long: %s'
+                                      % self.api_sock)
         self.write_sources()
         self.db_upgrade()
         env = self.env()
@@ -297,7 +299,7 @@ class Kerbside:
                     self.daemon.returncode
             return None
 
-        base.wait_until(
+        waiting.wait_until(
             self.api_ok, timeout,
             'Kerbside API GET %s/ to answer {"result": "ok"}' % self.api_url,
             seen=lambda: 'gunicorn %s; error log:\n%s' % (
@@ -307,14 +309,14 @@ class Kerbside:
         self.timings['api_ready'] = time.monotonic() - t
         proxy_ports = [self.secure_port, self.insecure_port,
                        self.metrics_port]
-        base.wait_until(
-            lambda: lane_ports.busy_ports(proxy_ports) == sorted(
+        waiting.wait_until(
+            lambda: common_ports.busy_ports(proxy_ports) == sorted(
                 proxy_ports),
             timeout,
             'kerbside-proxy to listen on %d (TLS), %d and %d (metrics)' % (
                 self.secure_port, self.insecure_port, self.metrics_port),
             seen=lambda: 'listening: %s; daemon %s; daemon output:\n%s' % (
-                lane_ports.busy_ports(self.ports),
+                common_ports.busy_ports(self.ports),
                 'alive' if self.daemon.poll() is None else 'dead',
                 self._log_tail('kerbside-daemon.out')),
             abort=daemon_dead, interval=0.05)
@@ -355,19 +357,19 @@ class Kerbside:
         except urllib.error.HTTPError as e:
             body = self.secrets.redactor.redact(
                 e.read().decode(errors='replace'))[:500]
-            raise base.HarnessError(
+            raise errors.HarnessError(
                 'GET %s returned %d: %s' % (url, e.code, body)) from None
         except OSError as e:
-            raise base.HarnessError('GET %s failed: %s (API %s)' % (
+            raise errors.HarnessError('GET %s failed: %s (API %s)' % (
                 url, e, 'answers' if self.api_ok() else 'down')) from None
-        fields = lane_vv.parse_vv(text)
+        fields = common_vv.parse_vv(text)
         self.secrets.redactor.add(fields.get('password'))
         self._vv_count += 1
         # Kept (0600) so that a `down` after a crash can still redact it.
         self.secrets.put('fetched-%d.vv' % self._vv_count, text)
         with open(os.path.join(self.kdir, 'console-%d.redacted.vv'
                                % self._vv_count), 'w') as f:
-            f.write(lane_vv.redact_vv(text))
+            f.write(common_vv.redact_vv(text))
         return text
 
     def metrics(self):

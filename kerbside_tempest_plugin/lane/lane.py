@@ -34,13 +34,16 @@ import tempfile
 import time
 import uuid
 
+from kerbside_tempest_plugin.common import atomic
+from kerbside_tempest_plugin.common import errors
+from kerbside_tempest_plugin.common import logtext
+from kerbside_tempest_plugin.common import ports as common_ports
+from kerbside_tempest_plugin.common import secrets as common_secrets
+from kerbside_tempest_plugin.common import tls as common_tls
 from kerbside_tempest_plugin.lane import console as lane_console
 from kerbside_tempest_plugin.lane import kerbside as lane_kerbside
 from kerbside_tempest_plugin.lane import mariadb as lane_mariadb
-from kerbside_tempest_plugin.lane import ports as lane_ports
 from kerbside_tempest_plugin.lane import procs
-from kerbside_tempest_plugin.lane import secrets as lane_secrets
-from kerbside_tempest_plugin.lane import tls as lane_tls
 from kerbside_tempest_plugin.providers import base
 from kerbside_tempest_plugin.providers import direct_qemu
 
@@ -86,7 +89,7 @@ class Lane:
             tls=guest_tls)
         self.kerbside_verbose = kerbside_verbose
         self.log_dir = os.path.join(self.workdir, 'logs')
-        self.redactor = lane_secrets.Redactor()
+        self.redactor = common_secrets.Redactor()
         self.secrets = None
         self.registry = None
         self.run_dir = None
@@ -163,21 +166,18 @@ class Lane:
     def _save_state(self, **extra):
         state = self.info()
         state.update(extra)
-        tmp = self.state_path + '.tmp'
-        with open(tmp, 'w') as f:
-            json.dump(state, f, indent=1, sort_keys=True)
-        os.replace(tmp, self.state_path)
+        atomic.write_json(self.state_path, state, sort_keys=True)
 
     # -- up ----------------------------------------------------------------
     def _prepare(self):
         for d in ('logs', 'kerbside', 'tls', 'guests'):
             os.makedirs(os.path.join(self.workdir, d), exist_ok=True)
-        self.secrets = lane_secrets.SecretStore(
+        self.secrets = common_secrets.SecretStore(
             os.path.join(self.workdir, 'secrets'), self.redactor)
         self.registry = procs.ProcessRegistry(
             os.path.join(self.workdir, 'processes.json'), self.redactor)
         if self.registry.living():
-            raise base.HarnessError(
+            raise errors.HarnessError(
                 'workdir %s already has a running lane (%s); run '
                 '`kerbside-harness down --workdir %s` first' % (
                     self.workdir, ', '.join(
@@ -188,10 +188,10 @@ class Lane:
             run = tempfile.mkdtemp(prefix='ktp-run-')
         os.makedirs(run, mode=0o700, exist_ok=True)
         self.run_dir = run
-        allocated = lane_ports.free_ports(len(PORT_NAMES))
+        allocated = common_ports.free_ports(len(PORT_NAMES))
         self.ports = dict(zip(PORT_NAMES, allocated))
         self.console_uuid = str(uuid.uuid4())  # noqa: T113
-        self.ticket = lane_secrets.random_token(12)
+        self.ticket = common_secrets.random_token(12)
         self.secrets.put('spice-ticket', self.ticket)
 
     def up(self, timeout=90):
@@ -202,7 +202,7 @@ class Lane:
         if self.with_kerbside:
             problems = self.venv.check()
             if problems:
-                raise base.HarnessError(
+                raise errors.HarnessError(
                     'the Kerbside venv is not usable (%s); run '
                     '`kerbside-harness setup`' % '; '.join(problems))
             t = time.monotonic()
@@ -212,7 +212,7 @@ class Lane:
             self.mariadb.start(timeout=timeout)
             self.timings['mariadb'] = time.monotonic() - t
             t = time.monotonic()
-            self.tls = lane_tls.make_tls(
+            self.tls = common_tls.make_tls(
                 os.path.join(self.workdir, 'tls'),
                 self.secrets.file('tls'))
             self.timings['tls'] = time.monotonic() - t
@@ -248,7 +248,7 @@ class Lane:
         wait for it on serial; `image=None` boots OVMF diskless.
         """
         if not self._up:
-            raise base.HarnessError('lane is not up')
+            raise errors.HarnessError('lane is not up')
         if self.guest is not None:
             self.guest.teardown()
         n = len(self.guests) + 1
@@ -268,7 +268,7 @@ class Lane:
     # route factory used by DirectQemuGuest for routes other than direct
     def console_route(self, guest, route):
         if route != 'kerbside':
-            raise base.ProviderError('unknown route %r' % route)
+            raise errors.ProviderError('unknown route %r' % route)
         self._need_kerbside()
         return base.ConsoleRoute(
             kind='kerbside', host='127.0.0.1',
@@ -279,16 +279,16 @@ class Lane:
 
     def console_vv(self, guest, route):
         if route != 'kerbside':
-            raise base.ProviderError('unknown route %r' % route)
+            raise errors.ProviderError('unknown route %r' % route)
         self._need_kerbside()
         dead = self.dead_services()
         if dead:
             # kerbside 0.8.0's daemon exits when its proxy dies; say so
             # instead of handing ryll a .vv nobody will serve.
-            raise base.ProviderError(
+            raise errors.ProviderError(
                 'the kerbside route is down: %s; daemon output tail:\n%s' % (
                     ', '.join(dead),
-                    self.redactor.redact(base.tail_file(os.path.join(
+                    self.redactor.redact(logtext.tail_file(os.path.join(
                         self.log_dir, 'kerbside-daemon.out'), 5))))
         return self.kerbside.fetch_vv()
 
@@ -312,8 +312,8 @@ class Lane:
 
     def _need_kerbside(self):
         if self.kerbside is None:
-            raise base.ProviderError('this lane runs without Kerbside; '
-                                     'only the direct route exists')
+            raise errors.ProviderError('this lane runs without Kerbside; '
+                                       'only the direct route exists')
 
     # -- ryll --------------------------------------------------------------
     def start_ryll(self, guest=None, route=None, timeout=30, verbose=False):
@@ -325,7 +325,7 @@ class Lane:
         """
         guest = guest or self.guest
         if guest is None:
-            raise base.HarnessError('no guest to connect ryll to')
+            raise errors.HarnessError('no guest to connect ryll to')
         route = route or self.route
         self.stop_ryll()
         self._ryll_count += 1
@@ -372,9 +372,9 @@ class Lane:
         self._up = False
         self._down_report = report
         if check and (report['leftover_pids'] or report['busy_ports']):
-            raise base.HarnessError('teardown left processes %s and ports '
-                                    '%s' % (report['leftover_pids'],
-                                            report['busy_ports']))
+            raise errors.HarnessError('teardown left processes %s and ports '
+                                      '%s' % (report['leftover_pids'],
+                                              report['busy_ports']))
         return report
 
 
@@ -407,10 +407,10 @@ def teardown_workdir(workdir, redactor=None, extra_ports=(), run_dir=None,
     report = {'workdir': workdir, 'stopped': [], 'leftover_pids': [],
               'busy_ports': [], 'scrubbed_files': []}
     secrets_dir = os.path.join(workdir, 'secrets')
-    redactor = redactor or lane_secrets.Redactor()
+    redactor = redactor or common_secrets.Redactor()
     try:
         if os.path.isdir(secrets_dir):
-            lane_secrets.SecretStore(secrets_dir, redactor).load_all()
+            common_secrets.SecretStore(secrets_dir, redactor).load_all()
     except Exception:
         LOG.exception('could not read secrets for redaction')
     registry = procs.ProcessRegistry(os.path.join(workdir, 'processes.json'),
@@ -432,7 +432,7 @@ def teardown_workdir(workdir, redactor=None, extra_ports=(), run_dir=None,
     ports.update(p for p in extra_ports if p)
     deadline = time.monotonic() + port_timeout
     while True:
-        busy = lane_ports.busy_ports(ports)
+        busy = common_ports.busy_ports(ports)
         if not busy or time.monotonic() >= deadline:
             break
         time.sleep(0.1)
@@ -442,7 +442,7 @@ def teardown_workdir(workdir, redactor=None, extra_ports=(), run_dir=None,
                   workdir, report['leftover_pids'], busy)
     try:
         report['scrubbed_files'] = [
-            os.path.relpath(p, workdir) for p in lane_secrets.scrub_tree(
+            os.path.relpath(p, workdir) for p in common_secrets.scrub_tree(
                 workdir, redactor, skip=[secrets_dir])]
         if report['scrubbed_files']:
             LOG.warning('redacted secrets that other programs wrote into: '
@@ -473,7 +473,7 @@ def lane_status(workdir):
     processes = [{'name': r['name'], 'pid': r['pid'],
                   'alive': registry.alive(r)} for r in registry.records]
     ports = state.get('ports') or {}
-    listening = lane_ports.listening_ports()
+    listening = common_ports.listening_ports()
     out = {
         'workdir': workdir,
         'state': state.get('state'),

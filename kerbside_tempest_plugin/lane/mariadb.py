@@ -13,7 +13,9 @@ import shutil
 import subprocess
 import time
 
-from kerbside_tempest_plugin.providers import base
+from kerbside_tempest_plugin.common import errors
+from kerbside_tempest_plugin.common import logtext
+from kerbside_tempest_plugin.common import waiting
 
 
 def _tool(*names):
@@ -22,8 +24,8 @@ def _tool(*names):
             os.path.exists('/usr/sbin/' + name) and '/usr/sbin/' + name)
         if path:
             return path
-    raise base.HarnessError('MariaDB tool not found: %s (install '
-                            'mariadb-server)' % ' or '.join(names))
+    raise errors.HarnessError('MariaDB tool not found: %s (install '
+                              'mariadb-server)' % ' or '.join(names))
 
 
 class PrivateMariaDB:
@@ -78,9 +80,9 @@ class PrivateMariaDB:
                  '--skip-test-db'] + self.TUNING,
                 stdout=log, stderr=subprocess.STDOUT, timeout=120)
         if proc.returncode != 0:
-            raise base.HarnessError(
+            raise errors.HarnessError(
                 'mariadb-install-db failed (exit %d); log tail:\n%s' % (
-                    proc.returncode, base.tail_file(self.install_log)))
+                    proc.returncode, logtext.tail_file(self.install_log)))
         self.timings['install_db'] = time.monotonic() - t
 
     def ping(self):
@@ -95,7 +97,7 @@ class PrivateMariaDB:
         if proc.returncode != 0:
             err = self.secrets.redactor.redact(
                 proc.stderr.decode(errors='replace'))
-            raise base.HarnessError('MariaDB SQL failed: %s' % err.strip())
+            raise errors.HarnessError('MariaDB SQL failed: %s' % err.strip())
 
     def start(self, timeout=60):
         self._install()
@@ -115,11 +117,11 @@ class PrivateMariaDB:
                 return 'mariadbd exited with %s' % self.proc.returncode
             return None
 
-        base.wait_until(
+        waiting.wait_until(
             self.ping, timeout, 'mariadbd on %s to answer ping' % self.socket,
             seen=lambda: 'mariadbd %s; error log tail:\n%s' % (
                 'running' if self.proc.poll() is None else 'exited',
-                base.tail_file(self.log_path)),
+                logtext.tail_file(self.log_path)),
             interval=0.1, abort=dead)
         self.timings['start_to_ping'] = time.monotonic() - t
         pw = self.password.replace("'", "''")

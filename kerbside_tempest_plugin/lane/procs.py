@@ -19,6 +19,8 @@ import signal
 import subprocess
 import time
 
+from kerbside_tempest_plugin.common import atomic
+
 LOG = logging.getLogger(__name__)
 
 # Teardown order of the lane: ryll, the Kerbside daemon and its proxy, the
@@ -137,10 +139,7 @@ class ProcessRegistry:
             return []
 
     def _save(self):
-        tmp = self.path + '.tmp'
-        with open(tmp, 'w') as f:
-            json.dump(self.records, f, indent=1)
-        os.replace(tmp, self.path)
+        atomic.write_json(self.path, self.records)
 
     def _redact(self, args):
         if self.redactor is None:

@@ -14,9 +14,9 @@ import logging
 import os
 import time
 
+from kerbside_tempest_plugin.common import errors
+from kerbside_tempest_plugin.common import secrets as common_secrets
 from kerbside_tempest_plugin.lane import console as lane_console
-from kerbside_tempest_plugin.lane import secrets as lane_secrets
-from kerbside_tempest_plugin.providers import base
 
 LOG = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ class ProviderLane:
         self.workdir = workdir
         self.route = route
         self.ryll_binary = ryll_binary
-        self.redactor = lane_secrets.Redactor()
+        self.redactor = common_secrets.Redactor()
         self.log_dir = None         # the cloud's logs are not ours to copy
         self.guest = None
         self.guests = []
@@ -66,7 +66,7 @@ class ProviderLane:
         """
         guest = guest or self.guest
         if guest is None:
-            raise base.HarnessError('no guest to connect ryll to')
+            raise errors.HarnessError('no guest to connect ryll to')
         route = route or self.route
         self.stop_ryll()
         ryll_dir = os.path.join(self.workdir, 'ryll', '%d-%s' % (

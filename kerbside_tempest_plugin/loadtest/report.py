@@ -12,10 +12,9 @@
 """
 
 import csv
-import json
 import math
-import os
 
+from kerbside_tempest_plugin.common import atomic
 from kerbside_tempest_plugin.loadtest import stats
 
 PING_NOTE = ('ryll latency events: the interval between two consecutive '
@@ -101,12 +100,8 @@ def build_summary(sessions, settings=None, floor=None, extra=None):
 
 
 def write_json(path, data):
-    tmp = path + '.tmp'
-    with open(tmp, 'w') as f:
-        json.dump(data, f, indent=2, sort_keys=True, default=str)
-        f.write('\n')
-    os.replace(tmp, path)
-    return path
+    return atomic.write_json(path, data, indent=2, sort_keys=True,
+                             default=str)
 
 
 def _fmt(v, unit=' ms'):

@@ -241,9 +241,9 @@ def _scrub(root, lane):
     if redactor is None or not os.path.isdir(root):
         return []
     try:
-        from kerbside_tempest_plugin.lane import secrets as lane_secrets
+        from kerbside_tempest_plugin.common import secrets as common_secrets
         return [os.path.relpath(p, root)
-                for p in lane_secrets.scrub_tree(root, redactor)]
+                for p in common_secrets.scrub_tree(root, redactor)]
     except Exception:
         LOG.exception('scrubbing %s failed', root)
         return []

@@ -13,96 +13,18 @@ things to a test:
   that never raises over an original failure and keeps the artifacts.
 - optionally `screendump(path)` (a hypervisor-side screenshot).
 
-Nothing in this module knows about qemu or ryll, and it imports only the
-standard library.
+Nothing in this module knows about qemu or ryll; it imports only the
+standard library and `common` (the errors, `wait_until`, the tails).
 """
 
 import abc
 import dataclasses
-import os
 import re
 import time
 
-ANSI_RE = re.compile(r'\x1b\[[0-9;=?]*[A-Za-z]')
-
-
-class HarnessError(Exception):
-    """Base class of every error the providers and the lane raise."""
-
-
-class HarnessTimeout(HarnessError):
-    """A wait ran out. The message says what was awaited and what was seen."""
-
-
-class GuestStopped(HarnessError):
-    """The guest stopped while something was still waited for."""
-
-
-class ProviderError(HarnessError):
-    """A provider could not do what was asked (boot, console, screendump)."""
-
-
-def tail_text(text, lines=15, limit=2000):
-    """The last lines of `text`, ANSI escapes removed, for error messages."""
-    text = ANSI_RE.sub('', text or '')
-    out = '\n'.join(text.splitlines()[-lines:])
-    return out[-limit:]
-
-
-def tail_file(path, lines=15, limit=2000):
-    """The tail of a file for an error message; never raises."""
-    try:
-        with open(path, 'rb') as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(max(0, size - 64 * 1024))
-            data = f.read().decode('utf-8', 'replace')
-    except OSError as e:
-        return '<cannot read %s: %s>' % (path, e)
-    return tail_text(data, lines, limit) or '<empty>'
-
-
-def wait_until(predicate, timeout, what, seen=None, interval=0.1,
-               abort=None):
-    """Poll `predicate()` until it returns something truthy, and return it.
-
-    `what` names what is awaited; `seen()` returns a description of the
-    current state for the timeout message (tail of a log, process alive?).
-    `abort()` may return a reason string to give up early (for example a
-    process that died); it raises HarnessError with the same detail.
-    """
-    deadline = time.monotonic() + timeout
-    start = time.monotonic()
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if abort is not None:
-            reason = abort()
-            if reason:
-                # One last look: the thing may have happened just before.
-                value = predicate()
-                if value:
-                    return value
-                raise HarnessError(
-                    'gave up waiting for %s after %.1f s: %s%s' % (
-                        what, time.monotonic() - start, reason,
-                        _describe(seen)))
-        if time.monotonic() >= deadline:
-            raise HarnessTimeout(
-                'timed out after %.1f s waiting for %s%s' % (
-                    timeout, what, _describe(seen)))
-        time.sleep(interval)
-
-
-def _describe(seen):
-    if seen is None:
-        return ''
-    try:
-        detail = seen()
-    except Exception as e:  # the description must never hide the timeout
-        detail = '<could not describe state: %r>' % e
-    return '; seen: %s' % detail if detail else ''
+from kerbside_tempest_plugin.common import errors
+from kerbside_tempest_plugin.common import logtext
+from kerbside_tempest_plugin.common import waiting
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,7 +75,7 @@ class SerialSource(abc.ABC):
         def probe():
             text = self.read()[start:]
             if strip_ansi:
-                text = ANSI_RE.sub('', text)
+                text = logtext.strip_ansi(text)
             state['text'] = text
             return regex.search(text)
 
@@ -166,16 +88,17 @@ class SerialSource(abc.ABC):
             return '%s (%d chars; guest %s), tail:\n%s' % (
                 self.describe(), len(state.get('text', '')),
                 'running' if self.guest_running() else 'stopped',
-                tail_text(state.get('text', '')))
+                logtext.tail_text(state.get('text', '')))
 
         try:
-            return wait_until(probe, timeout,
-                              '%r in %s' % (regex.pattern, self.describe()),
-                              seen=seen, interval=0.1, abort=stopped)
-        except HarnessTimeout:
+            return waiting.wait_until(probe, timeout,
+                                      '%r in %s' % (
+                                          regex.pattern, self.describe()),
+                                      seen=seen, interval=0.1, abort=stopped)
+        except errors.HarnessTimeout:
             raise
-        except HarnessError as e:
-            raise GuestStopped(str(e)) from None
+        except errors.HarnessError as e:
+            raise errors.GuestStopped(str(e)) from None
 
     def follow(self, timeout=None, interval=0.2, start=0):
         """Yield new output chunks as they arrive.
@@ -246,9 +169,9 @@ class Guest(abc.ABC):
 
     def wait_stopped(self, timeout):
         """Wait until the guest has stopped; raise HarnessTimeout if not."""
-        wait_until(lambda: not self.is_running(), timeout,
-                   'guest %s to stop' % self.name,
-                   seen=lambda: 'still running')
+        waiting.wait_until(lambda: not self.is_running(), timeout,
+                           'guest %s to stop' % self.name,
+                           seen=lambda: 'still running')
 
     @abc.abstractmethod
     def teardown(self):

@@ -13,7 +13,7 @@
   (`?token=`) and in Nova's `os-console-auth-tokens/<token>` path, and the
   client libraries log response bodies at DEBUG. Neither may reach a log.
 
-Imports only the standard library and the project's lane.vv helpers.
+Imports only the standard library, common and providers.base.
 """
 
 import json
@@ -26,8 +26,11 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
-from kerbside_tempest_plugin.lane import secrets as lane_secrets
-from kerbside_tempest_plugin.lane import vv as lane_vv
+from kerbside_tempest_plugin.common import atomic
+from kerbside_tempest_plugin.common import errors
+from kerbside_tempest_plugin.common import secrets as common_secrets
+from kerbside_tempest_plugin.common import vv as common_vv
+from kerbside_tempest_plugin.common import waiting
 from kerbside_tempest_plugin.providers import base
 
 LOG = logging.getLogger(__name__)
@@ -35,7 +38,7 @@ LOG = logging.getLogger(__name__)
 RETRYABLE_STATUSES = (404, 500, 502, 503, 504)
 
 
-class ConsoleTokenRejected(base.ProviderError):
+class ConsoleTokenRejected(errors.ProviderError):
     """Kerbside refused a console token (used, expired, foreign, bad)."""
 
     def __init__(self, message, status=None):
@@ -45,7 +48,7 @@ class ConsoleTokenRejected(base.ProviderError):
 
 def redact(text):
     """`text` with console tokens, JWTs, keys and passwords masked."""
-    return lane_secrets.redact_patterns('%s' % (text,))
+    return common_secrets.redact_patterns('%s' % (text,))
 
 
 def redact_url(url):
@@ -124,14 +127,14 @@ def http_get(url, timeout=30, context=None):
 def check_vv(text, what):
     """Raise ProviderError unless `text` is a SPICE .vv with a password."""
     try:
-        fields = lane_vv.parse_vv(text)
-    except lane_vv.VVError as e:
-        raise base.ProviderError('%s is not a .vv file (%s); first line: %r'
-                                 % (what, e, redact(
+        fields = common_vv.parse_vv(text)
+    except common_vv.VVError as e:
+        raise errors.ProviderError('%s is not a .vv file (%s); first line: %r'
+                                   % (what, e, redact(
                                      (text or '').strip()[:80]))) from None
     if not fields.get('password'):
-        raise base.ProviderError('%s has no password (%s)' % (
-            what, lane_vv.summary(text)))
+        raise errors.ProviderError('%s has no password (%s)' % (
+            what, common_vv.summary(text)))
     return fields
 
 
@@ -174,7 +177,7 @@ def fetch_console_vv(mint, what, timeout, interval=5.0, context=None,
                     what, last), status=status)
         elapsed = clock() - start
         if elapsed + interval > timeout:
-            raise base.HarnessTimeout(
+            raise errors.HarnessTimeout(
                 'timed out after %.1f s waiting for Kerbside to serve the '
                 'console .vv for %s; seen: %d attempt(s), last %s '
                 '(404 means Kerbside does not know the console yet: it '
@@ -275,10 +278,7 @@ class PolledSerialSource(base.SerialSource):
         if not self.log_path:
             return
         try:
-            tmp = self.log_path + '.tmp'
-            with open(tmp, 'w', encoding='utf-8') as f:
-                f.write(self._text)
-            os.replace(tmp, self.log_path)
+            atomic.write_text(self.log_path, self._text)
         except OSError as e:
             LOG.debug('cannot mirror %s to %s: %s', self.what,
                       self.log_path, e)
@@ -322,7 +322,7 @@ class PolledSerialSource(base.SerialSource):
 
 def route_from_vv(text, kind, source, uuid):
     """The ConsoleRoute a .vv sends a client to (no secret in it)."""
-    fields = lane_vv.parse_vv(text)
+    fields = common_vv.parse_vv(text)
     return base.ConsoleRoute(
         kind=kind, host=fields.get('host'),
         port=int(fields['port']) if fields.get('port') else None,
@@ -398,25 +398,24 @@ class CloudGuest(base.Guest):
                           e)
                 return None
             if view is None:
-                raise base.ProviderError('%s vanished while waiting to %s; '
-                                         'last seen: %s' % (
-                                             self.title, what, self._seen()))
+                raise errors.ProviderError(
+                    '%s vanished while waiting to %s; last seen: %s' % (
+                        self.title, what, self._seen()))
             state = failed(view)
             if state:
-                raise base.ProviderError('%s went to %s while waiting to '
-                                         '%s: %s' % (
-                                             self.title, state, what,
-                                             self.describe_state(view)))
+                raise errors.ProviderError(
+                    '%s went to %s while waiting to %s: %s' % (
+                        self.title, state, what, self.describe_state(view)))
             return view if ready(view) else None
 
-        return base.wait_until(check, timeout, '%s to %s' % (
+        return waiting.wait_until(check, timeout, '%s to %s' % (
             self.title, what), seen=self._seen,
             interval=self.provider.poll_interval)
 
     def wait_stopped(self, timeout):
-        base.wait_until(lambda: not self.is_running(), timeout,
-                        '%s to stop' % self.title, seen=self._seen,
-                        interval=self.provider.poll_interval)
+        waiting.wait_until(lambda: not self.is_running(), timeout,
+                           '%s to stop' % self.title, seen=self._seen,
+                           interval=self.provider.poll_interval)
 
     # -- console -----------------------------------------------------------
     def kerbside_vv(self, mint):
@@ -431,7 +430,7 @@ class CloudGuest(base.Guest):
 
     def kerbside_route(self):
         if self._route is None:
-            raise base.ProviderError(
+            raise errors.ProviderError(
                 'the Kerbside route of %s is known only after console_vv() '
                 '(the cloud names the proxy only in the .vv)' % self.title)
         return self._route
@@ -468,9 +467,9 @@ class CloudGuest(base.Guest):
             def gone():
                 return self._gone(self.show())
 
-            base.wait_until(gone, self.provider.delete_timeout,
-                            '%s to be deleted' % self.title,
-                            seen=self._seen,
-                            interval=self.provider.poll_interval)
+            waiting.wait_until(gone, self.provider.delete_timeout,
+                               '%s to be deleted' % self.title,
+                               seen=self._seen,
+                               interval=self.provider.poll_interval)
         except Exception:
             LOG.exception('teardown of %s failed', self.title)

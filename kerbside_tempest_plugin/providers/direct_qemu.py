@@ -25,9 +25,12 @@ import tempfile
 import threading
 import time
 
-from kerbside_tempest_plugin.lane import ports as lane_ports
-from kerbside_tempest_plugin.lane import secrets as lane_secrets
-from kerbside_tempest_plugin.lane import vv as lane_vv
+from kerbside_tempest_plugin.common import errors
+from kerbside_tempest_plugin.common import logtext
+from kerbside_tempest_plugin.common import ports as common_ports
+from kerbside_tempest_plugin.common import secrets as common_secrets
+from kerbside_tempest_plugin.common import vv as common_vv
+from kerbside_tempest_plugin.common import waiting
 from kerbside_tempest_plugin.providers import base
 
 LOG = logging.getLogger(__name__)
@@ -56,14 +59,14 @@ def find_ovmf(code=None, vars_template=None):
         missing = [p for p in (code, vars_template)
                    if not p or not os.path.exists(p)]
         if missing:
-            raise base.ProviderError(
+            raise errors.ProviderError(
                 'OVMF files not found: %s (set [direct_qemu] ovmf_code and '
                 'ovmf_vars)' % ', '.join(str(p) for p in missing))
         return code, vars_template
     for c, v in OVMF_CANDIDATES:
         if os.path.exists(c) and os.path.exists(v):
             return c, v
-    raise base.ProviderError(
+    raise errors.ProviderError(
         'no OVMF firmware found (looked for %s); install the ovmf package '
         'or set [direct_qemu] ovmf_code/ovmf_vars' % ', '.join(
             c for c, _ in OVMF_CANDIDATES))
@@ -104,7 +107,7 @@ def probe_kvm(qemu_binary, ovmf_code, ovmf_vars, timeout=10.0):
                     elapsed, '; '.join(line[:2]).strip()))
             if proc.poll() is not None:
                 return False, 'qemu -accel kvm exited %s: %s' % (
-                    proc.returncode, base.tail_text(errtext, 3))
+                    proc.returncode, logtext.tail_text(errtext, 3))
             if os.path.exists(serial) and os.path.getsize(serial) > 0:
                 return True, ('OVMF reached firmware output under KVM in '
                               '%.1f s' % elapsed)
@@ -143,7 +146,7 @@ def image_format(path):
     proc = subprocess.run(['qemu-img', 'info', '--output=json', path],
                           capture_output=True, text=True, timeout=60)
     if proc.returncode != 0:
-        raise base.ProviderError('qemu-img info %s failed: %s' % (
+        raise errors.ProviderError('qemu-img info %s failed: %s' % (
             path, proc.stderr.strip()[-500:]))
     return json.loads(proc.stdout)['format']
 
@@ -252,13 +255,13 @@ class DirectQemuGuest(base.Guest):
         return 'qemu %s (pid %s) %s; qemu log tail:\n%s' % (
             self.name, self.pid,
             'running' if rc is None else 'exited with %s' % rc,
-            base.tail_file(self.log_path, 8))
+            logtext.tail_file(self.log_path, 8))
 
     # -- console -----------------------------------------------------------
     def _factory(self, route):
         factory = self.provider.route_factory
         if factory is None:
-            raise base.ProviderError(
+            raise errors.ProviderError(
                 'route %r needs a lane (Kerbside); a bare direct-qemu '
                 'provider only offers the direct route' % route)
         return factory
@@ -279,10 +282,10 @@ class DirectQemuGuest(base.Guest):
                 with open(os.path.join(self.x509_dir, 'ca-cert.pem')) as f:
                     ca = f.read()
                 host_subject = QEMU_HOST_SUBJECT
-            return lane_vv.direct_vv(SPICE_HOST, self.spice_port,
-                                     self._ticket, tls_port=self.tls_port,
-                                     ca=ca, host_subject=host_subject,
-                                     title='%s (direct)' % self.name)
+            return common_vv.direct_vv(SPICE_HOST, self.spice_port,
+                                       self._ticket, tls_port=self.tls_port,
+                                       ca=ca, host_subject=host_subject,
+                                       title='%s (direct)' % self.name)
         return self._factory(route).console_vv(self, route)
 
     # -- QMP helpers -------------------------------------------------------
@@ -293,7 +296,7 @@ class DirectQemuGuest(base.Guest):
             self.qmp.cmd('screendump', filename=path, format='png')
         except Exception as e:
             if 'format' not in str(e) and 'png' not in str(e).lower():
-                raise base.ProviderError('screendump failed: %s' % e) from e
+                raise errors.ProviderError('screendump failed: %s' % e) from e
             # qemu without PNG support: take PPM and convert.
             ppm = path + '.ppm'
             self.qmp.cmd('screendump', filename=ppm)
@@ -318,8 +321,8 @@ class DirectQemuGuest(base.Guest):
 
     # -- lifecycle ---------------------------------------------------------
     def wait_stopped(self, timeout):
-        base.wait_until(lambda: not self.is_running(), timeout,
-                        'qemu %s to exit' % self.name, seen=self.describe)
+        waiting.wait_until(lambda: not self.is_running(), timeout,
+                           'qemu %s to exit' % self.name, seen=self.describe)
         return self.returncode
 
     def teardown(self):
@@ -402,7 +405,7 @@ class DirectQemuProvider(base.GuestProvider):
 
     def _secret_store(self):
         if self.secrets is None:
-            self.secrets = lane_secrets.SecretStore(
+            self.secrets = common_secrets.SecretStore(
                 tempfile.mkdtemp(prefix='ktp-qemu-secrets-'))
             self._own_secrets = True
         return self.secrets
@@ -421,8 +424,8 @@ class DirectQemuProvider(base.GuestProvider):
 
     def _x509(self):
         if self._x509_dir is None:
-            from kerbside_tempest_plugin.lane import tls as lane_tls
-            self._x509_dir = lane_tls.make_self_contained_x509(
+            from kerbside_tempest_plugin.common import tls as common_tls
+            self._x509_dir = common_tls.make_self_contained_x509(
                 os.path.join(self._secret_store().path, 'qemu-x509'))
         return self._x509_dir
 
@@ -436,15 +439,15 @@ class DirectQemuProvider(base.GuestProvider):
 
         spice_port = self.spice_port
         if spice_port is None:
-            spice_port = lane_ports.free_port()
+            spice_port = common_ports.free_port()
         tls_port = None
         x509_dir = None
         if self.tls:
             if self.tls_port is None:
-                self.tls_port = lane_ports.free_port()
+                self.tls_port = common_ports.free_port()
             tls_port = self.tls_port
             x509_dir = self._x509()
-        ticket = self.ticket or lane_secrets.random_token(12)
+        ticket = self.ticket or common_secrets.random_token(12)
         ticket_file = store.put('spice-ticket-%s' % name, ticket)
 
         guest = DirectQemuGuest(self, name, artifact_dir, spice_port, ticket,
@@ -461,11 +464,10 @@ class DirectQemuProvider(base.GuestProvider):
     def _start(self, guest, image):
         # A previous guest on the same (lane) port must be gone.
         wanted = [p for p in (guest.spice_port, guest.tls_port) if p]
-        base.wait_until(lambda: not lane_ports.busy_ports(wanted), 15,
-                        'SPICE port(s) %s to be free for %s' % (
-                            wanted, guest.name),
-                        seen=lambda: 'busy: %s' % lane_ports.busy_ports(
-                            wanted))
+        waiting.wait_until(
+            lambda: not common_ports.busy_ports(wanted), 15,
+            'SPICE port(s) %s to be free for %s' % (wanted, guest.name),
+            seen=lambda: 'busy: %s' % common_ports.busy_ports(wanted))
         guest.accel, guest.accel_reason = choose_accel(
             self.accel_setting, self.qemu_binary, self.ovmf_code,
             self.ovmf_vars)
@@ -476,8 +478,8 @@ class DirectQemuProvider(base.GuestProvider):
         guest.run_dir = run_dir
         guest.qmp_path = os.path.join(run_dir, 'qmp-%s.sock' % guest.name)
         if len(guest.qmp_path) > 100:
-            raise base.ProviderError('QMP socket path too long (>100 bytes):'
-                                     ' %s' % guest.qmp_path)
+            raise errors.ProviderError('QMP socket path too long (>100 bytes):'
+                                       ' %s' % guest.qmp_path)
         if os.path.exists(guest.qmp_path):
             os.unlink(guest.qmp_path)
         guest.qmp = QMP(guest.qmp_path)
@@ -490,8 +492,8 @@ class DirectQemuProvider(base.GuestProvider):
         if image:
             image = os.path.abspath(image)
             if not os.path.exists(image):
-                raise base.ProviderError('guest image %s does not exist'
-                                         % image)
+                raise errors.ProviderError('guest image %s does not exist'
+                                           % image)
             fmt = image_format(image)
             overlay = os.path.join(guest.artifact_dir, 'overlay.qcow2')
             if os.path.exists(overlay):
@@ -501,8 +503,8 @@ class DirectQemuProvider(base.GuestProvider):
                  image, overlay], capture_output=True, text=True,
                 timeout=60)
             if proc.returncode != 0:
-                raise base.ProviderError('qemu-img create overlay failed: %s'
-                                         % proc.stderr.strip()[-500:])
+                raise errors.ProviderError('qemu-img create overlay failed: %s'
+                                           % proc.stderr.strip()[-500:])
             guest._scratch.append(overlay)
         argv = build_argv(
             self.qemu_binary, guest.name, guest.accel, self.memory_mb,
@@ -542,9 +544,9 @@ class DirectQemuProvider(base.GuestProvider):
                 return 'qemu exited with %s' % guest.returncode
             return None
 
-        base.wait_until(running, 30, 'qemu %s to run (QMP query-status)'
-                        % guest.name, seen=guest.describe, abort=dead)
-        base.wait_until(
-            lambda: lane_ports.is_listening(guest.spice_port), 10,
+        waiting.wait_until(running, 30, 'qemu %s to run (QMP query-status)'
+                           % guest.name, seen=guest.describe, abort=dead)
+        waiting.wait_until(
+            lambda: common_ports.is_listening(guest.spice_port), 10,
             'qemu SPICE port %d to listen' % guest.spice_port,
             seen=guest.describe, abort=dead)

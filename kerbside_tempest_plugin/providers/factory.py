@@ -12,7 +12,7 @@ missing optional dependency never breaks the others (or tempest
 discovery).
 """
 
-from kerbside_tempest_plugin.providers import base
+from kerbside_tempest_plugin.common import errors
 
 PROVIDERS = ('direct_qemu', 'nova', 'shakenfist')
 
@@ -25,7 +25,7 @@ def provider_from_config(conf, **kw):
         return direct_qemu.DirectQemuProvider.from_config(conf, **kw)
     if name == 'nova':
         if kw.get('servers_client') is None:
-            raise base.ProviderError(
+            raise errors.ProviderError(
                 'the nova provider needs the test\'s tempest ServersClient: '
                 'provider_from_config(CONF, servers_client=..., '
                 'admin_servers_client=...)')
@@ -34,5 +34,5 @@ def provider_from_config(conf, **kw):
     if name == 'shakenfist':
         from kerbside_tempest_plugin.providers import shakenfist
         return shakenfist.ShakenFistProvider.from_config(conf, **kw)
-    raise base.ProviderError('unknown provider %r (known: %s)' % (
+    raise errors.ProviderError('unknown provider %r (known: %s)' % (
         name, ', '.join(PROVIDERS)))

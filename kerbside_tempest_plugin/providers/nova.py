@@ -30,6 +30,8 @@ import os
 import threading
 import urllib.parse
 
+from kerbside_tempest_plugin.common import errors
+from kerbside_tempest_plugin.common import waiting
 from kerbside_tempest_plugin.providers import base
 from kerbside_tempest_plugin.providers import cloud
 
@@ -175,9 +177,9 @@ class NovaGuest(cloud.CloudGuest):
     def _check_route(self, route):
         route = route or self.provider.route
         if route == 'direct':
-            raise base.ProviderError(NO_DIRECT_ROUTE)
+            raise errors.ProviderError(NO_DIRECT_ROUTE)
         if route != 'kerbside':
-            raise base.ProviderError('unknown route %r' % route)
+            raise errors.ProviderError('unknown route %r' % route)
 
     def _mint(self):
         """A new spice-direct console URL (a fresh Nova console token)."""
@@ -188,17 +190,17 @@ class NovaGuest(cloud.CloudGuest):
                 body = self.provider.servers_client.get_remote_console(
                     self.server_id, 'spice-direct', 'spice')
         except lib_exc.BadRequest as e:
-            raise base.ProviderError(
+            raise errors.ProviderError(
                 'Nova refused a spice-direct console for %s at microversion '
                 '%s: %s. spice-direct needs Nova 2025.1 (Epoxy) or later '
                 '(microversion 2.99) with [spice] enabled' % (
                     self.server_id, mv, _error_text(e))) from None
         except lib_exc.NotAcceptable as e:
-            raise base.ProviderError(
+            raise errors.ProviderError(
                 'Nova does not support microversion %s (needed for '
                 'spice-direct): %s' % (mv, _error_text(e))) from None
         except lib_exc.RestClientException as e:
-            raise base.ProviderError(
+            raise errors.ProviderError(
                 'creating a spice-direct console for %s failed: %s: %s' % (
                     self.server_id, type(e).__name__,
                     _error_text(e))) from None
@@ -225,20 +227,20 @@ class NovaGuest(cloud.CloudGuest):
         """
         admin = self.provider.admin_servers_client
         if admin is None:
-            raise base.ProviderError(
+            raise errors.ProviderError(
                 'console_details needs an admin servers client '
                 '(os-console-auth-tokens is admin-only)')
         url = self._mint()
         token = urllib.parse.parse_qs(
             urllib.parse.urlparse(url).query).get('token', [None])[0]
         if not token:
-            raise base.ProviderError('the spice-direct URL %s has no token'
-                                     % cloud.redact_url(url))
+            raise errors.ProviderError('the spice-direct URL %s has no token'
+                                       % cloud.redact_url(url))
         try:
             with compute_microversion(self.provider.microversion):
                 body = admin.get_console_auth_token_details(token)
         except _exc().RestClientException as e:
-            raise base.ProviderError(
+            raise errors.ProviderError(
                 'looking up the console token of %s failed: %s: %s' % (
                     self.server_id, type(e).__name__,
                     _error_text(e))) from None
@@ -276,7 +278,7 @@ class NovaProvider(base.GuestProvider):
                  serial_interval=2.0, create_kwargs=None, images_client=None,
                  check_image=True, image_upload_timeout=600):
         if route == 'direct':
-            raise base.ProviderError(NO_DIRECT_ROUTE)
+            raise errors.ProviderError(NO_DIRECT_ROUTE)
         self.servers_client = servers_client
         self.admin_servers_client = admin_servers_client
         self.image_ref = image_ref
@@ -328,11 +330,11 @@ class NovaProvider(base.GuestProvider):
         """
         image = image or self.image_ref
         if not image:
-            raise base.ProviderError(
+            raise errors.ProviderError(
                 'no Nova image: pass one or set [nova_provider] image_ref')
         if not self.flavor_ref:
-            raise base.ProviderError('no Nova flavor: set [nova_provider] '
-                                     'flavor_ref')
+            raise errors.ProviderError('no Nova flavor: set [nova_provider] '
+                                       'flavor_ref')
         image_ref = self.ensure_image(image)
         artifact_dir = os.path.abspath(artifact_dir)
         os.makedirs(artifact_dir, exist_ok=True)
@@ -345,7 +347,7 @@ class NovaProvider(base.GuestProvider):
         try:
             body = self.servers_client.create_server(**kwargs)
         except _exc().RestClientException as e:
-            raise base.ProviderError(
+            raise errors.ProviderError(
                 'Nova refused to create server %s (image %s, flavor %s): '
                 '%s: %s' % (name, image_ref, self.flavor_ref,
                             type(e).__name__, _error_text(e))) from None
@@ -365,7 +367,7 @@ class NovaProvider(base.GuestProvider):
         """The Glance ref to boot for `image` (a ref or a local file)."""
         if os.path.exists(str(image)) and os.path.isfile(str(image)):
             if self.images_client is None:
-                raise base.ProviderError(
+                raise errors.ProviderError(
                     '%s is a local file; pass images_client to upload it, or '
                     'upload it to Glance yourself (with hw_video_model=qxl, '
                     'hw_firmware_type=uefi, hw_machine_type=q35) and set '
@@ -384,13 +386,14 @@ class NovaProvider(base.GuestProvider):
         try:
             props = self.images_client.show_image(image_ref)
         except _exc().RestClientException as e:
-            raise base.ProviderError('cannot show Glance image %s: %s: %s' % (
-                image_ref, type(e).__name__, _error_text(e))) from None
+            raise errors.ProviderError(
+                'cannot show Glance image %s: %s: %s' % (
+                    image_ref, type(e).__name__, _error_text(e))) from None
         wrong = ['%s=%s (has %r)' % (k, v, props.get(k))
                  for k, v in REQUIRED_IMAGE_PROPERTIES.items()
                  if props.get(k) != v]
         if wrong:
-            raise base.ProviderError(
+            raise errors.ProviderError(
                 'Glance image %s is not set up for the Sextant guest: needs '
                 '%s. Without hw_video_model=qxl there is no SPICE display '
                 'surface; the guest is a UEFI application' % (
@@ -416,25 +419,25 @@ class NovaProvider(base.GuestProvider):
             with open(path, 'rb') as f:
                 self.images_client.store_image_file(image_id, f)
         except lib_exc.RestClientException as e:
-            raise base.ProviderError('uploading %s to Glance failed: %s: %s'
-                                     % (path, type(e).__name__,
-                                        _error_text(e))) from None
+            raise errors.ProviderError('uploading %s to Glance failed: %s: %s'
+                                       % (path, type(e).__name__,
+                                          _error_text(e))) from None
         state = {}
 
         def active():
             state['image'] = self.images_client.show_image(image_id)
             status = state['image'].get('status')
             if status in ('killed', 'deleted', 'deactivated'):
-                raise base.ProviderError('Glance image %s from %s went %s' % (
-                    image_id, path, status))
+                raise errors.ProviderError(
+                    'Glance image %s from %s went %s' % (
+                        image_id, path, status))
             return status == 'active'
 
-        base.wait_until(active, self.image_upload_timeout,
-                        'Glance image %s (from %s) to become active' % (
-                            image_id, path),
-                        seen=lambda: 'status %s' % state.get(
-                            'image', {}).get('status'),
-                        interval=self.poll_interval)
+        waiting.wait_until(
+            active, self.image_upload_timeout,
+            'Glance image %s (from %s) to become active' % (image_id, path),
+            seen=lambda: 'status %s' % state.get('image', {}).get('status'),
+            interval=self.poll_interval)
         LOG.info('uploaded %s to Glance as %s (%s)', path, image_id,
                  disk_format)
         return image_id

@@ -26,7 +26,8 @@ import json
 import logging
 import os
 
-from kerbside_tempest_plugin.lane import vv as lane_vv
+from kerbside_tempest_plugin.common import errors
+from kerbside_tempest_plugin.common import vv as common_vv
 from kerbside_tempest_plugin.providers import base
 from kerbside_tempest_plugin.providers import cloud
 
@@ -39,7 +40,7 @@ def _sf():
     try:
         from shakenfist_client import apiclient
     except ImportError as e:
-        raise base.ProviderError(
+        raise errors.ProviderError(
             'the shakenfist provider needs shakenfist-client (pip install '
             'shakenfist-client): %s' % e) from None
     return apiclient
@@ -58,7 +59,7 @@ def make_client(api_url, namespace, key, timeout=60):
             suppress_configuration_lookup=True, sync_request_timeout=timeout,
             async_strategy=apiclient.ASYNC_CONTINUE)
     except Exception as e:
-        raise base.ProviderError(
+        raise errors.ProviderError(
             'cannot reach the Shaken Fist API at %s: %s: %s' % (
                 api_url, type(e).__name__, cloud.redact(e))) from None
 
@@ -161,16 +162,16 @@ class ShakenFistGuest(cloud.CloudGuest):
                 result = self.provider.client.get_vdi_console_proxy(
                     self.uuid)
         except apiclient.ResourceStateConflictException as e:
-            raise base.ProviderError(
+            raise errors.ProviderError(
                 'Shaken Fist has no SPICE console proxy for %s (not a SPICE '
                 'instance?): %s' % (self.uuid, _error_text(e))) from None
         except apiclient.ResourceNotFoundException as e:
-            raise base.ProviderError(
+            raise errors.ProviderError(
                 'Shaken Fist refused vdiconsoleproxy for %s (no KERBSIDE_URL '
                 'configured, or the instance is gone): %s' % (
                     self.uuid, _error_text(e))) from None
         except apiclient.APIException as e:
-            raise base.ProviderError(
+            raise errors.ProviderError(
                 'Shaken Fist vdiconsoleproxy for %s failed: %s' % (
                     self.uuid, _error_text(e))) from None
         self.console_fetches += 1
@@ -182,10 +183,10 @@ class ShakenFistGuest(cloud.CloudGuest):
         if route == 'direct':
             return self._helper_vv()
         if route != 'kerbside':
-            raise base.ProviderError('unknown route %r' % route)
+            raise errors.ProviderError('unknown route %r' % route)
         text = self.kerbside_vv(self._mint)
         if '/sf-console.vv?token=' in text:
-            raise base.ProviderError(
+            raise errors.ProviderError(
                 'the .vv for %s still points at the token exchange URL '
                 '(Kerbside returned the URL, not a console)' % self.uuid)
         return text
@@ -195,15 +196,15 @@ class ShakenFistGuest(cloud.CloudGuest):
         try:
             text = self.provider.client.get_vdi_console_helper(self.uuid)
         except apiclient.APIException as e:
-            raise base.ProviderError(
+            raise errors.ProviderError(
                 'Shaken Fist vdiconsolehelper for %s failed: %s' % (
                     self.uuid, _error_text(e))) from None
         try:
-            lane_vv.parse_vv(text)
-        except lane_vv.VVError as e:
-            raise base.ProviderError('Shaken Fist vdiconsolehelper for %s '
-                                     'did not return a .vv: %s' % (
-                                         self.uuid, e)) from None
+            common_vv.parse_vv(text)
+        except common_vv.VVError as e:
+            raise errors.ProviderError(
+                'Shaken Fist vdiconsolehelper for %s did not return a .vv: '
+                '%s' % (self.uuid, e)) from None
         return text
 
     def console_route(self, route=None):
@@ -276,7 +277,7 @@ class ShakenFistProvider(base.GuestProvider):
         sp = conf.shakenfist_provider
         if client is None:
             if not sp.api_url:
-                raise base.ProviderError(
+                raise errors.ProviderError(
                     'set [shakenfist_provider] api_url (and namespace, key)')
             client = make_client(sp.api_url, sp.namespace, sp.key)
         kwargs.setdefault('route', conf.kerbside.route)
@@ -309,7 +310,7 @@ class ShakenFistProvider(base.GuestProvider):
         apiclient = _sf()
         image = image or self.image
         if not image:
-            raise base.ProviderError(
+            raise errors.ProviderError(
                 'no Shaken Fist image: pass one or set [shakenfist_provider] '
                 'image')
         artifact_dir = os.path.abspath(artifact_dir)
@@ -322,7 +323,7 @@ class ShakenFistProvider(base.GuestProvider):
                     None, namespace=self.namespace, video=video, uefi=True,
                     secure_boot=False)
         except apiclient.APIException as e:
-            raise base.ProviderError(
+            raise errors.ProviderError(
                 'Shaken Fist refused to create instance %s (image %s): %s'
                 % (name, image, _error_text(e))) from None
         guest = ShakenFistGuest(self, name, artifact_dir, inst['uuid'])

@@ -21,6 +21,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from kerbside_tempest_plugin.common import errors
+
 LOG = logging.getLogger(__name__)
 
 PROTOCOL_VERSION = '1.5'
@@ -38,7 +40,7 @@ _EXCERPT = 200
 # ---------------------------------------------------------------- errors
 
 
-class RyllError(Exception):
+class RyllError(errors.HarnessError):
     """Base class for everything this module raises."""
 
 
@@ -62,7 +64,7 @@ class RyllBusy(RyllRpcError):
     """ryll refused the connection: another client holds the socket."""
 
 
-class RyllTimeout(RyllError):
+class RyllTimeout(RyllError, errors.HarnessTimeout):
     """A wait ran past its deadline; the message says what was seen."""
 
     def __init__(self, message, waited_for=None, elapsed=None, seen=None):

@@ -15,7 +15,6 @@ Standard library only. Facts relied on (../shared/spec/ryll-control-socket.md
 
 import logging
 import os
-import re
 import shutil
 import signal
 import stat
@@ -24,13 +23,13 @@ import sys
 import tempfile
 import time
 
+from kerbside_tempest_plugin.common import logtext
 from kerbside_tempest_plugin.ryll import client as ryll_client
 
 LOG = logging.getLogger(__name__)
 
 # sun_path is 108 bytes on Linux including the NUL; stay well under.
 MAX_SOCKET_PATH = 100
-_ANSI = re.compile(r'\x1b\[[0-9;]*[A-Za-z]')
 
 
 # What ryll 0.3.0 logs (INFO, stdout) once its inputs channel is linked.
@@ -62,19 +61,6 @@ def find_ryll(binary='ryll'):
             'no %r next to %s or on PATH; install ryll==0.3.0 or pass the '
             'path of a local build' % (binary, sys.executable))
     return found
-
-
-def _tail(path, lines=20, max_bytes=16384):
-    try:
-        with open(path, 'rb') as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(max(0, size - max_bytes))
-            data = f.read().decode('utf-8', 'replace')
-    except OSError as e:
-        return '<cannot read %s: %s>' % (path, e)
-    text = _ANSI.sub('', data)
-    return '\n'.join(text.splitlines()[-lines:])
 
 
 class RyllProcess:
@@ -201,9 +187,12 @@ class RyllProcess:
         return '%s pid %d %s' % (self.name, self.pid, how)
 
     def log_tail(self, lines=20):
+        def tail(path):
+            return logtext.tail_file(path, lines, limit=None,
+                                     max_bytes=16384, empty='')
         return ('--- %s (last %d lines) ---\n%s\n--- %s ---\n%s' % (
-            self.stdout_path, lines, _tail(self.stdout_path, lines),
-            self.stderr_path, _tail(self.stderr_path, lines)))
+            self.stdout_path, lines, tail(self.stdout_path),
+            self.stderr_path, tail(self.stderr_path)))
 
     # -- waiting
 

@@ -17,7 +17,7 @@ import shutil
 import threading
 import time
 
-from kerbside_tempest_plugin.lane import secrets as lane_secrets
+from kerbside_tempest_plugin.common import secrets as common_secrets
 
 
 def _safe(name):
@@ -42,7 +42,7 @@ class ArtifactDir:
                 path = '%s-%d' % (base, n)
         self.path = path
         self.name = name
-        self.redactor = redactor or lane_secrets.Redactor()
+        self.redactor = redactor or common_secrets.Redactor()
         self._lock = threading.Lock()
         self.files = []
 
@@ -55,12 +55,12 @@ class ArtifactDir:
         self.redactor.add(value)
 
     def redact(self, text):
-        return lane_secrets.redact_patterns(self.redactor.redact(text))
+        return common_secrets.redact_patterns(self.redactor.redact(text))
 
     def redact_bytes(self, data):
         data = self.redactor.redact_bytes(data)
         text = data.decode('latin-1')
-        clean = lane_secrets.redact_patterns(text)
+        clean = common_secrets.redact_patterns(text)
         return data if clean == text else clean.encode('latin-1')
 
     # -- writing
@@ -136,7 +136,7 @@ class ArtifactDir:
     def finish(self):
         """A last redaction pass over everything here; never raises."""
         try:
-            return lane_secrets.scrub_tree(self.path, self.redactor)
+            return common_secrets.scrub_tree(self.path, self.redactor)
         except Exception:
             return []
 

@@ -27,12 +27,15 @@ import threading
 import time
 import typing
 
+from kerbside_tempest_plugin.common import errors
+
 LOG = logging.getLogger(__name__)
 
 
-class CaptureTimeout(AssertionError):
+class CaptureTimeout(errors.HarnessTimeout, AssertionError):
     """A wait on the digest stream ran out. Subclasses AssertionError, so
-    a test reports it as a failure of what the guest showed.
+    a test reports it as a failure of what the guest showed (and
+    HarnessTimeout, the one timeout class).
     """
 
     def __init__(self, message, what=None, summary=None):

@@ -11,10 +11,12 @@ import dataclasses
 import re
 import typing
 
+from kerbside_tempest_plugin.common import errors
+from kerbside_tempest_plugin.common import logtext
 from kerbside_tempest_plugin.digest import events as ev
 from kerbside_tempest_plugin.sextant import contract
 
-ANSI_RE = re.compile(r'\x1b(?:\[[0-?]*[ -/]*[@-~]|[@-Z\\-_])')
+ANSI_RE = logtext.ANSI_RE
 TOKEN_RE = re.compile(r'^([a-z][a-z0-9_]*)=(\S*)$')
 DEC_RE = re.compile(r'^[0-9]+$')
 HEX4_RE = re.compile(r'^[0-9a-f]{4,}$')
@@ -23,7 +25,7 @@ U64 = 2 ** 64 - 1
 U32 = 2 ** 32 - 1
 
 
-class SerialParseError(ValueError):
+class SerialParseError(errors.HarnessError, ValueError):
     """A line that looks like a drain record but breaks the grammar."""
 
     def __init__(self, line_no, text, reason):

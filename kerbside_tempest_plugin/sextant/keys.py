@@ -5,6 +5,8 @@ need Shift on a US layout report needs_shift(); scancode() gives the code of
 the unshifted key that produces them.
 """
 
+from kerbside_tempest_plugin.common import errors
+
 LSHIFT = 0x2A
 
 _ROWS = [
@@ -51,7 +53,7 @@ for _chars, _first in _ROWS:
         CHARS[_c] = _first + _i
 
 
-class UnknownKey(ValueError):
+class UnknownKey(errors.HarnessError, ValueError):
     """A key name or character with no AT set-1 code in our table."""
 
 

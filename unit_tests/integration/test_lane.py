@@ -23,12 +23,13 @@ import time
 
 import pytest
 
+from kerbside_tempest_plugin.common import errors
+from kerbside_tempest_plugin.common import ports as common_ports
+from kerbside_tempest_plugin.common import vv as common_vv
+from kerbside_tempest_plugin.common import waiting
 from kerbside_tempest_plugin.lane import kerbside as lane_kerbside
 from kerbside_tempest_plugin.lane import lane as lane_mod
-from kerbside_tempest_plugin.lane import ports as lane_ports
 from kerbside_tempest_plugin.lane import procs
-from kerbside_tempest_plugin.lane import vv as lane_vv
-from kerbside_tempest_plugin.providers import base
 from unit_tests.conftest import REPO_ROOT
 from unit_tests.conftest import require_tools
 
@@ -258,7 +259,7 @@ def test_fault_kill(lane, image, victim):
         lane.stop_ryll()
         guest.teardown()
     assert not guest.is_running()
-    assert not lane_ports.is_listening(guest.spice_port)
+    assert not common_ports.is_listening(guest.spice_port)
     assert os.path.exists(guest.log_path) and os.path.exists(rp.stderr_path)
 
 
@@ -283,9 +284,9 @@ def test_fault_kill_proxy(lane, image):
         # kerbside 0.8.0's daemon exits when its proxy dies (no restart):
         # the kerbside route now fails clearly, the direct route still
         # reaches the same guest, which tells a proxy fault from a guest one.
-        base.wait_until(lambda: lane.dead_services(), 15,
-                        'the lane to notice the dead proxy')
-        with pytest.raises(base.ProviderError) as e:
+        waiting.wait_until(lambda: lane.dead_services(), 15,
+                           'the lane to notice the dead proxy')
+        with pytest.raises(errors.ProviderError) as e:
             lane.start_ryll(guest, route='kerbside')
         assert 'kerbside route is down' in str(e.value)
         rp, client = _session(lane, guest, 'direct')
@@ -306,7 +307,7 @@ def _secret_values(workdir):
     for name in os.listdir(secrets_dir):
         if name.endswith('.vv'):
             with open(os.path.join(secrets_dir, name)) as f:
-                values[name] = lane_vv.parse_vv(f.read())['password']
+                values[name] = common_vv.parse_vv(f.read())['password']
     return values
 
 
@@ -319,7 +320,7 @@ def test_teardown_frees_everything_and_leaks_no_secret(lane):
     assert report['busy_ports'] == [], report
     for r in records:
         assert not procs.pid_alive(r['pid'], r['start_ticks']), r
-    assert lane_ports.busy_ports(ports) == []
+    assert common_ports.busy_ports(ports) == []
     # the daemon's proxy child is gone too
     assert not [p for p in procs.all_pids()
                 if (procs.proc_cmdline(p) or [''])[0].endswith(

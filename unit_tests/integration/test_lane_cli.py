@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from kerbside_tempest_plugin.lane import ports as lane_ports
+from kerbside_tempest_plugin.common import ports as common_ports
 from kerbside_tempest_plugin.lane import procs
 from unit_tests.conftest import REPO_ROOT
 from unit_tests.conftest import require_tools
@@ -46,8 +46,8 @@ def test_up_status_down(tmp_path, route):
         assert info['route'] == route and info['workdir'] == workdir
         assert os.path.exists(info['control_socket'])
         assert os.path.getsize(info['serial_log']) > 0
-        assert lane_ports.is_listening(info['spice_port'])
-        assert lane_ports.is_listening(info['api_port'])
+        assert common_ports.is_listening(info['spice_port'])
+        assert common_ports.is_listening(info['api_port'])
 
         from kerbside_tempest_plugin.ryll.client import ControlClient
         with ControlClient(info['control_socket']) as client:
@@ -73,8 +73,8 @@ def test_up_status_down(tmp_path, route):
     with open(os.path.join(workdir, 'processes.json')) as f:
         for r in json.load(f):
             assert not procs.pid_alive(r['pid'], r['start_ticks']), r
-    assert lane_ports.busy_ports(info['ports'].values()
-                                 if 'ports' in info else
-                                 [info['spice_port'], info['api_port']]) == []
+    wanted = (info['ports'].values() if 'ports' in info else
+              [info['spice_port'], info['api_port']])
+    assert common_ports.busy_ports(wanted) == []
     # down twice is harmless
     assert harness('down', '--workdir', workdir).returncode == 0

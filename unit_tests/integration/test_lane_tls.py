@@ -5,9 +5,9 @@ import os
 
 import pytest
 
+from kerbside_tempest_plugin.common import ports as common_ports
+from kerbside_tempest_plugin.common import vv as common_vv
 from kerbside_tempest_plugin.lane import lane as lane_mod
-from kerbside_tempest_plugin.lane import ports as lane_ports
-from kerbside_tempest_plugin.lane import vv as lane_vv
 from unit_tests.conftest import REPO_ROOT
 from unit_tests.conftest import require_tools
 
@@ -25,8 +25,8 @@ def test_direct_route_over_qemu_tls(tmp_path):
         lane.up()
         guest = lane.boot_guest(
             image, banner=lane_mod.SEXTANT_BANNER if image else 'Shell> ')
-        assert guest.tls_port and lane_ports.is_listening(guest.tls_port)
-        fields = lane_vv.parse_vv(guest.console_vv())
+        assert guest.tls_port and common_ports.is_listening(guest.tls_port)
+        fields = common_vv.parse_vv(guest.console_vv())
         assert fields['tls-port'] == str(guest.tls_port)
         assert fields['host-subject'] == 'CN=qemu-hv'
         assert fields['ca'].startswith('-----BEGIN CERTIFICATE-----')

@@ -7,12 +7,13 @@ a minimal .vv of its own (type, host, port, password).
 
 import configparser
 
+from kerbside_tempest_plugin.common import errors
+
 SECTION = 'virt-viewer'
 SECRET_KEYS = ('password',)
 
 
-class VVError(ValueError):
-    pass
+VVError = errors.VVError
 
 
 def parse_vv(text):

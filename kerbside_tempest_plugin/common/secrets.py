@@ -11,6 +11,8 @@ import os
 import re
 import secrets as _secrets
 
+from kerbside_tempest_plugin.common import vv
+
 REDACTED = '<redacted>'
 
 # Shapes of secrets that must never be kept even when nobody registered the
@@ -150,7 +152,6 @@ class SecretStore:
                 except OSError:
                     continue
                 if entry.name.endswith('.vv'):
-                    from kerbside_tempest_plugin.lane import vv
                     try:
                         self.redactor.add(vv.parse_vv(text).get('password'))
                     except vv.VVError:

@@ -14,13 +14,14 @@ import dataclasses
 import os
 import subprocess
 
+from kerbside_tempest_plugin.common import errors
+
 DEFAULT_SUBJECT = (('C', 'US'), ('O', 'Kerbside Harness'),
                    ('CN', 'kerbside-harness-proxy'))
 DAYS = 30
 
 
-class TLSError(RuntimeError):
-    pass
+TLSError = errors.TLSError
 
 
 def subject_slash(subject):
