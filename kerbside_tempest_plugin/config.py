@@ -41,6 +41,16 @@ KerbsideGroup = [
                help='Deadline in seconds for each beat of a scenario.'),
     cfg.IntOpt('boot_timeout', default=120,
                help='Deadline in seconds for the guest banner on serial.'),
+    cfg.BoolOpt('ryll_capture', default=True,
+                help='Run ryll with --capture and keep what it writes in '
+                     'the test\'s artifact directory (ryll/): one pcap per '
+                     'SPICE channel, as decrypted after the link stage, '
+                     'and its metadata.json. Costs about half a megabyte '
+                     'per walk; see docs/plans/reports-and-evidence.md.'),
+    cfg.BoolOpt('ryll_pedantic', default=True,
+                help='Run ryll with --pedantic and keep the bug-report zip '
+                     'it writes for each distinct SPICE protocol gap it '
+                     'sees (none on a clean walk).'),
 ]
 
 sextant_group = cfg.OptGroup(

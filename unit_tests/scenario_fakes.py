@@ -360,7 +360,8 @@ class FakeLane:
         self.guests.append(g)
         return g
 
-    def start_ryll(self, guest, route=None, timeout=None):
+    def start_ryll(self, guest, route=None, timeout=None, extra_args=()):
+        self.ryll_extra_args = list(extra_args)
         rp = FakeRyll(guest, guest.artifact_dir, self.secret)
         self.ryll_procs.append(rp)
         return rp

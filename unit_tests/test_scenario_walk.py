@@ -54,7 +54,9 @@ def test_artifacts_and_report(tmp_path):
     assert 'drain #0 keypress' in report
     assert 'type=refresh_stats' in report
     # No secret in anything kept: the registered ticket and the JWT.
-    for name in files:
+    assert 'report.html' in files and 'timeline.json' in files
+    for name in (os.path.relpath(os.path.join(p, f), d)
+                 for p, _, fs in os.walk(d) for f in fs):
         data = open(os.path.join(d, name), 'rb').read()
         assert lane.secret.encode() not in data, name
         assert b'eyJhbGciOiJIUzI1NiJ9' not in data, name

@@ -316,7 +316,8 @@ class Lane:
                                        'only the direct route exists')
 
     # -- ryll --------------------------------------------------------------
-    def start_ryll(self, guest=None, route=None, timeout=30, verbose=False):
+    def start_ryll(self, guest=None, route=None, timeout=30, verbose=False,
+                   extra_args=()):
         """Start ryll headless against `guest` (default: the current one)
         over `route`; wait for its control socket. Returns the RyllProcess.
 
@@ -334,7 +335,8 @@ class Lane:
         t = time.monotonic()
         rp = lane_console.start_ryll_on(
             guest, route, ryll_dir, self.ryll_binary, self.redactor,
-            extra_args=['--verbose'] if verbose else ())
+            extra_args=list(extra_args) + (['--verbose'] if verbose
+                                           else []))
         pid = _ryll_pid(rp)
         if pid:
             self.registry.add('ryll:%d' % n, pid,

@@ -60,7 +60,7 @@ class ProviderLane:
             self.timings['boot_to_banner'] = guest.boot_seconds
         return guest
 
-    def start_ryll(self, guest=None, route=None, timeout=30):
+    def start_ryll(self, guest=None, route=None, timeout=30, extra_args=()):
         """Start ryll headless on a fresh .vv for `route`; wait for its
         control socket. Returns the RyllProcess.
         """
@@ -73,7 +73,8 @@ class ProviderLane:
             len(self.ryll_procs) + 1, route))
         t = time.monotonic()
         rp = lane_console.start_ryll_on(guest, route, ryll_dir,
-                                        self.ryll_binary, self.redactor)
+                                        self.ryll_binary, self.redactor,
+                                        extra_args=extra_args)
         self.ryll = rp
         self.ryll_procs.append(rp)
         rp.wait_for_socket(timeout)

@@ -134,8 +134,16 @@ class ArtifactDir:
         return copied
 
     def finish(self):
-        """A last redaction pass over everything here; never raises."""
+        """A last redaction pass over everything here; never raises.
+
+        Binary files first (pcaps, PNGs, video, zips; raw and compressed
+        content): evidence.scrub_binaries masks a secret in place at the
+        same length or withholds the file, so the byte replacement of the
+        text pass below never shifts a binary format.
+        """
         try:
+            from kerbside_tempest_plugin.scenario import evidence
+            evidence.scrub_binaries(self.path, self.redactor)
             return common_secrets.scrub_tree(self.path, self.redactor)
         except Exception:
             return []

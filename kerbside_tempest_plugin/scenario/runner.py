@@ -24,6 +24,8 @@ import typing
 from kerbside_tempest_plugin.scenario import artifacts as art_mod
 from kerbside_tempest_plugin.scenario import capture as cap
 from kerbside_tempest_plugin.scenario import checks
+from kerbside_tempest_plugin.scenario import evidence as evidence_mod
+from kerbside_tempest_plugin.scenario import html_report
 from kerbside_tempest_plugin.scenario import report as report_mod
 from kerbside_tempest_plugin.scenario import walk as walk_mod
 from kerbside_tempest_plugin.sextant import contract
@@ -117,7 +119,7 @@ def run_scenario(lane, walk_name, route, image, artifact_root,
                  step_timeout=90, boot_timeout=120, drain_timeout=60,
                  paste_secret=walk_mod.PASTE_SECRET,
                  char_delay_ms=contract.PASTE_CHAR_DELAY_MS,
-                 name=None, log=None):
+                 name=None, log=None, evidence=None):
     """Run walk `walk_name` on a fresh guest of `lane` over `route`."""
     log = log or LOG.info
     name = name or 'sextant-%s-%s' % (walk_name.replace('_', '-'), route)
@@ -125,7 +127,7 @@ def run_scenario(lane, walk_name, route, image, artifact_root,
                               redactor=getattr(lane, 'redactor', None))
     log('artifacts for %s: %s' % (name, art.path))
     result = RunResult(name, walk_name, route, art.path)
-    guest = rp = client = stream = walker = drain = None
+    guest = rp = client = stream = walker = drain = ev = None
     drain_text = None
     t_start = time.monotonic()
     phases = result.phases
@@ -137,7 +139,13 @@ def run_scenario(lane, walk_name, route, image, artifact_root,
         phases['boot_to_banner'] = getattr(guest, 'boot_seconds', None) \
             or time.monotonic() - t
         t = time.monotonic()
-        rp = lane.start_ryll(guest, route=route, timeout=30)
+        # ryll's own evidence (evidence.EvidenceOptions; default: pcaps
+        # and pedantic reports) goes to scratch first, then through the
+        # secret scan into the artifacts once ryll has stopped.
+        ev = evidence_mod.RyllEvidence(
+            evidence, scratch_parent=os.path.join(lane.workdir, 'ryll'))
+        rp = lane.start_ryll(guest, route=route, timeout=30,
+                             extra_args=ev.argv())
         client = rp.connect(timeout=30)
         accepted = client.subscribe(list(EVENTS))
         missing = [e for e in EVENTS if e not in accepted]
@@ -178,9 +186,9 @@ def run_scenario(lane, walk_name, route, image, artifact_root,
                        '\n\n'.join(state))
         log('%s: %s' % (name, result.error))
         if isinstance(e, (KeyboardInterrupt, SystemExit)):
-            _teardown(lane, guest, client, stream, art, result)
+            _teardown(lane, guest, client, stream, art, result, ev)
             raise
-    _teardown(lane, guest, client, stream, art, result)
+    _teardown(lane, guest, client, stream, art, result, ev)
     phases['total'] = time.monotonic() - t_start
 
     # The drain, whether or not the walk finished: whatever serial holds.
@@ -245,7 +253,7 @@ def _guest_name(name):
     return re.sub(r'[^a-z0-9-]', '-', name.lower())[-40:].strip('-')
 
 
-def _teardown(lane, guest, client, stream, art, result):
+def _teardown(lane, guest, client, stream, art, result, ev=None):
     """Stop capture, close the client, stop ryll, tear the guest down and
     copy the logs. Never raises over the original failure.
     """
@@ -253,6 +261,8 @@ def _teardown(lane, guest, client, stream, art, result):
         ('stop the capture', lambda: stream and stream.stop()),
         ('close the control client', lambda: client and client.close()),
         ('stop ryll', lane.stop_ryll),
+        ('collect ryll\'s evidence', lambda: ev and result.stats.update(
+            ryll_evidence_bytes=ev.collect(art).get('bytes', 0))),
         ('tear the guest down', lambda: guest and guest.teardown()),
         ('copy the logs', lambda: _copy_logs(lane, guest, art)),
     ]
@@ -308,6 +318,9 @@ def _write(art, result, walker, stream, drain, drain_text, route, image,
             drain_text=_drain_only(drain), phases=phases,
             files=list(art.files) + ['report.md'], error=result.error)
         art.write_text('report.md', text)
+        html_report.write(art, result, walker, stream, events,
+                          drain_text=_drain_only(drain), phases=phases,
+                          meta=meta)
     except Exception:
         LOG.exception('writing the report failed')
         art.write_text('report-error.txt', traceback.format_exc())
