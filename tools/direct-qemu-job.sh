@@ -143,6 +143,9 @@ expect=$((TESTS_PER_ROUTE * n_routes))
 $PY -m kerbside_tempest_plugin.scenario.summary --expect "$expect" "$OUT"
 summary_rc=$?
 status=$summary_rc
+# One page linking every test's report.html, for a person with a browser.
+$PY -m kerbside_tempest_plugin.scenario.html_report index "$OUT" \
+    >/dev/null && log "reports: $OUT/index.html"
 for route in $ROUTES; do
     log "route $route: $RUNNER exit ${rc[$route]}"
     [ "${rc[$route]}" = 0 ] || status=1

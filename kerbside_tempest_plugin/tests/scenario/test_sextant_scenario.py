@@ -146,6 +146,7 @@ class SextantScenarioTest(test.BaseTestCase):
                       ignore_errors=True)
 
     def _walk(self, walk):
+        from kerbside_tempest_plugin.scenario import evidence
         from kerbside_tempest_plugin.scenario import runner
         result = runner.run_scenario(
             self.lane, walk, self.route, self.image, self.artifact_root,
@@ -154,10 +155,13 @@ class SextantScenarioTest(test.BaseTestCase):
             drain_timeout=CONF.kerbside.step_timeout,
             paste_secret=CONF.sextant.paste_secret,
             char_delay_ms=CONF.sextant.paste_char_delay_ms,
-            log=LOG.info)
+            log=LOG.info,
+            evidence=evidence.EvidenceOptions.from_conf(CONF.kerbside))
         report = os.path.join(result.artifact_dir, 'report.md')
-        print('artifacts: %s\nreport: %s\n%s' % (
-            result.artifact_dir, report, result.summary_line()))
+        print('artifacts: %s\nreport: %s (%s)\n%s' % (
+            result.artifact_dir, report,
+            os.path.join(result.artifact_dir, 'report.html'),
+            result.summary_line()))
         self.addDetail('sextant-artifacts', _text(
             '%s\n%s' % (result.artifact_dir, result.summary_line())))
         if not result.passed:
