@@ -18,14 +18,17 @@ def repo_root():
 def require_tools(*names):
     """Fail (not skip) when a tool an integration test needs is missing.
 
+    Tools are found as the harness finds them (common.tools).
+
     Set KTP_ALLOW_SKIP=1 to turn the failure into a skip on a developer box
     without the system packages. CI never sets it, so a missing tool there
     is a red build rather than a silently green one.
     """
-    import shutil
-    missing = [n for n in names if shutil.which(n) is None]
+    from kerbside_tempest_plugin.common import tools
+    missing = tools.missing(names)
     if missing:
-        msg = 'missing tools: %s (run tools/setup.sh)' % ', '.join(missing)
+        msg = 'missing tools (run tools/setup.sh): %s' % '; '.join(
+            str(e) for e in missing)
         if os.environ.get('KTP_ALLOW_SKIP') == '1':
             pytest.skip(msg)
         pytest.fail(msg)

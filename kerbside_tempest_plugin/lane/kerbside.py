@@ -19,6 +19,7 @@ import urllib.request
 from kerbside_tempest_plugin.common import errors
 from kerbside_tempest_plugin.common import logtext
 from kerbside_tempest_plugin.common import ports as common_ports
+from kerbside_tempest_plugin.common import tools
 from kerbside_tempest_plugin.common import vv as common_vv
 from kerbside_tempest_plugin.common import waiting
 from kerbside_tempest_plugin.lane import procs
@@ -30,12 +31,7 @@ CONSOLE_NAME = 'sextant-harness'
 
 def default_venv():
     """$KERBSIDE_VENV, else ~/.cache/kerbside-tempest-plugin/kerbside-venv."""
-    env = os.environ.get('KERBSIDE_VENV')
-    if env:
-        return os.path.abspath(os.path.expanduser(env))
-    cache = os.environ.get('XDG_CACHE_HOME') or os.path.expanduser(
-        '~/.cache')
-    return os.path.join(cache, 'kerbside-tempest-plugin', 'kerbside-venv')
+    return tools.default_kerbside_venv()
 
 
 def _no_proxy_opener():
@@ -53,6 +49,12 @@ class KerbsideVenv:
 
     def bin(self, name):
         return os.path.join(self.path, 'bin', name)
+
+    def tool(self, name):
+        """kerbside, kerbside-proxy or gunicorn of this venv, found by
+        common.tools (ToolNotFound says to run `kerbside-harness setup`).
+        """
+        return tools.find(name, venv=self.path)
 
     def check(self):
         """A list of problems; empty when the venv is usable."""
@@ -235,7 +237,7 @@ class Kerbside:
         with open(log, 'ab') as out:
             out.write(('$ kerbside %s\n' % ' '.join(args)).encode())
             out.flush()
-            proc = subprocess.run([self.venv.bin('kerbside')] + args,
+            proc = subprocess.run([self.venv.tool('kerbside')] + args,
                                   env=self.env(), stdout=out,
                                   stderr=subprocess.STDOUT, timeout=timeout)
         if proc.returncode != 0:
@@ -274,7 +276,7 @@ class Kerbside:
         t = time.monotonic()
         self.api = self.registry.spawn(
             'gunicorn',
-            [self.venv.bin('gunicorn'), '--bind',
+            [self.venv.tool('gunicorn'), '--bind',
              '127.0.0.1:%d' % self.api_port, '--workers', '2',
              '--access-logfile',
              os.path.join(self.log_dir, 'gunicorn-access.log'),
@@ -284,7 +286,7 @@ class Kerbside:
             os.path.join(self.log_dir, 'gunicorn.out'), env=env,
             cwd=self.kdir)
         self.daemon = self.registry.spawn(
-            'kerbside-daemon', [self.venv.bin('kerbside'), 'daemon', 'run'],
+            'kerbside-daemon', [self.venv.tool('kerbside'), 'daemon', 'run'],
             os.path.join(self.log_dir, 'kerbside-daemon.out'), env=env,
             cwd=self.kdir)
 

@@ -9,23 +9,18 @@ resolves the name). No system service is used or touched.
 
 import getpass
 import os
-import shutil
 import subprocess
 import time
 
 from kerbside_tempest_plugin.common import errors
 from kerbside_tempest_plugin.common import logtext
+from kerbside_tempest_plugin.common import tools
 from kerbside_tempest_plugin.common import waiting
 
 
 def _tool(*names):
-    for name in names:
-        path = shutil.which(name) or (
-            os.path.exists('/usr/sbin/' + name) and '/usr/sbin/' + name)
-        if path:
-            return path
-    raise errors.HarnessError('MariaDB tool not found: %s (install '
-                              'mariadb-server)' % ' or '.join(names))
+    # The one tool lookup (common.tools): the first of the names found.
+    return tools.find_any(*names)
 
 
 class PrivateMariaDB:

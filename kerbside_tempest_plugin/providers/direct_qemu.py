@@ -29,6 +29,7 @@ from kerbside_tempest_plugin.common import errors
 from kerbside_tempest_plugin.common import logtext
 from kerbside_tempest_plugin.common import ports as common_ports
 from kerbside_tempest_plugin.common import secrets as common_secrets
+from kerbside_tempest_plugin.common import tools
 from kerbside_tempest_plugin.common import vv as common_vv
 from kerbside_tempest_plugin.common import waiting
 from kerbside_tempest_plugin.providers import base
@@ -143,8 +144,9 @@ def choose_accel(setting='auto', qemu_binary='qemu-system-x86_64',
 
 def image_format(path):
     """'qcow2', 'raw', ... as qemu-img sees it."""
-    proc = subprocess.run(['qemu-img', 'info', '--output=json', path],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [tools.find('qemu-img'), 'info', '--output=json', path],
+        capture_output=True, text=True, timeout=60)
     if proc.returncode != 0:
         raise errors.ProviderError('qemu-img info %s failed: %s' % (
             path, proc.stderr.strip()[-500:]))
@@ -468,9 +470,9 @@ class DirectQemuProvider(base.GuestProvider):
             lambda: not common_ports.busy_ports(wanted), 15,
             'SPICE port(s) %s to be free for %s' % (wanted, guest.name),
             seen=lambda: 'busy: %s' % common_ports.busy_ports(wanted))
+        qemu = tools.find('qemu-system-x86_64', override=self.qemu_binary)
         guest.accel, guest.accel_reason = choose_accel(
-            self.accel_setting, self.qemu_binary, self.ovmf_code,
-            self.ovmf_vars)
+            self.accel_setting, qemu, self.ovmf_code, self.ovmf_vars)
 
         run_dir = self.run_dir or tempfile.mkdtemp(prefix='ktp-q-')
         if not self.run_dir:
@@ -499,15 +501,15 @@ class DirectQemuProvider(base.GuestProvider):
             if os.path.exists(overlay):
                 os.unlink(overlay)
             proc = subprocess.run(
-                ['qemu-img', 'create', '-q', '-f', 'qcow2', '-F', fmt, '-b',
-                 image, overlay], capture_output=True, text=True,
+                [tools.find('qemu-img'), 'create', '-q', '-f', 'qcow2', '-F',
+                 fmt, '-b', image, overlay], capture_output=True, text=True,
                 timeout=60)
             if proc.returncode != 0:
                 raise errors.ProviderError('qemu-img create overlay failed: %s'
                                            % proc.stderr.strip()[-500:])
             guest._scratch.append(overlay)
         argv = build_argv(
-            self.qemu_binary, guest.name, guest.accel, self.memory_mb,
+            qemu, guest.name, guest.accel, self.memory_mb,
             self.ovmf_code, vars_copy, guest.serial_path, guest.ticket_file,
             guest.spice_port, guest.qmp_path, overlay=overlay,
             tls_port=guest.tls_port, x509_dir=guest.x509_dir,

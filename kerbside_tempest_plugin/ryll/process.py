@@ -19,11 +19,11 @@ import shutil
 import signal
 import stat
 import subprocess
-import sys
 import tempfile
 import time
 
 from kerbside_tempest_plugin.common import logtext
+from kerbside_tempest_plugin.common import tools
 from kerbside_tempest_plugin.ryll import client as ryll_client
 
 LOG = logging.getLogger(__name__)
@@ -41,26 +41,15 @@ class RyllProcessError(ryll_client.RyllError):
 
 
 def find_ryll(binary='ryll'):
-    """Resolve the ryll executable.
-
-    A path (anything with a slash) is used as given, so a local build can
-    be tested. A bare name is looked up next to ``sys.executable`` first
-    (the environment's PyPI ``ryll``), then on PATH.
+    """Resolve the ryll executable, the way every tool is found
+    (common.tools): a path is used as given, so a local build can be
+    tested; a bare name defers to $RYLL_BINARY, then the scripts directory
+    of this interpreter's environment (PyPI ``ryll``), PATH, the sbins.
     """
-    if os.sep in binary:
-        if not os.access(binary, os.X_OK):
-            raise RyllProcessError('ryll binary %s is not executable'
-                                   % binary)
-        return binary
-    beside = os.path.join(os.path.dirname(sys.executable), binary)
-    if os.access(beside, os.X_OK):
-        return beside
-    found = shutil.which(binary)
-    if found is None:
-        raise RyllProcessError(
-            'no %r next to %s or on PATH; install ryll==0.3.0 or pass the '
-            'path of a local build' % (binary, sys.executable))
-    return found
+    try:
+        return tools.find('ryll', override=binary)
+    except tools.ToolNotFound as e:
+        raise RyllProcessError(str(e)) from e
 
 
 class RyllProcess:
