@@ -108,12 +108,9 @@ def main():
     args = p.parse_args()
     image = None
     if not args.diskless:
-        image = args.image or os.path.join(
-            os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-            'images', 'out', 'sextant.qcow2')
-        if not os.path.exists(image):
-            sys.exit('no image at %s: build it (images/build.sh) or pass '
-                     '--diskless' % image)
+        # --image, else SEXTANT_IMAGE, else the bundled guest.
+        from kerbside_tempest_plugin import guest_images
+        image = guest_images.sextant_image(args.image)
     results = {r: [] for r in ROUTES}
     for n in range(args.rounds):
         for route in ROUTES:  # interleaved, so drift hits both alike

@@ -127,14 +127,16 @@ def main():
                    choices=['kerbside', 'direct'])
     p.add_argument('--walk', default='canonical',
                    choices=sorted(runner.walk_mod.WALKS))
-    p.add_argument('--image', default=os.path.join(
-        REPO, 'images', 'out', 'sextant.qcow2'))
+    p.add_argument('--image', default=None,
+                   help='default SEXTANT_IMAGE, else the bundled guest')
     p.add_argument('--char-delay', type=int,
                    default=contract.PASTE_CHAR_DELAY_MS,
                    help='paste delay per character (ms)')
     p.add_argument('--out', default=None)
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    from kerbside_tempest_plugin import guest_images
+    args.image = guest_images.sextant_image(args.image)
     out = os.path.abspath(args.out or os.path.join(
         REPO, 'artifacts', 'bench-scenario-%s' % time.strftime(
             '%Y%m%dT%H%M%SZ', time.gmtime())))

@@ -370,12 +370,12 @@ def test_harness_parser():
 
 
 def test_harness_no_image_is_said_clearly(monkeypatch, tmp_path):
-    from kerbside_tempest_plugin.cmd import harness
-    monkeypatch.setattr(harness, 'DEFAULT_IMAGE', str(tmp_path / 'no.qcow2'))
-    monkeypatch.setattr(harness, 'BUILD_SCRIPT', str(tmp_path / 'build.sh'))
+    from kerbside_tempest_plugin import guest_images
+    monkeypatch.setenv('SEXTANT_IMAGE', str(tmp_path / 'no.qcow2'))
     with pytest.raises(errors.HarnessError) as e:
-        harness.default_image()
-    assert 'no guest image available' in str(e.value)
+        guest_images.sextant_image()
+    assert 'SEXTANT_IMAGE' in str(e.value)
+    assert 'no such file' in str(e.value)
 
 
 def test_harness_refuses_a_foreign_workdir(tmp_path, capsys):

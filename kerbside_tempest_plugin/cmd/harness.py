@@ -21,64 +21,41 @@ import subprocess
 import sys
 
 from kerbside_tempest_plugin.common import errors
+from kerbside_tempest_plugin.common import tools
+from kerbside_tempest_plugin import guest_images
 from kerbside_tempest_plugin.lane import kerbside as lane_kerbside
 from kerbside_tempest_plugin.lane import lane as lane_mod
 from kerbside_tempest_plugin.providers import direct_qemu
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))))
-DEFAULT_IMAGE = os.path.join(REPO_ROOT, 'images', 'out', 'sextant.qcow2')
-BUILD_SCRIPT = os.path.join(REPO_ROOT, 'images', 'build.sh')
 DISKLESS_BANNER = r'Shell> '
+# What `setup` checks: the lane's programs (the Kerbside venv's are checked
+# by KerbsideVenv.check).
+LANE_TOOLS = ('qemu-system-x86_64', 'qemu-img', 'openssl')
+MARIADB_TOOLS = (('mariadbd', 'mysqld'),
+                 ('mariadb-install-db', 'mysql_install_db'))
 
 
 def _err(msg):
     print('kerbside-harness: %s' % msg, file=sys.stderr)
 
 
-def default_image(log_dir=None):
-    """images/out/sextant.qcow2, built first when missing."""
-    if os.path.exists(DEFAULT_IMAGE):
-        return DEFAULT_IMAGE
-    if not os.path.exists(BUILD_SCRIPT):
-        raise errors.HarnessError(
-            'no guest image available: %s does not exist and there is no '
-            'images/build.sh to build it; pass --image PATH (a Sextant '
-            'qcow2) or --diskless' % DEFAULT_IMAGE)
-    _err('%s missing; building it with images/build.sh sextant' %
-         DEFAULT_IMAGE)
-    log = None
-    if log_dir:
-        os.makedirs(log_dir, exist_ok=True)
-        log = open(os.path.join(log_dir, 'image-build.log'), 'ab')
-    try:
-        proc = subprocess.run(['bash', BUILD_SCRIPT, 'sextant'],
-                              stdout=log or sys.stderr,
-                              stderr=subprocess.STDOUT, timeout=1800)
-    finally:
-        if log:
-            log.close()
-    if proc.returncode != 0 or not os.path.exists(DEFAULT_IMAGE):
-        raise errors.HarnessError(
-            'images/build.sh failed (exit %d) and no guest image is '
-            'available%s' % (proc.returncode, '; see %s/image-build.log' %
-                             log_dir if log_dir else ''))
-    return DEFAULT_IMAGE
-
-
 def cmd_setup(args):
     venv = lane_kerbside.KerbsideVenv(args.venv)
     source = args.kerbside_source or os.environ.get('KERBSIDE_SOURCE')
     ok = True
-    missing = [t for t in ('qemu-system-x86_64', 'qemu-img', 'openssl',
-                           'mariadb-install-db', args.ryll)
-               if shutil.which(t) is None]
-    if not (shutil.which('mariadbd') or os.path.exists('/usr/sbin/mariadbd')):
-        missing.append('mariadbd')
-    if missing:
+    missing = tools.missing(LANE_TOOLS)
+    for names in MARIADB_TOOLS:
+        try:
+            tools.find_any(*names)
+        except tools.ToolNotFound as e:
+            missing.append(e)
+    try:
+        tools.find('ryll', override=args.ryll)
+    except tools.ToolNotFound as e:
+        missing.append(e)
+    for e in missing:
         ok = False
-        _err('missing tools: %s (see bindep.txt and tools/setup.sh)' %
-             ', '.join(missing))
+        _err('missing tool %s' % e)
     try:
         direct_qemu.find_ovmf()
     except errors.ProviderError as e:
@@ -120,8 +97,8 @@ def cmd_up(args):
         if args.diskless:
             image, banner = None, DISKLESS_BANNER
         else:
-            image = args.image or default_image(os.path.join(workdir,
-                                                             'logs'))
+            image = guest_images.sextant_image(
+                args.image, log_dir=os.path.join(workdir, 'logs'))
             banner = args.banner if args.banner is not None else \
                 lane_mod.SEXTANT_BANNER
         lane.up(timeout=args.timeout)
@@ -191,13 +168,17 @@ def build_parser():
                    help='a local Kerbside checkout to install instead of '
                         'kerbside==%s (or $KERBSIDE_SOURCE)' %
                         lane_kerbside.KERBSIDE_VERSION)
-    s.add_argument('--ryll', default='ryll', help='ryll binary to check')
+    s.add_argument('--ryll', default='ryll', help='ryll binary to check '
+                   '(default $RYLL_BINARY, else ryll beside this python, '
+                   'then on PATH)')
     s.set_defaults(func=cmd_setup)
 
     u = sub.add_parser('up', help='bring a lane up and print JSON')
     img = u.add_mutually_exclusive_group()
     img.add_argument('--image', help='guest image (qcow2 or raw); default '
-                     'images/out/sextant.qcow2, built when missing')
+                     '$SEXTANT_IMAGE, else the bundled Sextant-compatible '
+                     'guest, built into ~/.cache/kerbside-tempest-plugin/'
+                     'images when missing')
     img.add_argument('--diskless', action='store_true',
                      help='boot OVMF with no disk (EFI shell; for testing '
                           'the lane without a guest image)')

@@ -1,6 +1,7 @@
 """kerbside-latency: keypress-to-screen latency, via Kerbside and direct.
 
-Boots the latency guest (images/out/latency.qcow2) once per route, starts
+Boots the latency guest (--image, else $KTP_LATENCY_IMAGE, else the bundled
+guest, built when missing: guest_images) once per route, starts
 ryll on each (through the Kerbside proxy, and straight to qemu), and for N
 samples per route presses space over ryll's control socket and times it to
 the first ``surface_drawn`` stamped after the send, alternating the routes
@@ -20,11 +21,11 @@ import datetime
 import logging
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
 
+from kerbside_tempest_plugin import guest_images
 from kerbside_tempest_plugin.loadtest import floor as floor_mod
 from kerbside_tempest_plugin.loadtest import report
 from kerbside_tempest_plugin.loadtest import rig as rig_mod
@@ -32,65 +33,6 @@ from kerbside_tempest_plugin.loadtest import sampler
 
 LOG = logging.getLogger('kerbside-latency')
 ROUTES = ('kerbside', 'direct')
-
-
-def repo_root():
-    here = os.path.dirname(os.path.abspath(__file__))
-    return os.path.dirname(os.path.dirname(here))
-
-
-def build_script():
-    """images/latency/build.sh of this checkout (or the cwd), or None."""
-    for root in (repo_root(), os.getcwd()):
-        script = os.path.join(root, 'images', 'latency', 'build.sh')
-        if os.path.exists(script):
-            return script
-    return None
-
-
-def default_image():
-    """The latency guest to boot by default.
-
-    KTP_LATENCY_IMAGE, else images/out/latency.qcow2 next to the build
-    script (or under the cwd).
-    """
-    env = os.environ.get('KTP_LATENCY_IMAGE')
-    if env:
-        return os.path.abspath(env)
-    script = build_script()
-    root = (os.path.dirname(os.path.dirname(script)) if script
-            else os.path.join(os.getcwd(), 'images'))
-    return os.path.join(root, 'out', 'latency.qcow2')
-
-
-def ensure_image(path, say, rebuild=False):
-    """Make sure the latency guest is at `path`.
-
-    It is built (into the directory of `path`) when missing, or with
-    `rebuild` whenever its sources changed: the build script itself skips
-    an unchanged build. Only a path named latency.qcow2 can be built.
-    """
-    if os.path.exists(path) and not rebuild:
-        return path
-    script = build_script()
-    if script is None or os.path.basename(path) != 'latency.qcow2':
-        if os.path.exists(path):
-            return path
-        raise FileNotFoundError(
-            'latency guest %s does not exist and cannot be built here (%s); '
-            'run images/build.sh, or pass --image'
-            % (path, 'no images/latency/build.sh' if script is None
-               else 'not a latency.qcow2 path'))
-    say('building the latency guest with %s' % script)
-    proc = subprocess.run(['bash', script], capture_output=True, text=True,
-                          timeout=300,
-                          env=dict(os.environ,
-                                   OUT_DIR=os.path.dirname(path)))
-    if proc.returncode != 0 or not os.path.exists(path):
-        raise RuntimeError('building the latency guest failed (status %s):'
-                           '\n%s' % (proc.returncode,
-                                     (proc.stdout + proc.stderr)[-2000:]))
-    return path
 
 
 def parse_args(argv):
@@ -125,8 +67,8 @@ def parse_args(argv):
                    help='run the routes against instant fake sockets '
                         'instead of lanes (a dry run of the pipeline)')
     p.add_argument('--image', default=None,
-                   help='the latency guest (default images/out/'
-                        'latency.qcow2, built when missing)')
+                   help='the latency guest (default $KTP_LATENCY_IMAGE, '
+                        'else the bundled guest, built when missing)')
     p.add_argument('--output-dir', default=None,
                    help='where the results go (default ./artifacts/'
                         'latency-<UTC time>)')
@@ -215,12 +157,8 @@ def main(argv=None, stdout=None):
                                       delays={'kerbside': 0.002,
                                               'direct': 0.001})
             else:
-                image = os.path.abspath(args.image or default_image())
-                if args.image is None:
-                    ensure_image(image, say)
-                elif not os.path.exists(image):
-                    raise FileNotFoundError('--image %s does not exist'
-                                            % image)
+                image = guest_images.latency_image(
+                    args.image, log_dir=out_dir)
                 extra['image'] = image
                 rig = rig_mod.Rig(args.route_list, image, out_dir,
                                   accel=args.accel,

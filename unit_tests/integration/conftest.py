@@ -5,7 +5,7 @@ OVMF 4M, TCG, QXL, AHCI disk through a throwaway overlay, -no-reboot) with
 a QMP socket and a serial log, and returns a `QemuGuest`. Every guest is
 killed in teardown. `sextant_image` is the Sextant-compatible image: the
 SEXTANT_IMAGE environment variable (a real Sextant qcow2 or raw image) or
-images/out/sextant.qcow2 built by images/build.sh.
+the bundled guest, built when missing (kerbside_tempest_plugin.guest_images).
 
 Waits always have a deadline and fail with what was awaited and what was
 seen (serial tail, last digest).
@@ -253,29 +253,18 @@ def qemu_guest(tmp_path):
             pass
 
 
-_BUILD_LOCK = threading.Lock()
-
-
 @pytest.fixture(scope='session')
 def sextant_image():
-    """The Sextant(-compatible) image the guest tests boot.
-
-    SEXTANT_IMAGE points at a real Sextant image; otherwise images/build.sh
-    builds ours (a no-op when the sources are unchanged).
+    """The Sextant(-compatible) image the guest tests boot, resolved as
+    every caller resolves it (guest_images): SEXTANT_IMAGE points at a real
+    Sextant image; otherwise the bundled guest, built when missing.
     """
-    env = os.environ.get('SEXTANT_IMAGE')
-    if env:
-        if not os.path.exists(env):
-            pytest.fail('SEXTANT_IMAGE=%s does not exist' % env)
-        return pathlib.Path(env)
-    require_tools('gcc', 'ld', 'objcopy', 'mformat', 'qemu-img')
-    with _BUILD_LOCK:
-        proc = subprocess.run(['bash', str(REPO_ROOT / 'images/build.sh'),
-                               'sextant'], capture_output=True, text=True)
-    if proc.returncode:
-        pytest.fail('images/build.sh failed:\n%s%s'
-                    % (proc.stdout, proc.stderr))
-    return REPO_ROOT / 'images/out/sextant.qcow2'
+    from kerbside_tempest_plugin.common import errors
+    from kerbside_tempest_plugin import guest_images
+    try:
+        return pathlib.Path(guest_images.sextant_image())
+    except errors.HarnessError as e:
+        pytest.fail(str(e))
 
 
 class DigestWatcher:

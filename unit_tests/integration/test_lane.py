@@ -8,7 +8,7 @@ never changes). The tests run in file order: sessions on both routes, then
 faults (ryll, qemu, kerbside-proxy killed mid-session), then the teardown
 and secrets checks on the very same lane.
 
-With images/out/sextant.qcow2 (or SEXTANT_IMAGE) the guest is Sextant and
+With the bundled guest (or SEXTANT_IMAGE) the guest is Sextant and
 each route runs the whole walk: the screenshot decodes as a visual digest,
 keys and the paste reach the guest, and the serial drain proves it. Without
 an image the guest is a diskless OVMF (EFI shell): still a SPICE surface,
@@ -18,7 +18,6 @@ and typed keys echo on serial.
 import os
 import re
 import signal
-import subprocess
 import time
 
 import pytest
@@ -30,7 +29,6 @@ from kerbside_tempest_plugin.common import waiting
 from kerbside_tempest_plugin.lane import kerbside as lane_kerbside
 from kerbside_tempest_plugin.lane import lane as lane_mod
 from kerbside_tempest_plugin.lane import procs
-from unit_tests.conftest import REPO_ROOT
 from unit_tests.conftest import require_tools
 
 pytestmark = pytest.mark.integration
@@ -41,14 +39,9 @@ SHELL_PROMPT = r'Shell> '
 
 
 def _image():
-    env = os.environ.get('SEXTANT_IMAGE')
-    if env:
-        return env
-    path = REPO_ROOT / 'images' / 'out' / 'sextant.qcow2'
-    if not path.exists() and (REPO_ROOT / 'images' / 'build.sh').exists():
-        subprocess.run(['bash', str(REPO_ROOT / 'images' / 'build.sh'),
-                        'sextant'], capture_output=True, timeout=1800)
-    return str(path) if path.exists() else None
+    # SEXTANT_IMAGE, else the bundled guest (built when missing).
+    from kerbside_tempest_plugin import guest_images
+    return guest_images.sextant_image()
 
 
 @pytest.fixture(scope='module')

@@ -1,14 +1,12 @@
 """The direct route over qemu's own SPICE TLS port (generated x509 material),
 on a lane without Kerbside."""
 
-import os
 
 import pytest
 
 from kerbside_tempest_plugin.common import ports as common_ports
 from kerbside_tempest_plugin.common import vv as common_vv
 from kerbside_tempest_plugin.lane import lane as lane_mod
-from unit_tests.conftest import REPO_ROOT
 from unit_tests.conftest import require_tools
 
 pytestmark = pytest.mark.integration
@@ -16,9 +14,8 @@ pytestmark = pytest.mark.integration
 
 def test_direct_route_over_qemu_tls(tmp_path):
     require_tools('qemu-system-x86_64', 'qemu-img', 'openssl', 'ryll')
-    image = str(REPO_ROOT / 'images' / 'out' / 'sextant.qcow2')
-    if not os.path.exists(image):
-        image = None
+    from kerbside_tempest_plugin import guest_images
+    image = guest_images.sextant_image()
     lane = lane_mod.Lane(str(tmp_path / 'w'), route='direct',
                          kerbside=False, guest_tls=True)
     try:

@@ -18,38 +18,30 @@ import pathlib
 import re
 import subprocess
 import sys
-import threading
 import time
 
 from PIL import Image
 import pytest
 
-from kerbside_tempest_plugin.cmd import latency
+from kerbside_tempest_plugin.common import errors
+from kerbside_tempest_plugin import guest_images
 from unit_tests.conftest import require_tools
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 READY = r'ready: waiting for keys'
 BANNER = 'Hello from the kerbside latency guest'
-_BUILD_LOCK = threading.Lock()
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope='module')
 def latency_image():
-    """KTP_LATENCY_IMAGE, or images/out/latency.qcow2 (re)built.
-
-    images/latency/build.sh is a no-op when the sources are unchanged.
+    """KTP_LATENCY_IMAGE, or the bundled latency guest (guest_images),
+    built when missing.
     """
-    rebuild = not os.environ.get('KTP_LATENCY_IMAGE')
-    if rebuild:
-        require_tools('gcc', 'ld', 'objcopy', 'mformat', 'qemu-img')
     try:
-        with _BUILD_LOCK:
-            return pathlib.Path(latency.ensure_image(
-                latency.default_image(), say=lambda text: None,
-                rebuild=rebuild))
-    except (OSError, RuntimeError) as e:
+        return pathlib.Path(guest_images.latency_image())
+    except errors.HarnessError as e:
         pytest.fail('no latency guest: %s' % e)
 
 

@@ -36,8 +36,9 @@ class SextantScenarioTest(test.BaseTestCase):
     [kerbside] step_timeout and its timeout says what it saw):
 
     1. Boot a fresh guest through [kerbside] provider (direct_qemu, nova
-       or shakenfist) from [sextant] image (direct_qemu default: the guest
-       built from images/) and wait for the serial banner.
+       or shakenfist) from [sextant] image (direct_qemu: else
+       SEXTANT_IMAGE, else the bundled guest, built into the user's cache)
+       and wait for the serial banner.
     2. Start ryll headless on a fresh .vv for [kerbside] route; connect to
        its control socket, subscribe to surface_drawn and the paste
        events, and wait for a SPICE surface.
@@ -108,7 +109,10 @@ class SextantScenarioTest(test.BaseTestCase):
         cls.addClassResourceCleanup(cls._lane_down)
         LOG.info('bringing the %s lane up in %s', cls.route, workdir)
         cls.lane.up()
-        cls.image = CONF.sextant.image or cls._default_image(workdir)
+        # [sextant] image, else SEXTANT_IMAGE, else the bundled guest.
+        from kerbside_tempest_plugin import guest_images
+        cls.image = guest_images.sextant_image(
+            CONF.sextant.image, log_dir=os.path.join(workdir, 'logs'))
 
     @classmethod
     def _cloud_lane(cls, workdir):
@@ -129,11 +133,6 @@ class SextantScenarioTest(test.BaseTestCase):
         cls.addClassResourceCleanup(cls._lane_down)
         # None lets the provider use its configured image reference.
         cls.image = CONF.sextant.image
-
-    @classmethod
-    def _default_image(cls, workdir):
-        from kerbside_tempest_plugin.cmd import harness
-        return harness.default_image(os.path.join(workdir, 'logs'))
 
     @classmethod
     def _lane_down(cls):
