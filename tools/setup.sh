@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up a fresh Debian 12 machine (as root) for the harness: system
 # packages from bindep.txt, the project venv (.venv), the Kerbside lane venv
-# and the guest images. Idempotent: a second run only checks.
+# and the guest images (~/.cache/kerbside-tempest-plugin/images). Idempotent:
+# a second run only checks. Needs nothing on PATH but the system's.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -39,16 +40,18 @@ if [ ! -x "$VENV/bin/python" ]; then
     log "creating $VENV"
     $PY -m venv "$VENV"
 fi
-log "installing the project and its test requirements into $VENV"
+log "installing the project, its extras and test requirements into $VENV"
 "$VENV/bin/pip" install -q --upgrade pip
 "$VENV/bin/pip" install -q -r requirements.txt -r test-requirements.txt \
     tox
-"$VENV/bin/pip" install -q -e .
+"$VENV/bin/pip" install -q -e ".[shakenfist,plot]"
 
+# Everything below runs the venv's programs by path: nothing here (nor in
+# what they start) relies on .venv/bin being on PATH.
 log "preparing the Kerbside lane venv"
 "$VENV/bin/kerbside-harness" setup
 
-log "building the guest images"
-bash images/build.sh
+log "building the guest images (the bundled guests, into the user cache)"
+"$VENV/bin/python" -m kerbside_tempest_plugin.guest_images --bundled
 
 log "setup done"
