@@ -140,7 +140,7 @@ log "verdicts"
 n_routes=$(wc -w <<<"$ROUTES")
 expect=$((TESTS_PER_ROUTE * n_routes))
 [ "$REGEX" = sextant ] || expect=1
-$PY -m kerbside_tempest_plugin.scenario.summary --expect "$expect" "$OUT"
+$PY -m kerbside_tempest_plugin.cmd.summary --expect "$expect" "$OUT"
 summary_rc=$?
 status=$summary_rc
 # One page linking every test's report.html, for a person with a browser.

@@ -17,6 +17,7 @@ import types
 from kerbside_tempest_plugin.digest import chains
 from kerbside_tempest_plugin.digest import events as ev
 from kerbside_tempest_plugin.digest import render
+from kerbside_tempest_plugin.providers import base as provider_base
 from kerbside_tempest_plugin.ryll import client as ryll_client
 
 MODE_KEYS = {'1': (640, 480), '2': (800, 600), '3': (1024, 768),
@@ -280,7 +281,16 @@ class _Serial:
 
 
 class LaneGuest:
-    """What Lane.boot_guest returns, around a FakeGuest."""
+    """What Lane.boot_guest returns, around a FakeGuest (with the
+    attributes providers.base.Guest declares).
+    """
+
+    serial_path = None
+    accel_reason = None
+    facts = provider_base.Guest.facts
+
+    def describe(self):
+        return 'fake guest %s' % self.name
 
     def __init__(self, fake, artifact_dir):
         self.fake = fake
@@ -323,6 +333,9 @@ class FakeRyll:
 
     def wait_ready(self, client, timeout):
         return {'surfaces': [1]}
+
+    def describe(self):
+        return 'fake ryll'
 
 
 class FakeLane:
@@ -368,3 +381,7 @@ class FakeLane:
 
     def stop_ryll(self):
         self.stopped_ryll += 1
+
+    @property
+    def last_ryll(self):
+        return self.ryll_procs[-1] if self.ryll_procs else None

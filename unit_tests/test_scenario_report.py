@@ -83,7 +83,7 @@ def test_artifact_dirs_never_collide(tmp_path):
 def test_summary_fails_on_a_failed_or_missing_run(tmp_path, capsys):
     import json
 
-    from kerbside_tempest_plugin.scenario import summary
+    from kerbside_tempest_plugin.cmd import summary
 
     def put(name, passed):
         d = tmp_path / name

@@ -106,7 +106,7 @@ def cmd_up(args):
                         timeout=args.boot_timeout)
         if not args.no_ryll:
             lane.start_ryll(timeout=args.timeout)
-        lane._save_state(state='up')
+        lane.save_state(state='up')
     except BaseException as e:
         _err('lane failed to come up: %s' % e)
         report = lane.down()

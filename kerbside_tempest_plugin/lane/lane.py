@@ -40,7 +40,7 @@ from kerbside_tempest_plugin.common import logtext
 from kerbside_tempest_plugin.common import ports as common_ports
 from kerbside_tempest_plugin.common import secrets as common_secrets
 from kerbside_tempest_plugin.common import tls as common_tls
-from kerbside_tempest_plugin.lane import console as lane_console
+from kerbside_tempest_plugin.lane import base as lane_base
 from kerbside_tempest_plugin.lane import kerbside as lane_kerbside
 from kerbside_tempest_plugin.lane import mariadb as lane_mariadb
 from kerbside_tempest_plugin.lane import procs
@@ -61,9 +61,9 @@ def default_workdir():
         '/tmp/kerbside-harness'
 
 
-class Lane:
-    """One lane in one workdir. Use as a context manager, or call up() and
-    (always) down().
+class Lane(lane_base.Lane):
+    """One lane in one workdir (the lane.base.Lane interface). Use as a
+    context manager, or call up() and (always) down().
 
     `route` is the default console route of guests (`kerbside` or
     `direct`); each call can override it. `kerbside=False` skips MariaDB
@@ -78,18 +78,16 @@ class Lane:
             raise ValueError('route must be one of %s' % (ROUTES,))
         if route == 'kerbside' and not kerbside:
             raise ValueError('the kerbside route needs kerbside=True')
-        self.workdir = os.path.abspath(workdir or default_workdir())
-        self.route = route
+        workdir = os.path.abspath(workdir or default_workdir())
+        super().__init__(workdir, route=route, ryll_binary=ryll_binary,
+                         log_dir=os.path.join(workdir, 'logs'))
         self.with_kerbside = kerbside
         self.venv = lane_kerbside.KerbsideVenv(kerbside_venv)
-        self.ryll_binary = ryll_binary
         self.qemu_options = dict(
             qemu_binary=qemu_binary or 'qemu-system-x86_64', accel=accel,
             ovmf_code=ovmf_code, ovmf_vars=ovmf_vars, memory_mb=memory_mb,
             tls=guest_tls)
         self.kerbside_verbose = kerbside_verbose
-        self.log_dir = os.path.join(self.workdir, 'logs')
-        self.redactor = common_secrets.Redactor()
         self.secrets = None
         self.registry = None
         self.run_dir = None
@@ -99,12 +97,6 @@ class Lane:
         self.kerbside = None
         self.tls = None
         self.provider = None
-        self.guest = None
-        self.guests = []
-        self.ryll = None
-        self.ryll_procs = []
-        self.timings = {}
-        self._ryll_count = 0
         self._up = False
         self._down_report = None
 
@@ -118,18 +110,6 @@ class Lane:
                    ryll_binary=kb.ryll_binary, qemu_binary=dq.qemu_binary,
                    accel=dq.accel, ovmf_code=dq.ovmf_code,
                    ovmf_vars=dq.ovmf_vars, memory_mb=dq.memory_mb, **kwargs)
-
-    def __enter__(self):
-        try:
-            self.up()
-        except BaseException:
-            self.down()
-            raise
-        return self
-
-    def __exit__(self, *exc):
-        self.down()
-        return False
 
     # -- state file ------------------------------------------------------
     @property
@@ -157,13 +137,14 @@ class Lane:
                 'accel_reason': g.accel_reason},
             'serial_log': g.serial_path if g else None,
             'control_socket': self.ryll.socket_path if self.ryll else None,
-            'ryll_pid': _ryll_pid(self.ryll) if self.ryll else None,
+            'ryll_pid': self.ryll.pid if self.ryll else None,
             'kerbside_venv': self.venv.path if self.with_kerbside else None,
             'timings': {k: round(v, 3) for k, v in self.timings.items()},
         }
         return info
 
-    def _save_state(self, **extra):
+    def save_state(self, **extra):
+        """Write lane.json: info() plus `extra` (no secrets)."""
         state = self.info()
         state.update(extra)
         atomic.write_json(self.state_path, state, sort_keys=True)
@@ -198,7 +179,7 @@ class Lane:
         """Bring up MariaDB and Kerbside (no guest yet). Returns self."""
         t0 = time.monotonic()
         self._prepare()
-        self._save_state(state='starting')
+        self.save_state(state='starting')
         if self.with_kerbside:
             problems = self.venv.check()
             if problems:
@@ -232,41 +213,31 @@ class Lane:
         self.provider = direct_qemu.DirectQemuProvider(
             spice_port=self.ports['guest_spice'], ticket=self.ticket,
             registry=self.registry, secrets=self.secrets,
-            run_dir=self.run_dir, route=self.route, route_factory=self,
-            **self.qemu_options)
+            run_dir=self.run_dir, **self.qemu_options)
         self.timings['lane_up'] = time.monotonic() - t0
         self._up = True
-        self._save_state(state='up')
+        self.save_state(state='up')
         return self
 
-    # -- guests ------------------------------------------------------------
-    def boot_guest(self, image=None, name=None, banner=None,
-                   timeout=120):
-        """Boot a fresh guest on the lane's SPICE port and ticket.
-
-        Any previous guest is torn down first. With `banner` (a regex),
-        wait for it on serial; `image=None` boots OVMF diskless.
-        """
+    # -- guests (lane.base.Lane hooks) ------------------------------------
+    def _check_up(self):
         if not self._up:
             raise errors.HarnessError('lane is not up')
-        if self.guest is not None:
-            self.guest.teardown()
-        n = len(self.guests) + 1
-        name = name or 'guest%d' % n
-        t = time.monotonic()
-        guest = self.provider.boot(
-            image, name, os.path.join(self.workdir, 'guests', name))
-        self.guest = guest
-        self.guests.append(guest)
-        self._save_state(state='up')
-        if banner:
-            guest.serial.wait_for(banner, timeout)
-            guest.boot_seconds = time.monotonic() - t
-            self.timings['qemu_to_banner'] = guest.boot_seconds
-        return guest
 
-    # route factory used by DirectQemuGuest for routes other than direct
-    def console_route(self, guest, route):
+    def _boot(self, image, name, artifact_dir):
+        return self.provider.boot(image, name, artifact_dir)
+
+    def _changed(self):
+        self.save_state(state='up')
+
+    # -- routes: the lane holds the route; the guest knows only direct ----
+    def console_route(self, guest, route=None):
+        """The ConsoleRoute of `guest` over `route` (default: the
+        lane's); no secret.
+        """
+        route = route or self.route
+        if route == 'direct':
+            return guest.console_route('direct')
         if route != 'kerbside':
             raise errors.ProviderError('unknown route %r' % route)
         self._need_kerbside()
@@ -277,7 +248,11 @@ class Lane:
             source=lane_kerbside.SOURCE_NAME, uuid=self.console_uuid,
             api_url=self.kerbside.api_url)
 
-    def console_vv(self, guest, route):
+    def console_vv(self, guest, route=None):
+        """A fresh .vv: qemu's own (direct) or Kerbside's (kerbside)."""
+        route = route or self.route
+        if route == 'direct':
+            return guest.console_vv('direct')
         if route != 'kerbside':
             raise errors.ProviderError('unknown route %r' % route)
         self._need_kerbside()
@@ -315,43 +290,12 @@ class Lane:
             raise errors.ProviderError('this lane runs without Kerbside; '
                                        'only the direct route exists')
 
-    # -- ryll --------------------------------------------------------------
-    def start_ryll(self, guest=None, route=None, timeout=30, verbose=False,
-                   extra_args=()):
-        """Start ryll headless against `guest` (default: the current one)
-        over `route`; wait for its control socket. Returns the RyllProcess.
-
-        The .vv is fetched (kerbside: a console token lives 60 s) or
-        written (direct) right before the start.
-        """
-        guest = guest or self.guest
-        if guest is None:
-            raise errors.HarnessError('no guest to connect ryll to')
-        route = route or self.route
-        self.stop_ryll()
-        self._ryll_count += 1
-        n = self._ryll_count
-        ryll_dir = os.path.join(self.workdir, 'ryll', '%d-%s' % (n, route))
-        t = time.monotonic()
-        rp = lane_console.start_ryll_on(
-            guest, route, ryll_dir, self.ryll_binary, self.redactor,
-            extra_args=list(extra_args) + (['--verbose'] if verbose
-                                           else []))
-        pid = _ryll_pid(rp)
-        if pid:
-            self.registry.add('ryll:%d' % n, pid,
+    # -- ryll (lane.base.Lane hook) ----------------------------------------
+    def _ryll_started(self, n, rp):
+        if rp.pid:
+            self.registry.add('ryll:%d' % n, rp.pid,
                               logs=[rp.stdout_path, rp.stderr_path],
                               scratch=[rp.private_dir])
-        self.ryll = rp
-        self.ryll_procs.append(rp)
-        rp.wait_for_socket(timeout)
-        self.timings['ryll_to_socket'] = time.monotonic() - t
-        self._save_state(state='up')
-        return rp
-
-    def stop_ryll(self):
-        lane_console.stop_ryll_quietly(self.ryll)
-        self.ryll = None
 
     # -- status --------------------------------------------------------
     def status(self):
@@ -378,16 +322,6 @@ class Lane:
                                       '%s' % (report['leftover_pids'],
                                               report['busy_ports']))
         return report
-
-
-def _ryll_pid(rp):
-    for attr in ('pid',):
-        value = getattr(rp, attr, None)
-        if isinstance(value, int):
-            return value
-    proc = getattr(rp, 'proc', None) or getattr(rp, 'process', None) or \
-        getattr(rp, '_proc', None)
-    return getattr(proc, 'pid', None)
 
 
 def load_state(workdir):

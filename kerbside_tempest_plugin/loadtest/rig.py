@@ -52,7 +52,7 @@ class Route:
         """None while ryll and the guest run; else what has gone."""
         rp = self.ryll
         if rp is not None:
-            rc = getattr(rp, 'returncode', None)
+            rc = rp.returncode
             if rc is not None:
                 return 'ryll exited with status %s' % rc
         g = self.guest
@@ -65,8 +65,7 @@ class Route:
         """Lane services that have died (MariaDB, the Kerbside API,
         daemon or proxy), for a timeout's note; None when all run.
         """
-        probe = getattr(self.lane, 'dead_services', None)
-        dead = probe() if probe is not None else None
+        dead = self.lane.dead_services() if self.lane is not None else None
         return 'lane services down: %s' % '; '.join(dead) if dead else None
 
 
@@ -151,9 +150,8 @@ class Rig:
             info = {'timings': {k: round(v, 3) for k, v in
                                 r.timings.items()}}
             if r.guest is not None:
-                info['accel'] = getattr(r.guest, 'accel', None)
-                info['accel_reason'] = getattr(r.guest, 'accel_reason',
-                                               None)
+                info['accel'] = r.guest.accel
+                info['accel_reason'] = r.guest.accel_reason
             if r.client is not None:
                 info['ryll_protocol'] = r.client.protocol_version
             out[r.name] = info
@@ -237,7 +235,7 @@ def _scrub(root, lane):
     """Redact the lane's known secrets in copied logs (a safety net: the
     lane scrubs its own workdir at teardown). Returns the files changed.
     """
-    redactor = getattr(lane, 'redactor', None)
+    redactor = lane.redactor if lane is not None else None
     if redactor is None or not os.path.isdir(root):
         return []
     try:

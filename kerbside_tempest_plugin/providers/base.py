@@ -144,11 +144,38 @@ class FileSerialSource(SerialSource):
 
 
 class Guest(abc.ABC):
-    """A booted guest. Subclasses set `name` and `artifact_dir`."""
+    """A booted guest. Subclasses set `name`, `artifact_dir` and `serial`.
+
+    What the scenario runner and the reports read, declared here so no
+    caller probes with getattr:
+
+    - `serial`: a SerialSource; `serial_path`: the file it reads, when
+      there is one (qemu's `-serial file:`), else None;
+    - `boot_seconds`: boot start to the banner, set by the lane that
+      waited for it (None until then);
+    - `accel`, `accel_reason`: the hypervisor's accelerator, when known;
+    - `facts()`: the lines the report shows about the guest;
+    - `describe()`: one line of state for a failure message.
+    """
 
     name = None
     artifact_dir = None
     serial = None
+    serial_path = None
+    boot_seconds = None
+    accel = None
+    accel_reason = None
+
+    def facts(self):
+        """What the report shows about this guest (label -> text)."""
+        if not self.accel:
+            return {}
+        return {'accelerator': '%s (%s)' % (self.accel,
+                                            self.accel_reason or '')}
+
+    def describe(self):
+        return 'guest %s (%s)' % (
+            self.name, 'running' if self.is_running() else 'stopped')
 
     @abc.abstractmethod
     def console_route(self, route=None):
@@ -203,4 +230,9 @@ class GuestProvider(abc.ABC):
 
         Artifacts (serial log, hypervisor logs, screendumps) go under
         `artifact_dir`, which the provider creates when missing.
+        """
+
+    def cleanup(self):
+        """Free what the provider itself holds (uploaded images, ...) once
+        its guests are gone; never raises. Default: nothing.
         """

@@ -259,36 +259,32 @@ class DirectQemuGuest(base.Guest):
             'running' if rc is None else 'exited with %s' % rc,
             logtext.tail_file(self.log_path, 8))
 
-    # -- console -----------------------------------------------------------
-    def _factory(self, route):
-        factory = self.provider.route_factory
-        if factory is None:
+    # -- console: qemu offers the direct route only; the kerbside route of a
+    # lane's guest is the lane's (lane.Lane.console_vv / console_route).
+    @staticmethod
+    def _direct_only(route):
+        if route not in (None, 'direct'):
             raise errors.ProviderError(
-                'route %r needs a lane (Kerbside); a bare direct-qemu '
-                'provider only offers the direct route' % route)
-        return factory
+                'route %r needs a lane (Kerbside): ask lane.Lane; a bare '
+                'direct-qemu guest only offers the direct route' % route)
 
     def console_route(self, route=None):
-        route = route or self.provider.route
-        if route == 'direct':
-            return base.ConsoleRoute(kind='direct', host=SPICE_HOST,
-                                     port=self.spice_port,
-                                     tls_port=self.tls_port)
-        return self._factory(route).console_route(self, route)
+        self._direct_only(route)
+        return base.ConsoleRoute(kind='direct', host=SPICE_HOST,
+                                 port=self.spice_port,
+                                 tls_port=self.tls_port)
 
     def console_vv(self, route=None):
-        route = route or self.provider.route
-        if route == 'direct':
-            ca = host_subject = None
-            if self.tls_port and self.x509_dir:
-                with open(os.path.join(self.x509_dir, 'ca-cert.pem')) as f:
-                    ca = f.read()
-                host_subject = QEMU_HOST_SUBJECT
-            return common_vv.direct_vv(SPICE_HOST, self.spice_port,
-                                       self._ticket, tls_port=self.tls_port,
-                                       ca=ca, host_subject=host_subject,
-                                       title='%s (direct)' % self.name)
-        return self._factory(route).console_vv(self, route)
+        self._direct_only(route)
+        ca = host_subject = None
+        if self.tls_port and self.x509_dir:
+            with open(os.path.join(self.x509_dir, 'ca-cert.pem')) as f:
+                ca = f.read()
+            host_subject = QEMU_HOST_SUBJECT
+        return common_vv.direct_vv(SPICE_HOST, self.spice_port,
+                                   self._ticket, tls_port=self.tls_port,
+                                   ca=ca, host_subject=host_subject,
+                                   title='%s (direct)' % self.name)
 
     # -- QMP helpers -------------------------------------------------------
     def screendump(self, path):
@@ -367,8 +363,8 @@ class DirectQemuProvider(base.GuestProvider):
     free port and a random ticket per guest. `registry` (a lane's
     ProcessRegistry) records qemu for crash recovery. `secrets` is a
     SecretStore for the ticket file; without one a private temporary
-    directory is used. `route_factory` provides routes other than
-    `direct` (the lane passes itself).
+    directory is used. A bare hypervisor offers the `direct` route only;
+    the kerbside route of a lane's guest is the lane's.
     """
 
     name = 'direct_qemu'
@@ -377,7 +373,8 @@ class DirectQemuProvider(base.GuestProvider):
                  ovmf_code=None, ovmf_vars=None, memory_mb=256,
                  spice_port=None, ticket=None, tls=False, registry=None,
                  secrets=None, run_dir=None, route='direct',
-                 route_factory=None, boot_timeout=60, extra_args=()):
+                 boot_timeout=60, extra_args=()):
+        DirectQemuGuest._direct_only(route)
         self.qemu_binary = qemu_binary
         self.accel_setting = accel
         self.ovmf_code, self.ovmf_vars = find_ovmf(ovmf_code, ovmf_vars)
@@ -390,7 +387,6 @@ class DirectQemuProvider(base.GuestProvider):
         self.secrets = secrets
         self.run_dir = run_dir
         self.route = route
-        self.route_factory = route_factory
         self.boot_timeout = boot_timeout
         self.extra_args = list(extra_args)
         self._x509_dir = None
@@ -400,7 +396,6 @@ class DirectQemuProvider(base.GuestProvider):
     def from_config(cls, conf, **kwargs):
         """Build from oslo.config groups [direct_qemu] and [kerbside]."""
         dq = conf.direct_qemu
-        kwargs.setdefault('route', conf.kerbside.route)
         return cls(qemu_binary=dq.qemu_binary, accel=dq.accel,
                    ovmf_code=dq.ovmf_code, ovmf_vars=dq.ovmf_vars,
                    memory_mb=dq.memory_mb, **kwargs)

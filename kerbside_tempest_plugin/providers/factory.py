@@ -5,7 +5,7 @@
 `[kerbside] provider` picks the class; `kw` carries what configuration
 cannot: for `nova` the test's tempest clients (`servers_client`,
 optionally `admin_servers_client` and an image v2 `images_client`), for
-`direct_qemu` the lane's wiring (`registry`, `secrets`, `route_factory`,
+`direct_qemu` the lane's wiring (`registry`, `secrets`, `run_dir`,
 ...), for `shakenfist` optionally a ready `client`. Any keyword overrides
 the configured value. Provider modules are imported only when chosen, so a
 missing optional dependency never breaks the others (or tempest

@@ -124,7 +124,7 @@ def run_scenario(lane, walk_name, route, image, artifact_root,
     log = log or LOG.info
     name = name or 'sextant-%s-%s' % (walk_name.replace('_', '-'), route)
     art = art_mod.ArtifactDir(artifact_root, name,
-                              redactor=getattr(lane, 'redactor', None))
+                              redactor=lane.redactor)
     log('artifacts for %s: %s' % (name, art.path))
     result = RunResult(name, walk_name, route, art.path)
     guest = rp = client = stream = walker = drain = ev = None
@@ -136,8 +136,8 @@ def run_scenario(lane, walk_name, route, image, artifact_root,
         guest = lane.boot_guest(image, name=_guest_name(name),
                                 banner=re.escape(contract.BANNER),
                                 timeout=boot_timeout)
-        phases['boot_to_banner'] = getattr(guest, 'boot_seconds', None) \
-            or time.monotonic() - t
+        phases['boot_to_banner'] = guest.boot_seconds or \
+            time.monotonic() - t
         t = time.monotonic()
         # ryll's own evidence (evidence.EvidenceOptions; default: pcaps
         # and pedantic reports) goes to scratch first, then through the
@@ -192,7 +192,7 @@ def run_scenario(lane, walk_name, route, image, artifact_root,
     phases['total'] = time.monotonic() - t_start
 
     # The drain, whether or not the walk finished: whatever serial holds.
-    serial_path = getattr(guest, 'serial_path', None) if guest else None
+    serial_path = guest.serial_path if guest else None
     if drain_text is None and serial_path and os.path.exists(serial_path):
         with open(serial_path, 'rb') as f:
             drain_text = f.read().decode('utf-8', 'replace')
@@ -239,11 +239,10 @@ def _state_at_failure(rp, guest):
     """
     out = []
     for label, obj in (('ryll', rp), ('guest', guest)):
-        describe = getattr(obj, 'describe', None)
-        if describe is None:
+        if obj is None:
             continue
         try:
-            out.append('%s: %s' % (label, describe()))
+            out.append('%s: %s' % (label, obj.describe()))
         except Exception as e:
             out.append('%s: <cannot describe: %r>' % (label, e))
     return out
@@ -277,18 +276,13 @@ def _teardown(lane, guest, client, stream, art, result, ev=None):
 
 def _copy_logs(lane, guest, art):
     if guest is not None:
-        gdir = getattr(guest, 'artifact_dir', None)
-        art.copy_logs(gdir, prefix='guest__')
-    rp = None
-    procs = getattr(lane, 'ryll_procs', None) or []
-    if procs:
-        rp = procs[-1]
+        art.copy_logs(guest.artifact_dir, prefix='guest__')
+    rp = lane.last_ryll
     if rp is not None:
         for p, n in ((rp.stdout_path, 'ryll.stdout.log'),
                      (rp.stderr_path, 'ryll.stderr.log')):
             art.copy_file(p, n)
-    log_dir = getattr(lane, 'log_dir', None)
-    art.copy_logs(log_dir, prefix='lane__')
+    art.copy_logs(lane.log_dir, prefix='lane__')
 
 
 def _write(art, result, walker, stream, drain, drain_text, route, image,
@@ -303,10 +297,8 @@ def _write(art, result, walker, stream, drain, drain_text, route, image,
         meta = {'walk': result.walk, 'route': route,
                 'image': image or '(provider default)',
                 'artifact dir': art.path}
-        accel = getattr(guest, 'accel', None)
-        if accel:
-            meta['accelerator'] = '%s (%s)' % (
-                accel, getattr(guest, 'accel_reason', '') or '')
+        if guest is not None:
+            meta.update(guest.facts())
         phases = dict(result.phases)
         for k in ('guest_pacing_s', 'overhead_s'):
             if k in result.stats:
@@ -316,7 +308,8 @@ def _write(art, result, walker, stream, drain, drain_text, route, image,
             '%s: %s' % (result.name, 'PASS' if result.passed else 'FAIL'),
             meta, result.results, walker, stream, events,
             drain_text=_drain_only(drain), phases=phases,
-            files=list(art.files) + ['report.md'], error=result.error)
+            files=list(art.files) + ['report.md', 'report.html'],
+            error=result.error)
         art.write_text('report.md', text)
         html_report.write(art, result, walker, stream, events,
                           drain_text=_drain_only(drain), phases=phases,
