@@ -28,7 +28,9 @@ Steps (any combination; with none, the three cheap ones):
                   are CI's own steps.
   --job NAME      run that job's pre-run, run and post-run playbooks for
                   real (the direct-qemu job runs the main job, which takes
-                  minutes); repeatable. --all-jobs runs every job.
+                  minutes); repeatable. --all-jobs runs every job. Each
+                  job's work root (and the logs/ its post-run fills) is
+                  kept under artifacts/zuul-playbooks-<time>/<job>.
 
 synchronize comes from the ansible.posix collection, which ansible-core
 does not ship and Ansible Galaxy cannot be reached from here: it is taken
@@ -200,7 +202,8 @@ class WorkRoot(object):
         })
         return env
 
-    def playbook(self, path, job, timeout, extra=()):
+    def playbook(self, path, job, timeout, extra=(), stream=False):
+        """Run one playbook; (output, seconds). stream: to our stdout."""
         cmd = [ansible_playbook(), '-i', self.inventory,
                '-e', '@' + self.vars_file,
                '-e', json.dumps({'zuul': dict(self.zuul_vars()['zuul'],
@@ -212,21 +215,23 @@ class WorkRoot(object):
         cmd += list(extra) + [os.path.join(ROOT, path)]
         t0 = time.monotonic()
         try:
-            proc = subprocess.run(cmd, env=self.env(), cwd=self.base,
-                                  timeout=timeout, stdin=subprocess.DEVNULL,
-                                  stdout=subprocess.PIPE,
-                                  stderr=subprocess.STDOUT, text=True)
+            proc = subprocess.run(
+                cmd, env=self.env(), cwd=self.base, timeout=timeout,
+                stdin=subprocess.DEVNULL, text=True,
+                stdout=None if stream else subprocess.PIPE,
+                stderr=None if stream else subprocess.STDOUT)
         except subprocess.TimeoutExpired as e:
             tail = (e.output or '')[-2000:]
             raise PlaybookError('%s (job %s) still running after %d s; '
                                 'last output:\n%s' % (path, job, timeout,
                                                       tail))
         took = time.monotonic() - t0
+        out = proc.stdout or ''
         if proc.returncode != 0:
             raise PlaybookError('%s (job %s) failed, exit %d after %.1f s:\n%s'
                                 % (path, job, proc.returncode, took,
-                                   proc.stdout[-4000:]))
-        return proc.stdout, took
+                                   out[-4000:] or '(output above)'))
+        return out, took
 
 
 def job_playbooks(zuul_file):
@@ -392,18 +397,36 @@ def run_check(base, playbooks, commands=None):
                 log('run ok: %s stops when %s fails' % (path, expected[0]))
 
 
-def run_jobs(work, playbooks, names, timeouts):
+def run_jobs(keep_under, playbooks, names, timeouts):
+    """Run each job's playbooks for real, in Zuul's order and semantics.
+
+    Each job gets its own work root under keep_under, which is kept: its
+    logs/ is what Zuul would publish. As in Zuul, a failed pre-run or run
+    playbook skips the rest of pre-run/run but post-run still runs, and
+    the job fails.
+    """
     for name in names:
-        steps = [(attr, path) for job, attr, path in playbooks
-                 if job == name]
-        if not steps:
+        if not any(job == name for job, _, _ in playbooks):
             raise PlaybookError('no job %s in .zuul.yaml' % name)
-        for attr, path in steps:
+    for name in names:
+        work = WorkRoot(os.path.join(keep_under, name))
+        failure = None
+        for job, attr, path in playbooks:
+            if job != name or (failure and attr in ('pre-run', 'run')):
+                continue
             log('running %s of %s: %s (deadline %d s)'
                 % (attr, name, path, timeouts[name]))
-            out, took = work.playbook(path, name, timeouts[name])
-            print(out[-3000:])
+            try:
+                _, took = work.playbook(path, name, timeouts[name],
+                                        stream=True)
+            except PlaybookError as e:
+                log('%s of %s FAILED: %s' % (attr, name, e))
+                failure = failure or e
+                continue
             log('%s of %s passed (%.1f s)' % (attr, name, took))
+        log('job %s: work root and logs kept in %s' % (name, work.base))
+        if failure:
+            raise failure
 
 
 def main(argv=None):
@@ -443,7 +466,9 @@ def main(argv=None):
         if names:
             timeouts = {n: int(j.get('timeout', 3600))
                         for n, j in check_zuul.jobs(data).items()}
-            run_jobs(work, playbooks, names, timeouts)
+            keep = os.path.join(ROOT, 'artifacts', 'zuul-playbooks-%s'
+                                % time.strftime('%Y%m%d-%H%M%S'))
+            run_jobs(keep, playbooks, names, timeouts)
     except (PlaybookError, check_zuul.ZuulConfigError) as e:
         print('zuul-playbooks: FAILED: %s' % e, file=sys.stderr)
         return 1

@@ -236,3 +236,28 @@ def test_run_check_rejects_command_missing_from_readme(tmp_path):
             str(tmp_path), [('job', 'run', 'playbooks/unit/run.yaml')],
             commands={'playbooks/unit/run.yaml': './tools/not-in-readme'})
     assert 'README.md no longer has the line' in str(e.value)
+
+
+def test_run_jobs_post_run_runs_after_a_failed_run(tmp_path, work_root):
+    """A failed run playbook skips the next run, post-run still runs."""
+    def playbook(name, task):
+        path = tmp_path / name
+        path.write_text('- hosts: all\n  gather_facts: false\n  tasks:\n'
+                        '    - ' + task + '\n')
+        return str(path)
+
+    mark = ('ansible.builtin.copy: {content: "%s", '
+            'dest: "{{ zuul.executor.log_root }}/%s"}')
+    playbooks = [
+        ('j', 'run', playbook('run1.yaml', 'ansible.builtin.fail: '
+                                           '{msg: deliberately}')),
+        ('j', 'run', playbook('run2.yaml', mark % ('x', 'run2-ran'))),
+        ('j', 'post-run', playbook('post.yaml', mark % ('x', 'post-ran'))),
+    ]
+    keep = tmp_path / 'kept'
+    with pytest.raises(zuul_playbooks.PlaybookError) as e:
+        zuul_playbooks.run_jobs(str(keep), playbooks, ['j'], {'j': 120})
+    assert 'run1.yaml (job j) failed' in str(e.value)
+    logs = keep / 'j' / 'logs'
+    assert (logs / 'post-ran').exists()
+    assert not (logs / 'run2-ran').exists()
