@@ -262,8 +262,6 @@ def _teardown(lane, guest, client, stream, art, result, ev=None):
         ('stop ryll', lane.stop_ryll),
         ('collect ryll\'s evidence', lambda: ev and result.stats.update(
             ryll_evidence_bytes=ev.collect(art).get('bytes', 0))),
-        ('collect ryll\'s evidence', lambda: ev and result.stats.update(
-            ryll_evidence_bytes=ev.collect(art).get('bytes', 0))),
         ('tear the guest down', lambda: guest and guest.teardown()),
         ('copy the logs', lambda: _copy_logs(lane, guest, art)),
     ]
@@ -313,9 +311,6 @@ def _write(art, result, walker, stream, drain, drain_text, route, image,
             files=list(art.files) + ['report.md', 'report.html'],
             error=result.error)
         art.write_text('report.md', text)
-        html_report.write(art, result, walker, stream, events,
-                          drain_text=_drain_only(drain), phases=phases,
-                          meta=meta)
         html_report.write(art, result, walker, stream, events,
                           drain_text=_drain_only(drain), phases=phases,
                           meta=meta)
