@@ -1,9 +1,18 @@
 #!/usr/bin/env bash
-# The test suite: set up (idempotent), then style checks, the sample-config
-# check, the main job (the Sextant scenario on the direct-qemu lane through
-# tempest) and the pytest suite (unit + integration with real parts).
-# Exits non-zero when any step fails. pytest runs last so its closing line
-# is the last summary printed.
+# The test suite (the README's second command): set up (idempotent), then
+# the style checks, the sample-config check, the CI-definition lint (when
+# tools/lint-ci.sh exists), the wheel-install test (the Sextant scenario
+# through tempest from a wheel in a fresh tempest venv, both routes) and
+# the pytest suite (unit + integration with real parts). Exits non-zero
+# when any step fails. pytest runs last so its closing line is the last
+# summary printed.
+#
+# The editable main job (`tox -e direct-qemu`, the README's first command)
+# is not run again here: the wheel-install test runs the same 8 scenario
+# tests, from the installed package the way users install it.
+#
+# Nothing is exported to PATH: every step names the venv's program by its
+# path, and what they test finds its tools itself (common.tools).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -24,14 +33,15 @@ step() {
     fi
 }
 
-export PATH="$VENV/bin:$PATH"
-step flake8 flake8
-step check-uuid check-uuid --package kerbside_tempest_plugin.tests
-step sample-config python tools/check_sample_config.py
-if [ -x tools/direct-qemu-job.sh ]; then
-    step direct-qemu bash tools/direct-qemu-job.sh
+step flake8 "$VENV/bin/flake8"
+step check-uuid "$VENV/bin/check-uuid" --package kerbside_tempest_plugin.tests
+step sample-config "$VENV/bin/python" tools/check_sample_config.py
+if [ -x tools/lint-ci.sh ]; then
+    step lint-ci ./tools/lint-ci.sh
 fi
-step pytest python -m pytest -q -p no:cacheprovider "$@"
+step wheel-install env BUILD_PYTHON="$VENV/bin/python" \
+    bash tools/wheel-install-test.sh
+step pytest "$VENV/bin/python" -m pytest -q -p no:cacheprovider "$@"
 
 if [ ${#failed[@]} -ne 0 ]; then
     echo "FAILED steps: ${failed[*]}"
