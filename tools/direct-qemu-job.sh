@@ -5,8 +5,9 @@
 #
 #   1. system packages (bindep.txt, via tools/setup.sh when root and
 #      something is missing) and the Kerbside lane venv;
-#   2. the guest image: images/build.sh, unless SEXTANT_IMAGE=/path names
-#      a real Sextant qcow2 ([sextant] image);
+#   2. the guest image, resolved as the tests resolve it (guest_images):
+#      SEXTANT_IMAGE=/path (a real Sextant qcow2), else the bundled guest,
+#      built into ~/.cache/kerbside-tempest-plugin/images when missing;
 #   3. per route (KTP_ROUTE=kerbside|direct; default both): a fresh tempest
 #      workspace and tempest.conf, then `tempest run --regex sextant`
 #      (KTP_RUNNER=stestr runs stestr on the same tests instead);
@@ -15,10 +16,14 @@
 #      including when the tests were skipped.
 #
 # Extra arguments go to `tempest run` (e.g. --regex to narrow further).
+#
+# Nothing is taken from PATH: the job runs the python environment that
+# holds tempest and the plugin ($PYTHON; else the tox env, $VIRTUAL_ENV;
+# else the checkout's .venv) and finds every tool through
+# kerbside_tempest_plugin.common.tools, as the plugin itself does.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
-PY=${PYTHON:-python3}
 ROUTES=${KTP_ROUTE:-kerbside direct}
 RUNNER=${KTP_RUNNER:-tempest}
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
@@ -39,40 +44,50 @@ case $RUNNER in tempest|stestr) ;; *)
 mkdir -p "$OUT"
 log "artifacts: $OUT"
 
-# -- 1. system packages and the Kerbside venv --------------------------
-tools=(qemu-system-x86_64 qemu-img openssl)
-[[ " $ROUTES " == *" kerbside "* ]] && tools+=(mariadb-install-db)
-[ -z "${SEXTANT_IMAGE:-}" ] && tools+=(gcc ld mcopy mkfs.fat)
-missing=()
-for t in "${tools[@]}"; do
-    command -v "$t" >/dev/null || [ -x "/usr/sbin/$t" ] || missing+=("$t")
-done
-if [ ${#missing[@]} -ne 0 ]; then
-    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-        log "missing ${missing[*]}: running tools/setup.sh (bindep.txt)"
-        bash tools/setup.sh || die "tools/setup.sh failed"
+# -- 0. the python environment under test ------------------------------
+PY=${PYTHON:-}
+if [ -z "$PY" ]; then
+    if [ -n "${VIRTUAL_ENV:-}" ] && [ -x "$VIRTUAL_ENV/bin/python" ]; then
+        PY=$VIRTUAL_ENV/bin/python
+    elif [ -x "$ROOT/.venv/bin/python" ]; then
+        PY=$ROOT/.venv/bin/python
     else
-        die "missing tools: ${missing[*]}; run tools/setup.sh as root \
-(packages in bindep.txt)"
+        die "no python environment with tempest and the plugin: run \
+tools/setup.sh, or set PYTHON"
     fi
 fi
+"$PY" -I -c 'import tempest, kerbside_tempest_plugin' 2>/dev/null \
+    || die "$PY cannot import tempest and kerbside_tempest_plugin; run \
+tools/setup.sh, or set PYTHON"
+log "python: $PY"
+find_tools() { "$PY" -m kerbside_tempest_plugin.common.tools "$@"; }
+harness() { "$PY" -m kerbside_tempest_plugin.cmd.harness "$@"; }
+
+# -- 1. system packages and the Kerbside venv --------------------------
+tools=(qemu-system-x86_64 qemu-img openssl)
+[[ " $ROUTES " == *" kerbside "* ]] && tools+=(mariadbd mariadb-install-db)
+if ! find_tools "${tools[@]}" >/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        log "tools missing (above): running tools/setup.sh (bindep.txt)"
+        bash tools/setup.sh || die "tools/setup.sh failed"
+        find_tools "${tools[@]}" >/dev/null || die "tools still missing"
+    else
+        die "tools missing (above); run tools/setup.sh as root"
+    fi
+fi
+TEMPEST=$(find_tools tempest) || die "tempest is not installed beside $PY"
+STESTR=$(find_tools stestr) || die "stestr is not installed beside $PY"
 if [[ " $ROUTES " == *" kerbside "* ]]; then
     log "checking the Kerbside lane venv (kerbside-harness setup)"
-    kerbside-harness setup || die "kerbside-harness setup failed"
+    harness setup || die "kerbside-harness setup failed"
 fi
 
 # -- 2. the guest image ------------------------------------------------
-if [ -n "${SEXTANT_IMAGE:-}" ]; then
-    [ -f "$SEXTANT_IMAGE" ] || die "SEXTANT_IMAGE=$SEXTANT_IMAGE: no such file"
-    IMAGE=$(readlink -f "$SEXTANT_IMAGE")
-    log "guest image: $IMAGE (SEXTANT_IMAGE)"
-else
-    log "building the guest image (images/build.sh sextant)"
-    bash images/build.sh sextant || die "images/build.sh failed"
-    IMAGE=$ROOT/images/out/sextant.qcow2
-    [ -f "$IMAGE" ] || die "images/build.sh did not produce $IMAGE"
-    log "guest image: $IMAGE"
-fi
+# The tests resolve it themselves ([sextant] image is not written); this
+# builds it first, so that a build failure ends the job at once.
+IMAGE=$("$PY" -m kerbside_tempest_plugin.guest_images sextant) \
+    || die "no guest image (above)"
+log "guest image: $IMAGE${SEXTANT_IMAGE:+ (SEXTANT_IMAGE)}"
 
 # -- 3. tempest, once per route ----------------------------------------
 write_conf() {  # route workspace
@@ -93,18 +108,14 @@ kerbside = True
 provider = direct_qemu
 route = $1
 artifact_dir = $2/artifacts
-ryll_binary = ${RYLL_BINARY:-ryll}
 ${KERBSIDE_VENV:+kerbside_venv = $KERBSIDE_VENV}
-
-[sextant]
-image = $IMAGE
 EOF
 }
 
 declare -A rc
 for route in $ROUTES; do
     ws=$OUT/$route
-    tempest init --name "ktp-$STAMP-$route" \
+    "$TEMPEST" init --name "ktp-$STAMP-$route" \
         --workspace-path "$OUT/workspace.yaml" "$ws" \
         >"$OUT/tempest-init-$route.log" 2>&1 \
         || { cat "$OUT/tempest-init-$route.log"; die "tempest init failed"; }
@@ -113,10 +124,10 @@ for route in $ROUTES; do
     log "route $route: $RUNNER, workspace $ws"
     t0=$SECONDS
     if [ "$RUNNER" = tempest ]; then
-        (cd "$ws" && tempest run --serial --regex "$REGEX" "$@")
+        (cd "$ws" && "$TEMPEST" run --serial --regex "$REGEX" "$@")
     else
         (cd "$ws" && TEMPEST_CONFIG_DIR=$ws/etc \
-            TEMPEST_CONFIG=tempest.conf stestr --test-path \
+            TEMPEST_CONFIG=tempest.conf "$STESTR" --test-path \
             "$ROOT/kerbside_tempest_plugin/tests" --top-dir "$ROOT" \
             run --serial "$REGEX")
     fi
@@ -129,7 +140,7 @@ done
 # (killed worker, interpreter crash) with processes still up.
 for lane in "$OUT"/*/artifacts/lanes/*/; do
     [ -f "$lane/processes.json" ] || continue
-    kerbside-harness down --workdir "$lane" >"$lane/job-down.log" 2>&1 || \
+    harness down --workdir "$lane" >"$lane/job-down.log" 2>&1 || \
         log "teardown safety net failed for $lane (see $lane/job-down.log)"
     rm -rf "$lane/secrets"
 done
