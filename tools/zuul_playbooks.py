@@ -117,25 +117,39 @@ def ensure_posix_collection(dest=COLLECTIONS):
         cmd = [sys.executable, '-m', 'pip', 'download', '-q', '--no-deps',
                '--only-binary', ':all:', '-d', tmp, ANSIBLE_BUNDLE]
         try:
-            subprocess.run(cmd, check=True, timeout=600)
+            proc = subprocess.run(cmd, timeout=600, text=True,
+                                  stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT)
         except (subprocess.SubprocessError, OSError) as e:
             raise PlaybookError('cannot fetch %s for ansible.posix: %s'
                                 % (ANSIBLE_BUNDLE, e))
+        if proc.returncode != 0:
+            raise PlaybookError('cannot fetch %s for ansible.posix (pip '
+                                'exit %d):\n%s' % (ANSIBLE_BUNDLE,
+                                                   proc.returncode,
+                                                   proc.stdout[-2000:]))
         wheels = [f for f in os.listdir(tmp) if f.endswith('.whl')]
         if not wheels:
             raise PlaybookError('pip download %s left no wheel in %s'
                                 % (ANSIBLE_BUNDLE, tmp))
         prefix = 'ansible_collections/ansible/posix/'
-        staging = dest + '.partial'
-        shutil.rmtree(staging, ignore_errors=True)
-        with zipfile.ZipFile(os.path.join(tmp, wheels[0])) as whl:
-            members = [m for m in whl.namelist() if m.startswith(prefix)]
-            if not members:
-                raise PlaybookError('%s holds no %s' % (wheels[0], prefix))
-            whl.extractall(staging, members)
-        os.makedirs(os.path.dirname(dest) or '.', exist_ok=True)
-        shutil.rmtree(dest, ignore_errors=True)
-        os.rename(staging, dest)
+        # Extract beside dest and rename into place, so that a concurrent
+        # run (pytest and lint-ci.sh) never sees half a collection.
+        parent = os.path.dirname(os.path.abspath(dest))
+        os.makedirs(parent, exist_ok=True)
+        staging = tempfile.mkdtemp(prefix='.posix-', dir=parent)
+        try:
+            with zipfile.ZipFile(os.path.join(tmp, wheels[0])) as whl:
+                members = [m for m in whl.namelist() if m.startswith(prefix)]
+                if not members:
+                    raise PlaybookError('%s holds no %s'
+                                        % (wheels[0], prefix))
+                whl.extractall(staging, members)
+            if not os.path.exists(manifest):
+                shutil.rmtree(dest, ignore_errors=True)
+                os.rename(staging, dest)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     log('ansible.posix ready in %s (%.1f s)' % (dest, time.monotonic() - t0))
     return dest
 
