@@ -2,8 +2,9 @@
 # The plugin installed the way tempest plugins are installed: from a wheel,
 # into a fresh venv of tempest's own, with no checkout in sight.
 #
-#   1. build the sdist, then the wheel from the sdist (python -m build),
-#      and check that the wheel carries the guest sources;
+#   1. build the sdist, then the wheel from the sdist (python -m build, in
+#      its isolated build env, as pip builds for a user), and check that
+#      the wheel carries the guest sources;
 #   2. a fresh venv holding only the wheel and what it requires (tempest,
 #      ryll, ...; no extras), the plugin imported from site-packages;
 #   3. per route (KTP_ROUTE=kerbside|direct; default both): `tempest init`
@@ -60,7 +61,7 @@ log "artifacts: $OUT"
 PHASE_T0=$SECONDS
 
 # -- 1. sdist, and the wheel built from it ------------------------------
-"$BUILD_PY" -m build --no-isolation --outdir "$OUT/dist" "$ROOT" \
+"$BUILD_PY" -m build --outdir "$OUT/dist" "$ROOT" \
     >"$OUT/build.log" 2>&1 \
     || { tail -20 "$OUT/build.log"; die "python -m build failed"; }
 WHEEL=$(ls "$OUT"/dist/*.whl 2>/dev/null | head -1)
