@@ -115,3 +115,17 @@ def test_bundled_guests_build_into_the_cache_once(clean_env, capsys):
     assert os.path.getsize(log) == size
     assert guest_images.main(['sextant']) == 0
     assert capsys.readouterr().out == lines[1] + '\n'
+
+
+def test_kerbside_harness_up_reads_sextant_image(clean_env, monkeypatch,
+                                                 capsys):
+    """kerbside-harness up without --image takes SEXTANT_IMAGE (it once
+    ignored it): a missing one fails before anything is started.
+    """
+    from kerbside_tempest_plugin.cmd import harness
+    monkeypatch.setenv('SEXTANT_IMAGE', str(clean_env / 'missing.qcow2'))
+    rc = harness.main(['up', '--route', 'direct', '--no-kerbside',
+                       '--no-ryll', '--workdir', str(clean_env / 'w')])
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert 'SEXTANT_IMAGE' in err and 'missing.qcow2: no such file' in err
