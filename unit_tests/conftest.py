@@ -34,14 +34,14 @@ def require_tools(*names):
         pytest.fail(msg)
 
 
-# A stand-in 'ryll' executable built on unit_tests/fake_ryll.py: records
+# A stand-in 'ryll' executable built on ryll/fake.py: records
 # its argv, then serves a fake control socket (FAKE_RYLL_MODE changes that).
 FAKE_BINARY = textwrap.dedent('''\
     #!%(python)s
     """Stand-in for ryll: records its argv, then acts per FAKE_RYLL_MODE."""
     import json, os, signal, stat, sys, time
     sys.path.insert(0, %(repo)r)
-    from unit_tests.fake_ryll import FakeRyll
+    from kerbside_tempest_plugin.ryll.fake import FakeRyll
 
     argv = sys.argv[1:]
     mode = os.environ.get('FAKE_RYLL_MODE', 'serve')

@@ -309,7 +309,13 @@ class LaneGuest:
         self.fake.off = True
 
 
-class FakeRyll:
+class FakeRyllProcess:
+    """A stand-in RyllProcess whose connect() hands back an in-process
+    FakeClient driving FakeGuest (no socket: the scenario tests exercise
+    the walk and the capture, not the control protocol, which ryll.fake
+    serves).
+    """
+
     def __init__(self, guest, workdir, secret):
         import os
         self.guest = guest
@@ -321,7 +327,7 @@ class FakeRyll:
             f.write('ok\n')
         self.client = None
 
-    def connect(self, timeout):
+    def connect(self, timeout, **client_kwargs):
         self.client = FakeClient(self.guest.fake)
         self.client.protocol_version = '1.5'
         self.client.supported_events = list(
@@ -375,7 +381,7 @@ class FakeLane:
 
     def start_ryll(self, guest, route=None, timeout=None, extra_args=()):
         self.ryll_extra_args = list(extra_args)
-        rp = FakeRyll(guest, guest.artifact_dir, self.secret)
+        rp = FakeRyllProcess(guest, guest.artifact_dir, self.secret)
         self.ryll_procs.append(rp)
         return rp
 

@@ -41,11 +41,7 @@ ALLOWED = {
 
 # Known upward edges still to be removed, each with the issue step that
 # removes it. Empty when the layering is clean.
-KNOWN = {
-    # ryll.client resolves key names with sextant.keys; step 3 of issue 10
-    # moves the resolution out of ryll (the caller passes scancodes).
-    ('ryll', 'sextant'),
-}
+KNOWN = set()
 
 
 def _modules():

@@ -1,4 +1,4 @@
-"""ControlClient against the fake control-socket server (fake_ryll)."""
+"""ControlClient against the fake control-socket server (ryll.fake)."""
 
 import json
 import socket
@@ -8,7 +8,8 @@ import time
 import pytest
 
 from kerbside_tempest_plugin.ryll import client as rc
-from unit_tests.fake_ryll import FakeRyll
+from kerbside_tempest_plugin.ryll.fake import FakeRyll
+from kerbside_tempest_plugin.sextant import keys
 
 
 @pytest.fixture
@@ -31,7 +32,8 @@ def server(sock_path):
 
 @pytest.fixture
 def client(server):
-    c = rc.ControlClient(server.path, default_timeout=3.0)
+    c = rc.ControlClient(server.path, default_timeout=3.0,
+                         resolve_key=keys.resolve)
     c.connect(timeout=3)
     yield c
     c.close()

@@ -1,4 +1,4 @@
-"""RyllProcess against a stand-in 'ryll' executable built on fake_ryll."""
+"""RyllProcess against a stand-in 'ryll' executable built on ryll.fake."""
 
 import json
 import os

@@ -156,7 +156,11 @@ def image_format(path):
 def build_argv(qemu_binary, name, accel, memory_mb, ovmf_code, vars_copy,
                serial_path, ticket_file, spice_port, qmp_path, overlay=None,
                tls_port=None, x509_dir=None, extra_args=()):
-    """The qemu command line. It holds paths and ports, never the ticket."""
+    """The qemu command line. It holds paths and ports, never the ticket.
+
+    The one qemu launcher's command line (the integration tests' guests
+    use it too): `spice_port=None` starts no SPICE server.
+    """
     argv = [qemu_binary, '-name', name, '-accel', accel, '-machine', 'q35',
             '-m', str(memory_mb),
             '-drive', 'if=pflash,format=raw,readonly=on,file=%s' % ovmf_code,
@@ -164,17 +168,18 @@ def build_argv(qemu_binary, name, accel, memory_mb, ovmf_code, vars_copy,
     if overlay:
         # No if=: q35's default controller is AHCI (Sextant has no virtio).
         argv += ['-drive', 'format=qcow2,file=%s' % overlay]
-    spice = ['port=%d' % spice_port, 'addr=%s' % SPICE_HOST,
-             'password-secret=spice-ticket']
-    if tls_port:
-        spice += ['tls-port=%d' % tls_port, 'x509-dir=%s' % x509_dir]
     argv += ['-vga', 'qxl', '-display', 'none', '-nic', 'none',
              '-no-reboot',
-             '-serial', 'file:%s' % serial_path,
-             '-object', 'secret,id=spice-ticket,format=raw,file=%s'
-             % ticket_file,
-             '-spice', ','.join(spice),
-             '-qmp', 'unix:%s,server=on,wait=off' % qmp_path]
+             '-serial', 'file:%s' % serial_path]
+    if spice_port is not None:
+        spice = ['port=%d' % spice_port, 'addr=%s' % SPICE_HOST,
+                 'password-secret=spice-ticket']
+        if tls_port:
+            spice += ['tls-port=%d' % tls_port, 'x509-dir=%s' % x509_dir]
+        argv += ['-object', 'secret,id=spice-ticket,format=raw,file=%s'
+                 % ticket_file,
+                 '-spice', ','.join(spice)]
+    argv += ['-qmp', 'unix:%s,server=on,wait=off' % qmp_path]
     return argv + list(extra_args)
 
 

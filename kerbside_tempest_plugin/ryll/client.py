@@ -19,9 +19,10 @@ import logging
 import socket
 import threading
 import time
-from dataclasses import dataclass, field
 
-from kerbside_tempest_plugin.common import errors
+from kerbside_tempest_plugin.ryll import errors as ryll_errors
+from kerbside_tempest_plugin.ryll import reader
+from kerbside_tempest_plugin.ryll import values
 
 LOG = logging.getLogger(__name__)
 
@@ -30,176 +31,29 @@ PROTOCOL_MAJOR = 1
 PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
 # ryll cuts a socket paste to this many characters without an error.
 PASTE_MAX_CHARS = 4096
+# The guest polls its keyboard every 50 ms; a 20 ms paste lost characters
+# under load (docs/plans/sextant-scenario.md), so paste at the poll rate.
+PASTE_CHAR_DELAY_MS = 50
 # A 1280x800 RGBA screenshot is ~5.5 MB of base64; leave lots of room.
 DEFAULT_MAX_LINE = 64 * 1024 * 1024
 DEFAULT_EVENT_QUEUE = 10000
-_RECV_CHUNK = 256 * 1024
-_EXCERPT = 200
 
-
-# ---------------------------------------------------------------- errors
-
-
-class RyllError(errors.HarnessError):
-    """Base class for everything this module raises."""
-
-
-class RyllRpcError(RyllError):
-    """ryll answered a request with ``ok: false``.
-
-    ``code`` is ryll's stable error code (unknown codes are kept as they
-    are); ``message`` is ryll's human text, which is not a stable API.
-    """
-
-    def __init__(self, code, message, method=None, request_id=None):
-        self.code = code
-        self.message = message
-        self.method = method
-        self.request_id = request_id
-        where = ' to %s (id %s)' % (method, request_id) if method else ''
-        super().__init__('ryll error%s: %s: %s' % (where, code, message))
-
-
-class RyllBusy(RyllRpcError):
-    """ryll refused the connection: another client holds the socket."""
-
-
-class RyllTimeout(RyllError, errors.HarnessTimeout):
-    """A wait ran past its deadline; the message says what was seen."""
-
-    def __init__(self, message, waited_for=None, elapsed=None, seen=None):
-        self.waited_for = waited_for
-        self.elapsed = elapsed
-        self.seen = seen or {}
-        super().__init__(message)
-
-
-class RyllConnectionClosed(RyllError):
-    """The control connection is gone (EOF, reset, or closed by us)."""
-
-    def __init__(self, message, reason=None):
-        self.reason = reason
-        super().__init__(message)
-
-
-class RyllProtocolError(RyllError):
-    """ryll sent something this client cannot make sense of."""
-
-    def __init__(self, message, line=None):
-        self.line = line
-        super().__init__(message)
-
-
-class RyllPasteFailed(RyllError):
-    """ryll reported ``paste_failed`` for our paste."""
-
-    def __init__(self, reason, request_id=None):
-        self.reason = reason
-        self.request_id = request_id
-        super().__init__('paste (id %s) failed: %s' % (request_id, reason))
-
-
-class RyllUnsupported(RyllError):
-    """The server does not offer a method or event we need."""
-
-
-# ---------------------------------------------------------------- values
-
-
-@dataclass(eq=False)
-class Event:
-    """One event from ryll, stamped when the reader thread received it.
-
-    ``received`` is ``time.monotonic()`` and ``received_wall_us`` the Unix
-    time in microseconds at receipt; ``wallclock_us`` is ryll's own stamp
-    (present on ``latency`` and ``surface_drawn``), so ``delay_us`` is the
-    socket delivery delay.
-    """
-
-    name: str
-    data: dict
-    received: float
-    received_wall_us: int
-    seq: int = 0
-
-    @property
-    def wallclock_us(self):
-        value = self.data.get('wallclock_us')
-        return value if isinstance(value, int) else None
-
-    @property
-    def delay_us(self):
-        if self.wallclock_us is None:
-            return None
-        return self.received_wall_us - self.wallclock_us
-
-
-@dataclass
-class Screenshot:
-    width: int
-    height: int
-    format: str
-    data: bytes = field(repr=False)
-    elapsed: float = 0.0
-
-    @property
-    def png(self):
-        if self.format != 'png':
-            raise ValueError('screenshot is %s, not png' % self.format)
-        return self.data
-
-    def save(self, path):
-        with open(path, 'wb') as f:
-            f.write(self.data)
-        return path
-
-
-class SubscribeResult(list):
-    """The names ryll accepted; ``dropped`` lists the ones it ignored."""
-
-    def __init__(self, accepted, dropped):
-        super().__init__(accepted)
-        self.dropped = list(dropped)
-
-
-class _Pending:
-    __slots__ = ('request_id', 'method', 'sent_at', 'done', 'result',
-                 'error', 'abandoned')
-
-    def __init__(self, request_id, method):
-        self.request_id = request_id
-        self.method = method
-        self.sent_at = time.monotonic()
-        self.done = threading.Event()
-        self.result = None
-        self.error = None
-        self.abandoned = False
-
-
-class _Waiter:
-    __slots__ = ('predicate', 'done', 'event', 'error')
-
-    def __init__(self, predicate):
-        self.predicate = predicate
-        self.done = threading.Event()
-        self.event = None
-        self.error = None
-
-
-def _excerpt(data):
-    if isinstance(data, (bytes, bytearray)):
-        data = bytes(data[:_EXCERPT]).decode('utf-8', 'replace')
-    text = str(data)
-    return text if len(text) <= _EXCERPT else text[:_EXCERPT] + '...'
-
-
-def _as_predicate(predicate):
-    if callable(predicate):
-        return predicate, getattr(predicate, '__name__', 'predicate')
-    if isinstance(predicate, str):
-        return (lambda ev: ev.name == predicate), 'event %r' % predicate
-    names = frozenset(predicate)
-    return (lambda ev: ev.name in names), 'one of %s' % sorted(names)
+# The errors and values, importable from here too (ryll.client.RyllError).
+RyllError = ryll_errors.RyllError
+RyllRpcError = ryll_errors.RyllRpcError
+RyllBusy = ryll_errors.RyllBusy
+RyllTimeout = ryll_errors.RyllTimeout
+RyllConnectionClosed = ryll_errors.RyllConnectionClosed
+RyllProtocolError = ryll_errors.RyllProtocolError
+RyllPasteFailed = ryll_errors.RyllPasteFailed
+RyllUnsupported = ryll_errors.RyllUnsupported
+Event = values.Event
+Screenshot = values.Screenshot
+SubscribeResult = values.SubscribeResult
+_Pending = reader._Pending
+_Waiter = reader._Waiter
+_excerpt = reader._excerpt
+_as_predicate = reader._as_predicate
 
 
 def release_code(code):
@@ -214,40 +68,17 @@ def release_code(code):
     return code
 
 
-def resolve_key(key):
-    """Turn a key (int scancode, key name or single character) into a code.
-
-    Names and characters are mapped by ``sextant.keys.scancode``, the one
-    place in the project that knows key names; it is imported only when a
-    name is used, so this module stays stdlib-only.
-    """
-    if isinstance(key, bool):
-        raise TypeError('key must be an int scancode or a key name')
-    if isinstance(key, int):
-        if not 0 <= key <= 0xffff:
-            raise ValueError('scancode %r is outside 0..65535' % key)
-        return key
-    if not isinstance(key, str) or not key:
+def check_scancode(code):
+    """`code` if it is an int scancode ryll accepts (0..65535)."""
+    if isinstance(code, bool) or not isinstance(code, int):
         raise TypeError('key must be an int scancode or a key name, got %r'
-                        % (key,))
-    try:
-        from kerbside_tempest_plugin.sextant import keys
-    except ImportError as e:
-        raise RyllError(
-            'key name %r needs kerbside_tempest_plugin.sextant.keys, which '
-            'could not be imported (%s); pass an int scancode' % (key, e))
-    needs_shift = getattr(keys, 'needs_shift', None)
-    if needs_shift is not None and needs_shift(key):
-        raise ValueError(
-            '%r needs Shift held: send_key(\'shift\', \'down\') around '
-            'it, or use paste()' % key)
-    return int(keys.scancode(key))
+                        % (code,))
+    if not 0 <= code <= 0xffff:
+        raise ValueError('scancode %r is outside 0..65535' % code)
+    return code
 
 
-# ---------------------------------------------------------------- client
-
-
-class ControlClient:
+class ControlClient(reader.ReaderLoop):
     """Client for one ryll control socket.
 
     Typical use::
@@ -265,8 +96,13 @@ class ControlClient:
 
     def __init__(self, path, client_name='kerbside-tempest-plugin',
                  default_timeout=10.0, max_line=DEFAULT_MAX_LINE,
-                 event_queue_size=DEFAULT_EVENT_QUEUE, key_gap=0.04):
+                 event_queue_size=DEFAULT_EVENT_QUEUE, key_gap=0.04,
+                 resolve_key=None):
         self.path = str(path)
+        # Key names are the guest's business (sextant.keys, above this
+        # package): a caller that sends names passes the resolver, e.g.
+        # resolve_key=sextant.keys.resolve. Without one, ints only.
+        self.resolve_key = resolve_key
         self.client_name = client_name
         self.default_timeout = default_timeout
         self.max_line = max_line
@@ -611,7 +447,8 @@ class ControlClient:
                                       'not offer' % (why, result.dropped))
 
     def send_key(self, key, state=None, gap=None, timeout=None):
-        """Send a key by name, character or AT set-1 scancode.
+        """Send a key by AT set-1 scancode, or by name or character when
+        the client has a ``resolve_key`` (sextant.keys.resolve).
 
         With ``state=None`` (the default) this sends an explicit ``down``,
         waits ``gap`` seconds (default ``key_gap``, 40 ms), then ``up`` with
@@ -619,7 +456,14 @@ class ControlClient:
         ``press`` (sent as given, with the make code). Returns the
         ``time.monotonic()`` just before the first write, for latency work.
         """
-        code = resolve_key(key)
+        if isinstance(key, str) and key:
+            if self.resolve_key is None:
+                raise RyllError(
+                    'key name %r needs a resolver: ControlClient(..., '
+                    'resolve_key=sextant.keys.resolve), or pass an int '
+                    'scancode' % key)
+            key = self.resolve_key(key)
+        code = check_scancode(key)
         gap = self.key_gap if gap is None else gap
         started = time.monotonic()
         if state is None:
@@ -638,7 +482,7 @@ class ControlClient:
                       timeout=timeout)
         return started
 
-    def paste(self, text, char_delay_ms=20, timeout=None):
+    def paste(self, text, char_delay_ms=PASTE_CHAR_DELAY_MS, timeout=None):
         """Type ``text`` as keystrokes; return ``chars_sent`` once done.
 
         Waits for the ``paste_completed`` whose ``request_id`` is this
@@ -899,261 +743,3 @@ class ControlClient:
                 'listener_errors': self.listener_errors,
                 'last_status': self.last_status,
             }
-
-    # -- reader thread
-
-    def _read_loop(self, sock):
-        buf = bytearray()
-        scan_from = 0
-        reason = None
-        try:
-            while True:
-                try:
-                    chunk = sock.recv(_RECV_CHUNK)
-                except OSError as e:
-                    reason = 'read failed: %s' % e
-                    break
-                if not chunk:
-                    if buf.strip():
-                        self._malformed(buf, 'partial line at EOF')
-                    break
-                buf += chunk
-                while True:
-                    nl = buf.find(b'\n', scan_from)
-                    if nl < 0:
-                        scan_from = len(buf)
-                        if len(buf) > self.max_line:
-                            self._fatal(RyllProtocolError(
-                                'ryll sent a line longer than %d bytes '
-                                '(max_line); giving up on the connection'
-                                % self.max_line, line=_excerpt(buf)))
-                            return
-                        break
-                    line = bytes(buf[:nl])
-                    del buf[:nl + 1]
-                    scan_from = 0
-                    if len(line) > self.max_line:
-                        self._fatal(RyllProtocolError(
-                            'ryll sent a line longer than %d bytes '
-                            '(max_line; it was %d); giving up on the '
-                            'connection' % (self.max_line, len(line)),
-                            line=_excerpt(line)))
-                        return
-                    self._handle_line(line)
-        except Exception as e:  # never let the reader die silently
-            LOG.exception('ryll control reader crashed')
-            self._fatal(RyllProtocolError('reader thread crashed: %r' % e))
-            return
-        if self._closing:
-            self._mark_closed(RyllConnectionClosed,
-                              'control connection closed by this client',
-                              reason='closed by client')
-        elif self._refusal is not None:
-            code, message = self._refusal
-            self._mark_closed(RyllBusy, 'ryll refused the connection: %s'
-                              % message, code=code)
-        else:
-            elapsed = time.monotonic() - (self.connected_at or 0)
-            self._mark_closed(
-                RyllConnectionClosed,
-                'ryll closed the control connection (%s) after %.2f s; ryll '
-                'sends no event when the SPICE session ends, it just closes '
-                'and exits 0' % (reason or 'EOF', elapsed),
-                reason=reason or 'eof')
-
-    def _fatal(self, error):
-        with self._lock:
-            pending = list(self._pending.values())
-            self._pending.clear()
-        for p in pending:
-            p.error = RyllProtocolError(str(error), line=error.line)
-            p.done.set()
-        self._mark_closed(RyllProtocolError, str(error), line=error.line)
-        sock = self._sock
-        if sock is not None:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-    def _mark_closed(self, cls, message, **kwargs):
-        with self._lock:
-            if self._close_info is not None:
-                return
-            self._close_info = (cls, message, kwargs)
-            pending = list(self._pending.values())
-            self._pending.clear()
-            waiters = list(self._waiters)
-            self._waiters.clear()
-        for p in pending:
-            p.error = self._closed_error()
-            p.done.set()
-        for w in waiters:
-            w.error = self._closed_error()
-            w.done.set()
-
-    def _malformed(self, line, why):
-        """Count a line we cannot use and fail the oldest request.
-
-        ryll answers strictly in order, so a garbled line that arrives
-        while requests are in flight is most likely the oldest one's
-        reply; failing that request loudly beats letting it time out.
-        """
-        text = _excerpt(line)
-        LOG.warning('malformed line from ryll (%s): %s', why, text)
-        with self._lock:
-            self.malformed_total += 1
-            self.malformed_lines.append('%s: %s' % (why, text))
-            pending = self._pop_oldest()
-        if pending is not None and not pending.abandoned:
-            pending.error = RyllProtocolError(
-                'malformed reply line (%s) while %s (id %s) was the oldest '
-                'request in flight: %s' % (why, pending.method,
-                                           pending.request_id, text),
-                line=text)
-            pending.done.set()
-
-    def _pop_oldest(self):
-        if not self._pending:
-            return None
-        return self._pending.popitem(last=False)[1]
-
-    def _handle_line(self, raw):
-        line = raw.rstrip(b'\r')
-        if not line.strip():
-            return
-        try:
-            msg = json.loads(line.decode('utf-8'))
-        except (UnicodeDecodeError, ValueError) as e:
-            self._malformed(line, 'not JSON: %s' % e)
-            return
-        if not isinstance(msg, dict):
-            self._malformed(line, 'not a JSON object')
-            return
-        if 'event' in msg:
-            self._handle_event(msg, line)
-        elif 'ok' in msg:
-            self._handle_reply(msg, line)
-        else:
-            self._malformed(line, 'neither a reply nor an event')
-
-    def _handle_reply(self, msg, line):
-        ok = msg.get('ok')
-        error = msg.get('error')
-        if ok is False:
-            if not isinstance(error, dict):
-                error = {'code': 'malformed_error',
-                         'message': _excerpt(error)}
-            code = str(error.get('code', 'unknown'))
-            message = str(error.get('message', ''))
-        if 'id' not in msg:
-            if ok is not False:
-                self._malformed(line, 'reply without an id')
-                return
-            self._idless_error(code, message)
-            return
-        with self._lock:
-            rid = msg['id']
-            pending = self._pending.pop(rid, None) if isinstance(
-                rid, (int, str)) and not isinstance(rid, bool) else None
-        if pending is None:
-            # Timed-out requests stay in the table, so an unknown id means
-            # ryll echoed an id we never sent (or the line is corrupt).
-            self.orphan_replies += 1
-            self._malformed(line, 'reply for unknown id %r'
-                            % (msg.get('id'),))
-            return
-        if pending.abandoned:
-            return
-        if ok is True:
-            pending.result = msg.get('result', {})
-        elif ok is False:
-            pending.error = RyllRpcError(code, message, pending.method,
-                                         pending.request_id)
-        else:
-            pending.error = RyllProtocolError(
-                'reply to %s (id %s) has ok=%r' % (
-                    pending.method, pending.request_id, ok),
-                line=_excerpt(line))
-        pending.done.set()
-
-    def _idless_error(self, code, message):
-        """An error without an id: `busy`, or a line ryll could not parse.
-
-        `busy` comes at accept time, before we send anything that matters:
-        every pending call gets RyllBusy and the connection is about to
-        close. Anything else answers the oldest request in flight (ryll
-        handles requests one at a time, in order).
-        """
-        if code == 'busy':
-            with self._lock:
-                self._refusal = (code, message)
-                pending = list(self._pending.values())
-                self._pending.clear()
-            for p in pending:
-                p.error = RyllBusy(code, message, p.method, p.request_id)
-                p.done.set()
-            return
-        with self._lock:
-            pending = self._pop_oldest()
-            if pending is None:
-                self.malformed_lines.append(
-                    'id-less error with nothing in flight: %s: %s'
-                    % (code, _excerpt(message)))
-        if pending is None:
-            LOG.warning('id-less error from ryll with nothing in flight: '
-                        '%s: %s', code, message)
-            return
-        if not pending.abandoned:
-            pending.error = RyllRpcError(code, message, pending.method,
-                                         pending.request_id)
-            pending.done.set()
-
-    def _handle_event(self, msg, line):
-        name = msg.get('event')
-        data = msg.get('data')
-        if not isinstance(name, str):
-            self._malformed(line, 'event name is not a string')
-            return
-        if not isinstance(data, dict):
-            data = {'value': data} if data is not None else {}
-        event = Event(name, data, time.monotonic(), time.time_ns() // 1000)
-        with self._lock:
-            self._event_seq += 1
-            event.seq = self._event_seq
-            self.event_counts[name] += 1
-            if name == 'dropped':
-                count = data.get('count')
-                self.dropped_reports += 1
-                if isinstance(count, int):
-                    self.dropped_total += count
-            listeners = list(self._listeners)
-        if name == 'dropped':
-            LOG.warning('ryll dropped %s events (client read too slowly; '
-                        'this report can arrive late)', data.get('count'))
-        # Listeners first, so a thread woken by this event knows every
-        # listener has already seen it.
-        for fn in listeners:
-            try:
-                fn(event)
-            except Exception:
-                self.listener_errors += 1
-                LOG.exception('ryll event listener %r failed', fn)
-        with self._lock:
-            for w in list(self._waiters):
-                try:
-                    match = w.predicate(event)
-                except Exception as e:
-                    self._waiters.remove(w)
-                    w.error = e
-                    w.done.set()
-                    continue
-                if match:
-                    self._waiters.remove(w)
-                    w.event = event
-                    w.done.set()
-                    return
-            if len(self._events) >= self.event_queue_size:
-                self._events.popleft()
-                self.local_dropped_total += 1
-            self._events.append(event)

@@ -29,6 +29,7 @@ from kerbside_tempest_plugin.scenario import html_report
 from kerbside_tempest_plugin.scenario import report as report_mod
 from kerbside_tempest_plugin.scenario import walk as walk_mod
 from kerbside_tempest_plugin.sextant import contract
+from kerbside_tempest_plugin.sextant import keys
 
 LOG = logging.getLogger(__name__)
 
@@ -146,7 +147,7 @@ def run_scenario(lane, walk_name, route, image, artifact_root,
             evidence, scratch_parent=os.path.join(lane.workdir, 'ryll'))
         rp = lane.start_ryll(guest, route=route, timeout=30,
                              extra_args=ev.argv())
-        client = rp.connect(timeout=30)
+        client = rp.connect(timeout=30, resolve_key=keys.resolve)
         accepted = client.subscribe(list(EVENTS))
         missing = [e for e in EVENTS if e not in accepted]
         if missing:

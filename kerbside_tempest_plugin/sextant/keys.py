@@ -98,3 +98,20 @@ def release(code):
 def keystrokes(text):
     """[(code, shift)] to type `text` key by key."""
     return [(scancode(c), needs_shift(c)) for c in text]
+
+
+def resolve(key):
+    """The make code to send for `key` (an int scancode, a key name or a
+    character typed without Shift): what ryll.client.ControlClient takes
+    as its `resolve_key`.
+
+    Raises ValueError (UnknownKey) for a name with no code and for a
+    character that needs Shift held (send LSHIFT around it, or paste).
+    """
+    if isinstance(key, int) and not isinstance(key, bool):
+        return key
+    if isinstance(key, str) and needs_shift(key):
+        raise UnknownKey(
+            '%r needs Shift held: send_key(\'shift\', \'down\') around '
+            'it, or use paste()' % key)
+    return scancode(key)

@@ -2,7 +2,10 @@
 
 `qemu_guest` is a factory: `qemu_guest(image)` boots a UEFI guest (q35,
 OVMF 4M, TCG, QXL, AHCI disk through a throwaway overlay, -no-reboot) with
-a QMP socket and a serial log, and returns a `QemuGuest`. Every guest is
+a QMP socket and a serial log, and returns a `QemuGuest`. The command line,
+the OVMF lookup, the image-format probe and the QMP wrapper are the
+direct-qemu provider's (one qemu launcher); this adds only the process
+handling and QMP key typing the guest tests need. Every guest is
 killed in teardown. `sextant_image` is the Sextant-compatible image: the
 SEXTANT_IMAGE environment variable (a real Sextant qcow2 or raw image) or
 the bundled guest, built when missing (kerbside_tempest_plugin.guest_images).
@@ -11,25 +14,22 @@ Waits always have a deadline and fail with what was awaited and what was
 seen (serial tail, last digest).
 """
 
-import json
 import os
 import pathlib
 import re
 import shutil
 import subprocess
 import tempfile
-import threading
 import time
 
 import pytest
 
+from kerbside_tempest_plugin.common import errors
+from kerbside_tempest_plugin.common import tools
+from kerbside_tempest_plugin.providers import direct_qemu
 from unit_tests.conftest import require_tools
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
-OVMF_CANDIDATES = [
-    ('/usr/share/OVMF/OVMF_CODE_4M.fd', '/usr/share/OVMF/OVMF_VARS_4M.fd'),
-    ('/usr/share/OVMF/OVMF_CODE.fd', '/usr/share/OVMF/OVMF_VARS.fd'),
-]
 
 # QMP qcodes for the characters the tests type (US layout).
 _SHIFTED = dict(zip('!@#$%^&*()_+{}:"~|<>?',
@@ -57,16 +57,10 @@ def qcodes_for(char):
 
 
 def ovmf_files():
-    for code, tmpl in OVMF_CANDIDATES:
-        if os.path.exists(code) and os.path.exists(tmpl):
-            return code, tmpl
-    pytest.fail('OVMF not found (install ovmf); tried %s' % OVMF_CANDIDATES)
-
-
-def image_format(path):
-    out = subprocess.run(['qemu-img', 'info', '--output=json', str(path)],
-                         capture_output=True, text=True, check=True).stdout
-    return json.loads(out)['format']
+    try:
+        return direct_qemu.find_ovmf()
+    except errors.ProviderError as e:
+        pytest.fail('%s (install ovmf)' % e)
 
 
 def terminate(proc, timeout=10):
@@ -99,25 +93,20 @@ class QemuGuest:
         self.qmp_path = self.workdir / 'qmp.sock'
         self.log_path = self.workdir / 'qemu.log'
         self.overlay = self.workdir / 'disk.qcow2'
-        self._lock = threading.Lock()
+        self._qmp = direct_qemu.QMP(str(self.qmp_path), timeout=20.0)
         self._shots = 0
         code, tmpl = ovmf_files()
         vars_copy = self.workdir / 'OVMF_VARS.fd'
         shutil.copy(tmpl, vars_copy)
         subprocess.run(
-            ['qemu-img', 'create', '-q', '-f', 'qcow2', '-F',
-             image_format(self.image), '-b',
+            [tools.find('qemu-img'), 'create', '-q', '-f', 'qcow2', '-F',
+             direct_qemu.image_format(self.image), '-b',
              os.path.abspath(self.image), str(self.overlay)], check=True)
-        self.argv = [
-            'qemu-system-x86_64', '-accel', accel, '-machine', 'q35',
-            '-m', memory,
-            '-drive', 'if=pflash,format=raw,readonly=on,file=%s' % code,
-            '-drive', 'if=pflash,format=raw,file=%s' % vars_copy,
-            '-drive', 'format=qcow2,file=%s' % self.overlay,
-            '-vga', 'qxl', '-display', 'none', '-nic', 'none',
-            '-no-reboot', '-serial', 'file:%s' % self.serial_path,
-            '-qmp', 'unix:%s,server=on,wait=off' % self.qmp_path,
-        ] + list(extra_args)
+        # The provider's command line, without a SPICE server.
+        self.argv = direct_qemu.build_argv(
+            tools.find('qemu-system-x86_64'), name, accel, memory, code,
+            vars_copy, self.serial_path, None, None, self.qmp_path,
+            overlay=self.overlay, extra_args=extra_args)
         self.started = time.monotonic()
         self._log = open(self.log_path, 'wb')
         self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL,
@@ -156,21 +145,11 @@ class QemuGuest:
 
     # -- QMP --------------------------------------------------------------
     def qmp(self, name, timeout=20.0, **args):
-        from qemu.qmp.legacy import QEMUMonitorProtocol  # lazy
-        with self._lock:
-            mon = QEMUMonitorProtocol(str(self.qmp_path))
-            try:
-                mon.connect(negotiate=True)
-                mon.settimeout(timeout)
-                reply = mon.cmd_raw(name, args or None)
-            finally:
-                try:
-                    mon.close()
-                except Exception:
-                    pass
-        if 'error' in reply:
-            raise AssertionError('QMP %s failed: %s' % (name, reply['error']))
-        return reply.get('return')
+        from qemu.qmp import ExecuteError  # lazy, as in the provider
+        try:
+            return self._qmp.cmd(name, timeout=timeout, **args)
+        except ExecuteError as e:
+            raise AssertionError('QMP %s failed: %s' % (name, e)) from None
 
     def send_key(self, *qcodes, hold_ms=None):
         args = {'keys': [{'type': 'qcode', 'data': q} for q in qcodes]}

@@ -29,6 +29,7 @@ from kerbside_tempest_plugin.common import waiting
 from kerbside_tempest_plugin.lane import kerbside as lane_kerbside
 from kerbside_tempest_plugin.lane import lane as lane_mod
 from kerbside_tempest_plugin.lane import procs
+from kerbside_tempest_plugin.sextant import keys
 from unit_tests.conftest import require_tools
 
 pytestmark = pytest.mark.integration
@@ -76,7 +77,7 @@ def _boot(lane, image, name):
 def _session(lane, guest, route):
     """Start ryll on `route`; return (RyllProcess, connected client)."""
     rp = lane.start_ryll(guest, route=route, timeout=30)
-    client = rp.connect(timeout=30)
+    client = rp.connect(timeout=30, resolve_key=keys.resolve)
     client.subscribe(['surface_drawn', 'paste_completed', 'paste_failed'])
     return rp, client
 

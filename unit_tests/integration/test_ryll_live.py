@@ -21,6 +21,7 @@ import pytest
 
 from kerbside_tempest_plugin.ryll import client as rc
 from kerbside_tempest_plugin.ryll import process as rp
+from kerbside_tempest_plugin.sextant import keys
 from unit_tests.conftest import require_tools
 from unit_tests.integration.conftest import terminate
 
@@ -128,7 +129,7 @@ def session(guest, tmp_path_factory):
     proc.start()
     client = None
     try:
-        client = proc.connect(timeout=10)
+        client = proc.connect(timeout=10, resolve_key=keys.resolve)
         proc.wait_ready(client, timeout=60)
         yield proc, client
     finally:

@@ -1,4 +1,5 @@
-"""A scriptable fake of ryll's control socket, for unit tests.
+"""The one scriptable fake of ryll's control socket (a real Unix-socket
+NDJSON server), for unit tests and for the latency floor (loadtest.fake).
 
 It behaves like ryll 0.3.0 (protocol 1.5) where the spec is clear: NDJSON,
 one client at a time (others get one id-less ``busy`` line and are closed),
@@ -17,6 +18,7 @@ import json
 import os
 import socket
 import struct
+import tempfile
 import threading
 import time
 import zlib
@@ -86,8 +88,16 @@ class FakeConn:
 
 
 class FakeRyll:
-    def __init__(self, path, paste_enabled=True, protocol_version='1.5',
+    """One client at a time, like ryll. `path=None`: a socket in a fresh
+    private temporary directory (removed by stop()).
+    """
+
+    def __init__(self, path=None, paste_enabled=True, protocol_version='1.5',
                  methods=None, events=None):
+        self._tmpdir = None
+        if path is None:
+            self._tmpdir = tempfile.mkdtemp(prefix='ktp-fake-ryll-')
+            path = os.path.join(self._tmpdir, 'control.sock')
         self.path = str(path)
         self.paste_enabled = paste_enabled
         self.protocol_version = protocol_version
@@ -119,6 +129,8 @@ class FakeRyll:
         self.stop()
 
     def start(self):
+        if os.path.exists(self.path):
+            os.unlink(self.path)
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._listener.bind(self.path)
         os.chmod(self.path, 0o600)
@@ -144,6 +156,11 @@ class FakeRyll:
             os.unlink(self.path)
         except FileNotFoundError:
             pass
+        if self._tmpdir:
+            try:
+                os.rmdir(self._tmpdir)
+            except OSError:
+                pass
 
     def requests_for(self, method):
         with self._lock:
