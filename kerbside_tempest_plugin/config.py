@@ -40,7 +40,9 @@ KerbsideGroup = [
     cfg.IntOpt('step_timeout', default=90,
                help='Deadline in seconds for each beat of a scenario.'),
     cfg.IntOpt('boot_timeout', default=120,
-               help='Deadline in seconds for the guest banner on serial.'),
+               help='Deadline in seconds from the guest\'s start to its '
+                    'banner on serial (the provider\'s build_timeout, for '
+                    'a cloud server to become active, comes first).'),
     cfg.BoolOpt('ryll_capture', default=True,
                 help='Run ryll with --capture and keep what it writes in '
                      'the test\'s artifact directory (ryll/): one pcap per '
@@ -89,6 +91,47 @@ DirectQemuGroup = [
 ]
 
 
+# tempest's [compute] build_timeout when tempest is not configured.
+DEFAULT_BUILD_TIMEOUT = 300
+
+
+def cloud_provider_opts(what, build_state, console_timeout, console_help):
+    """The options every cloud provider group has, built once: the deadlines
+    and polls of a guest's life and of Kerbside's .vv, with one name per
+    concept (`build_timeout` as in tempest's [compute], `serial_poll_interval`
+    for the serial source).
+    """
+    return [
+        cfg.IntOpt('build_timeout', default=None,
+                   deprecated_name='boot_timeout',
+                   help='Deadline in seconds for the %s to become %s. '
+                        'Unset: tempest\'s [compute] build_timeout (%d s '
+                        'without tempest).' % (what, build_state,
+                                               DEFAULT_BUILD_TIMEOUT)),
+        cfg.IntOpt('delete_timeout', default=120,
+                   help='Deadline in seconds for the %s to be deleted.'
+                   % what),
+        cfg.FloatOpt('poll_interval', default=2.0,
+                     help='Seconds between %s status polls.' % what),
+        cfg.IntOpt('console_timeout', default=console_timeout,
+                   help='Deadline in seconds for Kerbside to serve the .vv'
+                        '%s' % console_help),
+        cfg.StrOpt('console_ca_file', default=None,
+                   help='CA bundle to verify Kerbside when fetching the .vv '
+                        'over https. Unset uses the system CAs.'),
+        cfg.BoolOpt('console_verify', default=True,
+                    help='Verify Kerbside\'s certificate when fetching the '
+                         '.vv.'),
+    ]
+
+
+def _serial_poll_opt(deprecated_name=None):
+    return cfg.FloatOpt('serial_poll_interval', default=2.0,
+                        deprecated_name=deprecated_name,
+                        help='Seconds between polls of the guest\'s serial '
+                             'output (the console-output API).')
+
+
 nova_provider_group = cfg.OptGroup(
     name='nova_provider', title='Nova guest provider options')
 
@@ -97,30 +140,18 @@ NovaProviderGroup = [
                help='Glance image to boot (the Sextant image uploaded with '
                     'hw_video_model=qxl, hw_firmware_type=uefi and '
                     'hw_machine_type=q35).'),
-    cfg.StrOpt('flavor_ref', default=None, help='Flavor to boot with.'),
+    cfg.StrOpt('flavor_ref', default=None,
+               help='Flavor to boot with. Unset: tempest\'s [compute] '
+                    'flavor_ref.'),
     cfg.StrOpt('network', default=None,
                help='Network UUID for the server, or auto / none (needed '
                     'from microversion 2.37). Unset omits networks.'),
-    cfg.IntOpt('boot_timeout', default=300,
-               help='Deadline in seconds for the server to become ACTIVE.'),
-    cfg.IntOpt('delete_timeout', default=120,
-               help='Deadline in seconds for the server to be deleted.'),
-    cfg.FloatOpt('poll_interval', default=2.0,
-                 help='Seconds between server status polls.'),
     cfg.StrOpt('microversion', default='2.99',
                help='Compute microversion for spice-direct consoles (2.99, '
                     'Nova 2025.1 Epoxy, or later).'),
-    cfg.IntOpt('console_timeout', default=60,
-               help='Deadline in seconds for Kerbside to serve the .vv for '
-                    'a spice-direct console URL.'),
-    cfg.StrOpt('console_ca_file', default=None,
-               help='CA bundle to verify Kerbside when fetching the .vv '
-                    'over https. Unset uses the system CAs.'),
-    cfg.BoolOpt('console_verify', default=True,
-                help='Verify Kerbside\'s certificate when fetching the .vv.'),
-    cfg.FloatOpt('serial_poll_interval', default=2.0,
-                 help='Seconds between console-output polls.'),
-]
+    _serial_poll_opt(),
+] + cloud_provider_opts(
+    'server', 'ACTIVE', 60, ' for a spice-direct console URL.')
 
 shakenfist_provider_group = cfg.OptGroup(
     name='shakenfist_provider', title='Shaken Fist guest provider options')
@@ -148,28 +179,25 @@ ShakenFistProviderGroup = [
                help='Guest video memory in KiB.'),
     cfg.StrOpt('network', default=None,
                help='Network UUID to attach. Unset: no network.'),
-    cfg.IntOpt('boot_timeout', default=300,
-               help="Deadline in seconds for the instance to reach state "
-                    "'created'."),
-    cfg.IntOpt('delete_timeout', default=120,
-               help='Deadline in seconds for the instance to be deleted.'),
-    cfg.FloatOpt('poll_interval', default=2.0,
-                 help='Seconds between instance state polls.'),
-    cfg.IntOpt('console_timeout', default=180,
-               help='Deadline in seconds for Kerbside to serve the .vv. '
-                    'Kerbside learns consoles by scraping every 60 s and '
-                    'answers 404 until then.'),
-    cfg.StrOpt('console_ca_file', default=None,
-               help='CA bundle to verify Kerbside when fetching the .vv '
-                    'over https. Unset uses the system CAs.'),
-    cfg.BoolOpt('console_verify', default=True,
-                help='Verify Kerbside\'s certificate when fetching the .vv.'),
-    cfg.FloatOpt('console_poll_interval', default=2.0,
-                 help='Seconds between console-data (serial) polls.'),
+    _serial_poll_opt(deprecated_name='console_poll_interval'),
     cfg.IntOpt('console_data_length', default=200000,
                help='Bytes of console data fetched per poll (the tail of '
                     'the log).'),
-]
+] + cloud_provider_opts(
+    'instance', "state 'created'", 180,
+    '. Kerbside learns consoles by scraping every 60 s and answers 404 '
+    'until then.')
+
+
+def compute_option(conf, name, default):
+    """tempest's [compute] `name` where it means the same thing as ours;
+    `default` when tempest's options are not registered (the libraries
+    and unit tests run without tempest).
+    """
+    try:
+        return getattr(conf.compute, name)
+    except (cfg.NoSuchOptError, cfg.NoSuchGroupError, AttributeError):
+        return default
 
 
 def register_opts(conf):

@@ -19,23 +19,27 @@ PKG = 'kerbside_tempest_plugin'
 
 # package (or top-level module) -> the packages it may import. Lowest
 # first; a name missing here is an error, so a new package must be placed.
-BELOW_SCENARIO = {'common', 'digest', 'sextant', 'ryll', 'providers',
-                  'guest_images', 'lane'}
+# config (the oslo.config options) imports nothing of ours: it sits beside
+# common, so a provider's from_config can read tempest's [compute] options.
+BELOW_SCENARIO = {'common', 'config', 'digest', 'sextant', 'ryll',
+                  'providers', 'guest_images', 'lane'}
 ALLOWED = {
     'common': set(),
     'config': set(),
     'digest': {'common'},
     'sextant': {'common', 'digest'},
     'ryll': {'common'},
-    'providers': {'common'},
+    'providers': {'common', 'config'},
     'guest_images': {'common'},
     'guests': {'common'},
-    'lane': {'common', 'providers', 'ryll', 'guest_images'},
+    'lane': {'common', 'config', 'providers', 'ryll', 'guest_images'},
     'scenario': BELOW_SCENARIO,
     'loadtest': BELOW_SCENARIO,
-    'cmd': BELOW_SCENARIO | {'scenario', 'loadtest', 'config'},
+    # the live console and MCP server drive the scenario's walks
+    'console': BELOW_SCENARIO | {'scenario'},
+    'cmd': BELOW_SCENARIO | {'scenario', 'loadtest', 'console'},
     # cmd and tests are one layer: a tempest class may use a CLI helper.
-    'tests': BELOW_SCENARIO | {'scenario', 'loadtest', 'config', 'cmd'},
+    'tests': BELOW_SCENARIO | {'scenario', 'loadtest', 'console', 'cmd'},
     'plugin': {'config'},
 }
 

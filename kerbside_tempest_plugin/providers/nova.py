@@ -32,6 +32,7 @@ import urllib.parse
 
 from kerbside_tempest_plugin.common import errors
 from kerbside_tempest_plugin.common import waiting
+from kerbside_tempest_plugin import config
 from kerbside_tempest_plugin.providers import base
 from kerbside_tempest_plugin.providers import cloud
 
@@ -311,8 +312,12 @@ class NovaProvider(base.GuestProvider):
         np = conf.nova_provider
         kwargs.setdefault('route', conf.kerbside.route)
         values = dict(
-            image_ref=np.image_ref, flavor_ref=np.flavor_ref,
-            network=np.network, boot_timeout=np.boot_timeout,
+            image_ref=np.image_ref,
+            flavor_ref=np.flavor_ref or config.compute_option(
+                conf, 'flavor_ref', None),
+            network=np.network,
+            boot_timeout=np.build_timeout or config.compute_option(
+                conf, 'build_timeout', config.DEFAULT_BUILD_TIMEOUT),
             delete_timeout=np.delete_timeout,
             poll_interval=np.poll_interval, microversion=np.microversion,
             console_timeout=np.console_timeout,

@@ -28,6 +28,7 @@ import os
 
 from kerbside_tempest_plugin.common import errors
 from kerbside_tempest_plugin.common import vv as common_vv
+from kerbside_tempest_plugin import config
 from kerbside_tempest_plugin.providers import base
 from kerbside_tempest_plugin.providers import cloud
 
@@ -286,12 +287,14 @@ class ShakenFistProvider(base.GuestProvider):
             memory_mb=sp.memory_mb, disk_gb=sp.disk_gb,
             disk_bus=sp.disk_bus, video_model=sp.video_model,
             video_memory_kb=sp.video_memory_kb, network=sp.network,
-            boot_timeout=sp.boot_timeout, delete_timeout=sp.delete_timeout,
+            boot_timeout=sp.build_timeout or config.compute_option(
+                conf, 'build_timeout', config.DEFAULT_BUILD_TIMEOUT),
+            delete_timeout=sp.delete_timeout,
             poll_interval=sp.poll_interval,
             console_timeout=sp.console_timeout,
             console_ca_file=sp.console_ca_file,
             console_verify=sp.console_verify,
-            serial_interval=sp.console_poll_interval,
+            serial_interval=sp.serial_poll_interval,
             console_data_length=sp.console_data_length)
         values.update(kwargs)
         return cls(client, **values)
