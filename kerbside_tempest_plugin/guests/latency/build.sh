@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Build the kerbside latency guest: images/latency/latency.c (gnu-efi) ->
-# EFI/BOOT/BOOTX64.EFI on a FAT32 disk -> images/out/latency.qcow2.
+# Build the kerbside latency guest: latency/latency.c (gnu-efi) ->
+# EFI/BOOT/BOOTX64.EFI on a FAT32 disk -> $OUT_DIR/latency.qcow2 (the
+# caller, ../build.sh, sets OUT_DIR to its $IMAGES_OUT).
 #
 # Self-contained: needs only the Debian 12 packages gnu-efi, mtools,
 # dosfstools and qemu-utils (plus gcc/binutils). Skips the build when the
 # sources and this script are unchanged since the last successful build
-# (their hash is kept in images/out/latency.sha256). FORCE=1 rebuilds.
+# (their hash is kept in $OUT_DIR/latency.sha256). FORCE=1 rebuilds.
 # OUT_DIR overrides the output directory.
 set -euo pipefail
 

@@ -1,7 +1,7 @@
 /* Screen: GOP mode selection, the text grid, logo, cursor, toast, the QR
  * region and the framebuffer hash read back from the screen (§1.6, §2). */
 #include "sx.h"
-#include "font8x16.h"   /* generated into images/out by build.sh */
+#include "font8x16.h"   /* generated into $IMAGES_OUT/build by build.sh */
 
 typedef EFI_GRAPHICS_OUTPUT_BLT_PIXEL px_t;
 
@@ -268,6 +268,27 @@ static void region_origin(uint32_t *ox, uint32_t *oy)
 		sx_h - (2 * SX_MARGIN + SX_REGION) : 0;
 }
 
+#ifdef SX_QR_BLITS
+/* The way a real Sextant paints its digest: one 4x4 VideoFill per module,
+ * quiet zone included (45 x 45 = 2,025 blits, top row first), so ryll sees
+ * a flood of small draws and the QR is half-painted for most of the
+ * refresh. Built as a second image by build.sh (guest sextant_blits). */
+void gfx_qr(const uint8_t m[37][37])
+{
+	uint32_t ox, oy, x, y;
+	region_origin(&ox, &oy);
+	if (ox + SX_REGION > sx_w || oy + SX_REGION > sx_h)
+		return;
+	for (y = 0; y < SX_REGION / 4; y++) {
+		for (x = 0; x < SX_REGION / 4; x++) {
+			int mx = (int)x - 4, my = (int)y - 4;
+			int dark = mx >= 0 && my >= 0 && mx < 37 && my < 37 &&
+				m[my][mx];
+			fill(dark ? FG : BG, ox + 4 * x, oy + 4 * y, 4, 4);
+		}
+	}
+}
+#else
 void gfx_qr(const uint8_t m[37][37])
 {
 	uint32_t ox, oy, x, y;
@@ -284,6 +305,7 @@ void gfx_qr(const uint8_t m[37][37])
 		blt(qrbuf, EfiBltBufferToVideo, 0, 0, ox, oy, SX_REGION,
 		    SX_REGION);
 }
+#endif
 
 uint32_t gfx_framebuffer_hash(void)
 {
