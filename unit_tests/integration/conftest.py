@@ -75,8 +75,10 @@ def terminate(proc, timeout=10):
         proc.wait(timeout)
 
 
-class WaitTimeout(AssertionError):
-    pass
+class WaitTimeout(errors.HarnessTimeout, AssertionError):
+    """A guest test's wait ran out: the one timeout class (HarnessTimeout),
+    and a test failure (AssertionError).
+    """
 
 
 class QemuGuest:
