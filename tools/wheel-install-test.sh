@@ -17,8 +17,9 @@
 #
 # Uses the checkout's .venv only to build (BUILD_PYTHON); the venv under
 # test is made from PYTHON (default python3). Artifacts (dist/, logs,
-# workspaces with their tests' artifacts) go to KTP_ARTIFACTS (default
-# artifacts/wheel-install-<UTC time>); the fresh venv is removed at the end.
+# workspaces with their tests' artifacts) go to KTP_WHEEL_ARTIFACTS
+# (default wheel-install-<UTC time> under KTP_ARTIFACTS, else under
+# artifacts/); the fresh venv is removed at the end.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -27,7 +28,8 @@ PY=${PYTHON:-python3}
 ROUTES=${KTP_ROUTE:-kerbside direct}
 TESTS_PER_ROUTE=4
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
-OUT=${KTP_ARTIFACTS:-$ROOT/artifacts/wheel-install-$STAMP}
+# Its own directory, also under a KTP_ARTIFACTS that the main job shares.
+OUT=${KTP_WHEEL_ARTIFACTS:-${KTP_ARTIFACTS:-$ROOT/artifacts}/wheel-install-$STAMP}
 T0=$SECONDS
 
 log() { printf '[wheel-install %(%H:%M:%S)T] %s\n' -1 "$*"; }
