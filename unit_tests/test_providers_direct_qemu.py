@@ -142,3 +142,14 @@ def test_direct_route_vv_holds_the_ticket_but_argv_does_not(tmp_path):
     assert not guest.is_running()
     guest.teardown()
     guest.teardown()
+
+
+def test_argv_without_spice_or_without_a_ticket():
+    # The integration tests' guests use the same command line.
+    bare = _argv(spice_port=None, ticket_file=None)
+    assert '-spice' not in bare and '-object' not in bare
+    assert _opt(bare, '-qmp') == ['unix:/r/qmp.sock,server=on,wait=off']
+    open_ = _argv(ticket_file=None)
+    assert _opt(open_, '-spice') == [
+        'port=41000,addr=127.0.0.1,disable-ticketing=on']
+    assert '-object' not in open_

@@ -159,7 +159,8 @@ def build_argv(qemu_binary, name, accel, memory_mb, ovmf_code, vars_copy,
     """The qemu command line. It holds paths and ports, never the ticket.
 
     The one qemu launcher's command line (the integration tests' guests
-    use it too): `spice_port=None` starts no SPICE server.
+    use it too): `spice_port=None` starts no SPICE server, and
+    `ticket_file=None` an unticketed one (disable-ticketing).
     """
     argv = [qemu_binary, '-name', name, '-accel', accel, '-machine', 'q35',
             '-m', str(memory_mb),
@@ -172,13 +173,16 @@ def build_argv(qemu_binary, name, accel, memory_mb, ovmf_code, vars_copy,
              '-no-reboot',
              '-serial', 'file:%s' % serial_path]
     if spice_port is not None:
-        spice = ['port=%d' % spice_port, 'addr=%s' % SPICE_HOST,
-                 'password-secret=spice-ticket']
+        spice = ['port=%d' % spice_port, 'addr=%s' % SPICE_HOST]
+        if ticket_file:
+            spice.append('password-secret=spice-ticket')
+            argv += ['-object', 'secret,id=spice-ticket,format=raw,file=%s'
+                     % ticket_file]
+        else:
+            spice.append('disable-ticketing=on')
         if tls_port:
             spice += ['tls-port=%d' % tls_port, 'x509-dir=%s' % x509_dir]
-        argv += ['-object', 'secret,id=spice-ticket,format=raw,file=%s'
-                 % ticket_file,
-                 '-spice', ','.join(spice)]
+        argv += ['-spice', ','.join(spice)]
     argv += ['-qmp', 'unix:%s,server=on,wait=off' % qmp_path]
     return argv + list(extra_args)
 

@@ -19,6 +19,9 @@ import time
 
 import pytest
 
+from kerbside_tempest_plugin.common import errors
+from kerbside_tempest_plugin.common import tools
+from kerbside_tempest_plugin.providers import direct_qemu
 from kerbside_tempest_plugin.ryll import client as rc
 from kerbside_tempest_plugin.ryll import process as rp
 from kerbside_tempest_plugin.sextant import keys
@@ -26,9 +29,6 @@ from unit_tests.conftest import require_tools
 from unit_tests.integration.conftest import terminate
 
 pytestmark = pytest.mark.integration
-
-OVMF_CODE = '/usr/share/OVMF/OVMF_CODE_4M.fd'
-OVMF_VARS = '/usr/share/OVMF/OVMF_VARS_4M.fd'
 
 
 def free_port():
@@ -38,7 +38,10 @@ def free_port():
 
 
 class Qemu:
-    """A disk-less OVMF guest with SPICE on loopback (test helper only)."""
+    """A disk-less OVMF guest with SPICE on loopback (test helper only),
+    on the direct-qemu provider's command line (providers.direct_qemu:
+    find_ovmf, build_argv; the ticket goes in a 0600 file, not argv).
+    """
 
     def __init__(self, workdir, ticket=None):
         self.workdir = workdir
@@ -49,22 +52,19 @@ class Qemu:
         self.proc = None
 
     def start(self):
+        code, vars_template = direct_qemu.find_ovmf()
         vars_copy = os.path.join(self.workdir, 'vars.fd')
-        shutil.copy(OVMF_VARS, vars_copy)
-        argv = ['qemu-system-x86_64', '-accel', 'tcg', '-machine', 'q35',
-                '-m', '128M',
-                '-drive', 'if=pflash,format=raw,readonly=on,file='
-                + OVMF_CODE,
-                '-drive', 'if=pflash,format=raw,file=' + vars_copy,
-                '-vga', 'qxl', '-display', 'none', '-nic', 'none',
-                '-serial', 'file:' + self.serial]
-        spice = 'port=%d,addr=127.0.0.1' % self.port
+        shutil.copy(vars_template, vars_copy)
+        ticket_file = None
         if self.ticket:
-            argv += ['-object', 'secret,id=sec0,data=' + self.ticket]
-            spice += ',password-secret=sec0'
-        else:
-            spice += ',disable-ticketing=on'
-        argv += ['-spice', spice]
+            ticket_file = os.path.join(self.workdir, 'spice-ticket')
+            fd = os.open(ticket_file, os.O_WRONLY | os.O_CREAT, 0o600)
+            with os.fdopen(fd, 'w') as f:
+                f.write(self.ticket)
+        argv = direct_qemu.build_argv(
+            tools.find('qemu-system-x86_64'), 'ryll-live', 'tcg', '128M',
+            code, vars_copy, self.serial, ticket_file, self.port,
+            os.path.join(self.workdir, 'qmp.sock'))
         with open(self.log, 'ab') as log:
             self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
                                          stdout=log, stderr=log,
@@ -106,16 +106,17 @@ class Qemu:
 
 
 @pytest.fixture(scope='module')
-def tools():
+def host_tools():
     require_tools('qemu-system-x86_64')
     rp.find_ryll('ryll')
-    for f in (OVMF_CODE, OVMF_VARS):
-        if not os.path.exists(f):
-            pytest.fail('missing %s (apt-get install ovmf)' % f)
+    try:
+        direct_qemu.find_ovmf()
+    except errors.ProviderError as e:
+        pytest.fail('%s (apt-get install ovmf)' % e)
 
 
 @pytest.fixture(scope='module')
-def guest(tools, tmp_path_factory):
+def guest(host_tools, tmp_path_factory):
     q = Qemu(str(tmp_path_factory.mktemp('qemu'))).start()
     yield q
     q.stop()
@@ -235,7 +236,7 @@ def test_round_trip_and_screenshot_timing(session):
     assert rtts[25] < 0.05
 
 
-def test_ticketed_vv_then_qemu_killed(tools, tmp_path):
+def test_ticketed_vv_then_qemu_killed(host_tools, tmp_path):
     ticket = secrets.token_urlsafe(12)
     guest = Qemu(str(tmp_path), ticket=ticket).start()
     vv = ('[virt-viewer]\ntype=spice\nhost=127.0.0.1\nport=%d\n'
