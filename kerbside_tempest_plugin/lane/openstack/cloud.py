@@ -1,0 +1,576 @@
+"""`OpenStackCloud`: the single-box cloud, up and down.
+
+Start order (each timed): ports, secrets and TLS; MariaDB (one database
+per service); epmd + RabbitMQ; memcached; virtlogd + libvirtd; Keystone
+(db sync, fernet, bootstrap, gunicorn, service users and catalog);
+Placement; Glance; Neutron (ML2, no agents); Nova (cells, API, conductor,
+scheduler, compute, discover_hosts); the flavor.
+
+Teardown (`teardown_workdir`, which needs only the workdir, so it also
+works after a crash): the OpenStack services newest first, then every
+libvirt domain destroyed and undefined through libvirt, libvirtd and
+virtlogd, any process still naming the workdir on its command line (a
+qemu whose libvirtd died), memcached, RabbitMQ, epmd and MariaDB; then
+every port is checked free and the logs are scrubbed of known secrets.
+
+Workdir layout (everything but `secrets/` is an artifact)::
+
+    cloud.json      state: ports, SPICE range, paths, timings (no secrets)
+    processes.json  the process registry
+    logs/           every service's log and one-shot command output
+    etc/            redacted copies of every config file
+    libvirt/        libvirt's /etc, /var/lib, /var/cache, /var/log
+    rabbitmq/ glance/ nova/ locks/ tls/
+    secrets/ (0700) passwords, config files, MariaDB datadir, fernet and
+                    credential keys, RabbitMQ's cookie, SPICE x509 keys
+"""
+
+import json
+import logging
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+
+from kerbside_tempest_plugin.common import atomic
+from kerbside_tempest_plugin.common import errors
+from kerbside_tempest_plugin.common import ports as common_ports
+from kerbside_tempest_plugin.common import secrets as common_secrets
+from kerbside_tempest_plugin.common import tls as common_tls
+from kerbside_tempest_plugin.lane.openstack import compute
+from kerbside_tempest_plugin.lane.openstack import config
+from kerbside_tempest_plugin.lane.openstack import keystone
+from kerbside_tempest_plugin.lane.openstack import services as svc
+from kerbside_tempest_plugin.lane.openstack import venv as os_venv
+from kerbside_tempest_plugin.lane import procs
+
+LOG = logging.getLogger(__name__)
+
+STATE_FILE = 'cloud.json'
+COMPUTE_HOST = 'ktp-compute'
+# Stopped first, newest first; then libvirt; then the infrastructure.
+OPENSTACK = ('nova-compute', 'nova-scheduler', 'nova-conductor', 'nova_api',
+             'neutron', 'glance', 'placement', 'keystone')
+LIBVIRT = ('libvirtd', 'virtlogd')
+INFRA = ('memcached', 'rabbitmq', 'epmd', 'mariadbd')
+STOP_TIMEOUTS = {'nova-compute': 30, 'libvirtd': 20, 'rabbitmq': 30,
+                 'mariadbd': 30}
+
+
+def default_workdir():
+    return os.environ.get('KTP_OPENSTACK_WORKDIR') or '/tmp/ktp-openstack'
+
+
+def spice_port_range(count=config.SPICE_PORT_COUNT, low=20000, high=60000,
+                     rng=random):
+    """(min, max) of `count` consecutive loopback ports free right now.
+
+    libvirt hands SPICE ports out of one range (remote_display_port_*),
+    so the lane allocates a whole free window instead of assuming 5900.
+    """
+    listening = common_ports.listening_ports()
+    for _ in range(200):
+        start = rng.randrange(low, high - count)
+        window = range(start, start + count)
+        if any(p in listening for p in window):
+            continue
+        socks = []
+        try:
+            for p in window:
+                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                socks.append(s)
+                s.bind((common_ports.LOOPBACK, p))
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+        return (start, start + count - 1)
+    raise errors.HarnessError('no %d consecutive free ports found between '
+                              '%d and %d' % (count, low, high))
+
+
+class OpenStackCloud:
+    """One cloud in one workdir. Call up() and (always) down()."""
+
+    def __init__(self, workdir=None, venv=None, spice_tls=True):
+        self.workdir = os.path.abspath(workdir or default_workdir())
+        self.venv = os_venv.OpenStackVenv(venv)
+        self.spice_tls = spice_tls
+        self.redactor = common_secrets.Redactor()
+        self.timings = {}
+        self.layout = None
+        self.registry = None
+        self.secrets = None
+        self.services = None
+        self.admin = None
+        self.flavor = None
+        self.images = {}
+        self.servers = []
+        self._down_report = None
+
+    # -- state -----------------------------------------------------------
+    def info(self):
+        lay = self.layout
+        return {
+            'workdir': self.workdir,
+            'run_dir': lay.run_dir if lay else None,
+            'venv': self.venv.path,
+            'ports': dict(lay.ports) if lay else {},
+            'spice_range': list(lay.spice_range) if lay else None,
+            'spice_tls': self.spice_tls,
+            'auth_url': lay.auth_url if lay else None,
+            'compute_url': lay.url('nova_api', '/v2.1') if lay else None,
+            'libvirt_uri': lay.libvirt_uri if lay else None,
+            'instances_path': lay.instances_path if lay else None,
+            'admin_password_file': self.secrets.file('admin-password')
+            if self.secrets else None,
+            'flavor': self.flavor and self.flavor['id'],
+            'images': self.images,
+            'servers': self.servers,
+            'timings': {k: round(v, 3) for k, v in self.timings.items()},
+        }
+
+    def _save(self, state):
+        data = self.info()
+        data['state'] = state
+        atomic.write_json(os.path.join(self.workdir, STATE_FILE), data,
+                          sort_keys=True)
+
+    # -- up ----------------------------------------------------------------
+    def _prepare(self):
+        for d in ('logs', 'etc', 'locks', 'tls', 'rabbitmq', 'glance',
+                  'nova', 'libvirt'):
+            os.makedirs(os.path.join(self.workdir, d), exist_ok=True)
+        self.secrets = common_secrets.SecretStore(
+            os.path.join(self.workdir, 'secrets'), self.redactor)
+        self.registry = procs.ProcessRegistry(
+            os.path.join(self.workdir, 'processes.json'), self.redactor)
+        if self.registry.living():
+            raise errors.HarnessError(
+                'workdir %s already has a running cloud (%s); run `down` '
+                'first' % (self.workdir, ', '.join(
+                    r['name'] for r in self.registry.living())))
+        run = os.path.join(self.workdir, 'run')
+        if len(run) > 50:  # unix socket paths are limited to 108 bytes
+            run = tempfile.mkdtemp(prefix='ktp-run-')
+        os.makedirs(run, mode=0o700, exist_ok=True)
+        problems = self.venv.check()
+        if problems:
+            raise errors.HarnessError(
+                'the OpenStack venv is not usable (%s); run `kerbside-'
+                'openstack setup`' % '; '.join(problems))
+        passwords = {
+            'admin': self.secrets.get_or_create('admin-password'),
+            'db': self.secrets.get_or_create('db-password'),
+            'rabbit': self.secrets.get_or_create('rabbit-password')}
+        for user in config.SERVICE_USERS:
+            passwords[user] = self.secrets.get_or_create(user + '-password')
+        ports = dict(zip(config.PORT_NAMES,
+                         common_ports.free_ports(len(config.PORT_NAMES))))
+        self.layout = config.Layout(
+            workdir=self.workdir, ports=ports,
+            spice_range=spice_port_range(), passwords=passwords,
+            venv=self.venv.path, run_dir=run, spice_tls=self.spice_tls)
+        self.services = svc.Services(self.layout, self.registry,
+                                     self.redactor, self.timings)
+
+    def _write(self, service, name, text, mode=0o600):
+        d = self.layout.conf_dir(service)
+        os.makedirs(d, mode=0o700, exist_ok=True)
+        common_secrets.write_private(os.path.join(d, name), text, mode)
+        # The artifact copy: every known secret value masked.
+        red = os.path.join(self.workdir, 'etc', service)
+        os.makedirs(red, exist_ok=True)
+        with open(os.path.join(red, name), 'w') as f:
+            f.write(common_secrets.redact_patterns(
+                self.redactor.redact(text)))
+
+    def _write_configs(self):
+        lay = self.layout
+        ini = config.render_ini
+        self._write('keystone', 'keystone.conf',
+                    ini(config.keystone_conf(lay)))
+        self._write('placement', 'placement.conf',
+                    ini(config.placement_conf(lay)))
+        self._write('glance', 'glance-api.conf',
+                    ini(config.glance_conf(lay)))
+        self._write('neutron', 'neutron.conf',
+                    ini(config.neutron_conf(lay)))
+        self._write('nova', 'nova.conf',
+                    ini(config.nova_conf(lay, host=COMPUTE_HOST)))
+        paste = os.path.join(self.venv.path, 'etc')
+        for service, name in (('glance', 'glance-api-paste.ini'),
+                              ('nova', 'api-paste.ini'),
+                              ('neutron', 'api-paste.ini')):
+            shutil.copyfile(os.path.join(paste, service, name),
+                            os.path.join(lay.conf_dir(service), name))
+        self._write('rabbitmq', 'rabbitmq.conf', config.rabbitmq_conf(lay))
+        libvirt_etc = lay.path('libvirt', 'etc')
+        os.makedirs(libvirt_etc, exist_ok=True)
+        for name, text in (('libvirtd.conf', config.libvirtd_conf(lay)),
+                           ('virtlogd.conf', config.virtlogd_conf(lay)),
+                           ('qemu.conf', config.qemu_conf(lay))):
+            with open(os.path.join(libvirt_etc, name), 'w') as f:
+                f.write(text)
+        for d in (lay.instances_path, lay.path('nova', 'state'),
+                  lay.path('glance', 'images'), lay.path('glance', 'staging'),
+                  lay.path('glance', 'tasks')):
+            os.makedirs(d, exist_ok=True)
+
+    def _tls(self):
+        t = time.monotonic()
+        self.tls = common_tls.make_tls(os.path.join(self.workdir, 'tls'),
+                                       self.secrets.file('tls'))
+        if self.spice_tls:
+            common_tls.make_qemu_x509(self.layout.spice_x509_dir,
+                                      self.tls.ca_cert, self.tls.ca_key)
+        self.timings['tls'] = time.monotonic() - t
+
+    def _timed(self, name, fn, *args, **kwargs):
+        t = time.monotonic()
+        result = fn(*args, **kwargs)
+        self.timings[name] = time.monotonic() - t
+        return result
+
+    def up(self, timeout=240):
+        """Bring every service up. Returns self; on failure the caller
+        must still call down() (the CLI and the test do).
+        """
+        t0 = time.monotonic()
+        self._prepare()
+        self._save('starting')
+        self._write_configs()
+        self._tls()
+        s = self.services
+        lay = self.layout
+        s.start_mariadb(self.secrets, timeout=timeout)
+        s.start_rabbitmq(timeout=timeout)
+        s.start_memcached()
+        s.start_libvirt(timeout=timeout)
+        self._save('starting')
+
+        t = time.monotonic()
+        keystone.prepare(s, lay)
+        s.start_wsgi('keystone', timeout=timeout, path='/v3')
+        self.admin = keystone.register(lay, self.redactor, self.timings)
+        self.timings['keystone_total'] = time.monotonic() - t
+
+        t = time.monotonic()
+        s.run('placement-db-sync', [
+            s.bin('placement-manage'), '--config-file', os.path.join(
+                lay.conf_dir('placement'), 'placement.conf'), 'db', 'sync'])
+        s.start_wsgi('placement', timeout=timeout)
+        self.timings['placement_total'] = time.monotonic() - t
+
+        t = time.monotonic()
+        s.run('glance-db-sync', [
+            s.bin('glance-manage'), '--config-file', os.path.join(
+                lay.conf_dir('glance'), 'glance-api.conf'), 'db_sync'])
+        s.start_wsgi('glance', timeout=timeout)
+        self.timings['glance_total'] = time.monotonic() - t
+
+        t = time.monotonic()
+        s.run('neutron-db-manage', [
+            s.bin('neutron-db-manage'), '--config-file', os.path.join(
+                lay.conf_dir('neutron'), 'neutron.conf'), 'upgrade',
+            'heads'])
+        s.start_wsgi('neutron', timeout=timeout)
+        self.timings['neutron_total'] = time.monotonic() - t
+
+        t = time.monotonic()
+        compute.cells_before_compute(s, lay)
+        s.start_wsgi('nova_api', timeout=timeout)
+        for name in ('nova-conductor', 'nova-scheduler', 'nova-compute'):
+            s.start_nova_daemon(name)
+        self._save('starting')
+        compute.discover_hosts(s, lay, self.admin, COMPUTE_HOST,
+                               timeout=timeout)
+        self.flavor = compute.ensure_flavor(self.admin)
+        self.timings['nova_total'] = time.monotonic() - t
+        self.timings['cloud_up'] = time.monotonic() - t0
+        self._save('up')
+        return self
+
+    # -- the guest -------------------------------------------------------
+    def upload_image(self, path):
+        t = time.monotonic()
+        image = compute.upload_image(self.admin, path)
+        self.images[path] = image['id']
+        self.timings['image_upload'] = time.monotonic() - t
+        self._save('up')
+        return image
+
+    def boot(self, image_path, name='sextant', timeout=300, banner=None):
+        """Boot `image_path` (uploaded once) with networks none; wait for
+        ACTIVE and, with `banner`, for it in the console output.
+        """
+        image_id = self.images.get(image_path) or \
+            self.upload_image(image_path)['id']
+        t = time.monotonic()
+        server = compute.boot(self.admin, name, image_id, self.flavor['id'])
+        self.servers.append(server['id'])
+        self._save('up')
+        server = compute.wait_active(self.admin, server['id'], timeout)
+        self.timings['boot_to_active'] = time.monotonic() - t
+        if banner:
+            compute.wait_console(self.admin, server['id'], banner, timeout)
+            self.timings['boot_to_banner'] = time.monotonic() - t
+        self._save('up')
+        return server
+
+    def console(self, server_id):
+        """spice-direct for `server_id` and what Nova's token resolves to:
+        {'url', 'token', 'host', 'port', 'tls_port', 'remote_console',
+        'connect_info'}. The token is known to the redactor.
+        """
+        remote = compute.spice_direct(self.admin, server_id)
+        token = compute.token_of(remote.get('url', ''))
+        self.redactor.add(token)
+        info = compute.console_auth_token(self.admin, token)
+        return {'url': remote['url'], 'token': token,
+                'host': info.get('host'), 'port': info.get('port'),
+                'tls_port': info.get('tls_port'), 'remote_console': remote,
+                'connect_info': info}
+
+    def delete(self, server_id, timeout=120):
+        compute.delete(self.admin, server_id, timeout)
+        self._save('up')
+
+    # -- down ----------------------------------------------------------
+    def memory(self):
+        return cloud_memory(self.workdir)
+
+    def down(self):
+        if self._down_report is None:
+            self._down_report = teardown_workdir(
+                self.workdir, redactor=self.redactor,
+                extra_ports=list(self.layout.ports.values())
+                if self.layout else ())
+        return self._down_report
+
+
+# -- status, memory, teardown: from the workdir alone ---------------------
+
+def load_state(workdir):
+    try:
+        with open(os.path.join(workdir, STATE_FILE)) as f:
+            return json.load(f)
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def _rss_kib(pid):
+    try:
+        with open('/proc/%d/status' % pid) as f:
+            for line in f:
+                if line.startswith('VmRSS:'):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def workdir_pids(workdir):
+    """Live qemu processes naming `workdir` on their command line: libvirtd
+    starts qemu in a session of its own, outside the registry's process
+    groups, and a qemu outlives a libvirtd that crashed.
+    """
+    out = []
+    for pid in procs.all_pids():
+        argv = procs.proc_cmdline(pid)
+        if argv and os.path.basename(argv[0]).startswith('qemu-system') \
+                and any(workdir in a for a in argv) and procs.pid_alive(pid):
+            out.append(pid)
+    return out
+
+
+def cloud_pids(workdir):
+    registry = procs.ProcessRegistry(os.path.join(workdir, 'processes.json'))
+    pids = set(registry.leftovers())
+    pids.update(workdir_pids(workdir))
+    return sorted(pids)
+
+
+def cloud_memory(workdir):
+    """{'total_mib', 'by_process': {name: MiB}} summed over every live
+    process of the cloud (registry groups and qemu).
+    """
+    by = {}
+    for pid in cloud_pids(workdir):
+        argv = procs.proc_cmdline(pid)
+        name = os.path.basename(argv[0]) if argv else str(pid)
+        if name.startswith('python') and len(argv) > 1:
+            name = os.path.basename(argv[1])
+        if 'gunicorn' in name and '--name' in argv:
+            name = argv[argv.index('--name') + 1]
+        by[name] = by.get(name, 0) + _rss_kib(pid)
+    return {'total_mib': round(sum(by.values()) / 1024.0, 1),
+            'by_process': {k: round(v / 1024.0, 1)
+                           for k, v in sorted(by.items())}}
+
+
+DOMAIN_CLEANUP = r'''
+import sys, libvirt
+try:
+    conn = libvirt.open(sys.argv[1])
+except libvirt.libvirtError as e:
+    print('no libvirt: %s' % e)
+    sys.exit(0)
+flags = (libvirt.VIR_DOMAIN_UNDEFINE_NVRAM |
+         libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE |
+         libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA)
+for dom in conn.listAllDomains():
+    name = dom.name()
+    if dom.isActive():
+        dom.destroy()
+    dom.undefineFlags(flags)
+    print('destroyed and undefined %s' % name)
+print('left: %s' % [d.name() for d in conn.listAllDomains()])
+'''
+
+
+def destroy_domains(workdir, state, log):
+    """Destroy and undefine every domain of the lane's libvirtd (through
+    libvirt, with the venv's libvirt-python). Returns its output.
+    """
+    uri, venv = state.get('libvirt_uri'), state.get('venv')
+    if not uri or not venv:
+        return 'no libvirt in state'
+    python = os.path.join(venv, 'bin', 'python')
+    sock = uri.split('socket=', 1)[-1]
+    if not os.path.exists(sock):
+        return 'no libvirt socket'
+    try:
+        proc = subprocess.run([python, '-c', DOMAIN_CLEANUP, uri],
+                              capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return 'domain cleanup failed: %s' % e
+    out = (proc.stdout + proc.stderr).strip()
+    log.info('libvirt domain cleanup: %s', out)
+    return out
+
+
+def _list_domains(state):
+    uri, venv = state.get('libvirt_uri'), state.get('venv')
+    if not uri or not venv or not os.path.exists(
+            uri.split('socket=', 1)[-1]):
+        return None
+    proc = subprocess.run([os.path.join(venv, 'bin', 'python'), '-c',
+                           'import sys, libvirt; print(" ".join(d.name() '
+                           'for d in libvirt.open(sys.argv[1])'
+                           '.listAllDomains()))', uri],
+                          capture_output=True, text=True, timeout=60)
+    return proc.stdout.split() if proc.returncode == 0 else None
+
+
+def teardown_workdir(workdir, redactor=None, extra_ports=(),
+                     port_timeout=10.0):
+    """Stop everything of the cloud in `workdir`; never raises."""
+    started = time.monotonic()
+    workdir = os.path.abspath(workdir)
+    state = load_state(workdir) or {}
+    report = {'workdir': workdir, 'stopped': [], 'leftover_pids': [],
+              'busy_ports': [], 'domains': None, 'scrubbed_files': []}
+    secrets_dir = os.path.join(workdir, 'secrets')
+    redactor = redactor or common_secrets.Redactor()
+    try:
+        if os.path.isdir(secrets_dir):
+            common_secrets.SecretStore(secrets_dir, redactor).load_all()
+    except Exception:
+        LOG.exception('could not read secrets for redaction')
+    registry = procs.ProcessRegistry(os.path.join(workdir, 'processes.json'),
+                                     redactor)
+
+    def stop(names):
+        order = [r for r in reversed(registry.records)
+                 if r['name'] in names]
+        for record in order:
+            try:
+                report['stopped'].append(registry.stop(
+                    record, timeout=STOP_TIMEOUTS.get(record['name'], 15)))
+            except Exception as e:
+                LOG.exception('stopping %s failed', record['name'])
+                report.setdefault('errors', []).append(repr(e))
+
+    stop(OPENSTACK)
+    try:
+        report['domains'] = destroy_domains(workdir, state, LOG)
+    except Exception as e:
+        report['domains'] = 'failed: %r' % e
+    stop(LIBVIRT)
+    strays = workdir_pids(workdir)
+    for pid in strays:
+        procs._signal(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    while strays and time.monotonic() < deadline:
+        strays = [p for p in strays if procs.pid_alive(p)]
+        time.sleep(0.1)
+    for pid in strays:
+        procs._signal(pid, signal.SIGKILL)
+    stop(INFRA)
+    known = set(OPENSTACK + LIBVIRT + INFRA)
+    stop({r['name'] for r in registry.records} - known)
+    time.sleep(0.2)
+    report['leftover_pids'] = cloud_pids(workdir)
+    ports = set(p for p in (state.get('ports') or {}).values() if p)
+    ports.update(p for p in extra_ports if p)
+    if state.get('spice_range'):
+        lo, hi = state['spice_range']
+        ports.update(range(lo, hi + 1))
+    deadline = time.monotonic() + port_timeout
+    while True:
+        busy = common_ports.busy_ports(ports)
+        if not busy or time.monotonic() >= deadline:
+            break
+        time.sleep(0.1)
+    report['busy_ports'] = busy
+    if busy or report['leftover_pids']:
+        LOG.error('teardown of %s left pids %s and listening ports %s',
+                  workdir, report['leftover_pids'], busy)
+    try:
+        report['scrubbed_files'] = [
+            os.path.relpath(p, workdir) for p in common_secrets.scrub_tree(
+                workdir, redactor, skip=[secrets_dir])]
+    except Exception:
+        LOG.exception('scrubbing artifacts failed')
+    run_dir = state.get('run_dir')
+    if run_dir and not run_dir.startswith(workdir + os.sep) and \
+            os.path.basename(run_dir).startswith('ktp-run-'):
+        shutil.rmtree(run_dir, ignore_errors=True)
+    report['seconds'] = round(time.monotonic() - started, 3)
+    try:
+        state['state'] = 'down'
+        state['teardown'] = report
+        atomic.write_json(os.path.join(workdir, STATE_FILE), state,
+                          sort_keys=True)
+    except OSError:
+        pass
+    return report
+
+
+def cloud_status(workdir):
+    state = load_state(workdir)
+    if state is None:
+        return {'workdir': workdir, 'state': 'absent'}
+    registry = procs.ProcessRegistry(os.path.join(workdir, 'processes.json'))
+    listening = common_ports.listening_ports()
+    out = {
+        'workdir': workdir, 'state': state.get('state'),
+        'processes': [{'name': r['name'], 'pid': r['pid'],
+                       'alive': registry.alive(r)}
+                      for r in registry.records],
+        'ports': {k: {'port': v, 'listening': v in listening}
+                  for k, v in (state.get('ports') or {}).items()},
+        'auth_url': state.get('auth_url'),
+        'servers': state.get('servers'),
+        'timings': state.get('timings'),
+    }
+    if state.get('state') == 'up':
+        out['domains'] = _list_domains(state)
+        out['memory'] = cloud_memory(workdir)
+    return out

@@ -1,0 +1,236 @@
+"""Nova for the lane: cells v2, the flavor, the Sextant image, servers and
+their consoles.
+
+Cells v2 as Nova's own tools do it: `api_db sync`, `cell_v2 map_cell0`
+(cell0's URL derived from [database]/connection, so no password on a
+command line), `cell_v2 create_cell --name cell1` (from the config), `db
+sync`, and, once nova-compute has registered, `cell_v2 discover_hosts`.
+"""
+
+import os
+import time
+import urllib.parse
+
+from kerbside_tempest_plugin.common import errors
+from kerbside_tempest_plugin.common import waiting
+from kerbside_tempest_plugin.lane.openstack import api
+
+MICROVERSION = '2.99'  # spice-direct (Nova 2025.1 and later)
+FLAVOR = {'name': 'ktp.sextant', 'ram': 256, 'vcpus': 1, 'disk': 1}
+# What the Sextant guest needs from Nova's libvirt driver:
+# - UEFI (a UEFI application on an ESP) and no secure boot (Nova would
+#   pick a secure-boot OVMF, which needs SMM, when the property is unset
+#   and only secure descriptors match);
+# - q35 with the disk on SATA (AHCI): the guest has no virtio driver;
+# - QXL video: the SPICE display surface the guest paints on.
+IMAGE_PROPERTIES = {
+    'hw_firmware_type': 'uefi',
+    'os_secure_boot': 'disabled',
+    'hw_machine_type': 'q35',
+    'hw_disk_bus': 'sata',
+    'hw_video_model': 'qxl',
+    'hw_qemu_guest_agent': 'no',
+    'os_type': 'linux',
+}
+
+
+def cells_before_compute(services, layout):
+    conf = os.path.join(layout.conf_dir('nova'), 'nova.conf')
+    manage = [services.bin('nova-manage'), '--config-file', conf]
+    services.run('nova-manage-api-db-sync', manage + ['api_db', 'sync'])
+    services.run('nova-manage-map-cell0', manage + ['cell_v2', 'map_cell0'])
+    services.run('nova-manage-create-cell', manage + [
+        'cell_v2', 'create_cell', '--name', 'cell1', '--verbose'],
+        env=None)
+    services.run('nova-manage-db-sync', manage + ['db', 'sync'])
+
+
+def discover_hosts(services, layout, client, host, timeout=180):
+    """Wait until nova-compute on `host` is up in the API, map it into
+    cell1, and wait until a hypervisor is listed.
+    """
+    t = time.monotonic()
+    state = {}
+
+    def compute_up():
+        svcs = client.call('GET', 'compute', '/os-services?binary='
+                           'nova-compute', microversion=MICROVERSION)
+        state['services'] = svcs.get('services')
+        return any(s.get('host') == host and s.get('state') == 'up'
+                   for s in svcs.get('services', []))
+
+    waiting.wait_until(
+        compute_up, timeout, 'nova-compute on %s to report up' % host,
+        seen=lambda: 'os-services: %s; nova-compute alive: %s' % (
+            state.get('services'), not services._dead('nova-compute')),
+        interval=1.0, abort=lambda: services._dead('nova-compute'))
+    conf = os.path.join(layout.conf_dir('nova'), 'nova.conf')
+    services.run('nova-manage-discover-hosts', [
+        services.bin('nova-manage'), '--config-file', conf, 'cell_v2',
+        'discover_hosts', '--verbose'])
+
+    def hypervisor():
+        hv = client.call('GET', 'compute', '/os-hypervisors/detail',
+                         microversion=MICROVERSION)
+        state['hypervisors'] = [(h.get('hypervisor_hostname'),
+                                 h.get('state'), h.get('status'))
+                                for h in hv.get('hypervisors', [])]
+        return any(h.get('state') == 'up' for h in hv.get('hypervisors', []))
+
+    waiting.wait_until(hypervisor, timeout, 'a hypervisor to be listed',
+                       seen=lambda: str(state.get('hypervisors')),
+                       interval=1.0)
+    services.timings['nova_discover'] = time.monotonic() - t
+
+
+def ensure_flavor(client):
+    flavors = client.call('GET', 'compute', '/flavors/detail?is_public=None',
+                          microversion=MICROVERSION)['flavors']
+    for f in flavors:
+        if f['name'] == FLAVOR['name']:
+            return f
+    return client.call('POST', 'compute', '/flavors', {'flavor': dict(
+        FLAVOR, **{'os-flavor-access:is_public': True})},
+        microversion=MICROVERSION)['flavor']
+
+
+def image_format(path):
+    with open(path, 'rb') as f:
+        return 'qcow2' if f.read(4) == b'QFI\xfb' else 'raw'
+
+
+def upload_image(client, path, name=None, timeout=120):
+    """Upload a local qcow2/raw file with the Sextant properties; return
+    the active image.
+    """
+    name = name or 'ktp-' + os.path.basename(path)
+    body = dict(IMAGE_PROPERTIES, name=name, container_format='bare',
+                disk_format=image_format(path), visibility='public')
+    image = client.call('POST', 'image', '/v2/images', body, expect=(201,))
+    with open(path, 'rb') as f:
+        data = f.read()
+    client.call('PUT', 'image', '/v2/images/%s/file' % image['id'], data,
+                headers={'Content-Type': 'application/octet-stream'},
+                expect=(204,), timeout=timeout)
+    state = {}
+
+    def active():
+        state['image'] = client.call('GET', 'image', '/v2/images/%s' %
+                                     image['id'])
+        if state['image']['status'] in ('killed', 'deleted'):
+            raise errors.HarnessError('Glance image %s from %s went %s' % (
+                image['id'], path, state['image']['status']))
+        return state['image']['status'] == 'active'
+
+    waiting.wait_until(active, timeout, 'Glance image %s to be active' %
+                       image['id'],
+                       seen=lambda: 'status %s' % state.get('image', {}).get(
+                           'status'), interval=0.5)
+    return state['image']
+
+
+def boot(client, name, image_id, flavor_id):
+    body = {'server': {'name': name, 'imageRef': image_id,
+                       'flavorRef': flavor_id, 'networks': 'none'}}
+    return client.call('POST', 'compute', '/servers', body, expect=(202,),
+                       microversion=MICROVERSION)['server']
+
+
+def show(client, server_id):
+    return client.call('GET', 'compute', '/servers/%s' % server_id,
+                       microversion=MICROVERSION)['server']
+
+
+def wait_active(client, server_id, timeout):
+    state = {}
+
+    def active():
+        server = show(client, server_id)
+        state['server'] = server
+        if server['status'] == 'ERROR':
+            fault = server.get('fault') or {}
+            raise errors.ProviderError(
+                'server %s went ERROR: %s %s' % (
+                    server_id, fault.get('code'), fault.get('message')))
+        return server['status'] == 'ACTIVE' and server
+
+    return waiting.wait_until(
+        active, timeout, 'server %s to become ACTIVE' % server_id,
+        seen=lambda: 'status %s, task %s' % (
+            state.get('server', {}).get('status'),
+            state.get('server', {}).get('OS-EXT-STS:task_state')),
+        interval=1.0)
+
+
+def console_output(client, server_id, length=None):
+    out = client.call('POST', 'compute', '/servers/%s/action' % server_id,
+                      {'os-getConsoleOutput': {'length': length}},
+                      microversion=MICROVERSION)
+    return (out or {}).get('output') or ''
+
+
+def wait_console(client, server_id, needle, timeout):
+    state = {'text': ''}
+
+    def seen_it():
+        state['text'] = console_output(client, server_id)
+        return needle in state['text']
+
+    waiting.wait_until(
+        seen_it, timeout, '%r in the console output of %s' % (
+            needle, server_id),
+        seen=lambda: 'last %d bytes: %r' % (
+            len(state['text']), state['text'][-300:]), interval=2.0)
+    return state['text']
+
+
+def spice_direct(client, server_id):
+    """POST /servers/{id}/remote-consoles (spice-direct, 2.99): the
+    remote_console body (protocol, type, url with ?token=).
+    """
+    remote = client.call(
+        'POST', 'compute', '/servers/%s/remote-consoles' % server_id,
+        {'remote_console': {'protocol': 'spice', 'type': 'spice-direct'}},
+        microversion=MICROVERSION)['remote_console']
+    if client.redactor is not None and '?' in remote.get('url', ''):
+        client.redactor.add(token_of(remote['url']))
+    return remote
+
+
+def token_of(url):
+    """The `token` query parameter of a spice-direct URL."""
+    values = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query).get(
+        'token')
+    if not values or not values[0]:
+        raise errors.HarnessError('no token in the spice-direct URL (%s)' %
+                                  url.split('?', 1)[0])
+    return values[0]
+
+
+def console_auth_token(client, token):
+    """GET /os-console-auth-tokens/{token} (admin): host, port, tls_port.
+    """
+    return client.call('GET', 'compute', '/os-console-auth-tokens/%s' %
+                       token, microversion=MICROVERSION)['console']
+
+
+def delete(client, server_id, timeout):
+    try:
+        client.call('DELETE', 'compute', '/servers/%s' % server_id,
+                    expect=(204,), microversion=MICROVERSION)
+    except api.CloudAPIError as e:
+        if e.status == 404:
+            return
+        raise
+
+    def gone():
+        try:
+            show(client, server_id)
+        except api.CloudAPIError as e:
+            if e.status == 404:
+                return True
+            raise
+        return False
+
+    waiting.wait_until(gone, timeout, 'server %s to be deleted' % server_id,
+                       interval=1.0)

@@ -1,0 +1,108 @@
+"""Keystone for the lane: database, fernet keys, bootstrap, then service
+users, roles and the catalog through the API.
+
+`keystone-manage bootstrap` makes the admin user, the admin project, the
+admin/member/reader roles, RegionOne and the identity endpoint; its
+password comes through OS_BOOTSTRAP_PASSWORD, never the command line.
+The rest (the `service` project and role, one service user per service
+with admin + service roles there, and every other service's endpoints)
+goes through the Identity API, idempotently.
+"""
+
+import os
+import time
+
+from kerbside_tempest_plugin.lane.openstack import api
+from kerbside_tempest_plugin.lane.openstack import config
+
+INTERFACES = ('public', 'internal')
+
+
+def prepare(services, layout):
+    """db_sync, fernet and credential key repositories, bootstrap."""
+    conf = os.path.join(layout.conf_dir('keystone'), 'keystone.conf')
+    manage = [services.bin('keystone-manage'), '--config-file', conf]
+    for repo in ('keystone-fernet', 'keystone-credential'):
+        os.makedirs(os.path.join(layout.secrets_dir, repo), mode=0o700,
+                    exist_ok=True)
+    services.run('keystone-db-sync', manage + ['db_sync'])
+    services.run('keystone-fernet-setup', manage + [
+        'fernet_setup', '--keystone-user', 'root', '--keystone-group',
+        'root'])
+    services.run('keystone-credential-setup', manage + [
+        'credential_setup', '--keystone-user', 'root', '--keystone-group',
+        'root'])
+    services.run('keystone-bootstrap', manage + [
+        'bootstrap', '--bootstrap-username', 'admin',
+        '--bootstrap-project-name', 'admin',
+        '--bootstrap-role-name', 'admin',
+        '--bootstrap-service-name', 'keystone',
+        '--bootstrap-region-id', config.REGION,
+        '--bootstrap-admin-url', layout.auth_url,
+        '--bootstrap-public-url', layout.auth_url,
+        '--bootstrap-internal-url', layout.auth_url],
+        env={'OS_BOOTSTRAP_PASSWORD': layout.passwords['admin']})
+
+
+def admin_client(layout, redactor):
+    return api.Client(layout.auth_url, 'admin', layout.passwords['admin'],
+                      project='admin', redactor=redactor)
+
+
+def _ensure(client, collection, key, name, body):
+    found = client.find('identity', collection, key, name)
+    if found:
+        return found
+    return client.call('POST', 'identity', '/' + collection,
+                       {key[:-1]: body}, expect=(201,))[key[:-1]]
+
+
+def register(layout, redactor, timings):
+    """Service project, role, users and the catalog. Returns the admin
+    client (authenticated).
+    """
+    t = time.monotonic()
+    client = admin_client(layout, redactor)
+    client.authenticate()
+    project = _ensure(client, 'projects', 'projects',
+                      config.SERVICE_PROJECT,
+                      {'name': config.SERVICE_PROJECT, 'domain_id': 'default',
+                       'description': 'kerbside lane service users'})
+    roles = {}
+    for role in ('admin', 'service', 'member', 'reader'):
+        roles[role] = _ensure(client, 'roles', 'roles', role,
+                              {'name': role})
+    admin_user = client.find('identity', 'users', 'users', 'admin')
+    client.call('PUT', 'identity', '/projects/%s/users/%s/roles/%s' % (
+        project['id'], admin_user['id'], roles['admin']['id']),
+        expect=(201, 204))
+    for user in config.SERVICE_USERS:
+        u = client.find('identity', 'users', 'users', user)
+        if u is None:
+            u = client.call('POST', 'identity', '/users', {'user': {
+                'name': user, 'domain_id': 'default',
+                'password': layout.passwords[user]}},
+                expect=(201,))['user']
+        else:
+            client.call('PATCH', 'identity', '/users/%s' % u['id'], {
+                'user': {'password': layout.passwords[user]}})
+        for role in ('admin', 'service'):
+            client.call('PUT', 'identity', '/projects/%s/users/%s/roles/%s'
+                        % (project['id'], u['id'], roles[role]['id']),
+                        expect=(201, 204))
+    existing = client.call('GET', 'identity', '/endpoints')['endpoints']
+    for name, stype, url in layout.endpoints():
+        service = _ensure(client, 'services', 'services', name,
+                          {'name': name, 'type': stype, 'enabled': True})
+        have = {e['interface'] for e in existing
+                if e['service_id'] == service['id']}
+        for interface in INTERFACES:
+            if interface in have:
+                continue
+            client.call('POST', 'identity', '/endpoints', {'endpoint': {
+                'service_id': service['id'], 'interface': interface,
+                'url': url, 'region_id': config.REGION, 'enabled': True}},
+                expect=(201,))
+    client.authenticate()  # a token whose catalog has every service
+    timings['keystone_register'] = time.monotonic() - t
+    return client

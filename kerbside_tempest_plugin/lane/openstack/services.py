@@ -1,0 +1,347 @@
+"""The cloud's processes: each started here, waited on, and registered.
+
+Every process goes into the lane's `ProcessRegistry` (pid, start time,
+process group, redacted argv), so `down` finds it after a crash. Each
+start has a deadline and, on failure, says what it waited for and shows
+the tail of the process's log.
+
+libvirtd and virtlogd run as root in a private mount namespace
+(`unshare --mount`) where lane directories are bound over /etc/libvirt,
+/var/lib/libvirt, /var/cache/libvirt, /var/log/libvirt and /run: a root
+libvirtd keeps its driver state in those fixed paths, and the namespace
+keeps all of it under the workdir. Its socket appears on the host side at
+`Layout.libvirt_sock`.
+"""
+
+import getpass
+import os
+import shlex
+import shutil
+import subprocess
+import time
+import urllib.request
+
+from kerbside_tempest_plugin.common import errors
+from kerbside_tempest_plugin.common import logtext
+from kerbside_tempest_plugin.common import ports as common_ports
+from kerbside_tempest_plugin.common import waiting
+from kerbside_tempest_plugin.lane import mariadb as lane_mariadb
+from kerbside_tempest_plugin.lane.openstack import config
+
+RABBITMQ_SERVER = '/usr/lib/rabbitmq/bin/rabbitmq-server'
+
+# WSGI apps: registry name -> (module:callable, config env var, files).
+WSGI_APPS = {
+    'keystone': ('keystone.wsgi.api:application', 'OS_KEYSTONE_CONFIG',
+                 ['keystone.conf']),
+    'placement': ('placement.wsgi.api:application', 'OS_PLACEMENT_CONFIG',
+                  ['placement.conf']),
+    'glance': ('glance.wsgi.api:application', 'OS_GLANCE_CONFIG',
+               ['glance-api.conf']),
+    'neutron': ('neutron.wsgi.api:application', 'OS_NEUTRON_CONFIG',
+                ['neutron.conf']),
+    # Nova loads its paste pipeline from the first file.
+    'nova_api': ('nova.wsgi.osapi_compute:application', 'OS_NOVA_CONFIG',
+                 ['api-paste.ini', 'nova.conf']),
+}
+WSGI_CONF_DIR = {'nova_api': 'nova'}
+# The apps parse sys.argv with oslo.config: hide gunicorn's from them.
+WSGI_SHIM = """import sys
+sys.argv = sys.argv[:1]
+from %(module)s import %(attr)s as application  # noqa
+%(extra)s"""
+# nova-compute with one compatibility fix for libvirt 9.0 (Debian 12).
+# For a UEFI guest Nova 34 asks libvirt to pick the firmware (<os
+# firmware='efi'> with a secure-boot <firmware><feature>) and also sets
+# <loader secure='no'/>, which Nova's own comment says only libvirt <
+# 8.6 needs. libvirt 9.0 refuses that combination ("loader attribute
+# 'secure' cannot be specified when firmware autoselection is enabled"),
+# so every UEFI boot fails. The fix leaves the attribute out when libvirt
+# selects the firmware (no loader path given); the secure-boot feature
+# still says the same thing. Nothing else in Nova is changed.
+NOVA_COMPUTE_SHIM = """import sys
+
+# nova.cmd first: importing it applies Nova's threading/eventlet patching.
+from nova.cmd import compute
+from nova.virt.libvirt import config as vconfig
+
+_format_os = vconfig.LibvirtConfigGuest._format_os
+
+
+def _format_os_libvirt9(self, root):
+    if self.os_firmware is None or self.os_loader is not None:
+        return _format_os(self, root)
+    secure, self.os_loader_secure = self.os_loader_secure, None
+    try:
+        return _format_os(self, root)
+    finally:
+        self.os_loader_secure = secure
+
+
+vconfig.LibvirtConfigGuest._format_os = _format_os_libvirt9
+
+sys.argv[0] = 'nova-compute'
+sys.exit(compute.main())
+"""
+WSGI_SHIM_EXTRA = {
+    # neutron-api joins Port.port_forwardings (a backref the L3 plugin's
+    # models declare) before its first query; SQLAlchemy creates backrefs
+    # only when the mappers are configured, which nothing in the API's
+    # own start does when no plugin queries at start (no agents, no VLAN
+    # ranges): configure them once the app is loaded.
+    'neutron': 'from sqlalchemy import orm\norm.configure_mappers()\n',
+}
+
+
+class CloudDB(lane_mariadb.PrivateMariaDB):
+    """The lane's private MariaDB with one database per service."""
+
+    DB = config.DATABASES[0]
+    USER = config.DB_USER
+
+    def create_databases(self, names=config.DATABASES):
+        pw = self.password.replace("'", "''")
+        stmts = []
+        for name in names:
+            stmts.append('CREATE DATABASE IF NOT EXISTS %s CHARACTER SET '
+                         'utf8mb4;' % name)
+            for host in ('localhost', '127.0.0.1'):
+                stmts.append("GRANT ALL PRIVILEGES ON %s.* TO '%s'@'%s';" % (
+                    name, self.USER, host))
+        stmts.append('FLUSH PRIVILEGES;')
+        # Users exist already (start() made them); keep the password set.
+        del pw
+        self._sql('\n'.join(stmts) + '\n')
+
+
+class Services:
+    """Starts the cloud's processes into one registry."""
+
+    def __init__(self, layout, registry, redactor, timings):
+        self.layout = layout
+        self.registry = registry
+        self.redactor = redactor
+        self.timings = timings
+        self.procs = {}
+
+    # -- generic ---------------------------------------------------------
+    def log(self, name):
+        return os.path.join(self.layout.log_dir, name + '.out')
+
+    def spawn(self, name, argv, env=None, cwd=None):
+        full_env = dict(os.environ)
+        full_env.pop('PYTHONPATH', None)
+        full_env['PATH'] = os.path.join(self.layout.venv, 'bin') + ':' + \
+            full_env.get('PATH', '/usr/bin:/bin')
+        full_env.update(env or {})
+        proc = self.registry.spawn(name, argv, self.log(name), env=full_env,
+                                   cwd=cwd or self.layout.workdir)
+        self.procs[name] = proc
+        return proc
+
+    def _dead(self, name):
+        proc = self.procs.get(name)
+        if proc is not None and proc.poll() is not None:
+            return '%s exited with %s' % (name, proc.returncode)
+        return None
+
+    def _seen(self, name, extra_log=None):
+        def seen():
+            parts = ['%s %s' % (name, self._dead(name) or 'running')]
+            for path in (self.log(name), extra_log):
+                if path and os.path.exists(path):
+                    parts.append('%s tail:\n%s' % (
+                        os.path.basename(path), self.redactor.redact(
+                            logtext.tail_file(path, 12))))
+            return '; '.join(parts)
+        return seen
+
+    def wait_port(self, name, port, timeout, extra_log=None):
+        waiting.wait_until(
+            lambda: common_ports.is_listening(port), timeout,
+            '%s to listen on 127.0.0.1:%d' % (name, port),
+            seen=self._seen(name, extra_log), interval=0.2,
+            abort=lambda: self._dead(name))
+
+    def wait_http(self, name, url, timeout, extra_log=None):
+        """Until `url` answers with any HTTP status below 500."""
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        state = {}
+
+        def answers():
+            try:
+                with opener.open(url, timeout=5) as r:
+                    state['status'] = r.status
+                    return True
+            except urllib.error.HTTPError as e:
+                state['status'] = e.code
+                return e.code < 500
+            except (urllib.error.URLError, OSError) as e:
+                state['status'] = str(getattr(e, 'reason', e))
+                return False
+
+        waiting.wait_until(
+            answers, timeout, '%s to answer %s' % (name, url),
+            seen=lambda: 'last answer %s; %s' % (
+                state.get('status'), self._seen(name, extra_log)()),
+            interval=0.3, abort=lambda: self._dead(name))
+
+    def run(self, name, argv, timeout=600, env=None, input_text=None):
+        """Run a one-shot command (db syncs, nova-manage) to completion,
+        output appended to logs/<name>.out; HarnessError on failure.
+        """
+        full_env = dict(os.environ)
+        full_env.pop('PYTHONPATH', None)
+        full_env['PATH'] = os.path.join(self.layout.venv, 'bin') + ':' + \
+            full_env.get('PATH', '/usr/bin:/bin')
+        full_env.update(env or {})
+        log_path = self.log(name)
+        t = time.monotonic()
+        with open(log_path, 'ab') as log:
+            log.write(('$ %s\n' % ' '.join(
+                shlex.quote(self.redactor.redact(a)) for a in argv)).encode())
+            log.flush()
+            try:
+                proc = subprocess.run(
+                    argv, stdout=log, stderr=subprocess.STDOUT, env=full_env,
+                    timeout=timeout, cwd=self.layout.workdir,
+                    input=input_text.encode() if input_text else None,
+                    stdin=None if input_text else subprocess.DEVNULL)
+            except subprocess.TimeoutExpired:
+                raise errors.HarnessTimeout(
+                    'timed out after %.0f s waiting for %s to finish; log '
+                    'tail:\n%s' % (timeout, name, self.redactor.redact(
+                        logtext.tail_file(log_path)))) from None
+        self.timings[name] = time.monotonic() - t
+        if proc.returncode != 0:
+            raise errors.HarnessError('%s failed (exit %d); log tail:\n%s' % (
+                name, proc.returncode,
+                self.redactor.redact(logtext.tail_file(log_path, 20))))
+
+    def bin(self, name):
+        return os.path.join(self.layout.venv, 'bin', name)
+
+    # -- infrastructure ------------------------------------------------
+    def start_mariadb(self, secrets, timeout=90):
+        t = time.monotonic()
+        db = CloudDB(secrets.file('mariadb'), self.layout.run_dir,
+                     self.layout.log_dir, self.layout.ports['mariadb'],
+                     self.registry, secrets)
+        db.start(timeout=timeout)
+        db.create_databases()
+        self.procs['mariadbd'] = db.proc
+        self.timings['mariadb'] = time.monotonic() - t
+        return db
+
+    def start_epmd(self, timeout=30):
+        port = self.layout.ports['epmd']
+        self.spawn('epmd', [shutil.which('epmd') or '/usr/bin/epmd',
+                            '-address', '127.0.0.1', '-port', str(port)],
+                   env={'ERL_EPMD_ADDRESS': '127.0.0.1'})
+        self.wait_port('epmd', port, timeout)
+
+    def start_rabbitmq(self, timeout=120):
+        t = time.monotonic()
+        self.start_epmd()
+        env = config.rabbitmq_env(self.layout)
+        for key in ('RABBITMQ_MNESIA_BASE', 'RABBITMQ_LOG_BASE', 'HOME'):
+            os.makedirs(env[key], mode=0o700, exist_ok=True)
+        with open(env['RABBITMQ_ENABLED_PLUGINS_FILE'], 'w') as f:
+            f.write('[].\n')
+        for key in ('RABBITMQ_CONF_ENV_FILE',):
+            open(env[key], 'a').close()
+        if not os.path.exists(env['RABBITMQ_ADVANCED_CONFIG_FILE']):
+            with open(env['RABBITMQ_ADVANCED_CONFIG_FILE'], 'w') as f:
+                f.write('[].\n')
+        self.spawn('rabbitmq', [RABBITMQ_SERVER], env=env)
+        self.wait_port('rabbitmq', self.layout.ports['rabbit'], timeout,
+                       extra_log=os.path.join(
+                           env['RABBITMQ_LOG_BASE'],
+                           env['RABBITMQ_NODENAME'] + '.log'))
+        self.timings['rabbitmq'] = time.monotonic() - t
+
+    def start_memcached(self, timeout=30):
+        t = time.monotonic()
+        port = self.layout.ports['memcached']
+        self.spawn('memcached', [
+            shutil.which('memcached') or '/usr/bin/memcached', '-l',
+            '127.0.0.1', '-p', str(port), '-U', '0', '-m', '32', '-u',
+            getpass.getuser()])
+        self.wait_port('memcached', port, timeout)
+        self.timings['memcached'] = time.monotonic() - t
+
+    def start_libvirt(self, timeout=90):
+        """virtlogd and libvirtd in their own mount namespace."""
+        t = time.monotonic()
+        script = ['set -e']
+        for src, dst in self.layout.ns_binds:
+            os.makedirs(src, exist_ok=True)
+            script.append('mount --bind %s %s' % (shlex.quote(src),
+                                                  shlex.quote(dst)))
+        script += [
+            'mkdir -p /run/libvirt /var/lib/libvirt/qemu/nvram '
+            '/var/cache/libvirt/qemu',
+            '/usr/sbin/virtlogd -f /etc/libvirt/virtlogd.conf '
+            '-p /run/virtlogd.pid &',
+            'exec /usr/sbin/libvirtd -f /etc/libvirt/libvirtd.conf '
+            '-p /run/libvirtd.pid']
+        argv = ['unshare', '--mount', '--propagation', 'private', '--',
+                '/bin/sh', '-c', '\n'.join(script)]
+        self.spawn('libvirtd', argv)
+        sock = self.layout.libvirt_sock
+        waiting.wait_until(
+            lambda: os.path.exists(sock), timeout,
+            'libvirtd to make its socket %s' % sock,
+            seen=self._seen('libvirtd', os.path.join(
+                self.layout.path('libvirt', 'log'), 'libvirtd.log')),
+            interval=0.2, abort=lambda: self._dead('libvirtd'))
+        pid_file = os.path.join(self.layout.libvirt_run, 'virtlogd.pid')
+        waiting.wait_until(
+            lambda: os.path.exists(pid_file), 30,
+            'virtlogd to write %s' % pid_file,
+            seen=self._seen('libvirtd'), interval=0.2)
+        with open(pid_file) as f:
+            self.registry.add('virtlogd', int(f.read().strip()),
+                              logs=[self.log('libvirtd')])
+        self.timings['libvirt'] = time.monotonic() - t
+
+    # -- OpenStack services -------------------------------------------
+    def start_wsgi(self, name, timeout=180, path='/'):
+        """One API under gunicorn on its allocated port."""
+        t = time.monotonic()
+        app, env_prefix, files = WSGI_APPS[name]
+        conf_dir = self.layout.conf_dir(WSGI_CONF_DIR.get(name, name))
+        port = self.layout.ports[name]
+        env = {env_prefix + '_DIR': conf_dir,
+               env_prefix + '_FILES': ';'.join(files)}
+        shim_dir = self.layout.path('wsgi')
+        os.makedirs(shim_dir, exist_ok=True)
+        module, attr = app.split(':')
+        with open(os.path.join(shim_dir, 'ktp_%s.py' % name), 'w') as f:
+            f.write(WSGI_SHIM % {'module': module, 'attr': attr,
+                                 'extra': WSGI_SHIM_EXTRA.get(name, '')})
+        argv = [self.bin('gunicorn'), '--bind', '127.0.0.1:%d' % port,
+                '--workers', '1', '--worker-class', 'gthread',
+                '--threads', '4', '--timeout', '300',
+                '--graceful-timeout', '5', '--name', 'ktp-' + name,
+                '--no-control-socket', '--pythonpath', shim_dir,
+                '--error-logfile', '-', 'ktp_%s:application' % name]
+        self.spawn(name, argv, env=env)
+        self.wait_http(name, self.layout.url(name, path), timeout,
+                       extra_log=os.path.join(self.layout.log_dir,
+                                              WSGI_CONF_DIR.get(name, name)
+                                              + '.log'))
+        self.timings[name] = time.monotonic() - t
+
+    def start_nova_daemon(self, name):
+        conf = os.path.join(self.layout.conf_dir('nova'), 'nova.conf')
+        log_file = os.path.join(self.layout.log_dir, name + '.log')
+        argv = [self.bin(name)]
+        if name == 'nova-compute':
+            shim = self.layout.path('wsgi', 'ktp_nova_compute.py')
+            os.makedirs(os.path.dirname(shim), exist_ok=True)
+            with open(shim, 'w') as f:
+                f.write(NOVA_COMPUTE_SHIM)
+            argv = [self.bin('python'), shim]
+        self.spawn(name, argv + ['--config-file', conf,
+                                 '--log-file', log_file])

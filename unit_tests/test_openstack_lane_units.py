@@ -1,0 +1,274 @@
+"""Unit tests for the OpenStack lane's pure parts: config rendering, the
+SPICE port window, the REST client's errors, token parsing, the shims and
+teardown of a workdir with nothing running.
+"""
+
+import ast
+import http.server
+import json
+import os
+import socket
+import threading
+
+import pytest
+
+from kerbside_tempest_plugin.common import secrets
+from kerbside_tempest_plugin.lane.openstack import api
+from kerbside_tempest_plugin.lane.openstack import cloud as os_cloud
+from kerbside_tempest_plugin.lane.openstack import compute
+from kerbside_tempest_plugin.lane.openstack import config
+from kerbside_tempest_plugin.lane.openstack import services
+
+
+def _layout(tmp_path, spice_tls=True):
+    ports = {name: 20000 + i for i, name in enumerate(config.PORT_NAMES)}
+    passwords = {'admin': 'adm!n pw', 'db': 'db/pw@x', 'rabbit': 'rab:pw'}
+    for user in config.SERVICE_USERS:
+        passwords[user] = user + '-secret'
+    return config.Layout(workdir=str(tmp_path), ports=ports,
+                         spice_range=(30000, 30007), passwords=passwords,
+                         venv='/venv', run_dir=str(tmp_path / 'run'),
+                         spice_tls=spice_tls)
+
+
+def _parse_ini(text):
+    sections, current = {}, None
+    for line in text.splitlines():
+        if line.startswith('['):
+            current = sections.setdefault(line.strip('[]'), {})
+        elif ' = ' in line:
+            key, value = line.split(' = ', 1)
+            current[key] = value
+    return sections
+
+
+def test_render_ini_types():
+    text = config.render_ini({'a': {'t': True, 'f': False, 'n': None,
+                                    'l': ['x', 'y'], 'i': 3}})
+    assert text.splitlines() == ['[a]', 't = true', 'f = false', 'l = x,y',
+                                 'i = 3']
+
+
+def test_db_and_transport_urls_quote_passwords(tmp_path):
+    lay = _layout(tmp_path)
+    assert lay.db_url('nova_api') == (
+        'mysql+pymysql://openstack:db%2Fpw%40x@127.0.0.1:20000/nova_api'
+        '?charset=utf8')
+    assert lay.transport_url == 'rabbit://openstack:rab%3Apw@127.0.0.1:20001/'
+
+
+def test_nova_conf_spice_on_vnc_off_qemu_on_the_lane_libvirt(tmp_path):
+    lay = _layout(tmp_path)
+    conf = _parse_ini(config.render_ini(config.nova_conf(lay)))
+    assert conf['vnc']['enabled'] == 'false'
+    assert conf['spice']['enabled'] == 'true'
+    assert conf['spice']['server_listen'] == '127.0.0.1'
+    assert conf['libvirt']['virt_type'] == 'qemu'
+    assert conf['libvirt']['connection_uri'] == (
+        'qemu+unix:///system?socket=%s' % lay.libvirt_sock)
+    assert lay.libvirt_sock.startswith(str(tmp_path))
+    assert conf['wsgi']['api_paste_config'].endswith('nova/api-paste.ini')
+    assert conf['DEFAULT']['instances_path'].startswith(str(tmp_path))
+    assert conf['api_database']['connection'].endswith('/nova_api'
+                                                       '?charset=utf8')
+    assert conf['database']['connection'].endswith('/nova?charset=utf8')
+    # privsep without sudo, from the venv
+    assert conf['nova_sys_admin']['helper_command'].startswith(
+        '/venv/bin/privsep-helper --config-file ')
+    for section, user in (('placement', 'placement'),
+                          ('neutron', 'neutron'), ('service_user', 'nova'),
+                          ('keystone_authtoken', 'nova')):
+        assert conf[section]['username'] == user
+        assert conf[section]['password'] == user + '-secret'
+        assert conf[section]['project_name'] == config.SERVICE_PROJECT
+
+
+def test_every_service_listens_on_loopback_only(tmp_path):
+    lay = _layout(tmp_path)
+    for _, _, url in lay.endpoints():
+        assert url.startswith('http://127.0.0.1:')
+    env = config.rabbitmq_env(lay)
+    assert env['RABBITMQ_NODE_IP_ADDRESS'] == '127.0.0.1'
+    assert env['ERL_EPMD_ADDRESS'] == '127.0.0.1'
+    assert env['RABBITMQ_NODENAME'] == 'ktp-20001@localhost'
+    assert env['RABBITMQ_DIST_PORT'] == '20002'
+    assert env['ERL_EPMD_PORT'] == '20003'
+    assert '{127,0,0,1}' in env['RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS']
+    for key in ('RABBITMQ_MNESIA_BASE', 'RABBITMQ_LOG_BASE', 'HOME',
+                'RABBITMQ_CONFIG_FILE'):
+        assert env[key].startswith(str(tmp_path))
+    assert 'listeners.tcp.1 = 127.0.0.1:20001' in config.rabbitmq_conf(lay)
+    qemu = config.qemu_conf(lay)
+    assert 'spice_listen = "127.0.0.1"' in qemu
+    assert 'remote_display_port_min = 30000' in qemu
+    assert 'remote_display_port_max = 30007' in qemu
+    assert 'listen_tcp = 0' in config.libvirtd_conf(lay)
+
+
+def test_spice_tls_follows_the_layout(tmp_path):
+    on = config.qemu_conf(_layout(tmp_path))
+    assert 'spice_tls = 1' in on
+    assert 'spice_tls_x509_cert_dir = "%s"' % os.path.join(
+        str(tmp_path), 'secrets', 'spice-x509') in on
+    assert 'spice_tls' not in config.qemu_conf(_layout(tmp_path, False))
+
+
+def test_libvirt_namespace_binds_stay_in_the_workdir(tmp_path):
+    lay = _layout(tmp_path)
+    targets = [dst for _, dst in lay.ns_binds]
+    assert targets == ['/etc/libvirt', '/var/lib/libvirt',
+                       '/var/cache/libvirt', '/var/log/libvirt', '/run']
+    for src, _ in lay.ns_binds:
+        assert src.startswith(str(tmp_path))
+
+
+def test_config_files_live_with_the_secrets(tmp_path):
+    lay = _layout(tmp_path)
+    assert lay.conf_dir('nova').startswith(lay.secrets_dir)
+    text = config.render_ini(config.keystone_conf(lay))
+    assert 'secrets/keystone-fernet' in text
+
+
+def test_spice_port_range_is_free_and_consecutive():
+    lo, hi = os_cloud.spice_port_range(count=6)
+    assert hi - lo == 5
+    for port in range(lo, hi + 1):
+        s = socket.socket()
+        s.bind(('127.0.0.1', port))
+        s.close()
+
+
+def test_spice_port_range_skips_a_busy_window():
+    held = socket.socket()
+    held.bind(('127.0.0.1', 0))
+    held.listen()
+    busy = held.getsockname()[1]
+    try:
+        class Rng:
+            calls = []
+
+            def randrange(self, low, high):
+                self.calls.append(1)
+                # first a window holding the busy port, then one past it
+                return busy - 1 if len(self.calls) == 1 else busy + 10
+
+        lo, hi = os_cloud.spice_port_range(count=3, low=busy - 100,
+                                           high=busy + 100, rng=Rng())
+        assert lo == busy + 10
+        assert not lo <= busy <= hi
+    finally:
+        held.close()
+
+
+def test_spice_port_range_gives_up_with_a_readable_error():
+    class Rng:
+        def randrange(self, low, high):
+            return self.port
+
+    held = socket.socket()
+    held.bind(('127.0.0.1', 0))
+    held.listen()
+    rng = Rng()
+    rng.port = held.getsockname()[1]
+    try:
+        with pytest.raises(Exception, match='consecutive free ports'):
+            os_cloud.spice_port_range(count=2, rng=rng)
+    finally:
+        held.close()
+
+
+def test_token_of():
+    assert compute.token_of('http://h:1/nova?token=abc-123') == 'abc-123'
+    with pytest.raises(Exception, match='no token'):
+        compute.token_of('http://h:1/nova?x=1')
+
+
+def test_shims_are_valid_python():
+    ast.parse(services.NOVA_COMPUTE_SHIM)
+    for name, (app, _, _) in services.WSGI_APPS.items():
+        module, attr = app.split(':')
+        ast.parse(services.WSGI_SHIM % {
+            'module': module, 'attr': attr,
+            'extra': services.WSGI_SHIM_EXTRA.get(name, '')})
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+    def do_POST(self):
+        length = int(self.headers.get('Content-Length') or 0)
+        body = json.loads(self.rfile.read(length))
+        pw = body['auth']['identity']['password']['user']['password']
+        if pw != 'right-password':
+            self._send(401, {'error': {'message': 'bad password %s' % pw}})
+            return
+        self.send_response(201)
+        self.send_header('X-Subject-Token', 'tok-1234567890')
+        self.send_header('Content-Type', 'application/json')
+        data = json.dumps({'token': {'catalog': [{
+            'type': 'compute', 'endpoints': [{
+                'interface': 'public',
+                'url': 'http://127.0.0.1:%d/c' % self.server.server_port}]}]}
+        }).encode()
+        self.send_header('Content-Length', str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self):
+        self._send(409, {'conflictingRequest': {
+            'message': 'token %s echoed' % self.headers['X-Auth-Token']}})
+
+    def _send(self, status, obj):
+        data = json.dumps(obj).encode()
+        self.send_response(status)
+        self.send_header('Content-Type', 'application/json')
+        self.send_header('Content-Length', str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+@pytest.fixture
+def keystone_server():
+    srv = http.server.HTTPServer(('127.0.0.1', 0), _Handler)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    yield 'http://127.0.0.1:%d/v3' % srv.server_port
+    srv.shutdown()
+    srv.server_close()
+
+
+def test_client_errors_are_typed_and_redacted(keystone_server):
+    red = secrets.Redactor()
+    bad = api.Client(keystone_server, 'admin', 'wrong-password',
+                     redactor=red)
+    with pytest.raises(api.CloudAPIError) as e:
+        bad.authenticate()
+    assert e.value.status == 401
+    assert 'wrong-password' not in str(e.value)
+    good = api.Client(keystone_server, 'admin', 'right-password',
+                      redactor=red)
+    with pytest.raises(api.CloudAPIError) as e:
+        good.call('GET', 'compute', '/servers/x')
+    assert e.value.status == 409
+    assert 'tok-1234567890' not in str(e.value)
+    assert 'GET /servers/x answered HTTP 409' in str(e.value)
+
+
+def test_client_no_answer_is_typed():
+    s = socket.socket()
+    s.bind(('127.0.0.1', 0))
+    port = s.getsockname()[1]
+    s.close()
+    c = api.Client('http://127.0.0.1:%d/v3' % port, 'admin', 'pw-123456')
+    with pytest.raises(api.CloudAPIError, match='no answer'):
+        c.authenticate()
+
+
+def test_teardown_of_an_empty_workdir_is_clean(tmp_path):
+    report = os_cloud.teardown_workdir(str(tmp_path))
+    assert report['leftover_pids'] == []
+    assert report['busy_ports'] == []
+    assert report['stopped'] == []
+    assert os_cloud.cloud_status(str(tmp_path / 'nothing'))['state'] == \
+        'absent'
