@@ -1,0 +1,145 @@
+"""kerbside-openstack: a real single-box OpenStack for the lane.
+
+    kerbside-openstack setup [--venv DIR]
+    kerbside-openstack up [--workdir DIR] [--image PATH] [--no-boot]
+    kerbside-openstack status [--workdir DIR]
+    kerbside-openstack down [--workdir DIR]
+
+`up` brings the cloud up (MariaDB, RabbitMQ, memcached, libvirtd,
+Keystone, Placement, Glance, Neutron, Nova), uploads the Sextant image,
+boots it with networks none, waits for its banner in Nova's console
+output, and prints one JSON object (URLs, server id, timings, memory; no
+secrets: the admin password is in the file it names). It leaves the
+cloud running; `down` stops everything, also after a crash of `up`.
+"""
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+
+from kerbside_tempest_plugin.common import errors
+from kerbside_tempest_plugin import guest_images
+from kerbside_tempest_plugin.lane.openstack import cloud as os_cloud
+from kerbside_tempest_plugin.lane.openstack import venv as os_venv
+from kerbside_tempest_plugin.sextant import contract
+
+
+def _err(msg):
+    print('kerbside-openstack: %s' % msg, file=sys.stderr)
+
+
+def cmd_setup(args):
+    venv = os_venv.OpenStackVenv(args.venv)
+    log_path = os.path.join(os.path.dirname(venv.path),
+                            'openstack-pip.log')
+    _err(venv.ensure(log_path))
+    return 0
+
+
+def cmd_up(args):
+    workdir = os.path.abspath(args.workdir or os_cloud.default_workdir())
+    if os.path.isdir(workdir) and os.listdir(workdir):
+        if not os.path.exists(os.path.join(workdir, 'processes.json')):
+            _err('%s exists and is not a cloud workdir; refusing to use it'
+                 % workdir)
+            return 1
+        if os_cloud.cloud_pids(workdir):
+            _err('a cloud still runs in %s; run `kerbside-openstack down '
+                 '--workdir %s` first' % (workdir, workdir))
+            return 1
+        shutil.rmtree(workdir)
+    cloud = os_cloud.OpenStackCloud(workdir, venv=args.venv,
+                                    spice_tls=not args.no_spice_tls)
+    out = {}
+    try:
+        cloud.up(timeout=args.timeout)
+        if not args.no_boot:
+            image = guest_images.sextant_image(
+                args.image, log_dir=os.path.join(workdir, 'logs'))
+            server = cloud.boot(image, timeout=args.boot_timeout,
+                                banner=contract.BANNER)
+            out['server'] = server['id']
+            console = cloud.console(server['id'])
+            out['console'] = {k: console[k]
+                              for k in ('host', 'port', 'tls_port')}
+    except BaseException as e:
+        _err('cloud failed to come up: %s' % cloud.redactor.redact(str(e)))
+        report = cloud.down()
+        _err('torn down; logs kept in %s (leftover pids %s, busy ports %s)'
+             % (workdir, report['leftover_pids'], report['busy_ports']))
+        return 1
+    out.update(cloud.info())
+    out['memory'] = cloud.memory()
+    print(json.dumps(out, sort_keys=True))
+    return 0
+
+
+def cmd_status(args):
+    workdir = os.path.abspath(args.workdir or os_cloud.default_workdir())
+    status = os_cloud.cloud_status(workdir)
+    print(json.dumps(status, indent=1, sort_keys=True))
+    return 0 if status.get('state') != 'absent' else 1
+
+
+def cmd_down(args):
+    workdir = os.path.abspath(args.workdir or os_cloud.default_workdir())
+    if not os.path.exists(os.path.join(workdir, 'processes.json')):
+        _err('no cloud in %s (no processes.json)' % workdir)
+        return 0
+    report = os_cloud.teardown_workdir(workdir)
+    print(json.dumps(report, indent=1, sort_keys=True))
+    if report['leftover_pids'] or report['busy_ports']:
+        _err('teardown left pids %s and listening ports %s' % (
+            report['leftover_pids'], report['busy_ports']))
+        return 1
+    return 0
+
+
+def build_parser():
+    p = argparse.ArgumentParser(
+        prog='kerbside-openstack',
+        description='A single-box OpenStack that boots the Sextant guest.')
+    p.add_argument('-v', '--verbose', action='store_true')
+    sub = p.add_subparsers(dest='command', required=True)
+    s = sub.add_parser('setup', help='create or repair the OpenStack venv')
+    s.add_argument('--venv')
+    s.set_defaults(func=cmd_setup)
+    u = sub.add_parser('up', help='bring the cloud up, boot the guest')
+    u.add_argument('--workdir', help='default $KTP_OPENSTACK_WORKDIR or '
+                   '/tmp/ktp-openstack; emptied first')
+    u.add_argument('--venv')
+    u.add_argument('--image', help='guest image (default $SEXTANT_IMAGE '
+                   'or the bundled Sextant guest)')
+    u.add_argument('--no-boot', action='store_true')
+    u.add_argument('--no-spice-tls', action='store_true')
+    u.add_argument('--timeout', type=float, default=300,
+                   help='deadline of each service start')
+    u.add_argument('--boot-timeout', type=float, default=600)
+    u.set_defaults(func=cmd_up)
+    st = sub.add_parser('status', help='show what runs')
+    st.add_argument('--workdir')
+    st.set_defaults(func=cmd_status)
+    d = sub.add_parser('down', help='stop everything the cloud started')
+    d.add_argument('--workdir')
+    d.set_defaults(func=cmd_down)
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        stream=sys.stderr, format='%(asctime)s %(levelname)s %(name)s: '
+                                  '%(message)s')
+    try:
+        return args.func(args)
+    except errors.HarnessError as e:
+        _err(str(e))
+        return 1
+
+
+if __name__ == '__main__':
+    sys.exit(main())
