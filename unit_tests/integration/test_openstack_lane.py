@@ -1,0 +1,113 @@
+"""The single-box OpenStack lane, for real: up, boot Sextant through Nova,
+read its banner through Nova's console output, mint a spice-direct
+console, resolve its token, connect ryll to the host and port Nova gave
+and decode the guest's visual digest; delete the server; tear down and
+check that no process, port, libvirt domain or temporary directory is
+left.
+
+Needs the OpenStack venv (`kerbside-openstack setup`) and the packages of
+bindep.txt's `openstack` profile. Takes a few minutes (TCG guest, shared
+CPU).
+"""
+
+import os
+import tempfile
+import time
+
+import pytest
+
+from kerbside_tempest_plugin.common import ports as common_ports
+from kerbside_tempest_plugin.digest import frame
+from kerbside_tempest_plugin.lane.openstack import cloud as os_cloud
+from kerbside_tempest_plugin.lane.openstack import compute
+from kerbside_tempest_plugin.lane.openstack import venv as os_venv
+from kerbside_tempest_plugin.ryll import process as ryll_process
+from kerbside_tempest_plugin.sextant import contract
+from unit_tests.conftest import require_tools
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+@pytest.fixture(scope='module')
+def cloud():
+    require_tools('qemu-system-x86_64', 'mariadbd', 'libvirtd', 'virtlogd',
+                  'epmd', 'memcached', 'unshare', 'openssl', 'ryll')
+    problems = os_venv.OpenStackVenv().check()
+    if problems:
+        pytest.fail('the OpenStack venv is not usable (%s); run '
+                    '`kerbside-openstack setup`' % '; '.join(problems))
+    workdir = tempfile.mkdtemp(prefix='ktp-os-')
+    c = os_cloud.OpenStackCloud(workdir)
+    try:
+        c.up(timeout=300)
+        yield c
+    finally:
+        report = c.down()
+        c.teardown_report = report
+        assert report['leftover_pids'] == [], report
+        assert report['busy_ports'] == [], report
+        assert os_cloud.cloud_pids(workdir) == []
+        state = os_cloud.load_state(workdir)
+        run_dir = state.get('run_dir')
+        if run_dir and not run_dir.startswith(workdir):
+            assert not os.path.exists(run_dir)
+
+
+def test_sextant_boots_on_nova_with_a_spice_direct_console(cloud,
+                                                           sextant_image):
+    server = cloud.boot(str(sextant_image), timeout=600,
+                        banner=contract.BANNER)
+    assert server['status'] == 'ACTIVE'
+    # The banner came through Nova's console output API (os-getConsoleOutput
+    # reads the file virtlogd writes for the serial port).
+    output = compute.console_output(cloud.admin, server['id'])
+    assert contract.BANNER in output
+
+    console = cloud.console(server['id'])
+    assert console['remote_console']['type'] == 'spice-direct'
+    assert console['remote_console']['protocol'] == 'spice'
+    assert '?token=' in console['url']
+    assert console['host'] == '127.0.0.1'
+    lo, hi = cloud.layout.spice_range
+    assert lo <= console['port'] <= hi
+    assert lo <= console['tls_port'] <= hi
+    assert console['connect_info']['instance_uuid'] == server['id']
+    assert common_ports.is_listening(console['port'])
+    assert common_ports.is_listening(console['tls_port'])
+
+    # Nova sets no SPICE password for libvirt: ryll connects without a
+    # ticket to what the token resolved to, and sees the guest's digest.
+    ryll_dir = os.path.join(cloud.workdir, 'ryll')
+    rp = ryll_process.RyllProcess(
+        workdir=ryll_dir, direct='%s:%d' % (console['host'], console['port']))
+    rp.start()
+    try:
+        rp.wait_for_socket(30)
+        client = rp.connect()
+        rp.wait_ready(client, timeout=90)
+        deadline = time.monotonic() + 90
+        analysis = None
+        while analysis is None:
+            shot = client.screenshot('png')
+            path = os.path.join(ryll_dir, 'screen.png')
+            with open(path, 'wb') as f:
+                f.write(shot.data)
+            try:
+                analysis = frame.analyse(path)
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(1)
+        assert analysis.framebuffer_hash_ok is True
+        assert analysis.digest.frame_counter > 0
+    finally:
+        rp.stop()
+
+    mem = cloud.memory()
+    assert mem['total_mib'] > 0
+    print('cloud memory with one guest: %s MiB' % mem['total_mib'])
+    print('timings: %s' % cloud.info()['timings'])
+
+    # Delete through Nova: the domain is destroyed and undefined by Nova.
+    cloud.delete(server['id'], timeout=180)
+    assert os_cloud._list_domains(os_cloud.load_state(cloud.workdir)) == []
