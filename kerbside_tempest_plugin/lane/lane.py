@@ -393,8 +393,8 @@ def teardown_workdir(workdir, redactor=None, extra_ports=(), run_dir=None,
     try:
         state['state'] = 'down'
         state['teardown'] = report
-        with open(os.path.join(workdir, STATE_FILE), 'w') as f:
-            json.dump(state, f, indent=1, sort_keys=True)
+        atomic.write_json(os.path.join(workdir, STATE_FILE), state,
+                          sort_keys=True)
     except OSError:
         pass
     return report
