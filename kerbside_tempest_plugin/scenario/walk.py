@@ -133,7 +133,8 @@ class Walker:
 
     def __init__(self, client, stream, artifacts=None, step_timeout=90.0,
                  paste_secret=PASTE_SECRET,
-                 char_delay_ms=contract.PASTE_CHAR_DELAY_MS, log=None):
+                 char_delay_ms=contract.PASTE_CHAR_DELAY_MS, log=None,
+                 on_beat=None):
         self.client = client
         self.stream = stream
         self.artifacts = artifacts
@@ -144,12 +145,22 @@ class Walker:
         self.quiet_windows = []
         self.keys = []              # (stream time, key) sent
         self._log = log or LOG.info
+        # Called with each Beat as it lands (passed or failed): the
+        # console's `walk NAME` prints them step by step.
+        self._on_beat = on_beat
         self.powered_off = False
 
     # -- primitives
 
     def log(self, msg, *args):
         self._log(msg % args if args else msg)
+
+    def _landed(self, beat):
+        if self._on_beat is not None:
+            try:
+                self._on_beat(beat)
+            except Exception:
+                LOG.exception('on_beat callback failed')
 
     def press(self, key):
         """Explicit down, then up with the release code."""
@@ -198,6 +209,7 @@ class Walker:
             beat.screenshot = self._save_last('%02d-%s-TIMEOUT'
                                               % (beat.index, name))
             self.log('beat %s FAILED: %s', name, e)
+            self._landed(beat)
             raise
         beat.ended = self.stream.now()
         beat.ok = True
@@ -211,6 +223,7 @@ class Walker:
                  cd.frame_counter, cd.at,
                  ' (inferred)' if beat.inferred else '',
                  '; '.join(beat.records))
+        self._landed(beat)
         return cd
 
     def quiet(self, label, within=5, timeout=None):
@@ -260,6 +273,7 @@ class Walker:
         self.powered_off = True
         self.log('power-off key sent%s', ' (%s)' % beat.note
                  if beat.note else '')
+        self._landed(beat)
 
     # -- artifacts
 
