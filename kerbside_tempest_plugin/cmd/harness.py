@@ -5,6 +5,9 @@
                         [--workdir DIR]
     kerbside-harness status [--workdir DIR]
     kerbside-harness down [--workdir DIR]
+    kerbside-harness console [--attach DIR | --provider P --route R]
+                             [--script FILE]
+    kerbside-harness mcp [--workdir DIR]
 
 `up` prints one JSON object (workdir, control socket, serial log, SPICE and
 API ports, route) once ryll's control socket exists, and leaves the lane
@@ -211,7 +214,51 @@ def build_parser():
     d = sub.add_parser('down', help='stop everything the lane started')
     d.add_argument('--workdir')
     d.set_defaults(func=cmd_down)
+
+    c = sub.add_parser('console', help='a live console on a lane: verbs '
+                       'by hand, or a script (one JSON line per result)')
+    _lane_args(c)
+    c.add_argument('--attach', metavar='WORKDIR',
+                   help='attach to the lane `up` left in WORKDIR instead '
+                        'of starting one')
+    c.add_argument('--down-on-exit', action='store_true',
+                   help='with --attach: tear that lane down on exit')
+    c.add_argument('--script', help='run the verbs in FILE (default: '
+                   'standard input when it is not a terminal)')
+    c.set_defaults(func=cmd_console)
+
+    m = sub.add_parser('mcp', help='an MCP server (stdio) over the console '
+                       'verbs (needs the mcp extra)')
+    _lane_args(m)
+    m.set_defaults(func=cmd_mcp)
     return p
+
+
+def _lane_args(p):
+    """The lane options of `console` and `mcp` (a lane they start)."""
+    p.add_argument('--provider', default='direct_qemu',
+                   choices=['direct_qemu', 'shakenfist', 'nova'])
+    p.add_argument('--route', choices=lane_mod.ROUTES, default='kerbside')
+    p.add_argument('--workdir', help='the workdir of the lane it starts '
+                   '(default: a fresh /tmp/kerbside-console-*)')
+    p.add_argument('--image', help='guest image (default as for `up`)')
+    p.add_argument('--config-file', help='tempest.conf with the provider '
+                   'groups (shakenfist)')
+    p.add_argument('--ryll', default='ryll', help='ryll binary')
+    p.add_argument('--accel', choices=['auto', 'kvm', 'tcg'],
+                   default='auto')
+    p.add_argument('--boot-timeout', type=float, default=120)
+
+
+def cmd_console(args):
+    # Imported here: the console's imports never burden the other verbs.
+    from kerbside_tempest_plugin.console import shell
+    return shell.main(args)
+
+
+def cmd_mcp(args):
+    from kerbside_tempest_plugin.console import mcp_server
+    return mcp_server.main(args)
 
 
 def main(argv=None):

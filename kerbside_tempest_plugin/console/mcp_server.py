@@ -1,0 +1,303 @@
+"""`kerbside-harness mcp`: the console verbs as MCP tools, over stdio.
+
+Built on the `mcp` package (the `mcp` extra: pip install
+"kerbside-tempest-plugin[mcp]"), imported only by `build_server()`, so a
+missing package never breaks tempest discovery or the other commands.
+
+One server process is one session, and owns at most one lane:
+`boot_lane` starts one (or gives a fresh guest on it), `attach_lane`
+adopts a `kerbside-harness up` workdir. The tools are those of
+console.session (send_keys, type_text, paste, screenshot as an image
+content item, digest and wait_for as structured JSON, read_serial, drain,
+status, walk) and `teardown`. When the client disconnects (standard input
+closes) the lane is torn down: the direct-qemu lane by a detached
+`kerbside-harness down --workdir W`, because the SDK's client kills the
+server's process group two seconds after closing its input and a lane
+takes longer than that to stop; any other lane in process, with SIGTERM
+ignored for the time it takes.
+
+Every tool result and error message goes through the lane's redactor: no
+SPICE ticket, JWT or .vv password leaves through a tool.
+"""
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import typing
+
+from kerbside_tempest_plugin.console import session as session_mod
+from kerbside_tempest_plugin.console import verbs
+
+LOG = logging.getLogger(__name__)
+
+INSTRUCTIONS = (
+    'Drive a SPICE console through Kerbside: boot_lane (or attach_lane) '
+    'first; then send_keys, type_text, paste; screenshot and digest show '
+    'the screen (the digest is the guest\'s own account: frame counter, '
+    'recent events, channel hashes, the framebuffer hash verdict); '
+    'wait_for waits for a digest record; read_serial and drain read the '
+    'guest\'s serial log and its event drain after the Enter in Parked. '
+    'The Sextant walk: Awaiting, Enter, wait line_rendered row=21, i, '
+    'paste sextant{HELLO_OPERATOR}, Enter, wait scene_transition '
+    'to=parked, Enter (the guest drains and powers off).')
+
+
+class Holder:
+    """The one session of this server, and its teardown."""
+
+    def __init__(self, defaults):
+        self.defaults = defaults
+        self.session = None
+        self.lock = threading.RLock()
+
+    def get(self):
+        if self.session is None:
+            raise session_mod.ConsoleError(
+                'no lane yet: call boot_lane (start one) or attach_lane '
+                '(a kerbside-harness up workdir) first')
+        return self.session
+
+    def call(self, verb, fn):
+        """Run fn(session) under the lock; errors as readable ToolErrors."""
+        from mcp.server.mcpserver import exceptions
+        with self.lock:
+            try:
+                s = self.get()
+                out = fn(s)
+            except session_mod.ConsoleError as e:
+                raise exceptions.ToolError(self.redact(str(e))) from None
+            except Exception as e:
+                msg = self.session.explain(e, verb) if self.session else \
+                    '%s: %s' % (verb, e)
+                raise exceptions.ToolError(self.redact(msg)) from None
+            return self.redact_obj(out)
+
+    def redact(self, text):
+        return self.session.redactor.redact(text) if self.session else text
+
+    def redact_obj(self, obj):
+        if self.session is None:
+            return obj
+        r = self.session.redactor
+        if isinstance(obj, dict):
+            return {k: self.redact_obj(v) for k, v in obj.items()}
+        if isinstance(obj, (list, tuple)):
+            return [self.redact_obj(v) for v in obj]
+        if isinstance(obj, str):
+            return r.redact(obj)
+        return obj
+
+    def disconnect(self):
+        """The client went away: tear the lane down (see the module doc)."""
+        with self.lock:
+            s, self.session = self.session, None
+        if s is None:
+            return None
+        target = s.target
+        lane = getattr(target, 'lane', None)
+        from kerbside_tempest_plugin.lane import lane as lane_mod
+        if isinstance(lane, lane_mod.Lane) or (
+                target.owned and lane is None):
+            s.close(teardown=False)
+            return detached_down(target.workdir)
+        old = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        try:
+            return s.close()
+        finally:
+            signal.signal(signal.SIGTERM, old)
+
+
+def detached_down(workdir):
+    """`kerbside-harness down --workdir W` in its own session, so it
+    outlives this process; output to W/console/teardown.log.
+    """
+    log_path = os.path.join(workdir, 'console', 'teardown.log')
+    os.makedirs(os.path.dirname(log_path), exist_ok=True)
+    with open(log_path, 'ab') as log:
+        proc = subprocess.Popen(
+            [sys.executable, '-m', 'kerbside_tempest_plugin.cmd.harness',
+             'down', '--workdir', workdir], stdin=subprocess.DEVNULL,
+            stdout=log, stderr=log, start_new_session=True, close_fds=True)
+    LOG.info('teardown of %s handed to pid %d (log %s)', workdir, proc.pid,
+             log_path)
+    return {'detached_teardown_pid': proc.pid, 'log': log_path}
+
+
+def build_server(defaults=None):
+    """The MCPServer with every tool, and its Holder."""
+    try:
+        from mcp.server.mcpserver import Image
+        from mcp.server.mcpserver import MCPServer
+    except ImportError as e:
+        raise session_mod.ConsoleError(
+            'kerbside-harness mcp needs the mcp package (>= 2): pip install '
+            '"kerbside-tempest-plugin[mcp]" (%s)' % e)
+    import contextlib
+
+    holder = Holder(defaults or {})
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_server):
+        try:
+            yield {}
+        finally:
+            import anyio
+            await anyio.to_thread.run_sync(holder.disconnect)
+
+    server = MCPServer('kerbside-console', instructions=INSTRUCTIONS,
+                       lifespan=lifespan)
+    Any = typing.Any
+
+    @server.tool()
+    def boot_lane(provider: str = 'direct_qemu', route: str = 'kerbside',
+                  image: typing.Optional[str] = None,
+                  workdir: typing.Optional[str] = None) -> dict[str, Any]:
+        """Start a lane (provider direct_qemu or shakenfist, route kerbside
+        or direct) with a fresh Sextant guest and ryll on its console; on
+        a lane this session already owns, boot a fresh guest instead.
+        """
+        from mcp.server.mcpserver import exceptions
+        with holder.lock:
+            if holder.session is not None:
+                return holder.call('boot_lane', lambda s: s.boot(image=image))
+            d = holder.defaults
+            try:
+                holder.session = session_mod.Session.start(
+                    provider=provider, route=route,
+                    workdir=workdir or d.get('workdir'), image=image,
+                    config_file=d.get('config_file'),
+                    ryll_binary=d.get('ryll', 'ryll'),
+                    accel=d.get('accel', 'auto'))
+            except session_mod.ConsoleError as e:
+                raise exceptions.ToolError(str(e)) from None
+            return holder.call('boot_lane', lambda s: dict(
+                s.started, workdir=s.target.workdir, route=s.target.route))
+
+    @server.tool()
+    def attach_lane(workdir: str, own: bool = True) -> dict[str, Any]:
+        """Attach to the lane `kerbside-harness up` left in `workdir`
+        (own=True: tear it down when this session ends).
+        """
+        from mcp.server.mcpserver import exceptions
+        with holder.lock:
+            if holder.session is not None:
+                raise exceptions.ToolError(
+                    'this session already has a lane (%s); one session '
+                    'owns one lane' % holder.session.target.workdir)
+            try:
+                holder.session = session_mod.Session.attach(workdir, own=own)
+            except session_mod.ConsoleError as e:
+                raise exceptions.ToolError(str(e)) from None
+            return holder.call('attach_lane', lambda s: s.status())
+
+    @server.tool()
+    def send_keys(keys: list[str]) -> dict[str, Any]:
+        """Press keys in turn: names as sextant/keys.py knows them (enter,
+        esc, f5, left, ...), single characters, or combos like
+        ctrl+alt+delete.
+        """
+        return holder.call('send_keys', lambda s: s.key(keys))
+
+    @server.tool()
+    def type_text(text: str) -> dict[str, Any]:
+        """Type text key by key (Shift held where needed)."""
+        return holder.call('type_text', lambda s: s.type(text))
+
+    @server.tool()
+    def paste(text: str) -> dict[str, Any]:
+        """ryll's paste; returns once ryll reports paste_completed."""
+        return holder.call('paste', lambda s: s.paste(text))
+
+    @server.tool()
+    def screenshot() -> Image:
+        """The console screen now, as a PNG image."""
+        png = holder.call('screenshot', lambda s: s.screenshot()[0])
+        return Image(data=png, format='png')
+
+    @server.tool()
+    def digest() -> dict[str, Any]:
+        """Decode the visual digest on the screen now: frame counter,
+        scene, the raw events, channel hashes, framebuffer hash verdict.
+        """
+        return holder.call('digest', lambda s: s.digest())
+
+    @server.tool()
+    def wait_for(kind: str,
+                 fields: typing.Optional[dict[str, typing.Union[
+                     bool, int, str]]] = None,
+                 timeout: float = 90.0,
+                 since_start: bool = False) -> dict[str, Any]:
+        """Wait for a digest showing a record of `kind` (scene_transition,
+        line_rendered, bootloader_decision, paste_received, keypress,
+        mode_switch ...) whose fields match (e.g. {"to": "parked"},
+        {"row": 21}), captured since the last input (or since the start).
+        """
+        f = {k: verbs._value(v) if isinstance(v, str) else v
+             for k, v in (fields or {}).items()}
+        return holder.call('wait_for', lambda s: s.wait(
+            kind, f, timeout, 0 if since_start else None))
+
+    @server.tool()
+    def read_serial(new_only: bool = False) -> dict[str, Any]:
+        """The guest's serial output (new_only: since the last read)."""
+        return holder.call('read_serial', lambda s: s.serial(new_only))
+
+    @server.tool()
+    def drain(walk: str = 'canonical', timeout: float = 60.0
+              ) -> dict[str, Any]:
+        """Wait for the guest's serial event drain (Enter in Parked),
+        parse it and check it against `walk` and the digests seen.
+        """
+        return holder.call('drain', lambda s: s.drain(timeout, walk))
+
+    @server.tool()
+    def status() -> dict[str, Any]:
+        """ryll, the guest, the control connection, capture and scene."""
+        return holder.call('status', lambda s: s.status())
+
+    @server.tool()
+    def walk(name: str = 'canonical') -> dict[str, Any]:
+        """Run a scenario walk (canonical, wrong_paste, retry,
+        mode_switch) beat by beat; returns the beats and the drain.
+        """
+        def run(s):
+            beats = []
+            out = s.walk(name, emit=beats.append)
+            out['beat_log'] = beats
+            return out
+        return holder.call('walk', run)
+
+    @server.tool()
+    def teardown() -> dict[str, Any]:
+        """Disconnect and tear the lane down now (when this session owns
+        it); a later boot_lane starts a new one.
+        """
+        with holder.lock:
+            s, holder.session = holder.session, None
+        if s is None:
+            return {'torn_down': False, 'reason': 'no lane'}
+        report = s.close()
+        out = {'torn_down': report is not None, 'owned': s.owned}
+        if report:
+            out.update({k: report.get(k) for k in (
+                'leftover_pids', 'busy_ports', 'seconds', 'problems')
+                if k in report})
+        return out
+
+    return server, holder
+
+
+def main(args):
+    """The `mcp` subcommand: serve over stdio until the client leaves."""
+    try:
+        server, _ = build_server({
+            'workdir': args.workdir, 'config_file': args.config_file,
+            'ryll': args.ryll, 'accel': args.accel})
+    except session_mod.ConsoleError as e:
+        print('kerbside-harness mcp: %s' % e, file=sys.stderr)
+        return 1
+    server.run('stdio')
+    return 0
