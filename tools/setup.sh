@@ -44,7 +44,7 @@ log "installing the project, its extras and test requirements into $VENV"
 "$VENV/bin/pip" install -q --upgrade pip
 "$VENV/bin/pip" install -q -r requirements.txt -r test-requirements.txt \
     tox
-"$VENV/bin/pip" install -q -e ".[shakenfist,plot]"
+"$VENV/bin/pip" install -q -e ".[shakenfist,plot,mcp]"
 
 # Everything below runs the venv's programs by path: nothing here (nor in
 # what they start) relies on .venv/bin being on PATH.
