@@ -19,7 +19,7 @@ set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
 OUT=${IMAGES_OUT:?IMAGES_OUT must name the output directory}
-GUESTS=(sextant latency)
+GUESTS=(sextant sextant_blits latency)
 
 log() { printf '[images %(%H:%M:%S)T] %s\n' -1 "$*"; }
 die() { log "ERROR: $*"; exit 1; }
@@ -62,6 +62,8 @@ EFI_CFLAGS=(-O2 -std=gnu11 -Wall -Wextra -Wno-unused-parameter
     -DEFI_FUNCTION_WRAPPER -I"$EFI_INC" -I"$EFI_INC/x86_64")
 
 # efi_app OUT.efi BUILD_DIR INCLUDE_DIR... -- SOURCE.c...
+# (EXTRA_CFLAGS, an array, is added to every compile: a variant's -D flags)
+EXTRA_CFLAGS=()
 efi_app() {
     local efi=$1 bdir=$2 incs=() objs=() src obj
     shift 2
@@ -69,7 +71,8 @@ efi_app() {
     shift
     for src in "$@"; do
         obj=$bdir/$(basename "${src%.c}").o
-        gcc "${EFI_CFLAGS[@]}" "${incs[@]}" -c "$src" -o "$obj"
+        gcc "${EFI_CFLAGS[@]}" ${EXTRA_CFLAGS[@]+"${EXTRA_CFLAGS[@]}"} \
+            "${incs[@]}" -c "$src" -o "$obj"
         objs+=("$obj")
     done
     ld -nostdlib -znocombreloc -shared -Bsymbolic \
@@ -115,32 +118,47 @@ pick_font() {
     die "no 8x16 console font (install console-data); tried ${FONT_CANDIDATES[*]}"
 }
 
-build_sextant() {
-    local src=$HERE/sextant bdir=$OUT/build/sextant font hash
-    local img=$OUT/sextant.img qcow=$OUT/sextant.qcow2 efi=$OUT/sextant.efi
+# sextant_variant NAME CFLAG...: the Sextant guest built with CFLAGs into
+# $OUT/NAME.{img,qcow2,efi}; the flags are part of the up-to-date hash.
+sextant_variant() {
+    local name=$1 src=$HERE/sextant font hash
+    shift
+    local bdir=$OUT/build/$name img=$OUT/$name.img qcow=$OUT/$name.qcow2
+    local efi=$OUT/$name.efi
     need gcc ld objcopy mformat mmd mcopy qemu-img python3 sha256sum
     [ -f "$EFI_LIB/crt0-efi-x86_64.o" ] || die "gnu-efi is not installed" \
         "(apt-get install -y gnu-efi)"
     font=$(pick_font)
     hash=$( { sources_hash "$HERE/build.sh" "$src"/*.c "$src"/*.h "$src"/*.py "$font"
+              echo "flags: $*"
               gcc --version | head -1; ld --version | head -1
               dpkg-query -W -f='${Version}' gnu-efi 2>/dev/null || true; } |
             sha256sum | cut -d' ' -f1)
-    if up_to_date sextant "$hash" "$img" "$qcow" "$efi"; then
-        log "sextant: up to date ($OUT/sextant.qcow2)"
+    if up_to_date "$name" "$hash" "$img" "$qcow" "$efi"; then
+        log "$name: up to date ($qcow)"
         return
     fi
-    log "sextant: building (font $(basename "$font"))"
+    log "$name: building (font $(basename "$font"), flags: ${*:-none})"
     rm -rf "$bdir"
     mkdir -p "$bdir"
     python3 "$src/psf2h.py" "$font" "$bdir/font8x16.h"
+    EXTRA_CFLAGS=("$@")
     efi_app "$efi.tmp" "$bdir" "$src" "$bdir" -- "$src"/*.c
+    EXTRA_CFLAGS=()
     mv -f "$efi.tmp" "$efi"
     esp_image "$efi" "$img" "$qcow"
-    echo "$hash" > "$OUT/sextant.stamp"
-    log "sextant: built $qcow ($(stat -c %s "$qcow") bytes," \
+    echo "$hash" > "$OUT/$name.stamp"
+    log "$name: built $qcow ($(stat -c %s "$qcow") bytes," \
         "BOOTX64.EFI $(stat -c %s "$efi") bytes)"
 }
+
+# The stand-in: its QR is one 180x180 blit per refresh.
+build_sextant() { sextant_variant sextant; }
+
+# The same guest painting its QR as a real Sextant does, one 4x4 blit per
+# module (2,025 per refresh): the load the capture pipeline must keep up
+# with (docs/plans/capture-fidelity.md). Image: $OUT/sextant_blits.qcow2.
+build_sextant_blits() { sextant_variant sextant_blits -DSX_QR_BLITS=1; }
 
 # ---- the latency guest ------------------------------------------------------
 # latency/ has its own build.sh, which does the build and the up-to-date

@@ -269,22 +269,29 @@ static void region_origin(uint32_t *ox, uint32_t *oy)
 }
 
 #ifdef SX_QR_BLITS
-/* The way a real Sextant paints its digest: one 4x4 VideoFill per module,
- * quiet zone included (45 x 45 = 2,025 blits, top row first), so ryll sees
- * a flood of small draws and the QR is half-painted for most of the
- * refresh. Built as a second image by build.sh (guest sextant_blits). */
+/* The way a real Sextant paints its digest (docs/contracts/sextant.md
+ * §2.2): one 4x4 BufferToVideo per module, quiet zone included (45 x 45 =
+ * 2,025 blits, top row first), so ryll sees a flood of small draws and a
+ * capture mid-repaint mixes old and new modules. Built as a second image
+ * by build.sh (guest sextant_blits). */
 void gfx_qr(const uint8_t m[37][37])
 {
+	static px_t tiles[2][16];
 	uint32_t ox, oy, x, y;
 	region_origin(&ox, &oy);
 	if (ox + SX_REGION > sx_w || oy + SX_REGION > sx_h)
 		return;
+	for (x = 0; x < 16; x++) {
+		tiles[0][x] = BG;
+		tiles[1][x] = FG;
+	}
 	for (y = 0; y < SX_REGION / 4; y++) {
 		for (x = 0; x < SX_REGION / 4; x++) {
 			int mx = (int)x - 4, my = (int)y - 4;
 			int dark = mx >= 0 && my >= 0 && mx < 37 && my < 37 &&
 				m[my][mx];
-			fill(dark ? FG : BG, ox + 4 * x, oy + 4 * y, 4, 4);
+			blt(tiles[dark], EfiBltBufferToVideo, 0, 0,
+			    ox + 4 * x, oy + 4 * y, 4, 4);
 		}
 	}
 }
