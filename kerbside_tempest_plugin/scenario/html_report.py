@@ -82,6 +82,11 @@ def write(art, result, walker=None, stream=None, drain_events=(),
     art.write_json('timeline.json', [
         {'at': at, 'source': src, 'text': text} for at, src, text in rows])
     save_frames(art, stream)
+    from kerbside_tempest_plugin.scenario import capture as cap
+    evidence = cap.fidelity_evidence(
+        stream, getattr(result, 'results', None) or ())
+    if evidence is not None:
+        art.write_json('missed_frames.json', evidence)
     art.write_json('report-inputs.json', {
         'meta': meta or {}, 'phases': phases or {}})
     path = build(art.path)
@@ -379,6 +384,62 @@ def _evidence(summary):
     return '\n'.join(out)
 
 
+def _missed(evidence):
+    """The grab pipeline's counters and every missed frame counter with
+    the gap it fell in (missed_frames.json, capture.fidelity_evidence).
+    """
+    if not evidence:
+        return ''
+    p = evidence.get('pipeline') or {}
+
+    def ms(stage):
+        return (p.get(stage) or {}).get('median_ms')
+    out = ['<section id="missed-frames"><h2>Capture fidelity: missed '
+           'frames</h2>',
+           '<p class="meta">grabs %s (%s): unchanged, not judged %s; '
+           'dropped unjudged %s; most waiting for the judge %s of %s. '
+           'Median ms: grab %s, decode %s, QR %s, hash %s, judge %s.</p>'
+           % tuple(_e(x) for x in (
+               p.get('grabs'), p.get('format'), p.get('unchanged'),
+               p.get('dropped'), p.get('max_queued'), p.get('max_pending'),
+               ms('grab'), ms('decode'), ms('qr'), ms('hash'),
+               ms('judge')))]
+    count = evidence.get('refresh_count')
+    missed = evidence.get('missed') or []
+    if not count:
+        out.append('<p>(no refresh_stats count: missed frames unknown)</p>')
+    else:
+        out.append('<p>%d of the %d frames the guest drew were never seen. '
+                   'A gap shorter than one grab could not be caught.</p>' % (
+                       max(0, count - (evidence.get('distinct') or 0)),
+                       count))
+    if missed:
+        out.append('<table id="missed"><tr><th>frame</th><th>after (frame '
+                   '@ s)</th><th>before (frame @ s)</th><th>gap ms</th>'
+                   '<th>grab ms</th><th>between: undecodable / dropped / '
+                   'unchanged</th><th>why</th></tr>')
+        for r in missed:
+            out.append('<tr><td>%s</td><td>%s</td><td>%s</td><td>%s</td>'
+                       '<td>%s</td><td>%s / %s / %s</td><td>%s</td></tr>' %
+                       tuple(_e(x) for x in (
+                           r.get('frame'),
+                           _frame_at(r.get('after_frame'),
+                                     r.get('after_at_s')),
+                           _frame_at(r.get('before_frame'),
+                                     r.get('before_at_s')),
+                           r.get('gap_ms', '-'), r.get('grab_ms', '-'),
+                           r.get('undecodable_between'),
+                           r.get('dropped_between'),
+                           r.get('unchanged_between'), r.get('why'))))
+        out.append('</table>')
+    out.append('</section>')
+    return '\n'.join(out)
+
+
+def _frame_at(frame, at):
+    return '-' if frame is None else '%s @ %.3f' % (frame, at or 0.0)
+
+
 def build(path):
     """Render <path>/report.html from the files in `path`."""
     result = _load(path, 'result.json', {})
@@ -412,6 +473,7 @@ def build(path):
                          (inputs.get('meta') or {}).items()),
                time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())),
            '<h2>Checks</h2>', _check_rows(result.get('results', [])),
+           _missed(_load(path, 'missed_frames.json', None)),
            '<h2>Timeline</h2><p class="meta">Seconds since the capture '
            'started. Drain events sit at the first digest whose channel '
            'hashes prove them. Hover a mark for its text.</p>',

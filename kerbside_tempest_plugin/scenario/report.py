@@ -76,6 +76,51 @@ def timeline(walker=None, stream=None, drain_events=(), limit=600):
     return rows
 
 
+def missed_frames_md(evidence):
+    """The grab pipeline's counters and every missed frame counter with
+    the gap it fell in (capture.fidelity_evidence), as Markdown lines.
+    """
+    if not evidence:
+        return []
+    p = evidence['pipeline']
+    out = ['- grabs: %d (%s; unchanged, not judged: %d; dropped unjudged: '
+           '%d; most waiting for the judge: %d of %d); median ms: grab %s, '
+           'decode %s, QR %s, hash %s, judge %s' % (
+               p['grabs'], p['format'], p['unchanged'], p['dropped'],
+               p['max_queued'], p['max_pending'],
+               p['grab']['median_ms'], p['decode']['median_ms'],
+               p['qr']['median_ms'], p['hash']['median_ms'],
+               p['judge']['median_ms']), '']
+    count = evidence.get('refresh_count')
+    if not count:
+        return out + ['(no refresh_stats count: missed frames unknown)', '']
+    missed = evidence['missed']
+    out += ['### Missed frames', '',
+            '%d of the %d frames the guest drew were never seen. Each row: '
+            'the grabs either side of the gap it fell in, the gap between '
+            'them and the median grab (a gap shorter than one grab could '
+            'not be caught), and what the grabs between did.' % (
+                max(0, count - evidence['distinct']), count), '']
+    if missed:
+        out += ['| frame | after (frame @ s) | before (frame @ s) | gap ms '
+                '| grab ms | between: undecodable / dropped / unchanged '
+                '| why |', '|---|---|---|---|---|---|---|']
+        for r in missed:
+            out.append('| %d | %s | %s | %s | %s | %d / %d / %d | %s |' % (
+                r['frame'], _at(r['after_frame'], r['after_at_s']),
+                _at(r['before_frame'], r['before_at_s']),
+                '-' if r['gap_ms'] is None else r['gap_ms'],
+                '-' if r['grab_ms'] is None else r['grab_ms'],
+                r['undecodable_between'], r['dropped_between'],
+                r['unchanged_between'], _md_escape(r['why'])))
+        out.append('')
+    return out
+
+
+def _at(frame, at):
+    return '-' if frame is None else '%d @ %.3f' % (frame, at)
+
+
 def render(title, meta, results=(), walker=None, stream=None,
            drain_events=(), drain_text=None, phases=None, files=(),
            error=None):
@@ -128,6 +173,7 @@ def render(title, meta, results=(), walker=None, stream=None,
                 '- framebuffer hash: matched %d of %d checked captures' % (
                     fb['matched'], fb['checked']),
                 '- decode errors by kind: %s' % (s['errors'] or 'none'), '']
+        out += missed_frames_md(cap.fidelity_evidence(stream, results))
 
     if walker is not None:
         out += ['## Beats', '']
