@@ -61,8 +61,10 @@ sextant_group = cfg.OptGroup(
 SextantGroup = [
     cfg.StrOpt('image', default=None,
                help='Path (or provider image reference) of the Sextant '
-                    'image. Unset means the Sextant-compatible guest built '
-                    'from images/ in this project.'),
+                    'image. Unset means $SEXTANT_IMAGE, else, on '
+                    'direct_qemu, the Sextant-compatible guest bundled with '
+                    'the plugin, built into ~/.cache/kerbside-tempest-plugin'
+                    '/images on first use.'),
     cfg.StrOpt('paste_secret', default='sextant{HELLO_OPERATOR}',
                help='The decoded bootloader payload the guest expects.'),
     # The default is sextant.contract.PASTE_CHAR_DELAY_MS (checked by a
