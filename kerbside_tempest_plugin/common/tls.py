@@ -15,6 +15,7 @@ import os
 import subprocess
 
 from kerbside_tempest_plugin.common import errors
+from kerbside_tempest_plugin.common import tools
 
 DEFAULT_SUBJECT = (('C', 'US'), ('O', 'Kerbside Harness'),
                    ('CN', 'kerbside-harness-proxy'))
@@ -48,8 +49,8 @@ class TLSMaterial:
 
 
 def _openssl(args, what):
-    proc = subprocess.run(['openssl'] + args, capture_output=True, text=True,
-                          timeout=60)
+    proc = subprocess.run([tools.find('openssl')] + args,
+                          capture_output=True, text=True, timeout=60)
     if proc.returncode != 0:
         raise TLSError('openssl failed making %s (exit %d): %s' % (
             what, proc.returncode, proc.stderr.strip()[-800:]))
