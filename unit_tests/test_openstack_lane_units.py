@@ -9,6 +9,7 @@ import json
 import os
 import socket
 import threading
+import time
 
 import pytest
 
@@ -63,6 +64,8 @@ def test_nova_conf_spice_on_vnc_off_qemu_on_the_lane_libvirt(tmp_path):
     assert conf['vnc']['enabled'] == 'false'
     assert conf['spice']['enabled'] == 'true'
     assert conf['spice']['server_listen'] == '127.0.0.1'
+    assert conf['spice']['spice_direct_proxy_base_url'] == (
+        'http://127.0.0.1:%d/nova' % lay.ports['kerbside_api'])
     assert conf['libvirt']['virt_type'] == 'qemu'
     assert conf['libvirt']['connection_uri'] == (
         'qemu+unix:///system?socket=%s' % lay.libvirt_sock)
@@ -272,3 +275,21 @@ def test_teardown_of_an_empty_workdir_is_clean(tmp_path):
     assert report['stopped'] == []
     assert os_cloud.cloud_status(str(tmp_path / 'nothing'))['state'] == \
         'absent'
+
+
+def test_cloud_memory_sums_registered_groups(tmp_path):
+    from kerbside_tempest_plugin.lane import procs
+    registry = procs.ProcessRegistry(str(tmp_path / 'processes.json'))
+    registry.spawn('sleeper', ['sh', '-c', 'sleep 30 & exec sleep 30'],
+                   str(tmp_path / 'sleeper.out'))
+    try:
+        time.sleep(0.3)
+        mem = os_cloud.cloud_memory(str(tmp_path))
+        assert set(mem['by_process']) == {'sleeper'}
+        assert mem['total_mib'] > 0
+        assert os_cloud.cloud_pids(str(tmp_path))
+    finally:
+        report = os_cloud.teardown_workdir(str(tmp_path))
+    assert report['leftover_pids'] == []
+    assert [s['name'] for s in report['stopped']] == ['sleeper']
+    assert os_cloud.cloud_memory(str(tmp_path))['total_mib'] == 0

@@ -10,13 +10,17 @@ bindep.txt's `openstack` profile. Takes a few minutes (TCG guest, shared
 CPU).
 """
 
+import json
 import os
+import subprocess
+import sys
 import tempfile
 import time
 
 import pytest
 
 from kerbside_tempest_plugin.common import ports as common_ports
+from kerbside_tempest_plugin.common import waiting
 from kerbside_tempest_plugin.digest import frame
 from kerbside_tempest_plugin.lane.openstack import cloud as os_cloud
 from kerbside_tempest_plugin.lane.openstack import compute
@@ -105,9 +109,57 @@ def test_sextant_boots_on_nova_with_a_spice_direct_console(cloud,
 
     mem = cloud.memory()
     assert mem['total_mib'] > 0
-    print('cloud memory with one guest: %s MiB' % mem['total_mib'])
+    print('cloud memory with one guest: %s MiB (%s)' % (
+        mem['total_mib'], mem['by_process']))
     print('timings: %s' % cloud.info()['timings'])
 
     # Delete through Nova: the domain is destroyed and undefined by Nova.
     cloud.delete(server['id'], timeout=180)
     assert os_cloud._list_domains(os_cloud.load_state(cloud.workdir)) == []
+
+
+def _registered(workdir):
+    try:
+        with open(os.path.join(workdir, 'processes.json')) as f:
+            return [r['name'] for r in json.load(f)]
+    except (OSError, ValueError):
+        return []
+
+
+def test_down_cleans_up_after_up_was_killed(tmp_path):
+    """SIGKILL `kerbside-openstack up` once Keystone is starting (MariaDB,
+    RabbitMQ, memcached and libvirt run); `down` must still stop all.
+    """
+    require_tools('mariadbd', 'libvirtd', 'epmd', 'memcached', 'unshare')
+    workdir = tempfile.mkdtemp(prefix='ktp-osk-')
+    log = open(tmp_path / 'up.log', 'wb')
+    up = subprocess.Popen(
+        [sys.executable, '-m', 'kerbside_tempest_plugin.cmd.openstack',
+         'up', '--no-boot', '--workdir', workdir],
+        stdout=log, stderr=subprocess.STDOUT)
+    try:
+        waiting.wait_until(
+            lambda: 'keystone' in _registered(workdir), 240,
+            'the lane to start Keystone',
+            seen=lambda: 'registered: %s; up %s' % (
+                _registered(workdir),
+                'running' if up.poll() is None else 'exited %s' % up.poll()),
+            interval=0.5,
+            abort=lambda: up.poll() is not None and 'up exited %s' %
+            up.returncode)
+    finally:
+        up.kill()
+        up.wait(30)
+        log.close()
+    assert os_cloud.cloud_pids(workdir), 'nothing ran after the crash'
+    down = subprocess.run(
+        [sys.executable, '-m', 'kerbside_tempest_plugin.cmd.openstack',
+         'down', '--workdir', workdir], capture_output=True, text=True,
+        timeout=300)
+    assert down.returncode == 0, down.stderr[-2000:]
+    report = json.loads(down.stdout)
+    assert report['leftover_pids'] == []
+    assert report['busy_ports'] == []
+    assert os_cloud.cloud_pids(workdir) == []
+    state = os_cloud.load_state(workdir)
+    assert common_ports.busy_ports(state['ports'].values()) == []

@@ -398,17 +398,25 @@ def cloud_pids(workdir):
 
 def cloud_memory(workdir):
     """{'total_mib', 'by_process': {name: MiB}} summed over every live
-    process of the cloud (registry groups and qemu).
+    process of the cloud: each registered service with the processes of
+    its group (gunicorn workers, privsep helpers), and the qemu guests.
     """
-    by = {}
-    for pid in cloud_pids(workdir):
-        argv = procs.proc_cmdline(pid)
-        name = os.path.basename(argv[0]) if argv else str(pid)
-        if name.startswith('python') and len(argv) > 1:
-            name = os.path.basename(argv[1])
-        if 'gunicorn' in name and '--name' in argv:
-            name = argv[argv.index('--name') + 1]
-        by[name] = by.get(name, 0) + _rss_kib(pid)
+    registry = procs.ProcessRegistry(os.path.join(workdir, 'processes.json'))
+    by, seen = {}, set()
+    for r in reversed(registry.records):
+        pids = set()
+        if r.get('start_ticks') is not None:
+            pids.update(procs.group_members(r['pgid'],
+                                            not_before=r['start_ticks']))
+        if registry.alive(r):
+            pids.add(r['pid'])
+        pids -= seen
+        seen |= pids
+        if pids:
+            by[r['name']] = by.get(r['name'], 0) + sum(
+                _rss_kib(p) for p in pids)
+    for pid in set(workdir_pids(workdir)) - seen:
+        by['qemu'] = by.get('qemu', 0) + _rss_kib(pid)
     return {'total_mib': round(sum(by.values()) / 1024.0, 1),
             'by_process': {k: round(v / 1024.0, 1)
                            for k, v in sorted(by.items())}}

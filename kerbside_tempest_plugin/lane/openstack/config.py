@@ -23,8 +23,11 @@ SERVICE_USERS = ('nova', 'placement', 'glance', 'neutron')
 DATABASES = ('keystone', 'placement', 'glance', 'neutron', 'nova_api',
              'nova_cell0', 'nova')
 DB_USER = 'openstack'
+# kerbside_api is reserved for Kerbside's API (the base of Nova's
+# spice-direct URLs); the Kerbside step of the lane binds it.
 PORT_NAMES = ('mariadb', 'rabbit', 'rabbit_dist', 'epmd', 'memcached',
-              'keystone', 'placement', 'glance', 'neutron', 'nova_api')
+              'keystone', 'placement', 'glance', 'neutron', 'nova_api',
+              'kerbside_api')
 # The qemu SPICE ports libvirt may hand out (plain and TLS per guest).
 SPICE_PORT_COUNT = 8
 
@@ -294,8 +297,7 @@ def nova_conf(layout, host='ktp-compute'):
         'server_proxyclient_address': '127.0.0.1',
         # Where the spice-direct URL points (Kerbside's Nova flow); a
         # later lane puts Kerbside there.
-        'spice_direct_proxy_base_url': 'http://127.0.0.1:%d/nova' % (
-            layout.ports.get('kerbside_api') or 13002),
+        'spice_direct_proxy_base_url': layout.url('kerbside_api', '/nova'),
         'require_secure': False}
     # Nova's privsep helper is started with `sudo privsep-helper` unless
     # told otherwise; the lane runs as root from a venv without sudo.
