@@ -224,14 +224,16 @@ class Session:
     # -- construction --------------------------------------------------
     @classmethod
     def start(cls, lane=None, image=None, boot_timeout=120,
-              ready_timeout=60, **lane_kwargs):
-        """Bring `lane` (default: make_lane(**lane_kwargs)) up, boot a
-        guest and connect. On failure everything is torn down again.
+              ready_timeout=60, up=True, **lane_kwargs):
+        """Bring `lane` (default: make_lane(**lane_kwargs)) up (unless
+        `up` is False: a lane already up), boot a guest and connect. On
+        failure everything is torn down again.
         """
         lane = lane or make_lane(**lane_kwargs)
         session = cls(_Owned(lane))
         try:
-            lane.up()
+            if up:
+                lane.up()
             session.boot(image=image, boot_timeout=boot_timeout,
                          ready_timeout=ready_timeout)
         except BaseException as e:
