@@ -7,14 +7,17 @@
    PNG) and be a prefix of the chains replayed from the drain; a key after
    the power-off fails readably (no traceback) with exit status 1; the
    lane is torn down.
-2. A lane from `kerbside-harness up` (direct route): the console attaches,
-   runs `walk canonical` beat by beat, leaves the lane up; `down` stops it.
+2. A lane from `kerbside-harness up` (direct route): the interactive
+   console, attached and driven through tmux, runs `walk canonical` beat
+   by beat, refuses a key after the power-off readably, leaves the lane up
+   on `quit`; `down` stops it.
 """
 
 import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -119,33 +122,64 @@ def test_console_script_walks_to_parked(tmp_path):
     assert 'lane torn down' in run.stderr
 
 
-def test_console_attaches_to_up_and_walks(tmp_path):
+def test_console_attaches_to_up_and_walks_in_tmux(tmp_path):
+    """The interactive shell, driven through a terminal (tmux)."""
     _need()
+    require_tools('tmux')
     workdir = str(tmp_path / 'up')
+    tmux_name = 'ktp-console-%d' % os.getpid()
     up = harness('up', '--route', 'direct', '--no-kerbside', '--workdir',
                  workdir)
+
+    def tmux(*args):
+        return subprocess.run(['tmux'] + list(args), capture_output=True,
+                              text=True, timeout=30)
+
+    def pane():
+        return tmux('capture-pane', '-p', '-J', '-S', '-', '-t',
+                    tmux_name).stdout
+
+    def wait_pane(text, timeout):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text in pane():
+                return
+            time.sleep(0.5)
+        raise AssertionError('no %r in the console within %d s; pane:\n%s'
+                             % (text, timeout, pane()[-4000:]))
     try:
         assert up.returncode == 0, up.stderr[-3000:]
-        run = harness('console', '--attach', workdir,
-                      stdin='status\nwalk canonical\n')
-        out = lines(run)
-        assert run.returncode == 0, (out[-1:], run.stderr[-3000:])
-        assert out[0]['result']['owned'] is False
-        assert out[1]['result']['scene'] in ('awaiting', None)
-        beats = [o['event']['beat'] for o in out if 'event' in o]
-        assert beats[0] == 'awaiting' and beats[-1] == 'power-off'
-        for name in ('booting', 'bootloader-prompt', 'ignore',
-                     'paste-accepted', 'parked'):
-            assert name in beats, beats
-        result = out[-1]['result']
-        assert result['walk'] == 'canonical'
-        assert result['drain']['passed'], result['drain']['checks']
+        cmd = '%s -m kerbside_tempest_plugin.cmd.harness console --attach ' \
+              '%s 2>%s' % (sys.executable, workdir, tmp_path / 'err.log')
+        r = tmux('new-session', '-d', '-s', tmux_name, '-x', '200', '-y',
+                 '50', '-c', str(REPO_ROOT), cmd)
+        assert r.returncode == 0, r.stderr
+        wait_pane('kerbside> ', 60)
+        tmux('send-keys', '-t', tmux_name, 'walk canonical', 'Enter')
+        wait_pane('"walk_s"', 240)
+        tmux('send-keys', '-t', tmux_name, 'key enter', 'Enter')
+        wait_pane('the guest is powered off', 60)
+        text = pane()
+        tmux('send-keys', '-t', tmux_name, 'quit', 'Enter')
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and \
+                tmux('has-session', '-t', tmux_name).returncode == 0:
+            time.sleep(0.5)
+        assert tmux('has-session', '-t', tmux_name).returncode != 0
+        for beat in ('awaiting', 'booting', 'bootloader-prompt', 'ignore',
+                     'paste-accepted', 'parked', 'power-off'):
+            assert '"beat": "%s"' % beat in text, beat
+        assert '"drain_sequence"' in text and '"passed": false' not in text
+        after = text.split('kerbside> key enter')[1]
+        assert after.lstrip().startswith('error: ') and 'ryll is gone' in \
+            after
+        assert 'Traceback' not in text
         # Attached without --down-on-exit: the console left the lane to
         # `down` (only the guest and ryll stopped: the walk powered off).
         with open(os.path.join(workdir, 'lane.json')) as f:
             assert json.load(f)['state'] == 'up'
-        assert 'lane torn down' not in run.stderr
     finally:
+        tmux('kill-session', '-t', tmux_name)
         down = harness('down', '--workdir', workdir)
     assert down.returncode == 0, down.stderr[-2000:]
     report = json.loads(down.stdout)
