@@ -293,3 +293,19 @@ def test_cloud_memory_sums_registered_groups(tmp_path):
     assert report['leftover_pids'] == []
     assert [s['name'] for s in report['stopped']] == ['sleeper']
     assert os_cloud.cloud_memory(str(tmp_path))['total_mib'] == 0
+
+
+def test_cli_down_and_status_without_a_cloud(tmp_path, capsys):
+    from kerbside_tempest_plugin.cmd import openstack as cli
+    assert cli.main(['down', '--workdir', str(tmp_path)]) == 0
+    assert 'no cloud in' in capsys.readouterr().err
+    assert cli.main(['status', '--workdir', str(tmp_path / 'x')]) == 1
+    assert json.loads(capsys.readouterr().out)['state'] == 'absent'
+
+
+def test_cli_up_refuses_a_directory_that_is_not_a_cloud(tmp_path, capsys):
+    from kerbside_tempest_plugin.cmd import openstack as cli
+    (tmp_path / 'precious.txt').write_text('keep me')
+    assert cli.main(['up', '--no-boot', '--workdir', str(tmp_path)]) == 1
+    assert 'not a cloud workdir' in capsys.readouterr().err
+    assert (tmp_path / 'precious.txt').exists()

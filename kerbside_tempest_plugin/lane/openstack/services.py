@@ -100,7 +100,7 @@ class CloudDB(lane_mariadb.PrivateMariaDB):
     USER = config.DB_USER
 
     def create_databases(self, names=config.DATABASES):
-        pw = self.password.replace("'", "''")
+        """The other databases, granted to the user start() made."""
         stmts = []
         for name in names:
             stmts.append('CREATE DATABASE IF NOT EXISTS %s CHARACTER SET '
@@ -109,8 +109,6 @@ class CloudDB(lane_mariadb.PrivateMariaDB):
                 stmts.append("GRANT ALL PRIVILEGES ON %s.* TO '%s'@'%s';" % (
                     name, self.USER, host))
         stmts.append('FLUSH PRIVILEGES;')
-        # Users exist already (start() made them); keep the password set.
-        del pw
         self._sql('\n'.join(stmts) + '\n')
 
 
