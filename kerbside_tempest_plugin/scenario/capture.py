@@ -987,9 +987,11 @@ def _why_missed(row):
     if grab and row['gap_ms'] is not None and row['gap_ms'] <= 2 * grab:
         return 'shorter than one grab (%.1f ms gap, %.1f ms grab)' % (
             row['gap_ms'], grab)
-    return ('never on ryll\'s screen at a grab: the %d grab(s) in the '
-            '%.1f ms gap were unchanged (median grab %.1f ms)' % (
-                row['grabs_between'], row['gap_ms'], grab or 0.0))
+    return ('never on ryll\'s screen: it went from frame %d to frame %d in '
+            'one update (the draws in the %.1f ms gap were all grabbed, %d '
+            'unchanged; median grab %.1f ms)' % (
+                row['after_frame'], row['before_frame'], row['gap_ms'],
+                row['unchanged_between'], grab or 0.0))
 
 
 def missed_frames_lines(rows, refresh_count=None):
