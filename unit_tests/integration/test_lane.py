@@ -130,6 +130,7 @@ def _check_png(png, width=None, height=None):
 def _sextant_walk(guest, client):
     """Enter, `i`, paste the secret, Enter (Parked), Enter (drain)."""
     from kerbside_tempest_plugin.ryll.client import RyllConnectionClosed
+    from kerbside_tempest_plugin.ryll.client import RyllRpcError
     from kerbside_tempest_plugin.sextant import drain as drain_mod
     first = _digest(client, what='the Awaiting screen')
     assert first.digest.frame_counter >= 1
@@ -145,15 +146,19 @@ def _sextant_walk(guest, client):
                                    choice='ignore') or any(
         e.kind == 'line_rendered' and e.row >= 23 for e in d.events), 30,
         'the paste prompt after i')
-    assert client.paste(PASTE_SECRET, char_delay_ms=20, timeout=30) == 23
+    assert client.paste(PASTE_SECRET, timeout=30) == 23
     client.send_key('Enter')
     _digest(client, lambda d: _has(d, 'scene_transition',
                                    from_phase='booting', to_phase='parked'),
             45, 'the booting->parked transition')
     try:
         client.send_key('Enter')
-    except RyllConnectionClosed:
-        pass  # the guest may power off before the key-up is answered
+    except (RyllConnectionClosed, RyllRpcError):
+        # The guest may power off before the key-up is answered: ryll
+        # then reports EOF, or internal_error for its closed input queue
+        # (docs/contracts/ryll-control-socket.md). The drain below proves
+        # the key-down arrived.
+        pass
     guest.serial.wait_for(r'type=refresh_stats', 60)
     guest.wait_stopped(30)
     drain = drain_mod.parse(guest.serial.read())
