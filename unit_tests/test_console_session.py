@@ -267,3 +267,16 @@ def test_walker_reports_each_beat_as_it_lands():
     assert landed[0]['beat'] == 'awaiting' and landed[-1]['beat'] == \
         'power-off'
     assert all(b['ok'] for b in landed)
+
+
+def test_wait_unless_fails_at_once(live):
+    s, fake, _ = live
+    fake.png = frame_png(12, [ev.PasteReceived(70, 25, False)],
+                         hashes={'paste_received': 0x99})
+    import time
+    t = time.monotonic()
+    with pytest.raises(session_mod.ConsoleError) as e:
+        verbs.run(s, 'wait scene_transition to=parked --all --timeout 30 '
+                     '--unless "paste_received correct=false"')
+    assert time.monotonic() - t < 10
+    assert 'showed paste_received correct=False instead' in str(e.value)

@@ -229,16 +229,25 @@ def build_server(defaults=None):
                  fields: typing.Optional[dict[str, typing.Union[
                      bool, int, str]]] = None,
                  timeout: float = 90.0,
-                 since_start: bool = False) -> dict[str, Any]:
+                 since_start: bool = False,
+                 unless_kind: typing.Optional[str] = None,
+                 unless_fields: typing.Optional[dict[str, typing.Union[
+                     bool, int, str]]] = None) -> dict[str, Any]:
         """Wait for a digest showing a record of `kind` (scene_transition,
         line_rendered, bootloader_decision, paste_received, keypress,
         mode_switch ...) whose fields match (e.g. {"to": "parked"},
         {"row": 21}), captured since the last input (or since the start).
+        With unless_kind (and unless_fields), a digest showing that record
+        ends the wait at once as an error (e.g. paste_received
+        {"correct": false} while waiting for Parked).
         """
-        f = {k: verbs._value(v) if isinstance(v, str) else v
-             for k, v in (fields or {}).items()}
+        def conv(d):
+            return {k: verbs._value(v) if isinstance(v, str) else v
+                    for k, v in (d or {}).items()}
+        unless = [(unless_kind, conv(unless_fields))] if unless_kind else []
         return holder.call('wait_for', lambda s: s.wait(
-            kind, f, timeout, 0 if since_start else None))
+            kind, conv(fields), timeout, 0 if since_start else None,
+            unless))
 
     @server.tool()
     def read_serial(new_only: bool = False) -> dict[str, Any]:

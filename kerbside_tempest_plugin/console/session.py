@@ -554,15 +554,30 @@ class Session:
             return contract.AWAITING, 'no transition yet (hash 0)'
         return None, 'unknown: no scene_transition in any captured window'
 
-    def wait(self, kind, fields=None, timeout=None, since=None):
+    def wait(self, kind, fields=None, timeout=None, since=None,
+             unless=()):
         """Wait for a digest showing a record of `kind` with `fields`,
-        scanning from before the last input (or `since`).
+        scanning from before the last input (or `since`). `unless`:
+        (kind, fields) pairs that end the wait at once as a failure (a
+        rejected paste while waiting for Parked).
         """
         self._need_client()
         timeout = self.step_timeout if timeout is None else timeout
         since = self.since if since is None else since
         pred = cap.shows(kind, **(fields or {}))
-        cd = self.stream.wait_for(pred, timeout, pred.__name__, since=since)
+        stops = [cap.shows(k, **(f or {})) for k, f in unless]
+
+        def accept(cd):
+            return pred(cd) or any(p(cd) for p in stops)
+        cd = self.stream.wait_for(accept, timeout, pred.__name__,
+                                  since=since)
+        if not pred(cd):
+            hit = [p.__name__ for p in stops if p(cd)][0]
+            raise ConsoleError(
+                'waiting for %s, the guest showed %s instead (frame %d at '
+                '%.2f s: %s)' % (pred.__name__, hit.replace('shows ', ''),
+                                 cd.frame_counter, cd.at,
+                                 '; '.join(cd.records_text())))
         return captured_json(cd)
 
     def watch(self, emit, count=None, timeout=None, stop=None):

@@ -30,11 +30,12 @@ HELP = {
                'framebuffer hash verdict'),
     'watch': ('watch [--count N] [--timeout S]', 'print each new digest '
               'until interrupted (Ctrl-C), N digests or S seconds'),
-    'wait': ('wait KIND [FIELD=VALUE...] [--timeout S] [--all]',
+    'wait': ('wait KIND [FIELD=VALUE...] [--timeout S] [--all] '
+             '[--unless "KIND FIELD=VALUE..."]',
              'wait for a digest showing a record (scene_transition '
              'to=parked, line_rendered row=21, paste_received '
              'correct=true), captured since the last input (--all: since '
-             'the start)'),
+             'the start); --unless: fail at once on that record instead'),
     'serial': ('serial [--new] [--follow [--timeout S]]', "the guest's "
                'serial output (--new: only what is new since the last '
                'serial; --follow: stream it until the guest stops)'),
@@ -109,6 +110,16 @@ def _value(text):
     return text
 
 
+def _fields(words):
+    fields = {}
+    for f in words:
+        name, eq, value = f.partition('=')
+        if not eq or not name:
+            raise UsageError('wait: %r is not FIELD=VALUE' % f)
+        fields[name] = _value(value)
+    return fields
+
+
 def parse(line):
     """(verb, rest of line) or None for a blank line or comment."""
     line = line.strip()
@@ -158,15 +169,17 @@ def run(session, line, emit=None, stop=None):
         p.add_argument('fields', nargs='*')
         p.add_argument('--timeout', type=float)
         p.add_argument('--all', action='store_true')
+        p.add_argument('--unless', action='append', default=[])
         a = p.parse_args(argv)
-        fields = {}
-        for f in a.fields:
-            name, eq, value = f.partition('=')
-            if not eq or not name:
-                raise UsageError('wait: %r is not FIELD=VALUE' % f)
-            fields[name] = _value(value)
-        return _call(session, verb, session.wait, a.kind, fields,
-                     a.timeout, 0 if a.all else None)
+        unless = []
+        for spec in a.unless:
+            words = spec.split()
+            if not words:
+                raise UsageError('wait: --unless needs "KIND FIELD=VALUE.."')
+            unless.append((words[0], _fields(words[1:])))
+        return _call(session, verb, session.wait, a.kind,
+                     _fields(a.fields), a.timeout, 0 if a.all else None,
+                     unless)
     if verb == 'serial':
         p.add_argument('--follow', action='store_true')
         p.add_argument('--new', action='store_true')

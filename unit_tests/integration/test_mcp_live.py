@@ -77,7 +77,9 @@ async def _walk(session, workdir, timings):
     assert any(e.get('correct') for e in got['events']
                if e['kind'] == 'paste_received'), got
     parked = await call('wait_for', kind='scene_transition',
-                        fields={'to': 'parked'}, timeout=60)
+                        fields={'to': 'parked'}, timeout=60,
+                        unless_kind='paste_received',
+                        unless_fields={'correct': False})
     assert parked['framebuffer_hash'].startswith('0x')
     d = await call('digest')
     assert d['scene'] == 'parked', d
