@@ -280,3 +280,30 @@ def test_wait_unless_fails_at_once(live):
                      '--unless "paste_received correct=false"')
     assert time.monotonic() - t < 10
     assert 'showed paste_received correct=False instead' in str(e.value)
+
+
+def test_watch_streams_new_digests(live):
+    s, fake, _ = live
+    s.stream.wait_for(lambda cd: True, 5, 'the first digest')
+    fake.png = frame_png(5, [ev.LineRendered(20, 0)])
+    got = []
+    out = verbs.run(s, 'watch --count 1 --timeout 10', got.append)
+    assert out == {'digests': 1, 'ended': 'count'}
+    assert got[0]['frame_counter'] == 5
+    assert verbs.run(s, 'watch --timeout 0.3') == {'digests': 0,
+                                                   'ended': 'timeout'}
+
+
+def test_serial_follow_ends_when_the_guest_stops(live):
+    s, _, target = live
+    import threading
+
+    def later():
+        with open(target.serial_path, 'a') as f:
+            f.write('type=refresh_stats count=1\n')
+        target.running = False
+    threading.Timer(0.3, later).start()
+    chunks = []
+    out = verbs.run(s, 'serial --follow --timeout 10', chunks.append)
+    assert out['ended'] == 'guest stopped'
+    assert 'refresh_stats' in ''.join(c['text'] for c in chunks)
