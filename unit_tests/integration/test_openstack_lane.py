@@ -14,7 +14,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 
 import pytest
@@ -33,14 +32,15 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 @pytest.fixture(scope='module')
-def cloud():
+def cloud(tmp_path_factory):
     require_tools('qemu-system-x86_64', 'mariadbd', 'libvirtd', 'virtlogd',
                   'epmd', 'memcached', 'unshare', 'openssl', 'ryll')
     problems = os_venv.OpenStackVenv().check()
     if problems:
         pytest.fail('the OpenStack venv is not usable (%s); run '
                     '`kerbside-openstack setup`' % '; '.join(problems))
-    workdir = tempfile.mkdtemp(prefix='ktp-os-')
+    # pytest keeps the last few base temp dirs: the logs stay to read.
+    workdir = str(tmp_path_factory.mktemp('openstack'))
     c = os_cloud.OpenStackCloud(workdir)
     try:
         c.up(timeout=300)
@@ -131,7 +131,7 @@ def test_down_cleans_up_after_up_was_killed(tmp_path):
     RabbitMQ, memcached and libvirt run); `down` must still stop all.
     """
     require_tools('mariadbd', 'libvirtd', 'epmd', 'memcached', 'unshare')
-    workdir = tempfile.mkdtemp(prefix='ktp-osk-')
+    workdir = str(tmp_path / 'cloud')
     log = open(tmp_path / 'up.log', 'wb')
     up = subprocess.Popen(
         [sys.executable, '-m', 'kerbside_tempest_plugin.cmd.openstack',
