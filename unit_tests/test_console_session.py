@@ -307,3 +307,63 @@ def test_serial_follow_ends_when_the_guest_stops(live):
     out = verbs.run(s, 'serial --follow --timeout 10', chunks.append)
     assert out['ended'] == 'guest stopped'
     assert 'refresh_stats' in ''.join(c['text'] for c in chunks)
+
+
+def test_ctrl_c_ends_watch_and_the_shell_goes_on(tmp_path):
+    """The prompt in a real terminal (tmux), attached to a workdir whose
+    ryll is the fake: Ctrl-C ends `watch`, the prompt comes back, `quit`
+    leaves.
+    """
+    import shutil
+    import subprocess
+    import sys
+    import time
+
+    from kerbside_tempest_plugin.common import atomic
+    from unit_tests.conftest import REPO_ROOT
+    if shutil.which('tmux') is None:
+        pytest.skip('no tmux')
+    fake = fake_ryll.FakeRyll().start()
+    fake.png = frame_png(3, [ev.Keypress(10, 13, 0)])
+    w = str(tmp_path / 'lane')
+    os.makedirs(w)
+    atomic.write_json(os.path.join(w, 'lane.json'), {
+        'state': 'up', 'route': 'direct', 'control_socket': fake.path})
+    atomic.write_json(os.path.join(w, 'processes.json'), [])
+    name = 'ktp-console-unit-%d' % os.getpid()
+
+    def tmux(*args):
+        return subprocess.run(['tmux'] + list(args), capture_output=True,
+                              text=True, timeout=30)
+
+    def wait_pane(text, count=1, timeout=30):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            pane = tmux('capture-pane', '-p', '-J', '-S', '-', '-t',
+                        name).stdout
+            if pane.count(text) >= count:
+                return pane
+            time.sleep(0.2)
+        raise AssertionError('no %r x%d in:\n%s' % (text, count, pane))
+    try:
+        tmux('new-session', '-d', '-s', name, '-x', '160', '-y', '40',
+             '-c', str(REPO_ROOT), '%s -m kerbside_tempest_plugin.cmd.'
+             'harness console --attach %s 2>/dev/null' % (sys.executable,
+                                                          w))
+        wait_pane('kerbside> ')
+        tmux('send-keys', '-t', name, 'watch', 'Enter')
+        time.sleep(1.5)
+        tmux('send-keys', '-t', name, 'C-c')
+        wait_pane('interrupted')
+        tmux('send-keys', '-t', name, 'status', 'Enter')
+        pane = wait_pane('"owned": false')
+        assert 'Traceback' not in pane
+        tmux('send-keys', '-t', name, 'quit', 'Enter')
+        deadline = time.monotonic() + 20
+        while tmux('has-session', '-t', name).returncode == 0 and \
+                time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert tmux('has-session', '-t', name).returncode != 0
+    finally:
+        tmux('kill-session', '-t', name)
+        fake.stop()
