@@ -300,6 +300,9 @@ def test_reports_list_each_missed_frame_with_its_gap():
     page = html_report._missed(json_form)
     assert 'id="missed-frames"' in page
     assert page.count('<tr><td>') == 2
+    page = html_report._missed(dict(json_form, missed=[dict(
+        json_form['missed'][0], gap_ms=None, before_frame=None)]))
+    assert '<td>-</td>' in page and '<td></td>' not in page
     assert 'undecodable' in page
     assert cap.fidelity_evidence(None, results) is None
 

@@ -427,13 +427,17 @@ def _missed(evidence):
                                      r.get('after_at_s')),
                            _frame_at(r.get('before_frame'),
                                      r.get('before_at_s')),
-                           r.get('gap_ms', '-'), r.get('grab_ms', '-'),
+                           _dash(r.get('gap_ms')), _dash(r.get('grab_ms')),
                            r.get('undecodable_between'),
                            r.get('dropped_between'),
                            r.get('unchanged_between'), r.get('why'))))
         out.append('</table>')
     out.append('</section>')
     return '\n'.join(out)
+
+
+def _dash(value):
+    return '-' if value is None else value
 
 
 def _frame_at(frame, at):
