@@ -494,9 +494,15 @@ def teardown_workdir(workdir, redactor=None, extra_ports=(),
     registry = procs.ProcessRegistry(os.path.join(workdir, 'processes.json'),
                                      redactor)
 
-    def stop(names):
+    def stop(names, together=False):
         order = [r for r in reversed(registry.records)
                  if r['name'] in names]
+        if together:
+            # Each OpenStack service takes its graceful shutdown (5 s):
+            # signal them all first, then wait for each in turn.
+            for record in order:
+                if registry.alive(record):
+                    procs._signal(record['pid'], signal.SIGTERM)
         for record in order:
             try:
                 report['stopped'].append(registry.stop(
@@ -505,7 +511,7 @@ def teardown_workdir(workdir, redactor=None, extra_ports=(),
                 LOG.exception('stopping %s failed', record['name'])
                 report.setdefault('errors', []).append(repr(e))
 
-    stop(OPENSTACK)
+    stop(OPENSTACK, together=True)
     try:
         report['domains'] = destroy_domains(workdir, state, LOG)
     except Exception as e:
