@@ -153,3 +153,26 @@ def test_argv_without_spice_or_without_a_ticket():
     assert _opt(open_, '-spice') == [
         'port=41000,addr=127.0.0.1,disable-ticketing=on']
     assert '-object' not in open_
+
+
+def test_qnum_is_qemus_key_number_for_a_set1_make_code():
+    # QEMU numbers keys as XT set 1 with an extended 0xE0xx key at
+    # 0x80 | xx (its qcode_to_number table: ctrl_r 0x9d, meta_l 0xdb).
+    assert direct_qemu.qnum(0x1C) == 0x1C
+    assert direct_qemu.qnum(0x2A) == 0x2A
+    assert direct_qemu.qnum(0xE01D) == 0x9D
+    assert direct_qemu.qnum(0xE05B) == 0xDB
+    for bad in (0, 0x80, 0x9C, 0xE080, -1, True, 'a', None):
+        with pytest.raises(errors.ProviderError):
+            direct_qemu.qnum(bad)
+
+
+def test_a_guest_without_spice_has_no_console(tmp_path):
+    provider = direct_qemu.DirectQemuProvider.__new__(
+        direct_qemu.DirectQemuProvider)
+    guest = direct_qemu.DirectQemuGuest(provider, 'g', str(tmp_path), None,
+                                        None, None)
+    for call in (guest.console_vv, guest.console_route):
+        with pytest.raises(errors.ProviderError) as e:
+            call()
+        assert 'no SPICE server' in str(e.value)

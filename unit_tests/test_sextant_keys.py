@@ -52,3 +52,10 @@ def test_paste_secret_is_typeable():
 def test_unknown(bad):
     with pytest.raises(keys.UnknownKey):
         keys.scancode(bad)
+
+
+def test_chords_hold_shift_with_the_shifted_characters():
+    assert keys.chords('a{\n') == [(0x1E,), (keys.LSHIFT, 0x1A), (0x1C,)]
+    assert keys.chords('') == []
+    with pytest.raises(keys.UnknownKey):
+        keys.chords('\u00e9')

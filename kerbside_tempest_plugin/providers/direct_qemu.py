@@ -187,6 +187,18 @@ def build_argv(qemu_binary, name, accel, memory_mb, ovmf_code, vars_copy,
     return argv + list(extra_args)
 
 
+def qnum(code):
+    """QEMU's key number (QMP send-key `{'type': 'number'}`) for an AT
+    set-1 make code: the code itself, or 0x80 | the second byte for an
+    extended 0xE0xx key (right Ctrl 0xE01D is 0x9D).
+    """
+    if not isinstance(code, int) or isinstance(code, bool) or not (
+            0 < code < 0x80 or 0xE000 < code < 0xE080):
+        raise errors.ProviderError('not an AT set-1 make code: %r'
+                                   % (code,))
+    return code if code < 0x80 else 0x80 | (code & 0x7F)
+
+
 class QMP:
     """A short QMP connection per command (qemu.qmp's sync shim).
 
@@ -234,6 +246,7 @@ class DirectQemuGuest(base.Guest):
         self.run_dir = None
         self.qmp_path = None
         self.qmp = None
+        self.argv = None
         self.proc = None
         self.record = None
         self.accel = None
@@ -270,6 +283,12 @@ class DirectQemuGuest(base.Guest):
 
     # -- console: qemu offers the direct route only; the kerbside route of a
     # lane's guest is the lane's (lane.Lane.console_vv / console_route).
+    def _spice(self):
+        if self.spice_port is None:
+            raise errors.ProviderError(
+                'qemu %s has no SPICE server (the provider has spice=False)'
+                % self.name)
+
     @staticmethod
     def _direct_only(route):
         if route not in (None, 'direct'):
@@ -279,12 +298,14 @@ class DirectQemuGuest(base.Guest):
 
     def console_route(self, route=None):
         self._direct_only(route)
+        self._spice()
         return base.ConsoleRoute(kind='direct', host=SPICE_HOST,
                                  port=self.spice_port,
                                  tls_port=self.tls_port)
 
     def console_vv(self, route=None):
         self._direct_only(route)
+        self._spice()
         ca = host_subject = None
         if self.tls_port and self.x509_dir:
             with open(os.path.join(self.x509_dir, 'ca-cert.pem')) as f:
@@ -311,6 +332,29 @@ class DirectQemuGuest(base.Guest):
             Image.open(ppm).save(path, 'PNG')
             os.unlink(ppm)
         return path
+
+    def send_key_qmp(self, *codes, hold_ms=None):
+        """Press the keys `codes` (AT set-1 make codes: what
+        sextant.keys.scancode gives) together, with QMP send-key, and
+        release them after `hold_ms` (qemu's default: 100 ms). No SPICE
+        client is involved.
+        """
+        args = {'keys': [{'type': 'number', 'data': qnum(c)}
+                         for c in codes]}
+        if hold_ms:
+            args['hold-time'] = int(hold_ms)
+        self.qmp.cmd('send-key', **args)
+
+    def send_keys_qmp(self, chords, delay=0.08):
+        """Type `chords` one at a time, `delay` s apart: each a make code
+        or a tuple of codes pressed together, as sextant.keys.chords(text)
+        gives. Sextant reads one key per 50 ms poll; the firmware buffers
+        the rest.
+        """
+        for chord in chords:
+            self.send_key_qmp(*(chord if isinstance(chord, tuple)
+                                else (chord,)))
+            time.sleep(delay)
 
     def powerdown(self):
         """Press the ACPI power button (the guest may ignore it)."""
@@ -373,7 +417,10 @@ class DirectQemuProvider(base.GuestProvider):
     ProcessRegistry) records qemu for crash recovery. `secrets` is a
     SecretStore for the ticket file; without one a private temporary
     directory is used. A bare hypervisor offers the `direct` route only;
-    the kerbside route of a lane's guest is the lane's.
+    the kerbside route of a lane's guest is the lane's. `spice=False`
+    starts no SPICE server (guests driven over QMP only: keys with
+    send_key_qmp, frames with screendump); `ticketing=False` an
+    unticketed one on loopback (`ryll --direct` without a password).
     """
 
     name = 'direct_qemu'
@@ -382,7 +429,8 @@ class DirectQemuProvider(base.GuestProvider):
                  ovmf_code=None, ovmf_vars=None, memory_mb=256,
                  spice_port=None, ticket=None, tls=False, registry=None,
                  secrets=None, run_dir=None, route='direct',
-                 boot_timeout=60, extra_args=()):
+                 boot_timeout=60, extra_args=(), spice=True,
+                 ticketing=True):
         DirectQemuGuest._direct_only(route)
         self.qemu_binary = qemu_binary
         self.accel_setting = accel
@@ -398,6 +446,8 @@ class DirectQemuProvider(base.GuestProvider):
         self.route = route
         self.boot_timeout = boot_timeout
         self.extra_args = list(extra_args)
+        self.spice = spice
+        self.ticketing = ticketing
         self._x509_dir = None
         self.guests = []
 
@@ -441,20 +491,21 @@ class DirectQemuProvider(base.GuestProvider):
         """
         artifact_dir = os.path.abspath(artifact_dir)
         os.makedirs(artifact_dir, exist_ok=True)
-        store = self._secret_store()
-
         spice_port = self.spice_port
-        if spice_port is None:
+        if spice_port is None and self.spice:
             spice_port = common_ports.free_port()
         tls_port = None
         x509_dir = None
-        if self.tls:
+        if self.tls and self.spice:
             if self.tls_port is None:
                 self.tls_port = common_ports.free_port()
             tls_port = self.tls_port
             x509_dir = self._x509()
-        ticket = self.ticket or common_secrets.random_token(12)
-        ticket_file = store.put('spice-ticket-%s' % name, ticket)
+        ticket = ticket_file = None
+        if self.spice and self.ticketing:
+            ticket = self.ticket or common_secrets.random_token(12)
+            ticket_file = self._secret_store().put('spice-ticket-%s' % name,
+                                                   ticket)
 
         guest = DirectQemuGuest(self, name, artifact_dir, spice_port, ticket,
                                 ticket_file, tls_port=tls_port,
@@ -518,13 +569,15 @@ class DirectQemuProvider(base.GuestProvider):
             guest.spice_port, guest.qmp_path, overlay=overlay,
             tls_port=guest.tls_port, x509_dir=guest.x509_dir,
             extra_args=self.extra_args)
+        guest.argv = argv
         with open(os.path.join(guest.artifact_dir, 'qemu-argv.txt'),
                   'w') as f:
             f.write(' '.join(argv) + '\n')
-        LOG.info('booting %s: accel=%s (%s), SPICE 127.0.0.1:%d%s',
+        LOG.info('booting %s: accel=%s (%s), SPICE %s%s',
                  guest.name, guest.accel, guest.accel_reason,
-                 guest.spice_port,
-                 ', TLS %d' % guest.tls_port if guest.tls_port else '')
+                 '127.0.0.1:%d' % guest.spice_port if guest.spice_port
+                 else 'off', ', TLS %d' % guest.tls_port
+                 if guest.tls_port else '')
 
         guest.started_at = time.monotonic()
         if self.registry is not None:
@@ -552,6 +605,8 @@ class DirectQemuProvider(base.GuestProvider):
 
         waiting.wait_until(running, 30, 'qemu %s to run (QMP query-status)'
                            % guest.name, seen=guest.describe, abort=dead)
+        if guest.spice_port is None:
+            return
         waiting.wait_until(
             lambda: common_ports.is_listening(guest.spice_port), 10,
             'qemu SPICE port %d to listen' % guest.spice_port,

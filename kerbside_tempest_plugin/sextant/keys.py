@@ -100,6 +100,15 @@ def keystrokes(text):
     return [(scancode(c), needs_shift(c)) for c in text]
 
 
+def chords(text):
+    """The keys to press together for each character of `text`, as tuples
+    of make codes ((LSHIFT, code) for a shifted character): what
+    DirectQemuGuest.send_keys_qmp types over QMP.
+    """
+    return [(LSHIFT, code) if shift else (code,)
+            for code, shift in keystrokes(text)]
+
+
 def resolve(key):
     """The make code to send for `key` (an int scancode, a key name or a
     character typed without Shift): what ryll.client.ControlClient takes
