@@ -1,14 +1,16 @@
 """Fixtures for integration tests that boot real guests under qemu.
 
-`qemu_guest` is a factory: `qemu_guest(image)` boots a UEFI guest (q35,
-OVMF 4M, TCG, QXL, AHCI disk through a throwaway overlay, -no-reboot) with
-a QMP socket and a serial log, and returns a `QemuGuest`. The command line,
-the OVMF lookup, the image-format probe and the QMP wrapper are the
-direct-qemu provider's (one qemu launcher); this adds only the process
-handling and QMP key typing the guest tests need. Every guest is
-killed in teardown. `sextant_image` is the Sextant-compatible image: the
-SEXTANT_IMAGE environment variable (a real Sextant qcow2 or raw image) or
-the bundled guest, built when missing (kerbside_tempest_plugin.guest_images).
+`qemu_guest` is a factory: `qemu_guest(image)` boots a UEFI guest through
+the direct-qemu provider (providers.direct_qemu.DirectQemuProvider, the
+one qemu launcher: q35, OVMF 4M, QXL, AHCI disk through a throwaway
+overlay, -no-reboot, QMP), here under TCG and without a SPICE server, and
+returns a `QemuGuest`: the provider's guest plus the waits a test wants
+(serial text, exit) failing as test failures. Keys go in through the
+provider's QMP send-key (`send_key_qmp`), named as sextant.keys names
+them. Every guest is torn down by the provider in teardown.
+`sextant_image` is the Sextant-compatible image: the SEXTANT_IMAGE
+environment variable (a real Sextant qcow2 or raw image) or the bundled
+guest, built when missing (kerbside_tempest_plugin.guest_images).
 
 Waits always have a deadline and fail with what was awaited and what was
 seen (serial tail, last digest).
@@ -17,62 +19,17 @@ seen (serial tail, last digest).
 import os
 import pathlib
 import re
-import shutil
-import subprocess
-import tempfile
 import time
 
 import pytest
 
 from kerbside_tempest_plugin.common import errors
-from kerbside_tempest_plugin.common import tools
+from kerbside_tempest_plugin.common import logtext
 from kerbside_tempest_plugin.providers import direct_qemu
+from kerbside_tempest_plugin.sextant import keys
 from unit_tests.conftest import require_tools
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
-
-# QMP qcodes for the characters the tests type (US layout).
-_SHIFTED = dict(zip('!@#$%^&*()_+{}:"~|<>?',
-                    ['1', '2', '3', '4', '5', '6', '7', '8', '9', '0',
-                     'minus', 'equal', 'bracket_left', 'bracket_right',
-                     'semicolon', 'apostrophe', 'grave_accent', 'backslash',
-                     'comma', 'dot', 'slash']))
-_PLAIN = {'-': 'minus', '=': 'equal', '[': 'bracket_left',
-          ']': 'bracket_right', ';': 'semicolon', "'": 'apostrophe',
-          '`': 'grave_accent', '\\': 'backslash', ',': 'comma', '.': 'dot',
-          '/': 'slash', ' ': 'spc', '\n': 'ret', '\r': 'ret'}
-
-
-def qcodes_for(char):
-    """The QMP send-key qcodes that type `char` on a US keyboard."""
-    if char in _SHIFTED:
-        return ['shift', _SHIFTED[char]]
-    if char in _PLAIN:
-        return [_PLAIN[char]]
-    if char.isascii() and char.isalpha():
-        return ['shift', char.lower()] if char.isupper() else [char]
-    if char.isascii() and char.isdigit():
-        return [char]
-    raise ValueError('no qcode for %r' % char)
-
-
-def ovmf_files():
-    try:
-        return direct_qemu.find_ovmf()
-    except errors.ProviderError as e:
-        pytest.fail('%s (install ovmf)' % e)
-
-
-def terminate(proc, timeout=10):
-    """SIGTERM `proc`, then SIGKILL if it is still there after `timeout`;
-    always reaps it.
-    """
-    proc.terminate()
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout)
 
 
 class WaitTimeout(errors.HarnessTimeout, AssertionError):
@@ -82,98 +39,75 @@ class WaitTimeout(errors.HarnessTimeout, AssertionError):
 
 
 class QemuGuest:
-    """One qemu process: QMP (a short connection per command), serial log,
-    keys, screendumps.
+    """One guest booted by its own DirectQemuProvider (TCG; no SPICE unless
+    asked: `spice=True`, `ticketing=`, `ticket=` go to the provider).
+    `q` is the provider's DirectQemuGuest; this adds the test's waits.
     """
 
-    def __init__(self, image, workdir, name='guest', memory='256M',
-                 extra_args=(), accel='tcg'):
+    def __init__(self, image, workdir, name='guest', memory_mb=256,
+                 accel='tcg', spice=False, **provider_options):
         self.name = name
-        self.image = str(image)
         self.workdir = pathlib.Path(workdir)
-        self.serial_path = self.workdir / 'serial.log'
-        self.qmp_path = self.workdir / 'qmp.sock'
-        self.log_path = self.workdir / 'qemu.log'
-        self.overlay = self.workdir / 'disk.qcow2'
-        self._qmp = direct_qemu.QMP(str(self.qmp_path), timeout=20.0)
         self._shots = 0
-        code, tmpl = ovmf_files()
-        vars_copy = self.workdir / 'OVMF_VARS.fd'
-        shutil.copy(tmpl, vars_copy)
-        subprocess.run(
-            [tools.find('qemu-img'), 'create', '-q', '-f', 'qcow2', '-F',
-             direct_qemu.image_format(self.image), '-b',
-             os.path.abspath(self.image), str(self.overlay)], check=True)
-        # The provider's command line, without a SPICE server.
-        self.argv = direct_qemu.build_argv(
-            tools.find('qemu-system-x86_64'), name, accel, memory, code,
-            vars_copy, self.serial_path, None, None, self.qmp_path,
-            overlay=self.overlay, extra_args=extra_args)
-        self.started = time.monotonic()
-        self._log = open(self.log_path, 'wb')
-        self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL,
-                                     stdout=self._log,
-                                     stderr=subprocess.STDOUT)
-        self._wait_for(lambda: self.qmp_path.exists() or not self.alive,
-                       15, 'the QMP socket %s' % self.qmp_path)
-        if not self.alive:
-            raise AssertionError('qemu exited at once (%s): %s'
-                                 % (self.proc.returncode, self.qemu_log()))
+        try:
+            self.provider = direct_qemu.DirectQemuProvider(
+                accel=accel, memory_mb=memory_mb, spice=spice,
+                **provider_options)
+        except errors.ProviderError as e:
+            pytest.fail('%s (install ovmf)' % e)
+        try:
+            self.q = self.provider.boot(image and str(image), name,
+                                        str(self.workdir))
+        except BaseException:
+            self.provider.close()
+            raise
+        self.serial_path = pathlib.Path(self.q.serial_path)
+        # Fixed once booted: the provider's Popen, command line and port.
+        self.proc, self.argv = self.q.proc, self.q.argv
+        self.spice_port = self.q.spice_port
 
-    # -- process ----------------------------------------------------------
+    # -- process (the provider's) -----------------------------------------
     @property
     def alive(self):
-        return self.proc.poll() is None
+        return self.q.is_running()
 
     def qemu_log(self):
-        try:
-            return self.log_path.read_text(errors='replace')[-2000:]
-        except OSError:
-            return ''
+        return logtext.tail_file(self.q.log_path, 30)
 
     def wait_exit(self, timeout):
         """Wait for qemu to exit by itself; returns its exit code."""
         try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
+            return self.q.wait_stopped(timeout)
+        except errors.HarnessTimeout:
             raise WaitTimeout(
                 '%s: qemu still running after %.0f s; serial tail:\n%s'
                 % (self.name, timeout, self.serial_tail())) from None
 
     def kill(self):
-        if self.alive:
-            terminate(self.proc)
-        self._log.close()
+        """Tear the guest down (the provider's teardown: QMP quit, then
+        SIGTERM/SIGKILL); idempotent.
+        """
+        self.provider.close()
 
-    # -- QMP --------------------------------------------------------------
-    def qmp(self, name, timeout=20.0, **args):
-        from qemu.qmp import ExecuteError  # lazy, as in the provider
-        try:
-            return self._qmp.cmd(name, timeout=timeout, **args)
-        except ExecuteError as e:
-            raise AssertionError('QMP %s failed: %s' % (name, e)) from None
-
-    def send_key(self, *qcodes, hold_ms=None):
-        args = {'keys': [{'type': 'qcode', 'data': q} for q in qcodes]}
-        if hold_ms:
-            args['hold-time'] = hold_ms
-        self.qmp('send-key', **args)
+    # -- keys and frames over QMP ------------------------------------------
+    def send_key(self, key, hold_ms=None):
+        """Press one key: a sextant.keys name or character (`Enter`,
+        `space`, `i`, `A`; Shift is held for a shifted character).
+        """
+        chord = (keys.chords(key)[0] if len(key) == 1
+                 else (keys.scancode(key),))
+        self.q.send_key_qmp(*chord, hold_ms=hold_ms)
 
     def type_text(self, text, delay=0.08):
-        """Type characters one by one, `delay` s apart (Sextant reads one
-        key per 50 ms poll; firmware buffers the rest).
-        """
-        for ch in text:
-            self.send_key(*qcodes_for(ch))
-            time.sleep(delay)
+        """Type characters one by one, `delay` s apart."""
+        self.q.send_keys_qmp(keys.chords(text), delay)
 
     def screendump(self, path=None):
         """A lossless PNG of the guest screen; returns the path."""
         if path is None:
             self._shots += 1
             path = self.workdir / ('shot-%04d.png' % self._shots)
-        self.qmp('screendump', filename=str(path), format='png')
-        return pathlib.Path(path)
+        return pathlib.Path(self.q.screendump(str(path)))
 
     # -- serial -----------------------------------------------------------
     def serial_text(self):
@@ -185,53 +119,43 @@ class QemuGuest:
     def serial_tail(self, n=1200):
         return self.serial_text()[-n:]
 
-    def wait_serial(self, pattern, timeout, what=None):
-        """Wait until the serial log matches `pattern` (a regex)."""
+    def wait_serial(self, pattern, timeout, what=None, count=1):
+        """Wait until the serial log matches `pattern` (a regex) `count`
+        times.
+        """
         rx = re.compile(pattern)
-        self._wait_for(lambda: rx.search(self.serial_text()), timeout,
-                       what or 'serial text %r' % pattern)
-
-    def _wait_for(self, predicate, timeout, what, interval=0.1):
         deadline = time.monotonic() + timeout
-        while True:
-            if predicate():
-                return
+        while len(rx.findall(self.serial_text())) < count:
             if time.monotonic() >= deadline:
                 raise WaitTimeout(
                     '%s: waited %.0f s for %s; qemu %s; serial tail:\n%s'
-                    % (self.name, timeout, what,
+                    % (self.name, timeout,
+                       what or 'serial text %r x%d' % (pattern, count),
                        'running' if self.alive else
                        'exited %s' % self.proc.returncode,
                        self.serial_tail()))
-            time.sleep(interval)
+            time.sleep(0.1)
 
 
 @pytest.fixture
 def qemu_guest(tmp_path):
-    """Factory: qemu_guest(image, name='guest', extra_args=()) -> QemuGuest.
+    """Factory: qemu_guest(image, name='guest', **options) -> QemuGuest.
 
     Each guest gets its own directory under tmp_path (overlay, OVMF vars,
-    QMP socket, serial log, screendumps) and is killed at teardown.
+    serial log, qemu log, screendumps; the QMP socket is in the provider's
+    short run directory) and is torn down at teardown.
     """
     require_tools('qemu-system-x86_64', 'qemu-img')
     guests = []
 
     def boot(image, name='guest', **kwargs):
-        workdir = tmp_path / name
-        workdir.mkdir(exist_ok=True)
-        # unix socket paths are limited to ~107 bytes
-        if len(str(workdir / 'qmp.sock')) > 100:
-            workdir = pathlib.Path(tempfile.mkdtemp(prefix='qg-'))
-        guest = QemuGuest(image, workdir, name=name, **kwargs)
+        guest = QemuGuest(image, tmp_path / name, name=name, **kwargs)
         guests.append(guest)
         return guest
 
     yield boot
     for guest in reversed(guests):
-        try:
-            guest.kill()
-        except Exception:   # never mask the test's own failure
-            pass
+        guest.kill()    # the provider's teardown never raises
 
 
 @pytest.fixture(scope='session')

@@ -88,7 +88,7 @@ class Walk:
         return a
 
     def enter_booting(self):
-        self.guest.send_key('ret')
+        self.guest.send_key('Enter')
         return self.beat('awaiting->booting in the chains',
                          lambda a: a.digest.hashes['scene_transition'] != 0)
 
@@ -120,7 +120,7 @@ class Walk:
         self.beat('the echo of %r' % text[-1],
                   lambda a: last_event_is(a, 'keypress',
                                           unicode=ord(text[-1])))
-        self.guest.send_key('ret')
+        self.guest.send_key('Enter')
 
     def reach_parked(self):
         return self.beat('booting->parked',
@@ -130,7 +130,7 @@ class Walk:
 
     def exit_and_drain(self):
         """The exit key in Parked: drain, then ACPI power-off."""
-        self.guest.send_key('ret')
+        self.guest.send_key('Enter')
         self.guest.wait_exit(EXIT_TIMEOUT)
         drain = sdrain.parse(self.guest.serial_text())
         assert drain.complete, ('no refresh_stats line in the serial log:\n%s'
@@ -335,7 +335,7 @@ def test_mode_keys_retry_and_wrong_paste(new_walk):
 
     walk.ignore()
     guest.type_text('abc')
-    guest.send_key('ret')
+    guest.send_key('Enter')
     walk.beat('the wrong-paste indicator (row 26)',
               lambda a: has_event(a, 'paste_received', length=3,
                                   correct=False)

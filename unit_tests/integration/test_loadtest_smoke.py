@@ -79,7 +79,7 @@ def test_latency_guest_repaints_on_every_key(qemu_guest, latency_image):
     assert _box_colour(guest.screendump())[1] == first
     colours = [first]
     for n in range(1, 4):
-        guest.send_key('spc')
+        guest.send_key('space')
         colours.append(_wait_colour_change(guest, colours[-1]))
         guest.wait_serial(r'key %d ' % n, 10, 'key %d on serial' % n)
     # Two colours, alternating, for as many keys as come.

@@ -10,99 +10,31 @@ kills to watch the client see EOF and ryll exit 0.
 
 import os
 import secrets
-import shutil
 import signal
-import socket
 import struct
-import subprocess
 import time
 
 import pytest
 
 from kerbside_tempest_plugin.common import errors
-from kerbside_tempest_plugin.common import tools
 from kerbside_tempest_plugin.providers import direct_qemu
 from kerbside_tempest_plugin.ryll import client as rc
 from kerbside_tempest_plugin.ryll import process as rp
 from kerbside_tempest_plugin.sextant import keys
 from unit_tests.conftest import require_tools
-from unit_tests.integration.conftest import terminate
+from unit_tests.integration.conftest import QemuGuest
 
 pytestmark = pytest.mark.integration
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-
-class Qemu:
-    """A disk-less OVMF guest with SPICE on loopback (test helper only),
-    on the direct-qemu provider's command line (providers.direct_qemu:
-    find_ovmf, build_argv; the ticket goes in a 0600 file, not argv).
+def boot_qemu(workdir, ticket=None):
+    """A disk-less OVMF guest with SPICE on loopback (128 MiB, TCG),
+    booted by the direct-qemu provider (the one launcher): unticketed, or
+    ticketed with `ticket` (the provider puts it in a 0600 file, not
+    argv).
     """
-
-    def __init__(self, workdir, ticket=None):
-        self.workdir = workdir
-        self.ticket = ticket
-        self.port = free_port()
-        self.serial = os.path.join(workdir, 'serial.log')
-        self.log = os.path.join(workdir, 'qemu.log')
-        self.proc = None
-
-    def start(self):
-        code, vars_template = direct_qemu.find_ovmf()
-        vars_copy = os.path.join(self.workdir, 'vars.fd')
-        shutil.copy(vars_template, vars_copy)
-        ticket_file = None
-        if self.ticket:
-            ticket_file = os.path.join(self.workdir, 'spice-ticket')
-            fd = os.open(ticket_file, os.O_WRONLY | os.O_CREAT, 0o600)
-            with os.fdopen(fd, 'w') as f:
-                f.write(self.ticket)
-        argv = direct_qemu.build_argv(
-            tools.find('qemu-system-x86_64'), 'ryll-live', 'tcg', '128M',
-            code, vars_copy, self.serial, ticket_file, self.port,
-            os.path.join(self.workdir, 'qmp.sock'))
-        with open(self.log, 'ab') as log:
-            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
-                                         stdout=log, stderr=log,
-                                         start_new_session=True)
-        deadline = time.monotonic() + 30
-        while True:   # wait until SPICE listens
-            if self.proc.poll() is not None:
-                raise AssertionError('qemu exited %s: %s' % (
-                    self.proc.returncode, open(self.log).read()[-2000:]))
-            try:
-                socket.create_connection(('127.0.0.1', self.port),
-                                         0.5).close()
-                return self
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise AssertionError('qemu SPICE port %d never opened'
-                                         % self.port)
-                time.sleep(0.05)
-
-    def serial_text(self):
-        try:
-            with open(self.serial, errors='replace') as f:
-                return f.read()
-        except FileNotFoundError:
-            return ''
-
-    def wait_serial(self, needle, count=1, timeout=120):
-        deadline = time.monotonic() + timeout
-        while self.serial_text().count(needle) < count:
-            if time.monotonic() > deadline:
-                raise AssertionError(
-                    'serial never showed %r x%d in %d s; tail: %r' % (
-                        needle, count, timeout, self.serial_text()[-500:]))
-            time.sleep(0.2)
-
-    def stop(self):
-        if self.proc and self.proc.poll() is None:
-            terminate(self.proc)
+    return QemuGuest(None, workdir, name='ryll-live', memory_mb=128,
+                     spice=True, ticketing=bool(ticket), ticket=ticket)
 
 
 @pytest.fixture(scope='module')
@@ -117,16 +49,16 @@ def host_tools():
 
 @pytest.fixture(scope='module')
 def guest(host_tools, tmp_path_factory):
-    q = Qemu(str(tmp_path_factory.mktemp('qemu'))).start()
+    q = boot_qemu(str(tmp_path_factory.mktemp('qemu')))
     yield q
-    q.stop()
+    q.kill()
     assert q.proc.poll() is not None
 
 
 @pytest.fixture(scope='module')
 def session(guest, tmp_path_factory):
     proc = rp.RyllProcess(workdir=str(tmp_path_factory.mktemp('ryll')),
-                          direct='127.0.0.1:%d' % guest.port)
+                          direct='127.0.0.1:%d' % guest.spice_port)
     proc.start()
     client = None
     try:
@@ -177,7 +109,7 @@ def test_status_and_screenshot(session):
 
 def test_keys_and_paste_reach_the_guest(session, guest):
     _, client = session
-    guest.wait_serial('Shell>')
+    guest.wait_serial('Shell>', 120)
     client.subscribe(['surface_drawn'])
     client.drain_events()
     sent = client.send_key('v')
@@ -238,9 +170,9 @@ def test_round_trip_and_screenshot_timing(session):
 
 def test_ticketed_vv_then_qemu_killed(host_tools, tmp_path):
     ticket = secrets.token_urlsafe(12)
-    guest = Qemu(str(tmp_path), ticket=ticket).start()
+    guest = boot_qemu(str(tmp_path / 'qemu'), ticket=ticket)
     vv = ('[virt-viewer]\ntype=spice\nhost=127.0.0.1\nport=%d\n'
-          'password=%s\ndelete-this-file=1\n' % (guest.port, ticket))
+          'password=%s\ndelete-this-file=1\n' % (guest.spice_port, ticket))
     proc = rp.RyllProcess(workdir=str(tmp_path / 'ryll'), vv_text=vv)
     try:
         proc.start()
@@ -266,7 +198,7 @@ def test_ticketed_vv_then_qemu_killed(host_tools, tmp_path):
         assert proc.returncode == 0
     finally:
         proc.stop()
-        guest.stop()
+        guest.kill()
     assert not os.path.exists(proc.socket_path)
     assert not os.path.exists(proc.private_dir)
     assert guest.proc.poll() is not None
