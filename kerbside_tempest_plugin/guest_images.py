@@ -34,6 +34,7 @@ import sys
 import time
 
 from kerbside_tempest_plugin.common import errors
+from kerbside_tempest_plugin.common import logtext
 from kerbside_tempest_plugin.common import tools
 
 LOG = logging.getLogger(__name__)
@@ -128,14 +129,6 @@ class _Lock:
         self.f.close()
 
 
-def _tail(path, lines=15):
-    try:
-        with open(path, errors='replace') as f:
-            return ''.join(f.readlines()[-lines:]).rstrip()
-    except OSError as e:
-        return '<cannot read %s: %s>' % (path, e)
-
-
 def bundled(guest, rebuild=False, log_path=None, timeout=BUILD_TIMEOUT):
     """The bundled `guest`'s image, built into `cache_dir()` when missing
     (or with `rebuild`). `log_path` gets the build output (default
@@ -171,13 +164,14 @@ def bundled(guest, rebuild=False, log_path=None, timeout=BUILD_TIMEOUT):
                 raise GuestImageError(
                     'building the %s guest did not finish within %d s; '
                     'build log %s ends:\n%s' % (guest, timeout, log_path,
-                                                _tail(log_path)))
+                                                logtext.tail_file(log_path)))
         if proc.returncode != 0 or not os.path.isfile(image):
             raise GuestImageError(
                 'building the %s guest failed (exit %d, %s); build log %s '
                 'ends:\n%s' % (guest, proc.returncode,
                                'no %s' % image if proc.returncode == 0
-                               else 'no image', log_path, _tail(log_path)))
+                               else 'no image', log_path,
+                               logtext.tail_file(log_path)))
         LOG.info('built %s in %.1f s', image, time.monotonic() - t0)
         return image
 
