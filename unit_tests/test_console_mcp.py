@@ -112,3 +112,50 @@ def test_mcp_is_imported_lazily():
                          text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == '[]'
+
+
+def test_disconnect_during_a_tool_still_tears_down(workdir):
+    """stdio: the client leaves while wait_for is still waiting; the
+    server's teardown (a detached `kerbside-harness down`, since the
+    session owns the lane) runs anyway.
+    """
+    import time
+
+    import anyio
+    from mcp.client.session import ClientSession
+    from mcp.client.stdio import stdio_client
+    from mcp.client.stdio import StdioServerParameters
+
+    from unit_tests.conftest import REPO_ROOT
+    w, fake = workdir
+    params = StdioServerParameters(
+        command=sys.executable,
+        args=['-m', 'kerbside_tempest_plugin.cmd.harness', 'mcp'],
+        cwd=str(REPO_ROOT))
+
+    async def main():
+        with open(os.devnull, 'w') as errlog:
+            async with stdio_client(params, errlog=errlog) as (read, write):
+                async with ClientSession(read, write) as session:
+                    await session.initialize()
+                    att = await session.call_tool(
+                        'attach_lane', {'workdir': w, 'own': True})
+                    assert not att.is_error, att.content
+                    with anyio.move_on_after(1.5):
+                        await session.call_tool('wait_for', {
+                            'kind': 'scene_transition',
+                            'fields': {'to': 'parked'}, 'timeout': 120})
+                        raise AssertionError('wait_for returned')
+    t = time.monotonic()
+    _run(main)
+    assert time.monotonic() - t < 30
+    deadline = time.monotonic() + 30
+    state = None
+    while time.monotonic() < deadline:
+        with open(os.path.join(w, 'lane.json')) as f:
+            state = json.load(f).get('state')
+        if state == 'down':
+            break
+        time.sleep(0.2)
+    assert state == 'down'
+    assert os.path.exists(os.path.join(w, 'console', 'teardown.log'))

@@ -9,21 +9,19 @@ One server process is one session, and owns at most one lane:
 adopts a `kerbside-harness up` workdir. The tools are those of
 console.session (send_keys, type_text, paste, screenshot as an image
 content item, digest and wait_for as structured JSON, read_serial, drain,
-status, walk) and `teardown`. When the client disconnects (standard input
-closes) the lane is torn down: the direct-qemu lane by a detached
-`kerbside-harness down --workdir W`, because the SDK's client kills the
-server's process group two seconds after closing its input and a lane
-takes longer than that to stop; any other lane in process, with SIGTERM
-ignored for the time it takes.
+status, walk) and `teardown`. When the client disconnects the lane is
+torn down: a direct-qemu lane by console.guardian, a process of its own
+session that runs the workdir teardown once this server is gone (the
+SDK's client closes our input, waits two seconds, then kills our process
+group, whatever a tool is still doing, and a lane takes longer than that
+to stop); any other lane in process, with SIGTERM ignored meanwhile.
 
 Every tool result and error message goes through the lane's redactor: no
 SPICE ticket, JWT or .vv password leaves through a tool.
 """
 
 import logging
-import os
 import signal
-import subprocess
 import sys
 import threading
 import typing
@@ -48,10 +46,19 @@ INSTRUCTIONS = (
 class Holder:
     """The one session of this server, and its teardown."""
 
-    def __init__(self, defaults):
+    def __init__(self, defaults, guardian=None):
         self.defaults = defaults
         self.session = None
         self.lock = threading.RLock()
+        self.guardian = guardian
+
+    def adopt(self, session):
+        """Hold `session`; a direct-qemu lane it owns goes to the
+        guardian, which tears it down however this process ends.
+        """
+        self.session = session
+        if self.guardian is not None and _guarded(session):
+            self.guardian.own(session.target.workdir)
 
     def get(self):
         if self.session is None:
@@ -91,18 +98,24 @@ class Holder:
         return obj
 
     def disconnect(self):
-        """The client went away: tear the lane down (see the module doc)."""
-        with self.lock:
+        """The client went away: tear the lane down (see the module doc).
+
+        A tool may still be running (a long wait_for) and hold the lock;
+        the teardown does not wait for it: closing the session stops the
+        capture, which ends the tool's wait.
+        """
+        got = self.lock.acquire(timeout=0.5)
+        try:
             s, self.session = self.session, None
+        finally:
+            if got:
+                self.lock.release()
         if s is None:
             return None
-        target = s.target
-        lane = getattr(target, 'lane', None)
-        from kerbside_tempest_plugin.lane import lane as lane_mod
-        if isinstance(lane, lane_mod.Lane) or (
-                target.owned and lane is None):
+        if self.guardian is not None and _guarded(s):
+            # The guardian tears the lane down once this process is gone.
             s.close(teardown=False)
-            return detached_down(target.workdir)
+            return {'teardown': 'guardian pid %d' % self.guardian.proc.pid}
         old = signal.signal(signal.SIGTERM, signal.SIG_IGN)
         try:
             return s.close()
@@ -110,23 +123,18 @@ class Holder:
             signal.signal(signal.SIGTERM, old)
 
 
-def detached_down(workdir):
-    """`kerbside-harness down --workdir W` in its own session, so it
-    outlives this process; output to W/console/teardown.log.
+def _guarded(session):
+    """Whether the guardian can tear this session's lane down from its
+    workdir alone: an owned direct-qemu lane.Lane, or an attached
+    `kerbside-harness up` workdir the session was told to own.
     """
-    log_path = os.path.join(workdir, 'console', 'teardown.log')
-    os.makedirs(os.path.dirname(log_path), exist_ok=True)
-    with open(log_path, 'ab') as log:
-        proc = subprocess.Popen(
-            [sys.executable, '-m', 'kerbside_tempest_plugin.cmd.harness',
-             'down', '--workdir', workdir], stdin=subprocess.DEVNULL,
-            stdout=log, stderr=log, start_new_session=True, close_fds=True)
-    LOG.info('teardown of %s handed to pid %d (log %s)', workdir, proc.pid,
-             log_path)
-    return {'detached_teardown_pid': proc.pid, 'log': log_path}
+    from kerbside_tempest_plugin.lane import lane as lane_mod
+    target = session.target
+    lane = getattr(target, 'lane', None)
+    return target.owned and (lane is None or isinstance(lane, lane_mod.Lane))
 
 
-def build_server(defaults=None):
+def build_server(defaults=None, guardian=None):
     """The MCPServer with every tool, and its Holder."""
     try:
         from mcp.server.mcpserver import Image
@@ -137,7 +145,7 @@ def build_server(defaults=None):
             '"kerbside-tempest-plugin[mcp]" (%s)' % e)
     import contextlib
 
-    holder = Holder(defaults or {})
+    holder = Holder(defaults or {}, guardian)
 
     @contextlib.asynccontextmanager
     async def lifespan(_server):
@@ -165,12 +173,12 @@ def build_server(defaults=None):
                 return holder.call('boot_lane', lambda s: s.boot(image=image))
             d = holder.defaults
             try:
-                holder.session = session_mod.Session.start(
+                holder.adopt(session_mod.Session.start(
                     provider=provider, route=route,
                     workdir=workdir or d.get('workdir'), image=image,
                     config_file=d.get('config_file'),
                     ryll_binary=d.get('ryll', 'ryll'),
-                    accel=d.get('accel', 'auto'))
+                    accel=d.get('accel', 'auto')))
             except session_mod.ConsoleError as e:
                 raise exceptions.ToolError(str(e)) from None
             return holder.call('boot_lane', lambda s: dict(
@@ -188,7 +196,7 @@ def build_server(defaults=None):
                     'this session already has a lane (%s); one session '
                     'owns one lane' % holder.session.target.workdir)
             try:
-                holder.session = session_mod.Session.attach(workdir, own=own)
+                holder.adopt(session_mod.Session.attach(workdir, own=own))
             except session_mod.ConsoleError as e:
                 raise exceptions.ToolError(str(e)) from None
             return holder.call('attach_lane', lambda s: s.status())
@@ -289,6 +297,8 @@ def build_server(defaults=None):
         if s is None:
             return {'torn_down': False, 'reason': 'no lane'}
         report = s.close()
+        if holder.guardian is not None:
+            holder.guardian.release()
         out = {'torn_down': report is not None, 'owned': s.owned}
         if report:
             out.update({k: report.get(k) for k in (
@@ -301,10 +311,12 @@ def build_server(defaults=None):
 
 def main(args):
     """The `mcp` subcommand: serve over stdio until the client leaves."""
+    from kerbside_tempest_plugin.console import guardian
     try:
         server, _ = build_server({
             'workdir': args.workdir, 'config_file': args.config_file,
-            'ryll': args.ryll, 'accel': args.accel})
+            'ryll': args.ryll, 'accel': args.accel},
+            guardian=guardian.Guardian().start())
     except session_mod.ConsoleError as e:
         print('kerbside-harness mcp: %s' % e, file=sys.stderr)
         return 1
