@@ -159,3 +159,33 @@ def test_disconnect_during_a_tool_still_tears_down(workdir):
         time.sleep(0.2)
     assert state == 'down'
     assert os.path.exists(os.path.join(w, 'console', 'teardown.log'))
+
+
+def test_a_killed_console_still_tears_its_lane_down(workdir):
+    """SIGKILL skips every finally; the guardian does the teardown."""
+    import signal
+    import time
+
+    from unit_tests.conftest import REPO_ROOT
+    w, fake = workdir
+    proc = subprocess.Popen(
+        [sys.executable, '-m', 'kerbside_tempest_plugin.cmd.harness',
+         'console', '--attach', w, '--down-on-exit'],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL, cwd=str(REPO_ROOT), text=True)
+    try:
+        proc.stdin.write('status\n')
+        proc.stdin.flush()
+        assert '"verb": "lane"' in proc.stdout.readline()
+        assert '"verb": "status"' in proc.stdout.readline()
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with open(os.path.join(w, 'lane.json')) as f:
+            if json.load(f).get('state') == 'down':
+                break
+        time.sleep(0.2)
+    with open(os.path.join(w, 'lane.json')) as f:
+        assert json.load(f).get('state') == 'down'

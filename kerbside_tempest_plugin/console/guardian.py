@@ -1,8 +1,9 @@
-"""A teardown that outlives the MCP server.
+"""A teardown that outlives the MCP server (and the console).
 
-`kerbside-harness mcp` starts this module as a process of its own session
-(so the SDK client's SIGTERM/SIGKILL of the server's process group does
-not reach it), with a pipe on its standard input. The server writes
+`kerbside-harness mcp` (and `console`, against a SIGKILL) starts this
+module as a process of its own session (so the SDK client's
+SIGTERM/SIGKILL of the server's process group does not reach it), with a
+pipe on its standard input. The server writes
 ``own WORKDIR`` when its session owns a direct-qemu lane and ``release``
 when the lane was torn down or let go. When the pipe closes (the server
 exited, crashed or was killed, which the SDK does two seconds after the
@@ -51,6 +52,17 @@ class Guardian:
     def release(self):
         self.owned = None
         return self._say('release')
+
+
+def guards(session):
+    """Whether a guardian can tear this session's lane down from its
+    workdir alone: an owned direct-qemu lane.Lane, or an attached
+    `kerbside-harness up` workdir the session was told to own.
+    """
+    from kerbside_tempest_plugin.lane import lane as lane_mod
+    target = session.target
+    lane = getattr(target, 'lane', None)
+    return target.owned and (lane is None or isinstance(lane, lane_mod.Lane))
 
 
 def main():

@@ -124,14 +124,8 @@ class Holder:
 
 
 def _guarded(session):
-    """Whether the guardian can tear this session's lane down from its
-    workdir alone: an owned direct-qemu lane.Lane, or an attached
-    `kerbside-harness up` workdir the session was told to own.
-    """
-    from kerbside_tempest_plugin.lane import lane as lane_mod
-    target = session.target
-    lane = getattr(target, 'lane', None)
-    return target.owned and (lane is None or isinstance(lane, lane_mod.Lane))
+    from kerbside_tempest_plugin.console import guardian
+    return guardian.guards(session)
 
 
 def build_server(defaults=None, guardian=None):

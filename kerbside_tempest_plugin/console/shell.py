@@ -9,12 +9,13 @@ Non-interactive (`--script FILE`, or standard input that is not a
 terminal): one JSON line per result on standard output,
 ``{"line": N, "verb": V, "ok": true, "result": {...}}``, one per
 intermediate result of a streaming verb (``"event"`` instead of
-``"result"``), and on the first error ``{"ok": false, "error": "..."}``
-and exit status 1. The first line describes the lane (``"verb": "lane"``).
-Blank lines and lines starting with # are skipped.
+``"result"``; watch and serial --follow end after 60 s unless the line
+says otherwise), and on the first error ``{"ok": false, "error":
+"..."}`` and exit status 1. The first line describes the lane
+(``"verb": "lane"``). Blank lines and lines starting with # are skipped.
 
 Either way the lane is torn down on exit when the console started it
-(also on SIGTERM and SIGHUP).
+(also on SIGTERM and SIGHUP, and by console.guardian after a SIGKILL).
 """
 
 import json
@@ -28,6 +29,8 @@ from kerbside_tempest_plugin.console import verbs
 
 LOG = logging.getLogger(__name__)
 PROMPT = 'kerbside> '
+# watch and serial --follow in a script, without --timeout or --count.
+SCRIPT_STREAM_TIMEOUT = 60.0
 
 
 def open_session(args):
@@ -69,7 +72,8 @@ def run_script(session, lines, out, started=None):
         def emit(event, n=n, verb=verb):
             write({'line': n, 'verb': verb, 'ok': True, 'event': event})
         try:
-            result = verbs.run(session, line, emit)
+            result = verbs.run(session, line, emit,
+                               stream_timeout=SCRIPT_STREAM_TIMEOUT)
         except session_mod.ConsoleError as e:
             write({'line': n, 'verb': verb, 'ok': False, 'error': str(e)})
             return 1
@@ -149,6 +153,13 @@ def main(args):
         print('kerbside-harness console: %s' % e, file=sys.stderr)
         return 1
     started = session.started
+    # A SIGKILL skips the finally below: the guardian still takes an
+    # owned lane down once this process is gone.
+    from kerbside_tempest_plugin.console import guardian as guardian_mod
+    guard = None
+    if guardian_mod.guards(session):
+        guard = guardian_mod.Guardian().start()
+        guard.own(session.target.workdir)
     try:
         if args.script:
             with open(args.script) as f:
@@ -159,6 +170,8 @@ def main(args):
         return run_interactive(session, sys.stdin, sys.stdout, started)
     finally:
         report = session.close()
+        if guard is not None:
+            guard.release()
         if report:
             print('kerbside-harness console: lane torn down (%s)' %
                   session_mod.dumps(_short(report), session.redactor),

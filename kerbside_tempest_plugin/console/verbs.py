@@ -129,8 +129,12 @@ def parse(line):
     return verb.lower(), rest
 
 
-def run(session, line, emit=None, stop=None):
-    """Run one command line on `session`; return the result dict."""
+def run(session, line, emit=None, stop=None, stream_timeout=None):
+    """Run one command line on `session`; return the result dict.
+
+    `stream_timeout`: the deadline of watch and serial --follow when the
+    line gives none (a script has no Ctrl-C; the prompt passes None).
+    """
     parsed = parse(line)
     if parsed is None:
         return None
@@ -162,8 +166,10 @@ def run(session, line, emit=None, stop=None):
         p.add_argument('--count', type=int)
         p.add_argument('--timeout', type=float)
         a = p.parse_args(argv)
+        timeout = a.timeout if a.timeout is not None or a.count else \
+            stream_timeout
         return _call(session, verb, session.watch, emit, a.count,
-                     a.timeout, stop)
+                     timeout, stop)
     if verb == 'wait':
         p.add_argument('kind')
         p.add_argument('fields', nargs='*')
@@ -187,7 +193,8 @@ def run(session, line, emit=None, stop=None):
         a = p.parse_args(argv)
         if a.follow:
             return _call(session, verb, session.serial_follow, emit,
-                         a.timeout, stop)
+                         stream_timeout if a.timeout is None else a.timeout,
+                         stop)
         return _call(session, verb, session.serial, a.new)
     if verb == 'drain':
         p.add_argument('--walk')
