@@ -367,3 +367,14 @@ def test_ctrl_c_ends_watch_and_the_shell_goes_on(tmp_path):
     finally:
         tmux('kill-session', '-t', name)
         fake.stop()
+
+
+def test_a_misconfigured_provider_is_a_console_error(tmp_path):
+    conf = tmp_path / 'tempest.conf'
+    conf.write_text('[kerbside]\nprovider = shakenfist\n')
+    with pytest.raises(session_mod.ConsoleError) as e:
+        session_mod.Session.start(provider='shakenfist',
+                                  config_file=str(conf),
+                                  workdir=str(tmp_path / 'w'))
+    assert 'cannot make the shakenfist lane' in str(e.value)
+    assert 'api_url' in str(e.value)

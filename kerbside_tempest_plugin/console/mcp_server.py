@@ -173,8 +173,10 @@ def build_server(defaults=None, guardian=None):
                     config_file=d.get('config_file'),
                     ryll_binary=d.get('ryll', 'ryll'),
                     accel=d.get('accel', 'auto')))
-            except session_mod.ConsoleError as e:
-                raise exceptions.ToolError(str(e)) from None
+            except Exception as e:
+                raise exceptions.ToolError(
+                    str(e) if isinstance(e, session_mod.ConsoleError) else
+                    'boot_lane: %s: %s' % (type(e).__name__, e)) from None
             return holder.call('boot_lane', lambda s: dict(
                 s.started, workdir=s.target.workdir, route=s.target.route))
 

@@ -229,7 +229,15 @@ class Session:
         `up` is False: a lane already up), boot a guest and connect. On
         failure everything is torn down again.
         """
-        lane = lane or make_lane(**lane_kwargs)
+        if lane is None:
+            try:
+                lane = make_lane(**lane_kwargs)
+            except ConsoleError:
+                raise
+            except (errors.HarnessError, ValueError, OSError,
+                    ImportError) as e:
+                raise ConsoleError('cannot make the %s lane: %s' % (
+                    lane_kwargs.get('provider', 'direct_qemu'), e))
         session = cls(_Owned(lane))
         try:
             if up:
