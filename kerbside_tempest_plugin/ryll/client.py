@@ -1,7 +1,7 @@
 """A client for ryll's control socket (protocol 1.x, NDJSON over Unix).
 
 Standard library only, usable without tempest. The facts this is written
-against are in ../shared/spec/ryll-control-socket.md (ryll 0.3.0 from PyPI,
+against are in docs/contracts/ryll-control-socket.md (ryll 0.3.0 from PyPI,
 protocol 1.5); the design notes are in docs/plans/ryll-control-client.md.
 
 Threading model: one reader thread per connection reads the socket in

@@ -1,7 +1,7 @@
 """Run ryll headless with a control socket, and stop it cleanly.
 
-Standard library only. Facts relied on (../shared/spec/ryll-control-socket.md
-§2, §13; kerbside-ryll-live.md §2.10, §4, §7):
+Standard library only. Facts relied on (docs/contracts/ryll-control-socket.md
+§2, §13, §14; docs/contracts/kerbside.md §5.3, §5.4):
 
 - the socket is bound within ~20 ms, before SPICE is up, so a socket file
   does not mean a session: poll ``status`` (``wait_ready``);

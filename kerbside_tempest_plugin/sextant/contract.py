@@ -1,4 +1,4 @@
-"""The Sextant guest contract in one place (sextant-contract.md).
+"""The Sextant guest contract in one place (docs/contracts/sextant.md).
 
 Serial text, the paste secret, phases, choices, scene rows and the digest
 geometry, so no other module hard-codes them.

@@ -1,8 +1,8 @@
 """Key names and characters -> AT set-1 make codes (one place for this).
 
-Table: ryll-control-socket.md §11. Extended keys are 0xE0xx. Characters that
-need Shift on a US layout report needs_shift(); scancode() gives the code of
-the unshifted key that produces them.
+Table: docs/contracts/ryll-control-socket.md §11. Extended keys are 0xE0xx.
+Characters that need Shift on a US layout report needs_shift(); scancode()
+gives the code of the unshifted key that produces them.
 """
 
 from kerbside_tempest_plugin.common import errors

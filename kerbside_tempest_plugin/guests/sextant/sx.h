@@ -1,5 +1,5 @@
 /* Shared declarations of the Sextant-compatible test guest.
- * The contract is shared/spec/sextant-contract.md; section numbers below
+ * The contract is docs/contracts/sextant.md; section numbers below
  * (§) refer to it. */
 #ifndef SX_H
 #define SX_H
