@@ -2,8 +2,8 @@
 Kerbside's console-exchange endpoints, for the cloud provider tests.
 
 Each fake is an http.server on 127.0.0.1 port 0 in a daemon thread and
-speaks the documented shapes (spec/ecosystem.md §2 and §3,
-spec/kerbside-lane.md §12 and §13) closely enough for the real clients
+speaks the documented shapes (docs/contracts/kerbside.md §12 and §13)
+closely enough for the real clients
 (tempest's ServersClient, shakenfist_client's Client) to accept the
 responses, schema validation included. Every request is recorded.
 

@@ -1,6 +1,6 @@
 """The Sextant contract, end to end, on a guest under qemu (TCG).
 
-Every assertion is written against shared/spec/sextant-contract.md, not
+Every assertion is written against docs/contracts/sextant.md, not
 against images/sextant's internals, so the same tests pass against a real
 Uncalibrated Sextant image (SEXTANT_IMAGE=/path/to/uncalibrated-sextant.qcow2).
 Keys go in with QMP send-key, frames come out with QMP screendump and are
