@@ -1,4 +1,4 @@
-"""Shared vectors for the digest tests (contract §3)."""
+"""Shared vectors for the digest tests (docs/contracts/sextant.md §3)."""
 
 from kerbside_tempest_plugin.digest import events as ev
 

@@ -1,4 +1,4 @@
-"""CRC32C channel chains (contract §1.4)."""
+"""CRC32C channel chains (docs/contracts/sextant.md §1.4)."""
 
 import crc32c
 

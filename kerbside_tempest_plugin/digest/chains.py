@@ -1,4 +1,4 @@
-"""Per-channel chained CRC32C (contract §1.4).
+"""Per-channel chained CRC32C (docs/contracts/sextant.md §1.4).
 
 Each channel's value is the CRC32C of the concatenation of every TLV record
 of its kind since boot, oldest first; it starts at 0 and continues with

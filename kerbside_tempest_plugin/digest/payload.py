@@ -1,4 +1,4 @@
-"""The visual-digest payload codec, schema v2 (contract §1).
+"""The visual-digest payload codec, schema v2 (docs/contracts/sextant.md §1).
 
 `decode` follows the upstream decoder's rules (§1.7) byte for byte; every
 rejection is a DigestError subclass naming the offset. `encode` applies the

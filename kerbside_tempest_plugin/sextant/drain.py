@@ -1,4 +1,4 @@
-"""Serial drain parser (contract §4.2).
+"""Serial drain parser (docs/contracts/sextant.md §4.2).
 
 The serial log holds more than the drain: the banner, the GOP-mode line and
 possibly firmware text with ANSI escapes. Only lines whose tokens are all
