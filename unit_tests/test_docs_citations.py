@@ -20,6 +20,7 @@ from unit_tests import digest_fixtures as fx
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONTRACTS = os.path.join(ROOT, 'docs', 'contracts')
+SELF = 'unit_tests/test_docs_citations.py'   # its self-test cites bad ones
 
 # Spelled in pieces so this file does not cite what it forbids.
 _SPEC_DIR = 'shared' + '/spec'
@@ -144,7 +145,7 @@ def test_contract_pages_exist_with_numbered_sections():
 def test_no_file_cites_notes_outside_the_repository():
     problems = []
     for rel in _tracked_files():
-        if rel == 'unit_tests/test_docs_citations.py':
+        if rel == SELF:
             continue
         for line, reason in find_forbidden(rel, _read(rel)):
             problems.append('%s:%d cites %s' % (rel, line, reason))
@@ -154,7 +155,7 @@ def test_no_file_cites_notes_outside_the_repository():
 
 
 def test_every_contract_citation_resolves():
-    files = _tracked_files()
+    files = [rel for rel in _tracked_files() if rel != SELF]
     # The new pages may not be committed yet when this runs; check them too.
     for name in sorted(os.listdir(CONTRACTS)):
         rel = 'docs/contracts/' + name
