@@ -139,7 +139,8 @@ class Kerbside:
     def __init__(self, venv, workdir, run_dir, secrets, registry, tls,
                  sql_url, api_port, secure_port, insecure_port,
                  metrics_port, console_uuid, guest_port, ticket,
-                 verbose=True):
+                 verbose=True, guest_tls_port=None, guest_ca_cert=None,
+                 guest_host_subject=None):
         self.venv = venv
         self.workdir = workdir
         self.log_dir = os.path.join(workdir, 'logs')
@@ -157,6 +158,12 @@ class Kerbside:
         self.guest_port = guest_port
         self.ticket = ticket
         self.verbose = verbose
+        # The hypervisor leg over TLS (docs/contracts/kerbside.md §15):
+        # qemu's TLS port, the CA file the proxy verifies qemu with and
+        # the subject it pins.
+        self.guest_tls_port = guest_tls_port
+        self.guest_ca_cert = guest_ca_cert
+        self.guest_host_subject = guest_host_subject
         self.api_sock = os.path.join(run_dir, 'kb', 'api.sock')
         self.sources_path = secrets.file('sources.yaml')
         self.daemon = None
@@ -210,11 +217,18 @@ class Kerbside:
 
     def sources_yaml(self, ticket=None):
         """The static source file text (YAML written by hand: the ticket
-        is always quoted so it stays a string).
+        is always quoted so it stays a string). With a guest TLS port the
+        console gets `secure_port` and `host_subject`, and the source
+        `ca_cert` (the PEM the proxy verifies the hypervisor with; the
+        proxy's own --cacert is not used for that, §15).
         """
-        return (
-            '- source: %s\n'
-            '  type: static\n'
+        text = '- source: %s\n  type: static\n' % SOURCE_NAME
+        if self.guest_tls_port and self.guest_ca_cert:
+            with open(self.guest_ca_cert) as f:
+                pem = f.read().strip()
+            text += '  ca_cert: |\n' + ''.join(
+                '    %s\n' % line for line in pem.splitlines())
+        text += (
             '  consoles:\n'
             '    - uuid: %s\n'
             '      name: %s\n'
@@ -222,8 +236,13 @@ class Kerbside:
             '      hypervisor_ip: 127.0.0.1\n'
             '      insecure_port: %d\n'
             '      ticket: "%s"\n' % (
-                SOURCE_NAME, self.console_uuid, CONSOLE_NAME,
-                self.guest_port, self.ticket if ticket is None else ticket))
+                self.console_uuid, CONSOLE_NAME, self.guest_port,
+                self.ticket if ticket is None else ticket))
+        if self.guest_tls_port:
+            text += '      secure_port: %d\n' % self.guest_tls_port
+        if self.guest_tls_port and self.guest_host_subject:
+            text += '      host_subject: "%s"\n' % self.guest_host_subject
+        return text
 
     def write_sources(self):
         self.secrets.put('sources.yaml', self.sources_yaml())

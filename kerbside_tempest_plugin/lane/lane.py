@@ -53,7 +53,7 @@ ROUTES = ('kerbside', 'direct')
 SEXTANT_BANNER = 'Hello from Uncalibrated Sextant'
 STATE_FILE = 'lane.json'
 PORT_NAMES = ('mariadb', 'api', 'proxy_secure', 'proxy_insecure',
-              'metrics', 'guest_spice')
+              'metrics', 'guest_spice', 'guest_spice_tls')
 
 
 def default_workdir():
@@ -68,12 +68,20 @@ class Lane(lane_base.Lane):
     `route` is the default console route of guests (`kerbside` or
     `direct`); each call can override it. `kerbside=False` skips MariaDB
     and Kerbside (direct route only).
+
+    `hypervisor_tls` (with Kerbside; the default): qemu gets a TLS port
+    with a certificate from the lane CA and refuses plain channels, and
+    the static source lists it as `secure_port` with that CA and qemu's
+    subject, so the proxy's leg to qemu is TLS (and so is the direct
+    route). `hypervisor_ca` replaces the CA file Kerbside verifies qemu
+    with (a wrong one makes the console fail; a negative test).
     """
 
     def __init__(self, workdir=None, route='kerbside', kerbside=True,
                  kerbside_venv=None, ryll_binary='ryll', qemu_binary=None,
                  accel='auto', ovmf_code=None, ovmf_vars=None, memory_mb=256,
-                 guest_tls=False, kerbside_verbose=True):
+                 guest_tls=False, kerbside_verbose=True,
+                 hypervisor_tls=True, hypervisor_ca=None):
         if route not in ROUTES:
             raise ValueError('route must be one of %s' % (ROUTES,))
         if route == 'kerbside' and not kerbside:
@@ -88,6 +96,8 @@ class Lane(lane_base.Lane):
             ovmf_code=ovmf_code, ovmf_vars=ovmf_vars, memory_mb=memory_mb,
             tls=guest_tls)
         self.kerbside_verbose = kerbside_verbose
+        self.hypervisor_tls = bool(hypervisor_tls and kerbside)
+        self.hypervisor_ca = hypervisor_ca
         self.secrets = None
         self.registry = None
         self.run_dir = None
@@ -124,6 +134,7 @@ class Lane(lane_base.Lane):
             'run_dir': self.run_dir,
             'route': self.route,
             'kerbside': self.with_kerbside,
+            'hypervisor_tls': self.hypervisor_tls,
             'ports': dict(self.ports),
             'spice_port': self.ports.get('guest_spice'),
             'api_port': self.ports.get('api'),
@@ -195,7 +206,7 @@ class Lane(lane_base.Lane):
             t = time.monotonic()
             self.tls = common_tls.make_tls(
                 os.path.join(self.workdir, 'tls'),
-                self.secrets.file('tls'))
+                self.secrets.file('tls'), qemu=self.hypervisor_tls)
             self.timings['tls'] = time.monotonic() - t
             t = time.monotonic()
             self.kerbside = lane_kerbside.Kerbside(
@@ -204,20 +215,33 @@ class Lane(lane_base.Lane):
                 self.ports['api'], self.ports['proxy_secure'],
                 self.ports['proxy_insecure'], self.ports['metrics'],
                 self.console_uuid, self.ports['guest_spice'], self.ticket,
-                verbose=self.kerbside_verbose)
+                verbose=self.kerbside_verbose, **self._hypervisor_leg())
             self.kerbside.start(timeout=timeout)
             self.kerbside.token()
             self.timings['kerbside'] = time.monotonic() - t
             for k, v in self.kerbside.timings.items():
                 self.timings['kerbside_' + k] = v
+        qemu_options = dict(self.qemu_options)
+        if self.hypervisor_tls:
+            qemu_options.update(
+                tls=True, tls_port=self.ports['guest_spice_tls'],
+                x509_dir=self.tls.qemu_x509_dir, tls_only=True)
         self.provider = direct_qemu.DirectQemuProvider(
             spice_port=self.ports['guest_spice'], ticket=self.ticket,
             registry=self.registry, secrets=self.secrets,
-            run_dir=self.run_dir, **self.qemu_options)
+            run_dir=self.run_dir, **qemu_options)
         self.timings['lane_up'] = time.monotonic() - t0
         self._up = True
         self.save_state(state='up')
         return self
+
+    def _hypervisor_leg(self):
+        """Kerbside's view of qemu's TLS port (none without it)."""
+        if not self.hypervisor_tls:
+            return {}
+        return dict(guest_tls_port=self.ports['guest_spice_tls'],
+                    guest_ca_cert=self.hypervisor_ca or self.tls.ca_cert,
+                    guest_host_subject=direct_qemu.QEMU_HOST_SUBJECT)
 
     # -- guests (lane.base.Lane hooks) ------------------------------------
     def _check_up(self):

@@ -155,12 +155,14 @@ def image_format(path):
 
 def build_argv(qemu_binary, name, accel, memory_mb, ovmf_code, vars_copy,
                serial_path, ticket_file, spice_port, qmp_path, overlay=None,
-               tls_port=None, x509_dir=None, extra_args=()):
+               tls_port=None, x509_dir=None, extra_args=(), tls_only=False):
     """The qemu command line. It holds paths and ports, never the ticket.
 
     The one qemu launcher's command line (the integration tests' guests
     use it too): `spice_port=None` starts no SPICE server, and
-    `ticket_file=None` an unticketed one (disable-ticketing).
+    `ticket_file=None` an unticketed one (disable-ticketing). `tls_only`
+    forces TLS on every channel (`tls-channel=default`): a plain link gets
+    NEED_SECURED, which is what sends Kerbside to the TLS port.
     """
     argv = [qemu_binary, '-name', name, '-accel', accel, '-machine', 'q35',
             '-m', str(memory_mb),
@@ -182,6 +184,8 @@ def build_argv(qemu_binary, name, accel, memory_mb, ovmf_code, vars_copy,
             spice.append('disable-ticketing=on')
         if tls_port:
             spice += ['tls-port=%d' % tls_port, 'x509-dir=%s' % x509_dir]
+            if tls_only:
+                spice.append('tls-channel=default')
         argv += ['-spice', ','.join(spice)]
     argv += ['-qmp', 'unix:%s,server=on,wait=off' % qmp_path]
     return argv + list(extra_args)
@@ -430,7 +434,8 @@ class DirectQemuProvider(base.GuestProvider):
                  spice_port=None, ticket=None, tls=False, registry=None,
                  secrets=None, run_dir=None, route='direct',
                  boot_timeout=60, extra_args=(), spice=True,
-                 ticketing=True):
+                 ticketing=True, tls_port=None, x509_dir=None,
+                 tls_only=False):
         DirectQemuGuest._direct_only(route)
         self.qemu_binary = qemu_binary
         self.accel_setting = accel
@@ -439,7 +444,9 @@ class DirectQemuProvider(base.GuestProvider):
         self.spice_port = spice_port
         self.ticket = ticket
         self.tls = tls
-        self.tls_port = None
+        # A lane passes its own TLS port, x509 dir (its CA) and tls_only.
+        self.tls_port = tls_port
+        self.tls_only = tls_only
         self.registry = registry
         self.secrets = secrets
         self.run_dir = run_dir
@@ -448,7 +455,7 @@ class DirectQemuProvider(base.GuestProvider):
         self.extra_args = list(extra_args)
         self.spice = spice
         self.ticketing = ticketing
-        self._x509_dir = None
+        self._x509_dir = x509_dir
         self.guests = []
 
     @classmethod
@@ -568,7 +575,7 @@ class DirectQemuProvider(base.GuestProvider):
             self.ovmf_code, vars_copy, guest.serial_path, guest.ticket_file,
             guest.spice_port, guest.qmp_path, overlay=overlay,
             tls_port=guest.tls_port, x509_dir=guest.x509_dir,
-            extra_args=self.extra_args)
+            extra_args=self.extra_args, tls_only=self.tls_only)
         guest.argv = argv
         with open(os.path.join(guest.artifact_dir, 'qemu-argv.txt'),
                   'w') as f:
