@@ -24,6 +24,7 @@ Knobs a test turns (all plain attributes):
 """
 
 import base64
+import hashlib
 import http.server
 import json
 import re
@@ -241,22 +242,63 @@ class FakeNova(FakeHTTP):
             info['tls_port'] = 5901
         return info
 
-    def _server_view(self, s):
-        link = '%s%s/servers/%s' % (self.url, self.PREFIX, s['id'])
+    def _links(self, kind, ident):
+        """Nova's self (versioned) and bookmark (unversioned) links."""
+        return [{'href': '%s%s/%s/%s' % (self.url, self.PREFIX, kind, ident),
+                 'rel': 'self'},
+                {'href': '%s/compute/%s/%s' % (self.url, kind, ident),
+                 'rel': 'bookmark'}]
+
+    def _server_view(self, s, version):
+        """GET /servers/{id} as Nova 34 answers it (keys recorded in
+        unit_tests/fixtures/openstack/nova-server-show-*.json).
+        """
+        active = s['status'] == 'ACTIVE'
+        building = s['status'] == 'BUILD'
         view = {
             'id': s['id'], 'name': s['name'], 'status': s['status'],
-            'image': {'id': s['image'], 'links': [
-                {'href': link, 'rel': 'bookmark'}]},
-            'flavor': {'id': s['flavor'], 'links': [
-                {'href': link, 'rel': 'bookmark'}]},
+            'image': {'id': s['image'],
+                      'links': self._links('images', s['image'])[1:]},
+            'flavor': {'id': s['flavor'],
+                       'links': self._links('flavors', s['flavor'])[1:]},
             'user_id': 'u1', 'tenant_id': 'p1',
             'created': '2026-11-25T21:00:00Z',
             'updated': '2026-11-25T21:00:01Z',
-            'metadata': {}, 'addresses': {}, 'hostId': 'h1',
-            'links': [{'href': link, 'rel': 'self'}],
+            'metadata': {}, 'addresses': {},
+            'hostId': '' if building else 'h1' * 28,
+            'links': self._links('servers', s['id']),
+            'progress': 0, 'accessIPv4': '', 'accessIPv6': '',
+            'config_drive': '', 'key_name': None,
+            'OS-DCF:diskConfig': 'MANUAL',
+            'OS-EXT-AZ:availability_zone': '' if building else 'nova',
+            'OS-EXT-STS:power_state': 1 if active else 0,
+            'OS-EXT-STS:task_state': s.get('task_state') or (
+                'scheduling' if building else None),
+            'OS-EXT-STS:vm_state': {'BUILD': 'building',
+                                    'ERROR': 'error'}.get(
+                s['status'], s['status'].lower()),
+            'OS-SRV-USG:launched_at': None if building else
+            '2026-11-25T21:00:01.000000',
+            'OS-SRV-USG:terminated_at': None,
+            'os-extended-volumes:volumes_attached': [],
         }
-        if s['status'] in ('ACTIVE', 'BUILD'):
-            view['progress'] = 100 if s['status'] == 'ACTIVE' else 0
+        if version >= (2, 47):   # the flavor is embedded, not linked
+            view['flavor'] = {'disk': 1, 'ephemeral': 0, 'extra_specs': {},
+                              'original_name': s['flavor'], 'ram': 256,
+                              'swap': 0, 'vcpus': 1}
+        if version >= (2, 98):   # the image's properties, as Nova's
+            view['image']['properties'] = {   # libvirt driver filled them
+                'hw_cdrom_bus': 'sata', 'hw_disk_bus': 'sata',
+                'hw_firmware_type': 'uefi', 'hw_input_bus': 'usb',
+                'hw_machine_type': 'q35', 'hw_pointer_model': 'usbtablet',
+                'hw_video_model': 'qxl', 'hw_vif_model': 'virtio',
+                'os_secure_boot': 'disabled'}
+        if version >= (2, 99):
+            view.update({
+                'OS-EXT-SRV-ATTR:hostname': s['name'], 'description': None,
+                'locked': False, 'locked_reason': None,
+                'pinned_availability_zone': None, 'server_groups': [],
+                'tags': [], 'trusted_image_certificates': None})
         if s.get('fault'):
             view['fault'] = s['fault']
         return view
@@ -277,8 +319,7 @@ class FakeNova(FakeHTTP):
         rheaders = dict(rheaders)
         rheaders['OpenStack-API-Version'] = 'compute %s' % vstr
         rheaders['X-OpenStack-Nova-API-Version'] = vstr
-        rheaders['Vary'] = 'OpenStack-API-Version, ' \
-                           'X-OpenStack-Nova-API-Version'
+        rheaders['Vary'] = 'OpenStack-API-Version'
         return status, rheaders, rbody
 
     def _route(self, method, path, headers, body, version):
@@ -291,17 +332,18 @@ class FakeNova(FakeHTTP):
         data = json.loads(body) if body else {}
         with self.lock:
             if path == '/servers' and method == 'POST':
-                return self._create(data['server'])
+                return self._create(data['server'], version)
             m = re.match(r'^/os-console-auth-tokens/([^/]+)$', path)
             if m and method == 'GET':
                 if token != NOVA_ADMIN_TOKEN:
                     return _nova_error(403, 'forbidden', 'Policy doesn\'t '
                                        'allow os_compute_api:os-console-'
                                        'auth-tokens to be performed.')
-                if version < (2, 31):
+                if version < (2, 31):   # Nova 34's words, recorded
                     return _nova_error(400, 'badRequest',
-                                       'The console auth token API needs '
-                                       'microversion 2.31')
+                                       'The server could not comply with '
+                                       'the request since it is either '
+                                       'malformed or otherwise incorrect.')
                 server_id = self.tokens.get(m.group(1))
                 if server_id is None:
                     return _nova_error(404, 'itemNotFound',
@@ -322,7 +364,7 @@ class FakeNova(FakeHTTP):
                     self.show_failures -= 1
                     return _nova_error(500, 'computeFault',
                                        'Unexpected API Error.')
-                return self._show(server)
+                return self._show(server, version)
             if sub == '' and method == 'DELETE':
                 if self.delete_status != 204:
                     return _nova_error(self.delete_status, 'computeFault',
@@ -343,20 +385,26 @@ class FakeNova(FakeHTTP):
                 return self._remote_console(server, data, version)
         return _nova_error(404, 'itemNotFound', 'no such path')
 
-    def _create(self, spec):
+    def _create(self, spec, version):
+        networks = spec.get('networks')
+        if isinstance(networks, str) and version < (2, 37):
+            return _nova_error(
+                400, 'badRequest', "Invalid input for field/attribute "
+                "networks. Value: %s. '%s' is not of type 'array'" % (
+                    networks, networks))
         sid = data_utils.rand_uuid()
         self.servers[sid] = {
             'id': sid, 'name': spec['name'], 'image': spec['imageRef'],
             'flavor': spec['flavorRef'], 'status': 'BUILD', 'spec': spec,
             'polls': 0, 'console': '', 'gone': False}
-        link = '%s%s/servers/%s' % (self.url, self.PREFIX, sid)
-        return 202, {'Location': link}, {'server': {
-            'id': sid, 'links': [{'href': link, 'rel': 'self'}],
+        links = self._links('servers', sid)
+        return 202, {'Location': links[0]['href']}, {'server': {
+            'id': sid, 'links': links,
             'security_groups': [{'name': 'default'}],
             'OS-DCF:diskConfig': 'MANUAL',
             'adminPass': 'fake-admin-pass'}}
 
-    def _show(self, server):
+    def _show(self, server, version):
         if 'deleting' in server:
             if server['deleting'] <= 0:
                 server['gone'] = True
@@ -371,7 +419,7 @@ class FakeNova(FakeHTTP):
                     server['fault'] = dict(self.fault)
                 else:
                     server['status'] = 'ACTIVE'
-        return 200, {}, {'server': self._server_view(server)}
+        return 200, {}, {'server': self._server_view(server, version)}
 
     def _remote_console(self, server, data, version):
         rc = data.get('remote_console') or {}
@@ -383,12 +431,13 @@ class FakeNova(FakeHTTP):
                 400, 'badRequest',
                 "Invalid input for field/attribute type. Value: "
                 "spice-direct. 'spice-direct' is not one of ['novnc', "
-                "'rdp-html5', 'spice-html5', 'serial', 'webmks']")
+                "'xvpvnc', 'spice-html5', 'serial', 'rdp-html5', "
+                "'webmks']")
         if rc.get('protocol') != 'spice' or rc.get('type') != 'spice-direct':
             return _nova_error(400, 'badRequest', 'unsupported console')
         if server['status'] != 'ACTIVE':
             return _nova_error(409, 'conflictingRequest',
-                               'Instance not yet ready')
+                               'Instance %s is not ready' % server['id'])
         token = data_utils.rand_uuid()
         self.tokens[token] = server['id']
         return 200, {}, {'remote_console': {
@@ -445,34 +494,71 @@ class FakeGlance(FakeHTTP):
     def add(self, **props):
         image_id = data_utils.rand_uuid()
         with self.lock:
-            self.images[image_id] = dict(props, id=image_id, status='active')
+            self.images[image_id] = self._image(props, image_id, 'active')
         return image_id
+
+    @staticmethod
+    def _image(props, image_id, status):
+        """An image as Glance 33 shows it (keys recorded in
+        unit_tests/fixtures/openstack/glance-image-*.json); extra
+        properties sit at the top level beside the core ones.
+        """
+        image = {
+            'checksum': None, 'container_format': None,
+            'created_at': '2026-11-25T21:00:00Z', 'disk_format': None,
+            'file': '/v2/images/%s/file' % image_id, 'id': image_id,
+            'min_disk': 0, 'min_ram': 0, 'name': None,
+            'os_hash_algo': None, 'os_hash_value': None,
+            'os_hidden': False, 'owner': 'p1', 'protected': False,
+            'schema': '/v2/schemas/image', 'self': '/v2/images/%s' %
+            image_id, 'size': None, 'status': status, 'tags': [],
+            'updated_at': '2026-11-25T21:00:00Z', 'virtual_size': None,
+            'visibility': 'shared'}
+        image.update(props)
+        return image
+
+    @staticmethod
+    def _not_found(image_id):
+        # Glance's webob error, as JSON when the client accepts it.
+        return 404, {}, {'code': '404 Not Found', 'title': 'Not Found',
+                         'message': 'No image found with ID %s<br /><br />'
+                                    '\n\n\n' % image_id}
 
     def handle(self, method, path, query, headers, body):
         if headers.get('x-auth-token') not in (NOVA_TOKEN, NOVA_ADMIN_TOKEN):
-            return 401, {}, {'error': 'auth required'}
+            return 401, {}, {'code': '401 Unauthorized',
+                             'title': 'Unauthorized',
+                             'message': 'This server could not verify that '
+                                        'you are authorized to access the '
+                                        'document you requested.'}
         path = path[len(self.PREFIX):]
         with self.lock:
             if path == '/images' and method == 'POST':
                 image_id = data_utils.rand_uuid()
-                image = dict(json.loads(body), id=image_id, status='queued')
+                image = self._image(json.loads(body), image_id, 'queued')
                 self.images[image_id] = image
                 return 201, {}, image
             m = re.match(r'^/images/([^/]+)(/file)?$', path)
             image = self.images.get(m.group(1)) if m else None
             if image is None:
-                return 404, {}, {'error': 'image not found'}
+                return self._not_found(m.group(1) if m else path)
             if m.group(2) and method == 'PUT':
                 self.data[image['id']] = body
-                image['status'] = 'active'
-                image['size'] = len(body)
-                return 204, {}, b''
+                image.update(
+                    status='active', size=len(body), stores='file',
+                    checksum=hashlib.md5(body).hexdigest(),
+                    os_hash_algo='sha512',
+                    os_hash_value=hashlib.sha512(body).hexdigest(),
+                    virtual_size=len(body))
+                return 204, {'Content-Type': 'text/html; charset=UTF-8'}, \
+                    b''
             if method == 'GET':
                 return 200, {}, image
             if method == 'DELETE':
                 del self.images[image['id']]
-                return 204, {}, b''
-        return 404, {}, {'error': 'not found'}
+                return 204, {'Content-Type': 'text/html; charset=UTF-8'}, \
+                    b''
+        return self._not_found(path)
 
 
 def images_client(glance, token=NOVA_TOKEN):
