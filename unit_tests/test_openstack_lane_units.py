@@ -65,7 +65,7 @@ def test_nova_conf_spice_on_vnc_off_qemu_on_the_lane_libvirt(tmp_path):
     assert conf['spice']['enabled'] == 'true'
     assert conf['spice']['server_listen'] == '127.0.0.1'
     assert conf['spice']['spice_direct_proxy_base_url'] == (
-        'http://127.0.0.1:%d/nova' % lay.ports['kerbside_api'])
+        'http://127.0.0.1:%d/nova-console.vv' % lay.ports['kerbside_api'])
     assert conf['libvirt']['virt_type'] == 'qemu'
     assert conf['libvirt']['connection_uri'] == (
         'qemu+unix:///system?socket=%s' % lay.libvirt_sock)
@@ -309,3 +309,48 @@ def test_cli_up_refuses_a_directory_that_is_not_a_cloud(tmp_path, capsys):
     assert cli.main(['up', '--no-boot', '--workdir', str(tmp_path)]) == 1
     assert 'not a cloud workdir' in capsys.readouterr().err
     assert (tmp_path / 'precious.txt').exists()
+
+
+def test_kerbside_openstack_source_and_its_redacted_copy(tmp_path):
+    from kerbside_tempest_plugin.lane.openstack import kerbside as os_kb
+    lay = _layout(tmp_path)
+    store = secrets.SecretStore(str(tmp_path / 'secrets'),
+                                secrets.Redactor())
+    kb = os_kb.CloudKerbside(None, lay, store, None, None, 'mysql://x')
+    assert kb.api_port == lay.ports['kerbside_api']
+    assert sorted(kb.ports) == sorted(
+        lay.ports[n] for n in ('kerbside_api', 'kerbside_secure',
+                               'kerbside_insecure', 'kerbside_metrics'))
+    text = kb.sources_yaml()
+    for line in ('type: openstack', 'url: %s' % lay.auth_url,
+                 'username: kerbside', 'password: "kerbside-secret"',
+                 'project_name: service', 'user_domain_id: default',
+                 'project_domain_id: default', 'interface: internal'):
+        assert '  %s\n' % line in text
+    red = kb.sources_yaml(ticket='<redacted>')
+    assert 'kerbside-secret' not in red and '"<redacted>"' in red
+    # Nova's spice-direct URL is Kerbside's Nova flow.
+    nova = _parse_ini(config.render_ini(config.nova_conf(lay)))
+    assert nova['spice']['spice_direct_proxy_base_url'] == \
+        kb.api_url + '/nova-console.vv'
+
+
+def test_tempest_conf_for_the_cloud(tmp_path):
+    from kerbside_tempest_plugin.lane.openstack import tempest_conf
+    state = {'auth_url': 'http://127.0.0.1:5000/v3', 'flavor': 'flv-1'}
+    conf = _parse_ini(tempest_conf.render(state, 'pw', 'direct', '/ws',
+                                          'img-1'))
+    assert conf['auth']['use_dynamic_credentials'] == 'true'
+    assert conf['auth']['create_isolated_networks'] == 'false'
+    assert conf['auth']['admin_password'] == 'pw'
+    assert conf['identity']['uri_v3'] == state['auth_url']
+    assert conf['service_available']['nova'] == 'true'
+    assert conf['kerbside']['provider'] == 'nova'
+    assert conf['kerbside']['route'] == 'direct'
+    assert conf['nova_provider']['image_ref'] == 'img-1'
+    assert conf['nova_provider']['flavor_ref'] == 'flv-1'
+    assert conf['nova_provider']['network'] == 'none'
+    assert conf['compute']['image_ref'] == 'img-1'
+    red = tempest_conf.render(state, tempest_conf.REDACTED, 'kerbside',
+                              '/ws', 'img-1')
+    assert 'pw\n' not in red and '<redacted>' in red

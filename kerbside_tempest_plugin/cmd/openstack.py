@@ -1,12 +1,15 @@
 """kerbside-openstack: a real single-box OpenStack for the lane.
 
-    kerbside-openstack setup [--venv DIR]
+    kerbside-openstack setup [--venv DIR] [--kerbside-venv DIR]
     kerbside-openstack up [--workdir DIR] [--image PATH] [--no-boot]
+                          [--upload] [--no-kerbside]
+    kerbside-openstack tempest-conf --workspace WS --image ID [--route R]
     kerbside-openstack status [--workdir DIR]
     kerbside-openstack down [--workdir DIR]
 
 `up` brings the cloud up (MariaDB, RabbitMQ, memcached, libvirtd,
-Keystone, Placement, Glance, Neutron, Nova), uploads the Sextant image,
+Keystone, Placement, Glance, Neutron, Nova, then Kerbside in front with
+an `openstack` source), uploads the Sextant image,
 boots it with networks none, waits for its banner in Nova's console
 output, and prints one JSON object (URLs, server id, timings, memory; no
 secrets: the admin password is in the file it names). It leaves the
@@ -21,8 +24,12 @@ import shutil
 import sys
 
 from kerbside_tempest_plugin.common import errors
+from kerbside_tempest_plugin.common import secrets as common_secrets
 from kerbside_tempest_plugin import guest_images
+from kerbside_tempest_plugin.lane import kerbside as lane_kerbside
 from kerbside_tempest_plugin.lane.openstack import cloud as os_cloud
+from kerbside_tempest_plugin.lane.openstack import kerbside as os_kerbside
+from kerbside_tempest_plugin.lane.openstack import tempest_conf
 from kerbside_tempest_plugin.lane.openstack import venv as os_venv
 from kerbside_tempest_plugin.sextant import contract
 
@@ -36,6 +43,10 @@ def cmd_setup(args):
     log_path = os.path.join(os.path.dirname(venv.path),
                             'openstack-pip.log')
     _err(venv.ensure(log_path))
+    # Kerbside in front: its venv, plus the clients of its Nova flow.
+    kvenv = lane_kerbside.KerbsideVenv(args.kerbside_venv)
+    _err(kvenv.ensure(log_path=log_path))
+    _err(os_kerbside.ensure_clients(kvenv, log_path=log_path))
     return 0
 
 
@@ -52,10 +63,16 @@ def cmd_up(args):
             return 1
         shutil.rmtree(workdir)
     cloud = os_cloud.OpenStackCloud(workdir, venv=args.venv,
-                                    spice_tls=not args.no_spice_tls)
+                                    spice_tls=not args.no_spice_tls,
+                                    kerbside=not args.no_kerbside,
+                                    kerbside_venv=args.kerbside_venv)
     out = {}
     try:
         cloud.up(timeout=args.timeout)
+        if args.upload:
+            image = guest_images.sextant_image(
+                args.image, log_dir=os.path.join(workdir, 'logs'))
+            out['image'] = cloud.upload_image(image)['id']
         if not args.no_boot:
             image = guest_images.sextant_image(
                 args.image, log_dir=os.path.join(workdir, 'logs'))
@@ -98,6 +115,28 @@ def cmd_down(args):
     return 0
 
 
+def cmd_tempest_conf(args):
+    """Write tempest.conf for the cloud in --workdir (0600: it holds the
+    admin password) and a redacted copy beside it.
+    """
+    workdir = os.path.abspath(args.workdir or os_cloud.default_workdir())
+    state = os_cloud.load_state(workdir)
+    if not state or state.get('state') != 'up':
+        _err('no cloud up in %s' % workdir)
+        return 1
+    with open(state['admin_password_file']) as f:
+        password = f.read().strip()
+    ws = os.path.abspath(args.workspace)
+    path = os.path.join(ws, 'etc', 'tempest.conf')
+    common_secrets.write_private(path, tempest_conf.render(
+        state, password, args.route, ws, args.image), 0o600)
+    with open(os.path.join(ws, 'etc', 'tempest.redacted.conf'), 'w') as f:
+        f.write(tempest_conf.render(state, tempest_conf.REDACTED,
+                                    args.route, ws, args.image))
+    print(path)
+    return 0
+
+
 def build_parser():
     p = argparse.ArgumentParser(
         prog='kerbside-openstack',
@@ -106,6 +145,7 @@ def build_parser():
     sub = p.add_subparsers(dest='command', required=True)
     s = sub.add_parser('setup', help='create or repair the OpenStack venv')
     s.add_argument('--venv')
+    s.add_argument('--kerbside-venv')
     s.set_defaults(func=cmd_setup)
     u = sub.add_parser('up', help='bring the cloud up, boot the guest')
     u.add_argument('--workdir', help='default $KTP_OPENSTACK_WORKDIR or '
@@ -113,12 +153,27 @@ def build_parser():
     u.add_argument('--venv')
     u.add_argument('--image', help='guest image (default $SEXTANT_IMAGE '
                    'or the bundled Sextant guest)')
+    u.add_argument('--kerbside-venv')
     u.add_argument('--no-boot', action='store_true')
+    u.add_argument('--upload', action='store_true',
+                   help='upload the guest image to Glance (its id is '
+                   '"image" in the output)')
+    u.add_argument('--no-kerbside', action='store_true',
+                   help='no Kerbside in front (spice-direct URLs then '
+                   'point at a closed port)')
     u.add_argument('--no-spice-tls', action='store_true')
     u.add_argument('--timeout', type=float, default=300,
                    help='deadline of each service start')
     u.add_argument('--boot-timeout', type=float, default=600)
     u.set_defaults(func=cmd_up)
+    tc = sub.add_parser('tempest-conf', help='write tempest.conf for the '
+                        'cloud into a tempest workspace')
+    tc.add_argument('--workdir')
+    tc.add_argument('--workspace', required=True)
+    tc.add_argument('--route', choices=('kerbside', 'direct'),
+                    default='kerbside')
+    tc.add_argument('--image', required=True, help='Glance image id')
+    tc.set_defaults(func=cmd_tempest_conf)
     st = sub.add_parser('status', help='show what runs')
     st.add_argument('--workdir')
     st.set_defaults(func=cmd_status)

@@ -41,8 +41,10 @@ from kerbside_tempest_plugin.common import errors
 from kerbside_tempest_plugin.common import ports as common_ports
 from kerbside_tempest_plugin.common import secrets as common_secrets
 from kerbside_tempest_plugin.common import tls as common_tls
+from kerbside_tempest_plugin.lane import kerbside as lane_kerbside
 from kerbside_tempest_plugin.lane.openstack import compute
 from kerbside_tempest_plugin.lane.openstack import config
+from kerbside_tempest_plugin.lane.openstack import kerbside as os_kerbside
 from kerbside_tempest_plugin.lane.openstack import keystone
 from kerbside_tempest_plugin.lane.openstack import services as svc
 from kerbside_tempest_plugin.lane.openstack import venv as os_venv
@@ -53,6 +55,8 @@ LOG = logging.getLogger(__name__)
 STATE_FILE = 'cloud.json'
 COMPUTE_HOST = 'ktp-compute'
 # Stopped first, newest first; then libvirt; then the infrastructure.
+# Kerbside (lane.kerbside's registry names) goes first: it calls Nova.
+KERBSIDE = ('kerbside-proxy', 'kerbside-daemon', 'gunicorn')
 OPENSTACK = ('nova-compute', 'nova-scheduler', 'nova-conductor', 'nova_api',
              'neutron', 'glance', 'placement', 'keystone')
 LIBVIRT = ('libvirtd', 'virtlogd')
@@ -97,10 +101,16 @@ def spice_port_range(count=config.SPICE_PORT_COUNT, low=20000, high=60000,
 class OpenStackCloud:
     """One cloud in one workdir. Call up() and (always) down()."""
 
-    def __init__(self, workdir=None, venv=None, spice_tls=True):
+    def __init__(self, workdir=None, venv=None, spice_tls=True,
+                 kerbside=True, kerbside_venv=None):
         self.workdir = os.path.abspath(workdir or default_workdir())
         self.venv = os_venv.OpenStackVenv(venv)
         self.spice_tls = spice_tls
+        # Kerbside in front (the openstack source); None until up().
+        self.with_kerbside = kerbside
+        self.kerbside_venv = lane_kerbside.KerbsideVenv(kerbside_venv)
+        self.kerbside = None
+        self.db = None
         self.redactor = common_secrets.Redactor()
         self.timings = {}
         self.layout = None
@@ -125,6 +135,8 @@ class OpenStackCloud:
             'spice_tls': self.spice_tls,
             'auth_url': lay.auth_url if lay else None,
             'compute_url': lay.url('nova_api', '/v2.1') if lay else None,
+            'kerbside_url': lay.url('kerbside_api')
+            if lay and self.with_kerbside else None,
             'libvirt_uri': lay.libvirt_uri if lay else None,
             'instances_path': lay.instances_path if lay else None,
             'admin_password_file': self.secrets.file('admin-password')
@@ -248,7 +260,7 @@ class OpenStackCloud:
         self._tls()
         s = self.services
         lay = self.layout
-        s.start_mariadb(self.secrets, timeout=timeout)
+        self.db = s.start_mariadb(self.secrets, timeout=timeout)
         s.start_rabbitmq(timeout=timeout)
         s.start_memcached()
         s.start_libvirt(timeout=timeout)
@@ -292,9 +304,20 @@ class OpenStackCloud:
                                timeout=timeout)
         self.flavor = compute.ensure_flavor(self.admin)
         self.timings['nova_total'] = time.monotonic() - t
+        if self.with_kerbside:
+            self._start_kerbside(timeout)
         self.timings['cloud_up'] = time.monotonic() - t0
         self._save('up')
         return self
+
+    def _start_kerbside(self, timeout):
+        t = time.monotonic()
+        sql_url = '%s/kerbside' % self.db.sql_url.rsplit('/', 1)[0]
+        self.kerbside = os_kerbside.CloudKerbside(
+            self.kerbside_venv, self.layout, self.secrets, self.registry,
+            self.tls, sql_url)
+        self.kerbside.start(timeout=min(timeout, 120))
+        self.timings['kerbside'] = time.monotonic() - t
 
     # -- the guest -------------------------------------------------------
     def upload_image(self, path):
@@ -511,6 +534,7 @@ def teardown_workdir(workdir, redactor=None, extra_ports=(),
                 LOG.exception('stopping %s failed', record['name'])
                 report.setdefault('errors', []).append(repr(e))
 
+    stop(KERBSIDE, together=True)
     stop(OPENSTACK, together=True)
     try:
         report['domains'] = destroy_domains(workdir, state, LOG)
@@ -527,7 +551,7 @@ def teardown_workdir(workdir, redactor=None, extra_ports=(),
     for pid in strays:
         procs._signal(pid, signal.SIGKILL)
     stop(INFRA)
-    known = set(OPENSTACK + LIBVIRT + INFRA)
+    known = set(KERBSIDE + OPENSTACK + LIBVIRT + INFRA)
     stop({r['name'] for r in registry.records} - known)
     time.sleep(0.2)
     report['leftover_pids'] = cloud_pids(workdir)

@@ -18,16 +18,22 @@ REGION = 'RegionOne'
 SERVICE_PROJECT = 'service'
 # Service users created in Keystone, one per service that validates
 # tokens or calls another service.
-SERVICE_USERS = ('nova', 'placement', 'glance', 'neutron')
+# kerbside: the user of Kerbside's `openstack` source (it looks console
+# tokens up, which is admin-only).
+SERVICE_USERS = ('nova', 'placement', 'glance', 'neutron', 'kerbside')
 # One MariaDB database per service (Nova has three: API, cell0, cell1).
+# And one for Kerbside.
 DATABASES = ('keystone', 'placement', 'glance', 'neutron', 'nova_api',
-             'nova_cell0', 'nova')
+             'nova_cell0', 'nova', 'kerbside')
 DB_USER = 'openstack'
-# kerbside_api is reserved for Kerbside's API (the base of Nova's
-# spice-direct URLs); the Kerbside step of the lane binds it.
+# kerbside_api is Kerbside's API (the base of Nova's spice-direct URLs);
+# the other kerbside_* ports are its proxy's TLS, plain and metrics ports.
 PORT_NAMES = ('mariadb', 'rabbit', 'rabbit_dist', 'epmd', 'memcached',
               'keystone', 'placement', 'glance', 'neutron', 'nova_api',
-              'kerbside_api')
+              'kerbside_api', 'kerbside_secure', 'kerbside_insecure',
+              'kerbside_metrics')
+# Seconds a Nova console token stays valid ([consoleauth] token_ttl).
+CONSOLE_TOKEN_TTL = 30
 # The qemu SPICE ports libvirt may hand out (plain and TLS per guest).
 SPICE_PORT_COUNT = 8
 
@@ -289,15 +295,19 @@ def nova_conf(layout, host='ktp-compute'):
         # the image); this default only matters for other images.
         'hw_machine_type': 'x86_64=q35'}
     s['vnc'] = {'enabled': False}
+    # Console tokens live 30 s (Nova's default is 600): Kerbside redeems
+    # one at once, and the expired-token test need not wait ten minutes.
+    s['consoleauth'] = {'token_ttl': CONSOLE_TOKEN_TTL}
     s['spice'] = {
         'enabled': True,
         # No spice-vdagent in the guest: no spicevmc channel.
         'agent_enabled': False,
         'server_listen': '127.0.0.1',
         'server_proxyclient_address': '127.0.0.1',
-        # Where the spice-direct URL points (Kerbside's Nova flow); a
-        # later lane puts Kerbside there.
-        'spice_direct_proxy_base_url': layout.url('kerbside_api', '/nova'),
+        # Where the spice-direct URL points: Kerbside's Nova flow (Nova
+        # appends ?token=<token>).
+        'spice_direct_proxy_base_url': layout.url('kerbside_api',
+                                                  '/nova-console.vv'),
         'require_secure': False}
     # Nova's privsep helper is started with `sudo privsep-helper` unless
     # told otherwise; the lane runs as root from a venv without sudo.
