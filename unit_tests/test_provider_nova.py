@@ -224,6 +224,34 @@ def test_console_details_through_the_admin_client(clouds, tmp_path):
     member.teardown()
 
 
+def test_networks_none_is_sent_at_the_spice_direct_microversion(
+        clouds, tmp_path):
+    # 'none' and 'auto' need 2.37; real Nova refuses them at 2.1.
+    fake_nova, _ = clouds
+    for network, want in (('none', '2.99'), ('net-1', None)):
+        guest = make_provider(fake_nova, network=network).boot(
+            None, 'sextant-n', str(tmp_path / network))
+        create = fake_nova.requests_to('POST', r'/servers$')[-1]
+        assert create['headers'].get(
+            'x-openstack-nova-api-version') == want, network
+        guest.teardown()
+    assert microversion() is None
+
+
+def test_direct_route_with_the_admin_client(clouds, tmp_path):
+    fake_nova, kerbside = clouds
+    provider = make_provider(fake_nova, admin=True, route='direct')
+    guest = provider.boot(None, 'sextant-dir', str(tmp_path))
+    vv = common_vv.parse_vv(guest.console_vv())
+    assert (vv['host'], vv['port'], vv['password']) == (
+        '192.0.2.10', '5900', '')
+    route = guest.console_route()
+    assert (route.kind, route.host, route.port, route.tls_port) == (
+        'direct', '192.0.2.10', 5900, 5901)
+    assert not kerbside.requests        # the proxy is not asked
+    guest.teardown()
+
+
 def test_no_secret_reaches_the_logs(clouds, tmp_path, caplog):
     fake_nova, kerbside = clouds
     caplog.set_level(logging.DEBUG)

@@ -13,8 +13,9 @@ provider never talks to Keystone.
   microversion 2.99 (Nova 2025.1 Epoxy and later), then a plain GET of the
   returned URL, which Kerbside (`/nova-console.vv?token=`) answers with a
   .vv after validating the token with Nova. Kerbside's console token lives
-  a minute: call it just before ryll starts. The `direct` route does not
-  exist on Nova: Nova never hands out the hypervisor's SPICE ticket.
+  a minute: call it just before ryll starts. The `direct` route needs the
+  admin client: the token resolved (os-console-auth-tokens) to the
+  hypervisor's host and port, with no ticket (Nova sets none).
 - serial: `get_console_output` polled into a cached, growing text. Nova's
   API drops control characters (ESC and CR among them) from console
   output, so ANSI sequences arrive as bare `[..m` text.
@@ -31,6 +32,7 @@ import threading
 import urllib.parse
 
 from kerbside_tempest_plugin.common import errors
+from kerbside_tempest_plugin.common import vv as common_vv
 from kerbside_tempest_plugin.common import waiting
 from kerbside_tempest_plugin import config
 from kerbside_tempest_plugin.providers import base
@@ -43,10 +45,12 @@ STOPPED_STATUSES = ('SHUTOFF', 'STOPPED', 'SUSPENDED', 'PAUSED', 'SHELVED',
                     'SHELVED_OFFLOADED', 'ERROR', 'DELETED', 'SOFT_DELETED')
 
 NO_DIRECT_ROUTE = (
-    "route 'direct' is not available on Nova: Nova hands out SPICE consoles "
-    "only through a console proxy (spice-direct resolves to Kerbside) and "
-    "never reveals the hypervisor's SPICE ticket; use route 'kerbside', or "
-    "the direct_qemu provider to compare against a direct connection")
+    "route 'direct' is not available on Nova without an admin servers "
+    "client: Nova hands out SPICE consoles only through a console proxy "
+    "(spice-direct resolves to Kerbside); only an admin can resolve the "
+    "console token to the hypervisor's host and port "
+    "(os-console-auth-tokens), and Nova never reveals a SPICE ticket; use "
+    "route 'kerbside', or give the provider an admin servers client")
 
 # Image properties the Sextant guest needs on Nova: without QXL there is no
 # SPICE display surface, and the guest is a UEFI application. q35 matches
@@ -128,6 +132,7 @@ class NovaGuest(cloud.CloudGuest):
 
     def __init__(self, provider, name, artifact_dir, server_id):
         self.server_id = server_id
+        self._direct = None       # the last direct ConsoleRoute
         super().__init__(provider, name, artifact_dir, server_id,
                          self._console_output, 'Nova console output')
 
@@ -177,10 +182,11 @@ class NovaGuest(cloud.CloudGuest):
     # -- console -----------------------------------------------------------
     def _check_route(self, route):
         route = route or self.provider.route
-        if route == 'direct':
+        if route == 'direct' and self.provider.admin_servers_client is None:
             raise errors.ProviderError(NO_DIRECT_ROUTE)
-        if route != 'kerbside':
+        if route not in ('kerbside', 'direct'):
             raise errors.ProviderError('unknown route %r' % route)
+        return route
 
     def _mint(self):
         """A new spice-direct console URL (a fresh Nova console token)."""
@@ -210,15 +216,27 @@ class NovaGuest(cloud.CloudGuest):
         return console['url']
 
     def console_vv(self, route=None):
-        """A fresh .vv from Kerbside for this server (holds a password)."""
-        self._check_route(route)
+        """A fresh .vv for this server (holds a password): from Kerbside,
+        or (direct) to the host and port a fresh spice-direct token
+        resolves to. Nova sets no SPICE password, so the direct .vv's is
+        empty.
+        """
+        if self._check_route(route) == 'direct':
+            d = self.console_details()
+            self._direct = base.ConsoleRoute(
+                kind='direct', host=d['host'], port=d['port'],
+                tls_port=d.get('tls_port'), source=self.source,
+                uuid=self.ref)
+            return common_vv.direct_vv(d['host'], d['port'], '',
+                                       title='%s (direct)' % self.name)
         return self.kerbside_vv(self._mint)
 
     def console_route(self, route=None):
-        """The route of the last .vv (Kerbside's proxy host and ports);
-        known only after console_vv().
+        """The route of the last .vv (Kerbside's proxy host and ports,
+        or the hypervisor's); known only after console_vv().
         """
-        self._check_route(route)
+        if self._check_route(route) == 'direct' and self._direct:
+            return self._direct
         return self.kerbside_route()
 
     def console_details(self):
@@ -278,7 +296,7 @@ class NovaProvider(base.GuestProvider):
                  console_ca_file=None, console_verify=True,
                  serial_interval=2.0, create_kwargs=None, images_client=None,
                  check_image=True, image_upload_timeout=600):
-        if route == 'direct':
+        if route == 'direct' and admin_servers_client is None:
             raise errors.ProviderError(NO_DIRECT_ROUTE)
         self.servers_client = servers_client
         self.admin_servers_client = admin_servers_client
@@ -349,8 +367,13 @@ class NovaProvider(base.GuestProvider):
             kwargs['networks'] = self.network
         elif self.network:
             kwargs['networks'] = [{'uuid': self.network}]
+        # networks 'auto'/'none' exist from microversion 2.37; tempest's
+        # default (2.1) refuses them ("'none' is not of type 'array'").
+        mv = self.microversion if 'networks' in kwargs and isinstance(
+            kwargs['networks'], str) else None
         try:
-            body = self.servers_client.create_server(**kwargs)
+            with compute_microversion(mv):
+                body = self.servers_client.create_server(**kwargs)
         except _exc().RestClientException as e:
             raise errors.ProviderError(
                 'Nova refused to create server %s (image %s, flavor %s): '
