@@ -122,10 +122,14 @@ class Recorder:
     # -- recording -------------------------------------------------------
     def send(self, client, method, service, path, body=None,
              microversion=None, headers=None, raw_body=None):
-        base = self.auth_url.rsplit('/v3', 1)[0] if service == 'identity' \
-            else client.endpoint(service)
+        if service == 'identity':
+            base = self.auth_url.rsplit('/v3', 1)[0]
+        elif service == 'compute-root':   # the unversioned document
+            base = client.endpoint('compute').rsplit('/v2.1', 1)[0]
+        else:
+            base = client.endpoint(service)
         hdrs = dict(headers or {})
-        if service != 'identity' or path != '/v3/auth/tokens':
+        if service not in ('identity', 'compute-root'):
             hdrs['X-Auth-Token'] = client.token
         if microversion:
             hdrs['OpenStack-API-Version'] = 'compute %s' % microversion
@@ -287,6 +291,13 @@ class Recorder:
         self.record('nova-flavor-show', member, 'member', 'GET', 'compute',
                     '/flavors/%s' % flavor_id, expect=200)
 
+        # Version discovery, as openstacksdk (Kerbside's Nova flow) does
+        # before it picks a microversion for the token lookup.
+        self.record('nova-versions-root', member, 'none', 'GET',
+                    'compute-root', '/', expect=(200, 300))
+        self.record('nova-version-v21', member, 'member', 'GET',
+                    'compute', '/', expect=200)
+
         # Server create: networks none needs 2.37; the provider sends the
         # test's microversion (None unless the test sets one).
         server_body = {'server': {'name': 'ktp-rec', 'imageRef': image_id,
@@ -380,9 +391,10 @@ class Recorder:
         self.record('nova-console-auth-token-unknown', admin, 'admin', 'GET',
                     'compute', tokens + data_utils.rand_uuid(),
                     microversion=SPICE_DIRECT, expect=404)
+        # Nova 34 answers a malformed token like an unknown one.
         self.record('nova-console-auth-token-malformed', admin, 'admin',
                     'GET', 'compute', tokens + 'not-a-token',
-                    microversion=SPICE_DIRECT, expect=400)
+                    microversion=SPICE_DIRECT, expect=404)
         self.record('nova-console-auth-token-member', member, 'member',
                     'GET', 'compute', tokens + token,
                     microversion=SPICE_DIRECT, expect=403)
