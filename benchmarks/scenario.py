@@ -14,6 +14,10 @@ per-run results and every artifact directory are kept under --out.
 
     python3 benchmarks/scenario.py [--runs 10] [--routes kerbside direct]
         [--walk canonical] [--image PATH] [--char-delay 50] [--out DIR]
+
+`kerbside-plain` is the kerbside route with the proxy's leg to qemu in
+plain SPICE (Lane(hypervisor_tls=False)), for comparison with the TLS leg
+the lane uses by default (docs/contracts/kerbside.md §15).
 """
 
 import argparse
@@ -48,8 +52,10 @@ def run_route(route, args, out):
     lanes = os.path.join(out, 'lanes')
     os.makedirs(lanes, exist_ok=True)
     workdir = tempfile.mkdtemp(prefix=route + '-', dir=lanes)
+    label, route = route, route.split('-')[0]
     lane = lane_mod.Lane(workdir, route=route,
-                         kerbside=route == 'kerbside')
+                         kerbside=route == 'kerbside',
+                         hypervisor_tls=label != 'kerbside-plain')
     results = []
     t0 = time.monotonic()
     try:
@@ -60,9 +66,9 @@ def run_route(route, args, out):
                 lane, args.walk, route, args.image,
                 os.path.join(out, route),
                 char_delay_ms=args.char_delay,
-                name='bench-%s-%s-%02d' % (args.walk, route, i + 1),
+                name='bench-%s-%s-%02d' % (args.walk, label, i + 1),
                 log=lambda m: None)
-            print('  %s %2d/%d: %s' % (route, i + 1, args.runs,
+            print('  %s %2d/%d: %s' % (label, i + 1, args.runs,
                                        r.summary_line()), flush=True)
             results.append(r)
     finally:
@@ -124,7 +130,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--runs', type=int, default=10)
     p.add_argument('--routes', nargs='+', default=['kerbside', 'direct'],
-                   choices=['kerbside', 'direct'])
+                   choices=['kerbside', 'kerbside-plain', 'direct'])
     p.add_argument('--walk', default='canonical',
                    choices=sorted(runner.walk_mod.WALKS))
     p.add_argument('--image', default=None,
