@@ -151,10 +151,8 @@ class Replay:
     def send(self, fixture):
         req = fixture['request']
         fake = self.nova if fixture['service'] == 'compute' else self.glance
-        prefix = fake.PREFIX + ('' if fixture['service'] == 'compute'
-                                else '')
         path = self.fill(req['path'])
-        if fixture['service'] == 'image':
+        if fixture['service'] == 'image':      # FakeGlance's PREFIX has /v2
             path = path[len('/v2'):]
         headers = {'Accept': 'application/json', 'X-Auth-Token': {
             'admin': fake_clouds.NOVA_ADMIN_TOKEN}.get(
@@ -172,7 +170,8 @@ class Replay:
             headers.setdefault('Content-Type', 'application/json')
         else:
             data = None
-        request = urllib.request.Request(fake.url + prefix + path, data=data,
+        request = urllib.request.Request(fake.url + fake.PREFIX + path,
+                                         data=data,
                                          method=req['method'],
                                          headers=headers)
         try:
