@@ -12,109 +12,17 @@ With a CA that did not sign qemu's certificate the console fails, and
 each side says why.
 """
 
-import collections
 import os
-import signal
-import subprocess
 
 import pytest
 
 from kerbside_tempest_plugin.common import tls as common_tls
-from kerbside_tempest_plugin.common import tools
-from kerbside_tempest_plugin.common import waiting
 from kerbside_tempest_plugin.lane import lane as lane_mod
 from kerbside_tempest_plugin.ryll import errors as ryll_errors
 from unit_tests.conftest import require_tools
+from unit_tests.integration import tls_leg
 
 pytestmark = pytest.mark.integration
-
-RETRY_LINE = ('hypervisor requires TLS; retrying backend connection over '
-              'the secure port')
-SUCCESS_LINE = 'hypervisor connection successful; handing off to relay'
-FAILED_LINE = 'hypervisor connection failed'
-CHANNELS = ('main', 'display', 'cursor', 'inputs')
-
-
-class Capture:
-    """dumpcap on loopback for some TCP ports, into a pcap file."""
-
-    def __init__(self, path, ports):
-        self.path = path
-        self.ports = ports
-        self.err = path + '.stderr'
-        self.proc = None
-
-    def __enter__(self):
-        with open(self.err, 'wb') as err:
-            self.proc = subprocess.Popen(
-                [tools.find('dumpcap'), '-q', '-i', 'lo', '-f', ' or '.join(
-                    'tcp port %d' % p for p in self.ports), '-w', self.path],
-                stdout=subprocess.DEVNULL, stderr=err,
-                start_new_session=True)
-
-        def started():
-            if self.proc.poll() is not None:
-                raise AssertionError('dumpcap exited with %s: %s' % (
-                    self.proc.returncode, self._stderr()))
-            return 'Capturing on' in self._stderr()
-
-        waiting.wait_until(started, 15, 'dumpcap to start capturing on lo',
-                           seen=self._stderr)
-        return self
-
-    def _stderr(self):
-        with open(self.err) as f:
-            return f.read()[-500:]
-
-    def __exit__(self, *exc):
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=5)
-
-    def per_port(self, tls_port):
-        """{qemu port: {'conns', 'bytes', 'client_hellos',
-        'server_hellos', 'app_records', 'redq'}} (TCP payload bytes both
-        ways; TLS fields decoded on `tls_port`).
-        """
-        proc = subprocess.run(
-            [tools.find('tshark'), '-r', self.path, '-d',
-             'tcp.port==%d,tls' % tls_port, '-T', 'fields', '-E',
-             'separator=;', '-e', 'tcp.srcport', '-e', 'tcp.dstport', '-e',
-             'tcp.flags.syn', '-e', 'tcp.flags.ack', '-e', 'tcp.len', '-e',
-             'tls.handshake.type', '-e', 'tls.record.content_type', '-e',
-             'tls.record.opaque_type', '-e', 'tcp.payload'],
-            capture_output=True, text=True, timeout=120)
-        assert proc.returncode == 0, proc.stderr[-800:]
-        out = {p: collections.Counter() for p in self.ports}
-        for line in proc.stdout.splitlines():
-            src, dst, syn, ack, length, hs, ctype, otype, payload = \
-                line.split(';')
-            port = int(dst) if int(dst) in out else int(src)
-            c = out[port]
-            if syn in ('1', 'True') and ack in ('0', 'False') and \
-                    int(dst) == port:
-                c['conns'] += 1
-            c['bytes'] += int(length or 0)
-            types = hs.split(',') if hs else []
-            c['client_hellos'] += types.count('1')
-            c['server_hellos'] += types.count('2')
-            # Application data: content type 23 (TLS 1.3 records are all
-            # opaque type 23 once the handshake is encrypted).
-            c['app_records'] += ','.join((ctype, otype)).split(',').count(
-                '23')
-            if payload.startswith('52454451'):  # 'REDQ', a SPICE link
-                c['redq'] += 1
-        return out
-
-
-def proxy_log(lane):
-    with open(os.path.join(lane.log_dir, 'kerbside-daemon.out'),
-              errors='replace') as f:
-        return f.read()
 
 
 def test_kerbside_route_hypervisor_leg_is_tls(tmp_path):
@@ -132,7 +40,8 @@ def test_kerbside_route_hypervisor_leg_is_tls(tmp_path):
         assert 'secure_port: %d' % tls in sources
         assert 'host_subject: "CN=qemu-hv"' in sources
         assert '  ca_cert: |\n    -----BEGIN CERTIFICATE-----' in sources
-        cap = Capture(str(tmp_path / 'qemu-ports.pcap'), [plain, tls])
+        cap = tls_leg.Capture(str(tmp_path / 'qemu-ports.pcap'),
+                              [plain, tls])
         with cap:
             result = runner.run_scenario(
                 lane, 'canonical', 'kerbside', image,
@@ -146,32 +55,14 @@ def test_kerbside_route_hypervisor_leg_is_tls(tmp_path):
         assert 'tls-port=%d' % tls in argv and 'tls-channel=default' in argv
 
         metrics = lane.kerbside.metrics()
-        assert metrics['kerbside_proxy_authorized_total'] >= len(CHANNELS)
-        log = proxy_log(lane)
+        assert metrics['kerbside_proxy_authorized_total'] >= len(
+            tls_leg.CHANNELS)
+        log = tls_leg.proxy_log(lane)
     finally:
         report = lane.down()
     assert report['leftover_pids'] == [] and report['busy_ports'] == []
 
-    # The proxy's words: every channel tried plain, was refused, went TLS.
-    assert FAILED_LINE not in log
-    retries = [ln for ln in log.splitlines() if RETRY_LINE in ln]
-    for channel in CHANNELS:
-        assert any('channel_type="%s"' % channel in ln
-                   for ln in retries), retries
-    assert log.count(RETRY_LINE) == log.count(SUCCESS_LINE) >= len(CHANNELS)
-    assert 'Connecting to 127.0.0.1:%d (TLS: true)' % tls in log
-
-    # The wire's words, independent of Kerbside.
-    seen = cap.per_port(tls)
-    p, t = seen[plain], seen[tls]
-    assert t['conns'] == p['conns'] >= len(CHANNELS), seen
-    assert t['client_hellos'] == t['server_hellos'] == t['conns'], seen
-    assert t['redq'] == 0, seen           # no cleartext SPICE link on TLS
-    assert t['app_records'] > 0 and t['bytes'] > 100000, seen
-    # The plain port: one link message and its NEED_SECURED reply per
-    # channel, nothing else.
-    assert p['redq'] == 2 * p['conns'] and p['app_records'] == 0, seen
-    assert p['bytes'] < 400 * p['conns'], seen   # 236 each, measured
+    tls_leg.assert_tls_leg(log, cap, plain, tls)
 
 
 def test_wrong_hypervisor_ca_fails_readably(tmp_path):
@@ -198,11 +89,11 @@ def test_wrong_hypervisor_ca_fails_readably(tmp_path):
         message = str(raised.value)
         assert 'exited with status 1' in message
         assert 'main channel dropped before SessionInitialized' in message
-        log = proxy_log(lane)
+        log = tls_leg.proxy_log(lane)
     finally:
         report = lane.down()
     assert report['leftover_pids'] == [] and report['busy_ports'] == []
-    assert RETRY_LINE in log and SUCCESS_LINE not in log
-    failed = [ln for ln in log.splitlines() if FAILED_LINE in ln]
+    assert tls_leg.RETRY_LINE in log and tls_leg.SUCCESS_LINE not in log
+    failed = [ln for ln in log.splitlines() if tls_leg.FAILED_LINE in ln]
     assert failed, log[-2000:]
     assert 'invalid peer certificate: UnknownIssuer' in failed[0]
