@@ -132,6 +132,8 @@ class OpenStackCloud:
             'venv': self.venv.path,
             'ports': dict(lay.ports) if lay else {},
             'spice_range': list(lay.spice_range) if lay else None,
+            'serial_range': list(lay.serial_range)
+            if lay and lay.serial_range else None,
             'spice_tls': self.spice_tls,
             'auth_url': lay.auth_url if lay else None,
             'compute_url': lay.url('nova_api', '/v2.1') if lay else None,
@@ -184,9 +186,13 @@ class OpenStackCloud:
             passwords[user] = self.secrets.get_or_create(user + '-password')
         ports = dict(zip(config.PORT_NAMES,
                          common_ports.free_ports(len(config.PORT_NAMES))))
+        spice = spice_port_range()
+        serial = spice
+        while serial[0] <= spice[1] and spice[0] <= serial[1]:
+            serial = spice_port_range(config.SERIAL_PORT_COUNT)
         self.layout = config.Layout(
             workdir=self.workdir, ports=ports,
-            spice_range=spice_port_range(), passwords=passwords,
+            spice_range=spice, serial_range=serial, passwords=passwords,
             venv=self.venv.path, run_dir=run, spice_tls=self.spice_tls)
         self.services = svc.Services(self.layout, self.registry,
                                      self.redactor, self.timings)
@@ -557,9 +563,10 @@ def teardown_workdir(workdir, redactor=None, extra_ports=(),
     report['leftover_pids'] = cloud_pids(workdir)
     ports = set(p for p in (state.get('ports') or {}).values() if p)
     ports.update(p for p in extra_ports if p)
-    if state.get('spice_range'):
-        lo, hi = state['spice_range']
-        ports.update(range(lo, hi + 1))
+    for window in ('spice_range', 'serial_range'):
+        if state.get(window):
+            lo, hi = state[window]
+            ports.update(range(lo, hi + 1))
     deadline = time.monotonic() + port_timeout
     while True:
         busy = common_ports.busy_ports(ports)
