@@ -1,0 +1,131 @@
+#!/usr/bin/env bash
+# The OpenStack job (`tox -e openstack`): the Sextant scenario tests
+# through tempest on the OpenStack lane's single-box cloud (Keystone,
+# Placement, Glance, Neutron, Nova + libvirt, Kerbside in front with an
+# `openstack` source), with real Keystone credentials.
+#
+#   1. the OpenStack and Kerbside venvs (`kerbside-openstack setup`);
+#   2. the guest image, resolved as the tests resolve it (guest_images);
+#   3. the cloud up (`kerbside-openstack up --no-boot --upload`): the
+#      image in Glance with the properties Nova needs;
+#   4. per route (KTP_ROUTE=kerbside|direct; default both): a fresh
+#      tempest workspace and tempest.conf for this cloud, then
+#      `tempest run --regex sextant` (kerbside: Nova's spice-direct URL,
+#      Kerbside's /nova-console.vv, ryll through the proxy; direct: the
+#      token's host and port straight to the hypervisor);
+#   5. the cloud down (always, also on failure or Ctrl-C);
+#   6. the verdicts and the artifact directory; non-zero exit on failure,
+#      including when the tests were skipped.
+#
+# The same python environment rules as tools/direct-qemu-job.sh.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+ROUTES=${KTP_ROUTE:-kerbside direct}
+STAMP=$(date -u +%Y%m%dT%H%M%SZ)
+OUT=${KTP_ARTIFACTS:-$ROOT/artifacts/openstack-$STAMP}
+REGEX=${KTP_REGEX:-sextant}
+TESTS_PER_ROUTE=4
+CLOUD=$OUT/cloud
+
+log() { printf '[openstack %(%H:%M:%S)T] %s\n' -1 "$*"; }
+die() { log "ERROR: $*"; exit 2; }
+
+for route in $ROUTES; do
+    case $route in kerbside|direct) ;; *)
+        die "KTP_ROUTE must name kerbside and/or direct, not '$route'";;
+    esac
+done
+mkdir -p "$OUT"
+log "artifacts: $OUT"
+
+PY=${PYTHON:-}
+if [ -z "$PY" ]; then
+    if [ -n "${VIRTUAL_ENV:-}" ] && [ -x "$VIRTUAL_ENV/bin/python" ]; then
+        PY=$VIRTUAL_ENV/bin/python
+    elif [ -x "$ROOT/.venv/bin/python" ]; then
+        PY=$ROOT/.venv/bin/python
+    else
+        die "no python environment with tempest and the plugin: run \
+tools/setup.sh, or set PYTHON"
+    fi
+fi
+"$PY" -I -c 'import tempest, kerbside_tempest_plugin' 2>/dev/null \
+    || die "$PY cannot import tempest and kerbside_tempest_plugin"
+log "python: $PY"
+find_tools() { "$PY" -m kerbside_tempest_plugin.common.tools "$@"; }
+openstack() { "$PY" -m kerbside_tempest_plugin.cmd.openstack "$@"; }
+TEMPEST=$(find_tools tempest) || die "tempest is not installed beside $PY"
+
+# -- 1. venvs ----------------------------------------------------------
+log "checking the OpenStack and Kerbside venvs (kerbside-openstack setup)"
+openstack setup || die "kerbside-openstack setup failed"
+
+# -- 2. the guest image ------------------------------------------------
+IMAGE=$("$PY" -m kerbside_tempest_plugin.guest_images sextant) \
+    || die "no guest image (above)"
+log "guest image: $IMAGE${SEXTANT_IMAGE:+ (SEXTANT_IMAGE)}"
+
+# -- 3. the cloud ------------------------------------------------------
+teardown() {
+    [ -f "$CLOUD/processes.json" ] || return 0
+    log "cloud down"
+    openstack down --workdir "$CLOUD" >"$OUT/cloud-down.json" \
+        2>"$OUT/cloud-down.log" || log "cloud teardown reported leftovers \
+(see $OUT/cloud-down.json)"
+    rm -rf "$CLOUD/secrets"
+}
+trap teardown EXIT
+trap 'exit 130' INT TERM
+t0=$SECONDS
+log "cloud up in $CLOUD"
+openstack up --workdir "$CLOUD" --image "$IMAGE" --no-boot --upload \
+    >"$OUT/cloud-up.json" 2>"$OUT/cloud-up.log" \
+    || { tail -20 "$OUT/cloud-up.log"; die "the cloud did not come up"; }
+GLANCE_IMAGE=$("$PY" -c 'import json,sys; print(json.load(sys.stdin)
+["image"])' <"$OUT/cloud-up.json") || die "no image id in cloud-up.json"
+log "cloud up after $((SECONDS - t0)) s; Glance image $GLANCE_IMAGE"
+
+# -- 4. tempest, once per route ----------------------------------------
+declare -A rc
+for route in $ROUTES; do
+    ws=$OUT/$route
+    "$TEMPEST" init --name "ktp-os-$STAMP-$route" \
+        --workspace-path "$OUT/workspace.yaml" "$ws" \
+        >"$OUT/tempest-init-$route.log" 2>&1 \
+        || { cat "$OUT/tempest-init-$route.log"; die "tempest init failed"; }
+    openstack tempest-conf --workdir "$CLOUD" --workspace "$ws" \
+        --route "$route" --image "$GLANCE_IMAGE" >/dev/null \
+        || die "cannot write tempest.conf"
+    mkdir -p "$ws/lock" "$ws/artifacts"
+    log "route $route: tempest, workspace $ws"
+    t1=$SECONDS
+    (cd "$ws" && "$TEMPEST" run --serial --regex "$REGEX" "$@")
+    rc[$route]=$?
+    # The conf holds the admin password: only the redacted copy stays.
+    mv -f "$ws/etc/tempest.redacted.conf" "$ws/etc/tempest.conf"
+    log "route $route: tempest exited ${rc[$route]} after $((SECONDS - t1)) s"
+done
+
+# -- 5. teardown (also the EXIT trap) ----------------------------------
+teardown
+trap - EXIT
+
+# -- 6. verdicts -------------------------------------------------------
+echo
+log "verdicts"
+n_routes=$(wc -w <<<"$ROUTES")
+expect=$((TESTS_PER_ROUTE * n_routes))
+[ "$REGEX" = sextant ] || expect=1
+"$PY" -m kerbside_tempest_plugin.cmd.summary --expect "$expect" "$OUT"
+status=$?
+"$PY" -m kerbside_tempest_plugin.scenario.html_report index "$OUT" \
+    >/dev/null && log "reports: $OUT/index.html"
+for route in $ROUTES; do
+    log "route $route: tempest exit ${rc[$route]}"
+    [ "${rc[$route]}" = 0 ] || status=1
+done
+log "job took $((SECONDS - t0)) s"
+log "artifacts: $OUT"
+if [ "$status" = 0 ]; then log "PASSED"; else log "FAILED"; fi
+exit "$status"
