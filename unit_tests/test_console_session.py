@@ -244,10 +244,13 @@ def test_attach_needs_a_lane(tmp_path):
     assert 'no lane in' in str(e.value)
 
 
-def test_nova_is_refused_readably():
-    with pytest.raises(session_mod.UsageError) as e:
-        session_mod.make_lane(provider='nova')
-    assert 'tempest' in str(e.value)
+def test_nova_without_a_cloud_is_refused_readably():
+    # No tempest test needed any more (test_console_nova.py), but a cloud.
+    from kerbside_tempest_plugin.console import nova_cloud
+    with pytest.raises(nova_cloud.CloudConfigError) as e:
+        session_mod.make_lane(provider='nova', environ={})
+    assert '--os-cloud-workdir' in str(e.value)
+    assert 'OS_AUTH_URL' in str(e.value)
 
 
 def test_walker_reports_each_beat_as_it_lands():

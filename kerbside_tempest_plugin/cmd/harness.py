@@ -244,6 +244,12 @@ def _lane_args(p):
     p.add_argument('--image', help='guest image (default as for `up`)')
     p.add_argument('--config-file', help='tempest.conf with the provider '
                    'groups (shakenfist)')
+    p.add_argument('--os-cloud-workdir', metavar='DIR',
+                   help='nova: the cloud `kerbside-openstack up` left in DIR '
+                   '(its Keystone, admin, flavor and Sextant image); '
+                   'default: the OS_* environment')
+    p.add_argument('--flavor', help='nova: the flavor to boot (default: '
+                   "the cloud's, or $OS_FLAVOR)")
     p.add_argument('--ryll', default='ryll', help='ryll binary')
     p.add_argument('--accel', choices=['auto', 'kvm', 'tcg'],
                    default='auto')

@@ -157,9 +157,11 @@ def build_server(defaults=None, guardian=None):
     def boot_lane(provider: str = 'direct_qemu', route: str = 'kerbside',
                   image: typing.Optional[str] = None,
                   workdir: typing.Optional[str] = None) -> dict[str, Any]:
-        """Start a lane (provider direct_qemu or shakenfist, route kerbside
-        or direct) with a fresh Sextant guest and ryll on its console; on
-        a lane this session already owns, boot a fresh guest instead.
+        """Start a lane (provider direct_qemu, shakenfist or nova, route
+        kerbside or direct) with a fresh Sextant guest and ryll on its
+        console; on a lane this session already owns, boot a fresh guest
+        instead. nova: the cloud of the server's --os-cloud-workdir, or
+        its OS_* environment.
         """
         from mcp.server.mcpserver import exceptions
         with holder.lock:
@@ -172,7 +174,9 @@ def build_server(defaults=None, guardian=None):
                     workdir=workdir or d.get('workdir'), image=image,
                     config_file=d.get('config_file'),
                     ryll_binary=d.get('ryll', 'ryll'),
-                    accel=d.get('accel', 'auto')))
+                    accel=d.get('accel', 'auto'),
+                    cloud_workdir=d.get('os_cloud_workdir'),
+                    flavor=d.get('flavor')))
             except Exception as e:
                 raise exceptions.ToolError(
                     str(e) if isinstance(e, session_mod.ConsoleError) else
@@ -311,7 +315,9 @@ def main(args):
     try:
         server, _ = build_server({
             'workdir': args.workdir, 'config_file': args.config_file,
-            'ryll': args.ryll, 'accel': args.accel},
+            'ryll': args.ryll, 'accel': args.accel,
+            'os_cloud_workdir': getattr(args, 'os_cloud_workdir', None),
+            'flavor': getattr(args, 'flavor', None)},
             guardian=guardian.Guardian().start())
     except session_mod.ConsoleError as e:
         print('kerbside-harness mcp: %s' % e, file=sys.stderr)

@@ -167,16 +167,21 @@ class _Attached:
 
 
 def make_lane(provider='direct_qemu', route='kerbside', workdir=None,
-              config_file=None, ryll_binary='ryll', accel='auto'):
-    """A lane.base.Lane for `provider` (not up yet)."""
+              config_file=None, ryll_binary='ryll', accel='auto',
+              cloud_workdir=None, flavor=None, environ=None):
+    """A lane.base.Lane for `provider` (not up yet). Nova: credentials
+    from `cloud_workdir` (a `kerbside-openstack up` workdir) or the OS_*
+    environment (console.nova_cloud).
+    """
     if provider not in PROVIDERS:
         raise UsageError('unknown provider %r (known: %s)' % (
             provider, ', '.join(PROVIDERS)))
     if provider == 'nova':
-        raise UsageError(
-            'the nova provider boots guests with the tempest clients of a '
-            'test (credentials from tempest\'s own accounts); run it '
-            'through tempest, or attach the console to a lane instead')
+        from kerbside_tempest_plugin.console import nova_cloud
+        return nova_cloud.NovaLane(
+            nova_cloud.credentials(cloud_workdir, environ),
+            workdir or tempfile.mkdtemp(prefix='kerbside-console-'),
+            route=route, ryll_binary=ryll_binary, flavor=flavor)
     if provider == 'direct_qemu':
         from kerbside_tempest_plugin.lane import lane as lane_mod
         # Never the `up` default: a console's own lane gets a fresh dir.

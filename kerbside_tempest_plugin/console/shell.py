@@ -41,7 +41,9 @@ def open_session(args):
         provider=args.provider, route=args.route, workdir=args.workdir,
         config_file=args.config_file, ryll_binary=args.ryll,
         accel=args.accel, image=args.image,
-        boot_timeout=args.boot_timeout)
+        boot_timeout=args.boot_timeout,
+        cloud_workdir=getattr(args, 'os_cloud_workdir', None),
+        flavor=getattr(args, 'flavor', None))
 
 
 def lane_line(session, started):

@@ -345,6 +345,23 @@ class NovaProvider(base.GuestProvider):
         values.update(kwargs)
         return cls(servers_client, admin_servers_client, **values)
 
+    @classmethod
+    def from_credentials(cls, auth_url, username, password, project_name,
+                         user_domain_name='Default',
+                         project_domain_name='Default', region=None,
+                         ca_file=None, verify=True, admin=True, **kwargs):
+        """Build without a tempest test: tempest.lib's service clients
+        from a Keystone v3 URL and a user's credentials (no tempest.conf).
+        `admin`: the user may resolve console tokens (the direct route).
+        """
+        servers, images = service_clients(
+            auth_url, username, password, project_name,
+            user_domain_name=user_domain_name,
+            project_domain_name=project_domain_name, region=region,
+            ca_file=ca_file, verify=verify)
+        kwargs.setdefault('images_client', images)
+        return cls(servers, servers if admin else None, **kwargs)
+
     def boot(self, image, name, artifact_dir):
         """Boot `image`: a Glance image ref, or a local image file that is
         uploaded once per provider (needs `images_client`); None boots the
@@ -487,3 +504,23 @@ class NovaProvider(base.GuestProvider):
             'become ACTIVE', lambda server: server.get('status') == 'ACTIVE',
             lambda server: server.get('status') == 'ERROR' and 'ERROR',
             self.boot_timeout)
+
+
+def service_clients(auth_url, username, password, project_name,
+                    user_domain_name='Default', project_domain_name='Default',
+                    region=None, ca_file=None, verify=True):
+    """(ServersClient, image v2 ImagesClient) for one Keystone v3 user,
+    from tempest.lib alone (lazily authenticated on the first request).
+    """
+    from tempest.lib import auth
+    from tempest.lib.services.compute import servers_client
+    from tempest.lib.services.image.v2 import images_client
+    creds = auth.KeystoneV3Credentials(
+        username=username, password=password, project_name=project_name,
+        user_domain_name=user_domain_name,
+        project_domain_name=project_domain_name)
+    tls = dict(disable_ssl_certificate_validation=not verify,
+               ca_certs=ca_file)
+    provider = auth.KeystoneV3AuthProvider(creds, auth_url, **tls)
+    return (servers_client.ServersClient(provider, 'compute', region, **tls),
+            images_client.ImagesClient(provider, 'image', region, **tls))
