@@ -283,8 +283,21 @@ class ProcessRegistry:
                 while time.monotonic() < deadline and group_members(
                         record['pgid'], not_before=ticks):
                     time.sleep(0.05)
-                for p in group_members(record['pgid'], not_before=ticks):
+                killed = group_members(record['pgid'], not_before=ticks)
+                for p in killed:
                     _signal(p, signal.SIGKILL)
+                # SIGKILL is asynchronous: wait until the kernel has
+                # taken them, so that the caller's port checks see them
+                # gone.
+                deadline = time.monotonic() + 5.0
+                while killed and time.monotonic() < deadline:
+                    killed = group_members(record['pgid'], not_before=ticks)
+                    if killed:
+                        time.sleep(0.02)
+                if killed:
+                    report['group_survivors'] = killed
+                    LOG.warning('%s: group members %s still there 5 s after '
+                                'SIGKILL', record['name'], killed)
         report['seconds'] = round(time.monotonic() - started, 3)
         return report
 
