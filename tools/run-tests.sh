@@ -41,7 +41,11 @@ if [ -x tools/lint-ci.sh ]; then
 fi
 step wheel-install env BUILD_PYTHON="$VENV/bin/python" \
     bash tools/wheel-install-test.sh
-step pytest "$VENV/bin/python" -m pytest -q -p no:cacheprovider "$@"
+# The OpenStack lane's tests (marker `openstack`) need its own venv and
+# system packages, which setup.sh does not install yet: they run with
+# `tox -e openstack` / `pytest -m openstack` (docs/plans/openstack-lane.md).
+step pytest "$VENV/bin/python" -m pytest -q -p no:cacheprovider \
+    -m "not openstack" "$@"
 
 if [ ${#failed[@]} -ne 0 ]; then
     echo "FAILED steps: ${failed[*]}"

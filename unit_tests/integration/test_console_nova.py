@@ -27,7 +27,8 @@ from kerbside_tempest_plugin.sextant import contract
 from unit_tests.conftest import REPO_ROOT
 from unit_tests.conftest import require_tools
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow,
+              pytest.mark.openstack]
 
 WALK = [
     'digest',

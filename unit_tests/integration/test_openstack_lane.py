@@ -28,7 +28,8 @@ from kerbside_tempest_plugin.ryll import process as ryll_process
 from kerbside_tempest_plugin.sextant import contract
 from unit_tests.conftest import require_tools
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow,
+              pytest.mark.openstack]
 
 
 @pytest.fixture(scope='module')
