@@ -151,6 +151,10 @@ NovaProviderGroup = [
     cfg.StrOpt('microversion', default='2.99',
                help='Compute microversion for spice-direct consoles (2.99, '
                     'Nova 2025.1 Epoxy, or later).'),
+    cfg.StrOpt('hypervisor_ca_file', default=None,
+               help='CA that signed the hypervisors\' SPICE certificates. '
+                    'Set: the direct route goes to the tls_port Nova '
+                    'gives, verified with it. Unset: the plain port.'),
     _serial_poll_opt(),
 ] + cloud_provider_opts(
     'server', 'ACTIVE', 60, ' for a spice-direct console URL.')

@@ -10,6 +10,7 @@ import os
 import socket
 import threading
 import time
+import types
 
 import pytest
 
@@ -114,6 +115,11 @@ def test_spice_tls_follows_the_layout(tmp_path):
     assert 'spice_tls_x509_cert_dir = "%s"' % os.path.join(
         str(tmp_path), 'secrets', 'spice-x509') in on
     assert 'spice_tls' not in config.qemu_conf(_layout(tmp_path, False))
+    # TLS only: Nova's require_secure makes libvirt refuse plain channels.
+    for tls in (True, False):
+        nova = _parse_ini(config.render_ini(config.nova_conf(
+            _layout(tmp_path, tls))))
+        assert nova['spice']['require_secure'] == str(tls).lower()
 
 
 def test_libvirt_namespace_binds_stay_in_the_workdir(tmp_path):
@@ -316,7 +322,11 @@ def test_kerbside_openstack_source_and_its_redacted_copy(tmp_path):
     lay = _layout(tmp_path)
     store = secrets.SecretStore(str(tmp_path / 'secrets'),
                                 secrets.Redactor())
-    kb = os_kb.CloudKerbside(None, lay, store, None, None, 'mysql://x')
+    ca = tmp_path / 'ca-cert.pem'
+    ca.write_text('-----BEGIN CERTIFICATE-----\nQUJD\n'
+                  '-----END CERTIFICATE-----\n')
+    tls = types.SimpleNamespace(ca_cert=str(ca))
+    kb = os_kb.CloudKerbside(None, lay, store, None, tls, 'mysql://x')
     assert kb.api_port == lay.ports['kerbside_api']
     assert sorted(kb.ports) == sorted(
         lay.ports[n] for n in ('kerbside_api', 'kerbside_secure',
@@ -327,6 +337,12 @@ def test_kerbside_openstack_source_and_its_redacted_copy(tmp_path):
                  'project_name: service', 'user_domain_id: default',
                  'project_domain_id: default', 'interface: internal'):
         assert '  %s\n' % line in text
+    # The CA the proxy verifies libvirt's SPICE TLS port with.
+    assert text.endswith('  ca_cert: |\n    -----BEGIN CERTIFICATE-----\n'
+                         '    QUJD\n    -----END CERTIFICATE-----\n')
+    assert 'ca_cert' not in os_kb.CloudKerbside(
+        None, _layout(tmp_path, False), store, None, tls,
+        'mysql://x').sources_yaml()
     red = kb.sources_yaml(ticket='<redacted>')
     assert 'kerbside-secret' not in red and '"<redacted>"' in red
     # Nova's spice-direct URL is Kerbside's Nova flow.
@@ -340,6 +356,12 @@ def test_tempest_conf_for_the_cloud(tmp_path):
     state = {'auth_url': 'http://127.0.0.1:5000/v3', 'flavor': 'flv-1'}
     conf = _parse_ini(tempest_conf.render(state, 'pw', 'direct', '/ws',
                                           'img-1'))
+    assert 'hypervisor_ca_file' not in conf['nova_provider']
+    state['spice_ca_file'] = '/w/tls/ca-cert.pem'
+    conf = _parse_ini(tempest_conf.render(state, 'pw', 'direct', '/ws',
+                                          'img-1'))
+    assert conf['nova_provider']['hypervisor_ca_file'] == state[
+        'spice_ca_file']
     assert conf['auth']['use_dynamic_credentials'] == 'true'
     assert conf['auth']['create_isolated_networks'] == 'false'
     assert conf['auth']['admin_password'] == 'pw'

@@ -252,6 +252,20 @@ def test_direct_route_with_the_admin_client(clouds, tmp_path):
     guest.teardown()
 
 
+def test_direct_route_over_tls_with_the_hypervisor_ca(clouds, tmp_path):
+    fake_nova, _ = clouds
+    ca = tmp_path / 'ca-cert.pem'
+    ca.write_text('-----BEGIN CERTIFICATE-----\nQUJD\n'
+                  '-----END CERTIFICATE-----\n')
+    provider = make_provider(fake_nova, admin=True, route='direct',
+                             hypervisor_ca_file=str(ca))
+    guest = provider.boot(None, 'sextant-dir-tls', str(tmp_path))
+    vv = common_vv.parse_vv(guest.console_vv())
+    assert (vv['port'], vv['tls-port']) == ('5900', '5901')
+    assert vv['ca'] == ca.read_text().replace('\n', '\\n')
+    guest.teardown()
+
+
 def test_no_secret_reaches_the_logs(clouds, tmp_path, caplog):
     fake_nova, kerbside = clouds
     caplog.set_level(logging.DEBUG)

@@ -227,7 +227,14 @@ class NovaGuest(cloud.CloudGuest):
                 kind='direct', host=d['host'], port=d['port'],
                 tls_port=d.get('tls_port'), source=self.source,
                 uuid=self.ref)
+            tls_port = ca = None
+            if d.get('tls_port') and self.provider.hypervisor_ca_file:
+                # ryll takes tls-port whenever the .vv has one.
+                tls_port = d['tls_port']
+                with open(self.provider.hypervisor_ca_file) as f:
+                    ca = f.read()
             return common_vv.direct_vv(d['host'], d['port'], '',
+                                       tls_port=tls_port, ca=ca,
                                        title='%s (direct)' % self.name)
         return self.kerbside_vv(self._mint)
 
@@ -295,7 +302,8 @@ class NovaProvider(base.GuestProvider):
                  console_timeout=60, console_retry_interval=5.0,
                  console_ca_file=None, console_verify=True,
                  serial_interval=2.0, create_kwargs=None, images_client=None,
-                 check_image=True, image_upload_timeout=600):
+                 check_image=True, image_upload_timeout=600,
+                 hypervisor_ca_file=None):
         if route == 'direct' and admin_servers_client is None:
             raise errors.ProviderError(NO_DIRECT_ROUTE)
         self.servers_client = servers_client
@@ -317,6 +325,7 @@ class NovaProvider(base.GuestProvider):
         self.images_client = images_client
         self.check_image = check_image
         self.image_upload_timeout = image_upload_timeout
+        self.hypervisor_ca_file = hypervisor_ca_file
         self.guests = []
         self.uploaded = {}        # local path -> Glance image id
         self._checked = set()
@@ -341,7 +350,8 @@ class NovaProvider(base.GuestProvider):
             console_timeout=np.console_timeout,
             console_ca_file=np.console_ca_file,
             console_verify=np.console_verify,
-            serial_interval=np.serial_poll_interval)
+            serial_interval=np.serial_poll_interval,
+            hypervisor_ca_file=np.hypervisor_ca_file)
         values.update(kwargs)
         return cls(servers_client, admin_servers_client, **values)
 

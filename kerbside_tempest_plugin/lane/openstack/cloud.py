@@ -135,6 +135,10 @@ class OpenStackCloud:
             'serial_range': list(lay.serial_range)
             if lay and lay.serial_range else None,
             'spice_tls': self.spice_tls,
+            # The CA that signed libvirt's SPICE certificate (the direct
+            # route's .vv needs it for the tls_port).
+            'spice_ca_file': self.tls.ca_cert
+            if self.spice_tls and getattr(self, 'tls', None) else None,
             'auth_url': lay.auth_url if lay else None,
             'compute_url': lay.url('nova_api', '/v2.1') if lay else None,
             'kerbside_url': lay.url('kerbside_api')

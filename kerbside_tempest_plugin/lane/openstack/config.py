@@ -321,7 +321,10 @@ def nova_conf(layout, host='ktp-compute'):
         # appends ?token=<token>).
         'spice_direct_proxy_base_url': layout.url('kerbside_api',
                                                   '/nova-console.vv'),
-        'require_secure': False}
+        # With SPICE TLS on, libvirt's graphics get defaultMode='secure':
+        # qemu refuses plain channels (NEED_SECURED), the only thing that
+        # moves Kerbside's proxy to the tls_port (contracts §15.2).
+        'require_secure': bool(layout.spice_tls)}
     # Nova's privsep helper is started with `sudo privsep-helper` unless
     # told otherwise; the lane runs as root from a venv without sudo.
     helper = '%s --config-file %s' % (

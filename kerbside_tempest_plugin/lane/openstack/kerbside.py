@@ -79,7 +79,7 @@ class CloudKerbside(lane_kerbside.Kerbside):
         """
         lay = self.layout
         password = lay.passwords['kerbside'] if ticket is None else ticket
-        return (
+        text = (
             '- source: %s\n'
             '  type: openstack\n'
             '  url: %s\n'
@@ -91,6 +91,16 @@ class CloudKerbside(lane_kerbside.Kerbside):
             '  interface: internal\n'
             '  verify: false\n' % (SOURCE_NAME, lay.auth_url, password,
                                    config.SERVICE_PROJECT))
+        if lay.spice_tls:
+            # The CA the proxy verifies libvirt's SPICE certificate with:
+            # the source's ca_cert, never the proxy's --cacert (contracts
+            # §15.1). No host_subject comes from Nova, so the name checked
+            # is the console's host (127.0.0.1, in the certificate's SAN).
+            with open(self.tls.ca_cert) as f:
+                pem = f.read().strip()
+            text += '  ca_cert: |\n' + ''.join(
+                '    %s\n' % line for line in pem.splitlines())
+        return text
 
     def start(self, timeout=60):
         problem = clients_problem(self.venv)
