@@ -19,6 +19,7 @@ import time
 import pytest
 
 from kerbside_tempest_plugin.common import ports as common_ports
+from kerbside_tempest_plugin.common import vv as common_vv
 from kerbside_tempest_plugin.common import waiting
 from kerbside_tempest_plugin.digest import frame
 from kerbside_tempest_plugin.lane.openstack import cloud as os_cloud
@@ -81,10 +82,16 @@ def test_sextant_boots_on_nova_with_a_spice_direct_console(cloud,
     assert common_ports.is_listening(console['tls_port'])
 
     # Nova sets no SPICE password for libvirt: ryll connects without a
-    # ticket to what the token resolved to, and sees the guest's digest.
+    # ticket to what the token resolved to (its tls_port, verified with
+    # the lane CA: require_secure makes qemu refuse plain channels), and
+    # sees the guest's digest.
     ryll_dir = os.path.join(cloud.workdir, 'ryll')
+    with open(cloud.tls.ca_cert) as f:
+        ca = f.read()
     rp = ryll_process.RyllProcess(
-        workdir=ryll_dir, direct='%s:%d' % (console['host'], console['port']))
+        workdir=ryll_dir, vv_text=common_vv.direct_vv(
+            console['host'], console['port'], '',
+            tls_port=console['tls_port'], ca=ca))
     rp.start()
     try:
         rp.wait_for_socket(30)
