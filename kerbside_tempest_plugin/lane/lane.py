@@ -390,6 +390,19 @@ def teardown_workdir(workdir, redactor=None, extra_ports=(), run_dir=None,
         LOG.exception('removing process scratch directories failed')
     ports = set(p for p in (state.get('ports') or {}).values() if p)
     ports.update(p for p in extra_ports if p)
+    return finish_teardown(workdir, state, report, ports, redactor,
+                           secrets_dir, started, port_timeout,
+                           run_dir=run_dir, state_file=STATE_FILE)
+
+
+def finish_teardown(workdir, state, report, ports, redactor, secrets_dir,
+                    started, port_timeout, run_dir=None,
+                    state_file=STATE_FILE):
+    """The end every lane's teardown shares: wait (up to `port_timeout`)
+    for `ports` to be free, scrub known secrets from the kept files, remove
+    the private run directory, and record `report` in the workdir's state
+    file. Returns `report`; never raises.
+    """
     deadline = time.monotonic() + port_timeout
     while True:
         busy = common_ports.busy_ports(ports)
@@ -410,14 +423,15 @@ def teardown_workdir(workdir, redactor=None, extra_ports=(), run_dir=None,
     except Exception:
         LOG.exception('scrubbing artifacts failed')
     run_dir = run_dir or state.get('run_dir')
-    if run_dir and not run_dir.startswith(workdir) and \
+    # Only a ktp-run-* directory outside the workdir is ours to remove.
+    if run_dir and not run_dir.startswith(workdir + os.sep) and \
             os.path.basename(run_dir).startswith('ktp-run-'):
         shutil.rmtree(run_dir, ignore_errors=True)
     report['seconds'] = round(time.monotonic() - started, 3)
     try:
         state['state'] = 'down'
         state['teardown'] = report
-        atomic.write_json(os.path.join(workdir, STATE_FILE), state,
+        atomic.write_json(os.path.join(workdir, state_file), state,
                           sort_keys=True)
     except OSError:
         pass

@@ -42,6 +42,7 @@ from kerbside_tempest_plugin.common import ports as common_ports
 from kerbside_tempest_plugin.common import secrets as common_secrets
 from kerbside_tempest_plugin.common import tls as common_tls
 from kerbside_tempest_plugin.lane import kerbside as lane_kerbside
+from kerbside_tempest_plugin.lane import lane as lane_mod
 from kerbside_tempest_plugin.lane.openstack import compute
 from kerbside_tempest_plugin.lane.openstack import config
 from kerbside_tempest_plugin.lane.openstack import kerbside as os_kerbside
@@ -571,35 +572,9 @@ def teardown_workdir(workdir, redactor=None, extra_ports=(),
         if state.get(window):
             lo, hi = state[window]
             ports.update(range(lo, hi + 1))
-    deadline = time.monotonic() + port_timeout
-    while True:
-        busy = common_ports.busy_ports(ports)
-        if not busy or time.monotonic() >= deadline:
-            break
-        time.sleep(0.1)
-    report['busy_ports'] = busy
-    if busy or report['leftover_pids']:
-        LOG.error('teardown of %s left pids %s and listening ports %s',
-                  workdir, report['leftover_pids'], busy)
-    try:
-        report['scrubbed_files'] = [
-            os.path.relpath(p, workdir) for p in common_secrets.scrub_tree(
-                workdir, redactor, skip=[secrets_dir])]
-    except Exception:
-        LOG.exception('scrubbing artifacts failed')
-    run_dir = state.get('run_dir')
-    if run_dir and not run_dir.startswith(workdir + os.sep) and \
-            os.path.basename(run_dir).startswith('ktp-run-'):
-        shutil.rmtree(run_dir, ignore_errors=True)
-    report['seconds'] = round(time.monotonic() - started, 3)
-    try:
-        state['state'] = 'down'
-        state['teardown'] = report
-        atomic.write_json(os.path.join(workdir, STATE_FILE), state,
-                          sort_keys=True)
-    except OSError:
-        pass
-    return report
+    return lane_mod.finish_teardown(workdir, state, report, ports, redactor,
+                                    secrets_dir, started, port_timeout,
+                                    state_file=STATE_FILE)
 
 
 def cloud_status(workdir):
