@@ -101,3 +101,53 @@ def bootstrap_ratio_ci(numerator, denominator, p, resamples=2000,
     tail = (1.0 - confidence) / 2.0 * 100.0
     return [nearest_rank(ratios, max(tail, 0.0)),
             nearest_rank(ratios, 100.0 - tail)]
+
+
+# The two-sided 95% normal quantile, z = Phi^-1(0.975).
+Z95 = 1.959963984540054
+
+
+def wilson_interval(failures, runs, z=Z95):
+    """The Wilson score interval [low, high] for a proportion.
+
+    `failures` out of `runs` trials (any count of "successes" in the
+    statistical sense); `z` is the normal quantile of the confidence
+    (the default is 95%). Unlike the normal approximation it stays
+    inside [0, 1] and is not degenerate at 0 or n: 0 of 50 gives
+    [0, 0.0713], i.e. a true fail rate up to about 7% is still
+    consistent with a clean soak of 50.
+    """
+    if isinstance(failures, bool) or isinstance(runs, bool):
+        raise TypeError('counts must be integers, not booleans')
+    if int(failures) != failures or int(runs) != runs:
+        raise ValueError('counts must be whole numbers: %r of %r'
+                         % (failures, runs))
+    if runs <= 0:
+        raise ValueError('no trials: runs is %r' % runs)
+    if not 0 <= failures <= runs:
+        raise ValueError('%r failures is outside 0..%r' % (failures, runs))
+    if not z > 0 or not math.isfinite(z):
+        raise ValueError('z %r is not a positive number' % z)
+    n = float(runs)
+    p = failures / n
+    z2 = z * z
+    denom = 1.0 + z2 / n
+    centre = (p + z2 / (2.0 * n)) / denom
+    half = z / denom * math.sqrt(p * (1.0 - p) / n + z2 / (4.0 * n * n))
+    # Clamp the float noise at the ends (0 of n, n of n are exact there).
+    low = 0.0 if failures == 0 else max(0.0, centre - half)
+    high = 1.0 if failures == runs else min(1.0, centre + half)
+    return [low, high]
+
+
+def distribution(values, percentiles=(50, 95)):
+    """n, min, the nearest-rank percentiles and max of a list of numbers
+    (None entries are dropped and counted as `missing`).
+    """
+    present = sorted(float(v) for v in values if v is not None)
+    out = {'n': len(present), 'missing': len(values) - len(present)}
+    out['min'] = present[0] if present else None
+    for p in percentiles:
+        out['p%g' % p] = nearest_rank(present, p)
+    out['max'] = present[-1] if present else None
+    return out
