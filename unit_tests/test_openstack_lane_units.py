@@ -14,6 +14,7 @@ import types
 
 import pytest
 
+from kerbside_tempest_plugin.common import errors
 from kerbside_tempest_plugin.common import secrets
 from kerbside_tempest_plugin.lane.openstack import api
 from kerbside_tempest_plugin.lane.openstack import cloud as os_cloud
@@ -192,8 +193,22 @@ def test_token_of():
         compute.token_of('http://h:1/nova?x=1')
 
 
+def test_libvirt_version_parsed_and_checked(tmp_path):
+    fake = tmp_path / 'libvirtd'
+    fake.write_text('#!/bin/sh\necho "libvirtd (libvirt) 9.0.0"\n')
+    fake.chmod(0o755)
+    assert services.libvirt_version(str(fake)) == (9, 0, 0)
+    with pytest.raises(errors.HarnessError, match='bookworm-backports'):
+        services.check_libvirt((9, 0, 0))
+    services.check_libvirt((11, 3, 0))
+    fake.write_text('#!/bin/sh\necho garbage\n')
+    with pytest.raises(errors.HarnessError, match='not a version'):
+        services.libvirt_version(str(fake))
+    with pytest.raises(errors.HarnessError, match='cannot run'):
+        services.libvirt_version(str(tmp_path / 'absent'))
+
+
 def test_shims_are_valid_python():
-    ast.parse(services.NOVA_COMPUTE_SHIM)
     for name, (app, _, _) in services.WSGI_APPS.items():
         module, attr = app.split(':')
         ast.parse(services.WSGI_SHIM % {

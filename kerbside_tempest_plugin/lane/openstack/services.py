@@ -15,6 +15,7 @@ keeps all of it under the workdir. Its socket appears on the host side at
 
 import getpass
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -50,39 +51,46 @@ WSGI_SHIM = """import sys
 sys.argv = sys.argv[:1]
 from %(module)s import %(attr)s as application  # noqa
 %(extra)s"""
-# nova-compute with one compatibility fix for libvirt 9.0 (Debian 12).
-# For a UEFI guest Nova 34 asks libvirt to pick the firmware (<os
-# firmware='efi'> with a secure-boot <firmware><feature>) and also sets
-# <loader secure='no'/>, which Nova's own comment says only libvirt <
-# 8.6 needs. libvirt 9.0 refuses that combination ("loader attribute
-# 'secure' cannot be specified when firmware autoselection is enabled"),
-# so every UEFI boot fails. The fix leaves the attribute out when libvirt
-# selects the firmware (no loader path given); the secure-boot feature
-# still says the same thing. Nothing else in Nova is changed.
-NOVA_COMPUTE_SHIM = """import sys
-
-# nova.cmd first: importing it applies Nova's threading/eventlet patching.
-from nova.cmd import compute
-from nova.virt.libvirt import config as vconfig
-
-_format_os = vconfig.LibvirtConfigGuest._format_os
+# The oldest libvirt the lane runs on. Nova 34 writes a UEFI guest as
+# firmware autoselection (<os firmware='efi'>) plus <loader secure='no'/>;
+# libvirt 9.0 (Debian 12) refuses that pair ("loader attribute 'secure'
+# cannot be specified when firmware autoselection is enabled"), so no UEFI
+# guest boots. 10.0 is what Nova's own gate runs (Ubuntu 24.04); the lane
+# is measured on 11.3.0 from bookworm-backports (tools/setup.sh).
+MIN_LIBVIRT = (10, 0, 0)
+LIBVIRTD = '/usr/sbin/libvirtd'
 
 
-def _format_os_libvirt9(self, root):
-    if self.os_firmware is None or self.os_loader is not None:
-        return _format_os(self, root)
-    secure, self.os_loader_secure = self.os_loader_secure, None
+def libvirt_version(libvirtd=LIBVIRTD):
+    """(major, minor, micro) of `libvirtd --version`; HarnessError if it
+    cannot be run or read.
+    """
     try:
-        return _format_os(self, root)
-    finally:
-        self.os_loader_secure = secure
+        out = subprocess.run([libvirtd, '--version'], capture_output=True,
+                             text=True, timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise errors.HarnessError('cannot run %s --version: %s' % (
+            libvirtd, e)) from e
+    m = re.search(r'(\d+)\.(\d+)\.(\d+)\s*$', out.strip())
+    if not m:
+        raise errors.HarnessError('%s --version printed %r, not a version' % (
+            libvirtd, out.strip()[:200]))
+    return tuple(int(x) for x in m.groups())
 
 
-vconfig.LibvirtConfigGuest._format_os = _format_os_libvirt9
+def check_libvirt(version):
+    """HarnessError naming the fix when `version` is too old for Nova 34."""
+    if tuple(version) < MIN_LIBVIRT:
+        raise errors.HarnessError(
+            'libvirt %s cannot boot a UEFI guest for Nova 34 (it refuses '
+            "Nova's <loader secure='no'/> with firmware autoselection); "
+            'the lane needs libvirt >= %s: on Debian 12, '
+            '`apt-get install -t bookworm-backports libvirt-daemon-system '
+            'libvirt-dev` (tools/setup.sh --openstack does it)' % (
+                '.'.join(map(str, version)),
+                '.'.join(map(str, MIN_LIBVIRT))))
 
-sys.argv[0] = 'nova-compute'
-sys.exit(compute.main())
-"""
+
 WSGI_SHIM_EXTRA = {
     # neutron-api joins Port.port_forwardings (a backref the L3 plugin's
     # models declare) before its first query; SQLAlchemy creates backrefs
@@ -271,6 +279,7 @@ class Services:
     def start_libvirt(self, timeout=90):
         """virtlogd and libvirtd in their own mount namespace."""
         t = time.monotonic()
+        check_libvirt(libvirt_version())
         script = ['set -e']
         for src, dst in self.layout.ns_binds:
             os.makedirs(src, exist_ok=True)
@@ -281,8 +290,8 @@ class Services:
             '/var/cache/libvirt/qemu',
             '/usr/sbin/virtlogd -f /etc/libvirt/virtlogd.conf '
             '-p /run/virtlogd.pid &',
-            'exec /usr/sbin/libvirtd -f /etc/libvirt/libvirtd.conf '
-            '-p /run/libvirtd.pid']
+            'exec %s -f /etc/libvirt/libvirtd.conf -p /run/libvirtd.pid'
+            % LIBVIRTD]
         argv = ['unshare', '--mount', '--propagation', 'private', '--',
                 '/bin/sh', '-c', '\n'.join(script)]
         self.spawn('libvirtd', argv)
@@ -334,12 +343,5 @@ class Services:
     def start_nova_daemon(self, name):
         conf = os.path.join(self.layout.conf_dir('nova'), 'nova.conf')
         log_file = os.path.join(self.layout.log_dir, name + '.log')
-        argv = [self.bin(name)]
-        if name == 'nova-compute':
-            shim = self.layout.path('wsgi', 'ktp_nova_compute.py')
-            os.makedirs(os.path.dirname(shim), exist_ok=True)
-            with open(shim, 'w') as f:
-                f.write(NOVA_COMPUTE_SHIM)
-            argv = [self.bin('python'), shim]
-        self.spawn(name, argv + ['--config-file', conf,
-                                 '--log-file', log_file])
+        self.spawn(name, [self.bin(name), '--config-file', conf,
+                          '--log-file', log_file])
