@@ -9,6 +9,13 @@ sample by sample. Then measures the floor (the same loop against an
 instant fake socket) and writes samples.csv, ping_intervals.csv,
 summary.json and latency.png into the output directory.
 
+With --packets the kerbside route's lane runs the proxy's leg to qemu in
+plain SPICE, dumpcap captures both of its legs on loopback while the keys
+are pressed, and the summary gains "packets": what kerbside-proxy itself
+added per direction (p50/p95/p99 in microseconds, paired message by
+message: loadtest.packets) beside the keypress-to-screen figures; the
+pairs go to packets.csv and the capture (tickets blanked) is kept gzipped.
+
 stdout: a short summary; its last line is the path of summary.json (also
 when the run failed, in which case the summary holds "error"). Progress
 goes to stderr. Exit status: 0 when at least one route produced samples
@@ -27,6 +34,7 @@ import time
 
 from kerbside_tempest_plugin import guest_images
 from kerbside_tempest_plugin.loadtest import floor as floor_mod
+from kerbside_tempest_plugin.loadtest import packets as packets_mod
 from kerbside_tempest_plugin.loadtest import report
 from kerbside_tempest_plugin.loadtest import rig as rig_mod
 from kerbside_tempest_plugin.loadtest import sampler
@@ -81,6 +89,14 @@ def parse_args(argv):
     p.add_argument('--kerbside-venv', default=None)
     p.add_argument('--keep-workdir', action='store_true',
                    help='keep the lane workdirs (they hold secrets/)')
+    p.add_argument('--packets', action='store_true',
+                   help='also measure what the proxy adds per message, '
+                        'from a capture of both of its legs (needs the '
+                        'kerbside route and dumpcap; the proxy talks '
+                        'plain SPICE to qemu)')
+    p.add_argument('--label', default='',
+                   help='free text recorded in the summary (for example '
+                        '"idle" or "loaded: 3 other consoles")')
     p.add_argument('--no-plot', action='store_true')
     p.add_argument('-v', '--verbose', action='store_true')
     args = p.parse_args(argv)
@@ -92,6 +108,10 @@ def parse_args(argv):
         p.error('--routes takes distinct names from %s' % (ROUTES,))
     if args.samples < 1:
         p.error('--samples must be at least 1')
+    if args.packets and ('kerbside' not in args.route_list or args.fake
+                         or args.floor_only):
+        p.error('--packets needs the kerbside route on real lanes (not '
+                '--fake or --floor-only)')
     return args
 
 
@@ -106,6 +126,8 @@ def settings_of(args):
         'max_seconds': args.max_seconds,
         'max_consecutive_timeouts': args.max_consecutive_timeouts,
         'fake': bool(args.fake),
+        'packets': bool(args.packets),
+        'label': args.label,
     }
 
 
@@ -165,7 +187,11 @@ def main(argv=None, stdout=None):
                                   boot_timeout=args.boot_timeout,
                                   ryll_binary=args.ryll_binary,
                                   kerbside_venv=args.kerbside_venv,
-                                  keep_workdir=args.keep_workdir, say=say)
+                                  keep_workdir=args.keep_workdir, say=say,
+                                  hypervisor_tls=not args.packets,
+                                  capture_dir=os.path.join(
+                                      out_dir, 'packets')
+                                  if args.packets else None)
             t = time.monotonic()
             rig.up()
             extra['bring_up_s'] = round(time.monotonic() - t, 3)
@@ -183,6 +209,8 @@ def main(argv=None, stdout=None):
             extra['sampling_s'] = round(time.monotonic() - t, 3)
             extra['loop_ended'] = ended
             extra['rig'] = rig.info()
+            if args.packets:
+                rig.stop_capture()
     except (KeyboardInterrupt, _Terminate):
         error = 'interrupted'
         say('interrupted: tearing down and writing what was measured')
@@ -219,8 +247,14 @@ def main(argv=None, stdout=None):
         extra['ping_intervals_csv'] = pings
     if error:
         extra['error'] = error
+    if args.packets and rig is not None and rig.capture is not None:
+        say('pairing the messages of both legs')
+        extra['packets'] = packets_mod.measure(rig, out_dir)
     summary = report.build_summary(sessions, settings=settings_of(args),
                                    floor=floor, extra=extra)
+    if 'packets' in summary:
+        packets_mod.beside_end_to_end(summary['packets'],
+                                      summary['routes'].get('kerbside'))
     if sessions and not args.no_plot:
         series = {s.name: s.latencies_ms for s in sessions}
         ratio = summary['ratio']
@@ -240,6 +274,9 @@ def main(argv=None, stdout=None):
 
     for line in report.text_lines(summary):
         stdout.write(line + '\n')
+    if 'packets' in summary:
+        for line in packets_mod.text_lines(summary['packets']):
+            stdout.write(line + '\n')
     if error:
         stdout.write('LOADTEST error: %s\n' % error)
     stdout.write(summary_path + '\n')

@@ -83,7 +83,8 @@ class Rig:
 
     def __init__(self, routes, image, out_dir, accel='auto',
                  boot_timeout=120, ryll_binary='ryll', kerbside_venv=None,
-                 keep_workdir=False, say=None):
+                 keep_workdir=False, say=None, hypervisor_tls=True,
+                 capture_dir=None):
         self.route_names = list(routes)
         self.image = image
         self.out_dir = out_dir
@@ -93,6 +94,13 @@ class Rig:
         self.kerbside_venv = kerbside_venv
         self.keep_workdir = keep_workdir
         self.say = say or LOG.info
+        # --packets: the proxy's leg to qemu in plain SPICE, and dumpcap
+        # on both legs of the kerbside route (loadtest.packets).
+        self.hypervisor_tls = hypervisor_tls
+        self.capture_dir = capture_dir
+        self.capture = None
+        self.capture_ports = None
+        self.capture_stats = None
         self.routes = [Route(n) for n in self.route_names]
         self.base = None
         self.teardown_reports = {}
@@ -108,7 +116,8 @@ class Rig:
                 workdir=r.workdir, route=r.name,
                 kerbside=(r.name == 'kerbside'),
                 kerbside_venv=self.kerbside_venv,
-                ryll_binary=self.ryll_binary, accel=self.accel)
+                ryll_binary=self.ryll_binary, accel=self.accel,
+                hypervisor_tls=self.hypervisor_tls)
             self.say('route %s: starting its lane%s' % (
                 r.name, ' (MariaDB + Kerbside)' if r.name == 'kerbside'
                 else ' (qemu only)'))
@@ -125,6 +134,7 @@ class Rig:
                 time.monotonic() - r.timings.pop('boot_started')
             self.say('route %s: guest ready after %.1f s (accel %s)' % (
                 r.name, r.timings['qemu_to_ready_s'], r.guest.accel))
+        self._start_capture()
         for r in self.routes:
             t = time.monotonic()
             r.ryll = r.lane.start_ryll(r.guest, r.name, timeout=30)
@@ -140,6 +150,29 @@ class Rig:
             self.say('route %s: ryll connected in %.2f s' % (
                 r.name, r.timings['ryll_to_spice_ready_s']))
         return self
+
+    def _start_capture(self):
+        if self.capture_dir is None:
+            return
+        from kerbside_tempest_plugin.loadtest import packets
+        r = next((r for r in self.routes if r.name == 'kerbside'), None)
+        if r is None:
+            raise ValueError('capturing packets needs the kerbside route')
+        ports = r.lane.ports
+        self.capture_ports = {'proxy': ports['proxy_secure'],
+                              'qemu': ports['guest_spice']}
+        self.capture = packets.Capture(
+            os.path.join(self.capture_dir, 'kerbside-legs.pcapng'),
+            self.capture_ports.values())
+        self.capture.start()
+        self.say('capturing both legs of the kerbside route on lo (ports '
+                 '%(proxy)d and %(qemu)d)' % self.capture_ports)
+
+    def stop_capture(self):
+        """Stop dumpcap (idempotent); returns its stats or None."""
+        if self.capture is not None and self.capture_stats is None:
+            self.capture_stats = self.capture.stop()
+        return self.capture_stats
 
     def sessions(self):
         return [r.session for r in self.routes if r.session is not None]
@@ -161,6 +194,10 @@ class Rig:
         """Close clients, stop ryll, tear the lanes down, copy logs out.
         Never raises; returns the lanes' teardown reports.
         """
+        try:
+            self.stop_capture()
+        except Exception:
+            LOG.exception('stopping the packet capture')
         for r in reversed(self.routes):
             try:
                 if r.session is not None:
