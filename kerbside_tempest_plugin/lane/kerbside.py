@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -134,13 +135,17 @@ class KerbsideVenv:
 
 
 class Kerbside:
-    """Kerbside API + daemon + proxy for one lane, fronting one console."""
+    """Kerbside API + daemon + proxy for one lane, fronting one console
+    (`console_uuid`, `guest_port`, `ticket`, `guest_tls_port`) and, with
+    `extra_consoles` (dicts: uuid, port, tls_port, ticket), more: all in
+    the one static source, named CONSOLE_NAME, CONSOLE_NAME-2, ...
+    """
 
     def __init__(self, venv, workdir, run_dir, secrets, registry, tls,
                  sql_url, api_port, secure_port, insecure_port,
                  metrics_port, console_uuid, guest_port, ticket,
                  verbose=True, guest_tls_port=None, guest_ca_cert=None,
-                 guest_host_subject=None):
+                 guest_host_subject=None, extra_consoles=()):
         self.venv = venv
         self.workdir = workdir
         self.log_dir = os.path.join(workdir, 'logs')
@@ -164,6 +169,8 @@ class Kerbside:
         self.guest_tls_port = guest_tls_port
         self.guest_ca_cert = guest_ca_cert
         self.guest_host_subject = guest_host_subject
+        self.extra_consoles = [dict(c) for c in extra_consoles]
+        self._vv_lock = threading.Lock()
         self.api_sock = os.path.join(run_dir, 'kb', 'api.sock')
         self.sources_path = secrets.file('sources.yaml')
         self.daemon = None
@@ -228,21 +235,30 @@ class Kerbside:
                 pem = f.read().strip()
             text += '  ca_cert: |\n' + ''.join(
                 '    %s\n' % line for line in pem.splitlines())
-        text += (
-            '  consoles:\n'
-            '    - uuid: %s\n'
-            '      name: %s\n'
-            '      hypervisor: localhost\n'
-            '      hypervisor_ip: 127.0.0.1\n'
-            '      insecure_port: %d\n'
-            '      ticket: "%s"\n' % (
-                self.console_uuid, CONSOLE_NAME, self.guest_port,
-                self.ticket if ticket is None else ticket))
-        if self.guest_tls_port:
-            text += '      secure_port: %d\n' % self.guest_tls_port
-        if self.guest_tls_port and self.guest_host_subject:
-            text += '      host_subject: "%s"\n' % self.guest_host_subject
+        text += '  consoles:\n'
+        for i, c in enumerate(self.consoles()):
+            text += (
+                '    - uuid: %s\n'
+                '      name: %s\n'
+                '      hypervisor: localhost\n'
+                '      hypervisor_ip: 127.0.0.1\n'
+                '      insecure_port: %d\n'
+                '      ticket: "%s"\n' % (
+                    c['uuid'], CONSOLE_NAME if i == 0 else '%s-%d' % (
+                        CONSOLE_NAME, i + 1), c['port'],
+                    c['ticket'] if ticket is None else ticket))
+            if c.get('tls_port'):
+                text += '      secure_port: %d\n' % c['tls_port']
+            if c.get('tls_port') and self.guest_host_subject:
+                text += '      host_subject: "%s"\n' % \
+                    self.guest_host_subject
         return text
+
+    def consoles(self):
+        """Every console of the static source, the lane's first."""
+        return [dict(uuid=self.console_uuid, port=self.guest_port,
+                     tls_port=self.guest_tls_port,
+                     ticket=self.ticket)] + self.extra_consoles
 
     def write_sources(self):
         self.secrets.put('sources.yaml', self.sources_yaml())
@@ -366,10 +382,13 @@ class Kerbside:
                    path], 'kerbside demo token')
         return self.secrets.get('api-token').strip()
 
-    def fetch_vv(self):
-        """A fresh proxy .vv (mints a console token that lives 60 s)."""
+    def fetch_vv(self, console_uuid=None):
+        """A fresh proxy .vv of `console_uuid` (default: the first
+        console); mints a console token that lives 60 s. Safe to call
+        from several threads.
+        """
         url = '%s/console/proxy/%s/%s/console.vv' % (
-            self.api_url, SOURCE_NAME, self.console_uuid)
+            self.api_url, SOURCE_NAME, console_uuid or self.console_uuid)
         req = urllib.request.Request(url, headers={
             'Authorization': 'Bearer %s' % self.token()})
         try:
@@ -385,11 +404,13 @@ class Kerbside:
                 url, e, 'answers' if self.api_ok() else 'down')) from None
         fields = common_vv.parse_vv(text)
         self.secrets.redactor.add(fields.get('password'))
-        self._vv_count += 1
+        with self._vv_lock:
+            self._vv_count += 1
+            n = self._vv_count
         # Kept (0600) so that a `down` after a crash can still redact it.
-        self.secrets.put('fetched-%d.vv' % self._vv_count, text)
+        self.secrets.put('fetched-%d.vv' % n, text)
         with open(os.path.join(self.kdir, 'console-%d.redacted.vv'
-                               % self._vv_count), 'w') as f:
+                               % n), 'w') as f:
             f.write(common_vv.redact_vv(text))
         return text
 

@@ -13,6 +13,13 @@ ticket once and every guest reuses them (the previous qemu has exited), so
 the static source in sources.yaml never changes and Kerbside (which re-reads
 it only every 60 s) never has to notice a new guest.
 
+N consoles at once (`consoles=N`, benchmarks/load.py): N guest port pairs
+(`guest_spice_<i>`, `guest_spice_tls_<i>` for i >= 2), N tickets and N
+console uuids, all in the one static source, one DirectQemuProvider each;
+`console_slots()` hands out one lane.base.ConsoleSlot per console, so N
+guests and N ryll run at once behind the one MariaDB and Kerbside. With
+the default (1) the lane is exactly the one-console lane.
+
 Workdir layout (everything but `secrets/` is an artifact)::
 
     lane.json          state: ports, paths, route, timings (no secrets)
@@ -21,6 +28,7 @@ Workdir layout (everything but `secrets/` is an artifact)::
     kerbside/          redacted sources.yaml and .vv copies
     tls/               CA and proxy certificates (public)
     guests/<name>/     serial.log, qemu.log, qemu-argv.txt, screendumps
+    consoles/<i>/      guests/ and ryll/ of console slot i (console_slots)
     secrets/  (0700)   ticket, DB password, auth seed, JWT, .vv files,
                        private keys, sources.yaml, the MariaDB datadir
 """
@@ -31,6 +39,7 @@ import os
 import shutil
 import signal
 import tempfile
+import threading
 import time
 import uuid
 
@@ -56,6 +65,33 @@ PORT_NAMES = ('mariadb', 'api', 'proxy_secure', 'proxy_insecure',
               'metrics', 'guest_spice', 'guest_spice_tls')
 
 
+def console_port_names(index):
+    """The lane port names of console `index` (0-based): the first uses
+    the one-console names, console i + 1 gets a `_<i + 1>` suffix.
+    """
+    if index == 0:
+        return 'guest_spice', 'guest_spice_tls'
+    return 'guest_spice_%d' % (index + 1), 'guest_spice_tls_%d' % (index + 1)
+
+
+class _Registry(procs.ProcessRegistry):
+    """The process registry, safe for the N consoles' threads: records
+    are added (and the file written) one at a time.
+    """
+
+    def __init__(self, *args, **kwargs):
+        self._lock = threading.RLock()
+        super().__init__(*args, **kwargs)
+
+    def add(self, *args, **kwargs):
+        with self._lock:
+            return super().add(*args, **kwargs)
+
+    def spawn(self, *args, **kwargs):
+        with self._lock:
+            return super().spawn(*args, **kwargs)
+
+
 def default_workdir():
     return os.environ.get('KERBSIDE_HARNESS_WORKDIR') or \
         '/tmp/kerbside-harness'
@@ -75,17 +111,23 @@ class Lane(lane_base.Lane):
     subject, so the proxy's leg to qemu is TLS (and so is the direct
     route). `hypervisor_ca` replaces the CA file Kerbside verifies qemu
     with (a wrong one makes the console fail; a negative test).
+
+    `consoles` (default 1): how many consoles the lane holds at once
+    (see the module docstring and console_slots()).
     """
 
     def __init__(self, workdir=None, route='kerbside', kerbside=True,
                  kerbside_venv=None, ryll_binary='ryll', qemu_binary=None,
                  accel='auto', ovmf_code=None, ovmf_vars=None, memory_mb=256,
                  guest_tls=False, kerbside_verbose=True,
-                 hypervisor_tls=True, hypervisor_ca=None):
+                 hypervisor_tls=True, hypervisor_ca=None, consoles=1):
         if route not in ROUTES:
             raise ValueError('route must be one of %s' % (ROUTES,))
         if route == 'kerbside' and not kerbside:
             raise ValueError('the kerbside route needs kerbside=True')
+        if not isinstance(consoles, int) or consoles < 1:
+            raise ValueError('consoles must be a positive integer, not %r'
+                             % (consoles,))
         workdir = os.path.abspath(workdir or default_workdir())
         super().__init__(workdir, route=route, ryll_binary=ryll_binary,
                          log_dir=os.path.join(workdir, 'logs'))
@@ -98,6 +140,12 @@ class Lane(lane_base.Lane):
         self.kerbside_verbose = kerbside_verbose
         self.hypervisor_tls = bool(hypervisor_tls and kerbside)
         self.hypervisor_ca = hypervisor_ca
+        self.consoles = consoles
+        self.console_uuids = []
+        self.tickets = []
+        self.providers = []
+        self._state_lock = threading.RLock()
+        self._slot_names = set()
         self.secrets = None
         self.registry = None
         self.run_dir = None
@@ -152,13 +200,32 @@ class Lane(lane_base.Lane):
             'kerbside_venv': self.venv.path if self.with_kerbside else None,
             'timings': {k: round(v, 3) for k, v in self.timings.items()},
         }
+        if self.consoles > 1:
+            info['consoles'] = self._consoles_info()
         return info
+
+    def _consoles_info(self):
+        out = []
+        for i, slot in enumerate(self._slots or [None] * self.consoles):
+            spice, tls = console_port_names(i)
+            g = slot.guest if slot else None
+            rp = slot.ryll if slot else None
+            out.append({
+                'index': i + 1,
+                'uuid': self.console_uuids[i] if self.kerbside else None,
+                'spice_port': self.ports.get(spice),
+                'spice_tls_port': self.ports.get(tls),
+                'guest': g.name if g else None,
+                'guest_pid': g.pid if g else None,
+                'ryll_pid': rp.pid if rp else None})
+        return out
 
     def save_state(self, **extra):
         """Write lane.json: info() plus `extra` (no secrets)."""
-        state = self.info()
-        state.update(extra)
-        atomic.write_json(self.state_path, state, sort_keys=True)
+        with self._state_lock:
+            state = self.info()
+            state.update(extra)
+            atomic.write_json(self.state_path, state, sort_keys=True)
 
     # -- up ----------------------------------------------------------------
     def _prepare(self):
@@ -166,7 +233,7 @@ class Lane(lane_base.Lane):
             os.makedirs(os.path.join(self.workdir, d), exist_ok=True)
         self.secrets = common_secrets.SecretStore(
             os.path.join(self.workdir, 'secrets'), self.redactor)
-        self.registry = procs.ProcessRegistry(
+        self.registry = _Registry(
             os.path.join(self.workdir, 'processes.json'), self.redactor)
         if self.registry.living():
             raise errors.HarnessError(
@@ -180,11 +247,21 @@ class Lane(lane_base.Lane):
             run = tempfile.mkdtemp(prefix='ktp-run-')
         os.makedirs(run, mode=0o700, exist_ok=True)
         self.run_dir = run
-        allocated = common_ports.free_ports(len(PORT_NAMES))
-        self.ports = dict(zip(PORT_NAMES, allocated))
+        names = list(PORT_NAMES)
+        for i in range(1, self.consoles):
+            names += console_port_names(i)
+        allocated = common_ports.free_ports(len(names))
+        self.ports = dict(zip(names, allocated))
         self.console_uuid = str(uuid.uuid4())  # noqa: T113
         self.ticket = common_secrets.random_token(12)
         self.secrets.put('spice-ticket', self.ticket)
+        self.console_uuids = [self.console_uuid]
+        self.tickets = [self.ticket]
+        for i in range(1, self.consoles):
+            self.console_uuids.append(str(uuid.uuid4()))  # noqa: T113
+            self.tickets.append(common_secrets.random_token(12))
+            self.secrets.put('spice-ticket-console-%d' % (i + 1),
+                             self.tickets[i])
 
     def up(self, timeout=90):
         """Bring up MariaDB and Kerbside (no guest yet). Returns self."""
@@ -215,25 +292,57 @@ class Lane(lane_base.Lane):
                 self.ports['api'], self.ports['proxy_secure'],
                 self.ports['proxy_insecure'], self.ports['metrics'],
                 self.console_uuid, self.ports['guest_spice'], self.ticket,
-                verbose=self.kerbside_verbose, **self._hypervisor_leg())
+                verbose=self.kerbside_verbose,
+                extra_consoles=self._extra_consoles(),
+                **self._hypervisor_leg())
             self.kerbside.start(timeout=timeout)
             self.kerbside.token()
             self.timings['kerbside'] = time.monotonic() - t
             for k, v in self.kerbside.timings.items():
                 self.timings['kerbside_' + k] = v
-        qemu_options = dict(self.qemu_options)
-        if self.hypervisor_tls:
-            qemu_options.update(
-                tls=True, tls_port=self.ports['guest_spice_tls'],
-                x509_dir=self.tls.qemu_x509_dir, tls_only=True)
-        self.provider = direct_qemu.DirectQemuProvider(
-            spice_port=self.ports['guest_spice'], ticket=self.ticket,
-            registry=self.registry, secrets=self.secrets,
-            run_dir=self.run_dir, **qemu_options)
+        self.providers = [self._provider(i) for i in range(self.consoles)]
+        self.provider = self.providers[0]
         self.timings['lane_up'] = time.monotonic() - t0
         self._up = True
         self.save_state(state='up')
         return self
+
+    def _provider(self, index):
+        """The DirectQemuProvider of console `index`: its ports, its
+        ticket.
+        """
+        spice, tls = console_port_names(index)
+        qemu_options = dict(self.qemu_options)
+        if self.hypervisor_tls:
+            qemu_options.update(
+                tls=True, tls_port=self.ports[tls],
+                x509_dir=self.tls.qemu_x509_dir, tls_only=True)
+        return direct_qemu.DirectQemuProvider(
+            spice_port=self.ports[spice], ticket=self.tickets[index],
+            registry=self.registry, secrets=self.secrets,
+            run_dir=self.run_dir, **qemu_options)
+
+    def _extra_consoles(self):
+        """Consoles 2..N for the static source (none with one)."""
+        out = []
+        for i in range(1, self.consoles):
+            spice, tls = console_port_names(i)
+            out.append(dict(
+                uuid=self.console_uuids[i], port=self.ports[spice],
+                tls_port=self.ports[tls] if self.hypervisor_tls else None,
+                ticket=self.tickets[i]))
+        return out
+
+    def console_index(self, guest):
+        """Which console (0-based) `guest` is on, by its SPICE port."""
+        if self.consoles == 1:
+            return 0
+        for i in range(self.consoles):
+            if self.ports.get(console_port_names(i)[0]) == \
+                    getattr(guest, 'spice_port', None):
+                return i
+        raise errors.ProviderError('guest %s is on none of the lane\'s '
+                                   'consoles' % getattr(guest, 'name', guest))
 
     def _hypervisor_leg(self):
         """Kerbside's view of qemu's TLS port (none without it)."""
@@ -250,6 +359,19 @@ class Lane(lane_base.Lane):
 
     def _boot(self, image, name, artifact_dir):
         return self.provider.boot(image, name, artifact_dir)
+
+    def _boot_console(self, index, image, name, artifact_dir):
+        if not 0 <= index < self.consoles:
+            raise errors.HarnessError('the lane has %d console(s), not %d'
+                                      % (self.consoles, index + 1))
+        with self._state_lock:
+            taken = set(g.name for p in self.providers for g in p.guests)
+            if name in taken or name in self._slot_names:
+                raise errors.HarnessError(
+                    'a guest named %s was already booted on this lane; '
+                    'guest names must be unique across its consoles' % name)
+            self._slot_names.add(name)
+        return self.providers[index].boot(image, name, artifact_dir)
 
     def _changed(self):
         self.save_state(state='up')
@@ -269,7 +391,8 @@ class Lane(lane_base.Lane):
             kind='kerbside', host='127.0.0.1',
             port=self.ports['proxy_insecure'],
             tls_port=self.ports['proxy_secure'],
-            source=lane_kerbside.SOURCE_NAME, uuid=self.console_uuid,
+            source=lane_kerbside.SOURCE_NAME,
+            uuid=self.console_uuids[self.console_index(guest)],
             api_url=self.kerbside.api_url)
 
     def console_vv(self, guest, route=None):
@@ -289,7 +412,8 @@ class Lane(lane_base.Lane):
                     ', '.join(dead),
                     self.redactor.redact(logtext.tail_file(os.path.join(
                         self.log_dir, 'kerbside-daemon.out'), 5))))
-        return self.kerbside.fetch_vv()
+        return self.kerbside.fetch_vv(
+            self.console_uuids[self.console_index(guest)])
 
     def dead_services(self):
         """Lane services (not guests or ryll) that should run but do not."""
@@ -317,7 +441,7 @@ class Lane(lane_base.Lane):
     # -- ryll (lane.base.Lane hook) ----------------------------------------
     def _ryll_started(self, n, rp):
         if rp.pid:
-            self.registry.add('ryll:%d' % n, rp.pid,
+            self.registry.add('ryll:%s' % n, rp.pid,
                               logs=[rp.stdout_path, rp.stderr_path],
                               scratch=[rp.private_dir])
 
@@ -334,6 +458,7 @@ class Lane(lane_base.Lane):
         if self._down_report is not None:
             return self._down_report
         self.stop_ryll()
+        self._stop_slots()
         report = teardown_workdir(self.workdir, redactor=self.redactor,
                                   extra_ports=self.ports.values(),
                                   run_dir=self.run_dir)
