@@ -6,7 +6,10 @@ the walk's beats run, reads the serial drain after the power-off, tears
 the guest and ryll down (always), copies the logs, judges every check,
 and writes the artifacts and report.md. It returns a RunResult and raises
 only for programming errors: a failed beat or check is in the result,
-so a caller can report every verdict before failing.
+so a caller can report every verdict before failing. `lane` may also be
+one console of a lane with several (lane.base.ConsoleSlot): N walks then
+run at once on N threads, each with its own guest and ryll
+(benchmarks/load.py).
 
 `judge(...)` is the checks part alone (used by the unit tests with a fake
 guest, and by the benchmark).
