@@ -343,3 +343,15 @@ def test_capture_records_a_loopback_connection(tmp_path):
     assert bytes(conns[0].up.data) == b'hello proxy'
     assert bytes(conns[0].down.data) == b'hello proxy'
     assert conns[0].up.tick_ns == 1
+
+
+def test_load_consoles_need_real_kerbside_lanes():
+    for argv in (['--load-consoles', '2', '--fake'],
+                 ['--load-consoles', '2', '--routes', 'direct'],
+                 ['--load-consoles', '-1']):
+        with pytest.raises(SystemExit) as e:
+            latency.parse_args(argv)
+        assert e.value.code == 2
+    args = latency.parse_args(['--packets', '--load-consoles', '3'])
+    settings = latency.settings_of(args)
+    assert settings['load_consoles'] == 3 and settings['packets']

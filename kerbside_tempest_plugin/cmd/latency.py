@@ -94,6 +94,13 @@ def parse_args(argv):
                         'from a capture of both of its legs (needs the '
                         'kerbside route and dumpcap; the proxy talks '
                         'plain SPICE to qemu)')
+    p.add_argument('--load-consoles', type=int, default=0,
+                   help='N more latency guests through the kerbside '
+                        'route\'s one proxy (one lane, consoles=1+N), each '
+                        'pressed every --load-gap s while the routes are '
+                        'measured (default 0: idle)')
+    p.add_argument('--load-gap', type=float, default=0.1,
+                   help='pause between keys on a load console (0.1)')
     p.add_argument('--label', default='',
                    help='free text recorded in the summary (for example '
                         '"idle" or "loaded: 3 other consoles")')
@@ -112,6 +119,11 @@ def parse_args(argv):
                          or args.floor_only):
         p.error('--packets needs the kerbside route on real lanes (not '
                 '--fake or --floor-only)')
+    if args.load_consoles < 0 or (args.load_consoles and (
+            'kerbside' not in args.route_list or args.fake or
+            args.floor_only)):
+        p.error('--load-consoles takes N >= 0 and needs the kerbside route '
+                'on real lanes')
     return args
 
 
@@ -127,6 +139,8 @@ def settings_of(args):
         'max_consecutive_timeouts': args.max_consecutive_timeouts,
         'fake': bool(args.fake),
         'packets': bool(args.packets),
+        'load_consoles': args.load_consoles,
+        'load_gap_s': args.load_gap if args.load_consoles else None,
         'label': args.label,
     }
 
@@ -191,11 +205,15 @@ def main(argv=None, stdout=None):
                                   hypervisor_tls=not args.packets,
                                   capture_dir=os.path.join(
                                       out_dir, 'packets')
-                                  if args.packets else None)
+                                  if args.packets else None,
+                                  load_consoles=args.load_consoles,
+                                  load_gap=args.load_gap)
             t = time.monotonic()
             rig.up()
             extra['bring_up_s'] = round(time.monotonic() - t, 3)
             sessions = rig.sessions()
+            if args.load_consoles:
+                rig.start_load()
             say('sampling: %d keys per route, routes %s alternating'
                 % (args.samples, ' '.join(args.route_list)))
             t = time.monotonic()
@@ -209,6 +227,9 @@ def main(argv=None, stdout=None):
             extra['sampling_s'] = round(time.monotonic() - t, 3)
             extra['loop_ended'] = ended
             extra['rig'] = rig.info()
+            if args.load_consoles:
+                rig.stop_load()
+                extra['load'] = rig.load_summary()
             if args.packets:
                 rig.stop_capture()
     except (KeyboardInterrupt, _Terminate):

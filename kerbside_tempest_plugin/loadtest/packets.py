@@ -837,7 +837,8 @@ def _match(i, m_t, m_size, j, r_t, r_size, window_ns, lookahead):
 def match_legs(spice_conns, tls_conns):
     """For each plain connection, the TLS connection the proxy relays it
     to: the one whose records pair with most of its messages (ties: the
-    TLS connection opened last before it). Returns a list of
+    smallest total delay; with other consoles on the same proxy port
+    their TLS connections are candidates too). Returns a list of
     (SpiceConn, TlsConn or None, pairs, unpaired).
     """
     scored = []
@@ -851,11 +852,12 @@ def match_legs(spice_conns, tls_conns):
                 pairs += p
                 unpaired += u
             if pairs:
-                scored.append((len(pairs), t.conn.syn_ns, id(s), id(t), s,
-                               t, pairs, unpaired))
-    scored.sort(key=lambda x: (-x[0], -x[1]))
+                spread = sum(abs(p.added_us) for p in pairs)
+                scored.append((len(pairs), spread, id(s), id(t), s, t,
+                               pairs, unpaired))
+    scored.sort(key=lambda x: (-x[0], x[1]))
     used_s, used_t, out = set(), set(), []
-    for _n, _syn, sid, tid, s, t, pairs, unpaired in scored:
+    for _n, _spread, sid, tid, s, t, pairs, unpaired in scored:
         if sid in used_s or tid in used_t:
             continue
         used_s.add(sid)

@@ -21,6 +21,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 import time
 
 from kerbside_tempest_plugin.loadtest import fake as fake_ryll
@@ -45,6 +46,7 @@ class Route:
         self.client = None
         self.session = None
         self.fake = None
+        self.slot = None
         self.workdir = None
         self.timings = {}
 
@@ -84,7 +86,7 @@ class Rig:
     def __init__(self, routes, image, out_dir, accel='auto',
                  boot_timeout=120, ryll_binary='ryll', kerbside_venv=None,
                  keep_workdir=False, say=None, hypervisor_tls=True,
-                 capture_dir=None):
+                 capture_dir=None, load_consoles=0, load_gap=0.1):
         self.route_names = list(routes)
         self.image = image
         self.out_dir = out_dir
@@ -101,6 +103,14 @@ class Rig:
         self.capture = None
         self.capture_ports = None
         self.capture_stats = None
+        # Load: more consoles through the kerbside route's one proxy
+        # (Lane(consoles=1 + N)), each a latency guest whose ryll gets a
+        # key every `load_gap` seconds while the routes are measured.
+        self.load_consoles = int(load_consoles or 0)
+        self.load_gap = load_gap
+        self.load = []              # Route per load console
+        self._load_threads = []
+        self._load_stop = threading.Event()
         self.routes = [Route(n) for n in self.route_names]
         self.base = None
         self.teardown_reports = {}
@@ -109,15 +119,20 @@ class Rig:
     def up(self):
         from kerbside_tempest_plugin.lane import lane as lane_mod
         self.base = tempfile.mkdtemp(prefix='ktp-latency-')
+        if self.load_consoles and 'kerbside' not in self.route_names:
+            raise ValueError('load consoles need the kerbside route')
         for r in self.routes:
             t = time.monotonic()
             r.workdir = os.path.join(self.base, r.name)
+            kwargs = {}
+            if r.name == 'kerbside' and self.load_consoles:
+                kwargs['consoles'] = 1 + self.load_consoles
             r.lane = lane_mod.Lane(
                 workdir=r.workdir, route=r.name,
                 kerbside=(r.name == 'kerbside'),
                 kerbside_venv=self.kerbside_venv,
                 ryll_binary=self.ryll_binary, accel=self.accel,
-                hypervisor_tls=self.hypervisor_tls)
+                hypervisor_tls=self.hypervisor_tls, **kwargs)
             self.say('route %s: starting its lane%s' % (
                 r.name, ' (MariaDB + Kerbside)' if r.name == 'kerbside'
                 else ' (qemu only)'))
@@ -128,6 +143,9 @@ class Rig:
             r.timings['boot_started'] = time.monotonic()
             r.guest = r.lane.boot_guest(self.image,
                                         name='latency-%s' % r.name)
+        self._boot_load()
+        for r in self.load:
+            r.guest.serial.wait_for(BANNER, self.boot_timeout)
         for r in self.routes:
             r.guest.serial.wait_for(BANNER, self.boot_timeout)
             r.timings['qemu_to_ready_s'] = \
@@ -149,7 +167,61 @@ class Rig:
             r.session.attach()
             self.say('route %s: ryll connected in %.2f s' % (
                 r.name, r.timings['ryll_to_spice_ready_s']))
+        for r in self.load:
+            r.ryll = r.slot.start_ryll(r.guest, 'kerbside', timeout=30)
+            r.client = _connect(r.ryll.socket_path, 15, r.name)
+            r.ryll.wait_ready(r.client, timeout=30)
+            r.session = sampler.RouteSession(r.name, r.client,
+                                             alive=r.alive)
+            r.session.attach()
+        if self.load:
+            self.say('%d load consoles connected through the same proxy'
+                     % len(self.load))
         return self
+
+    def _boot_load(self):
+        if not self.load_consoles:
+            return
+        lane = next(r.lane for r in self.routes if r.name == 'kerbside')
+        for slot in lane.console_slots()[1:]:
+            r = Route('load-%d' % (slot.index + 1))
+            r.slot = slot
+            r.guest = slot.boot_guest(self.image, name='latency-%s' % r.name)
+            self.load.append(r)
+
+    def start_load(self):
+        """Press keys on every load console until `stop_load()`."""
+        def run(r):
+            i = 0
+            while not self._load_stop.is_set():
+                try:
+                    r.session.measure(i, deadline_s=5.0, hold_s=0.05,
+                                      quiet_s=0.05)
+                except sampler.RouteDead as e:
+                    r.session.dead = str(e)
+                    return
+                except Exception as e:
+                    r.session.dead = '%s: %s' % (type(e).__name__, e)
+                    return
+                i += 1
+                self._load_stop.wait(self.load_gap)
+        for r in self.load:
+            t = threading.Thread(target=run, args=(r,), daemon=True,
+                                 name='kerbside-latency-%s' % r.name)
+            t.start()
+            self._load_threads.append(t)
+
+    def stop_load(self):
+        self._load_stop.set()
+        for t in self._load_threads:
+            t.join(timeout=10)
+        self._load_threads = []
+
+    def load_summary(self):
+        """Keypress-to-screen of the load consoles (while measuring)."""
+        from kerbside_tempest_plugin.loadtest import report
+        return {r.name: report.route_summary(r.session)
+                for r in self.load if r.session is not None}
 
     def _start_capture(self):
         if self.capture_dir is None:
@@ -195,9 +267,18 @@ class Rig:
         Never raises; returns the lanes' teardown reports.
         """
         try:
+            self.stop_load()
             self.stop_capture()
         except Exception:
-            LOG.exception('stopping the packet capture')
+            LOG.exception('stopping the load or the packet capture')
+        for r in self.load:
+            try:
+                if r.session is not None:
+                    r.session.detach()
+                if r.client is not None:
+                    r.client.close()
+            except Exception:
+                LOG.exception('closing the control client of %s', r.name)
         for r in reversed(self.routes):
             try:
                 if r.session is not None:
