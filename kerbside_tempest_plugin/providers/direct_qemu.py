@@ -33,6 +33,7 @@ from kerbside_tempest_plugin.common import tools
 from kerbside_tempest_plugin.common import vv as common_vv
 from kerbside_tempest_plugin.common import waiting
 from kerbside_tempest_plugin.providers import base
+from kerbside_tempest_plugin.providers import refresh_display
 
 LOG = logging.getLogger(__name__)
 
@@ -435,8 +436,13 @@ class DirectQemuProvider(base.GuestProvider):
                  secrets=None, run_dir=None, route='direct',
                  boot_timeout=60, extra_args=(), spice=True,
                  ticketing=True, tls_port=None, x509_dir=None,
-                 tls_only=False):
+                 tls_only=False, display_refresh_hz=None):
         DirectQemuGuest._direct_only(route)
+        # None: $KTP_DISPLAY_REFRESH_HZ, else off (qemu's 30 ms refresh)
+        if display_refresh_hz is None:
+            display_refresh_hz = refresh_display.hz_from_env()
+        self.display_refresh_hz = display_refresh_hz
+        self._refresh = None
         self.qemu_binary = qemu_binary
         self.accel_setting = accel
         self.ovmf_code, self.ovmf_vars = find_ovmf(ovmf_code, ovmf_vars)
@@ -479,11 +485,25 @@ class DirectQemuProvider(base.GuestProvider):
         """
         for guest in self.guests:
             guest.teardown()
+        if self._refresh is not None:
+            self._refresh.stop()
+            self._refresh = None
         if getattr(self, '_own_secrets', False):
             shutil.rmtree(self.secrets.path, ignore_errors=True)
             self.secrets = None
             self._own_secrets = False
             self._x509_dir = None
+
+    def _refresh_display(self, artifact_dir):
+        """The provider's one private X server for display_refresh_hz,
+        started at the first boot that needs it.
+        """
+        if self._refresh is None or self._refresh.proc is None:
+            self._refresh = refresh_display.RefreshDisplay(
+                self.run_dir or os.path.dirname(artifact_dir),
+                hz=self.display_refresh_hz,
+                spawn=self.registry.spawn if self.registry else None).start()
+        return self._refresh
 
     def _x509(self):
         if self._x509_dir is None:
@@ -576,6 +596,12 @@ class DirectQemuProvider(base.GuestProvider):
             guest.spice_port, guest.qmp_path, overlay=overlay,
             tls_port=guest.tls_port, x509_dir=guest.x509_dir,
             extra_args=self.extra_args, tls_only=self.tls_only)
+        env = None
+        if self.display_refresh_hz:
+            # qemu's GTK display on a private fast monitor: every display
+            # listener (spice too) refreshes at its rate (refresh_display)
+            argv += refresh_display.RefreshDisplay.qemu_args()
+            env = self._refresh_display(guest.artifact_dir).env()
         guest.argv = argv
         with open(os.path.join(guest.artifact_dir, 'qemu-argv.txt'),
                   'w') as f:
@@ -589,13 +615,13 @@ class DirectQemuProvider(base.GuestProvider):
         guest.started_at = time.monotonic()
         if self.registry is not None:
             guest.proc = self.registry.spawn('qemu:%s' % guest.name, argv,
-                                             guest.log_path)
+                                             guest.log_path, env=env)
             guest.record = self.registry.find('qemu:%s' % guest.name)[-1]
         else:
             with open(guest.log_path, 'ab') as log:
                 guest.proc = subprocess.Popen(
                     argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                    start_new_session=True)
+                    start_new_session=True, env=env)
 
         def running():
             if not os.path.exists(guest.qmp_path):
