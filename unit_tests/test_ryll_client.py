@@ -286,6 +286,26 @@ def test_connect_to_missing_socket_times_out(sock_path):
         _quick(lambda: c.connect(timeout=0.3))
 
 
+def test_connect_stops_at_once_when_abort_says_why(sock_path):
+    """ryll that made its socket and then exited: no retrying to the
+    deadline once the process is known to be gone.
+    """
+    asked = []
+
+    def abort():
+        asked.append(1)
+        return 'ryll exited with status 1' if len(asked) >= 2 else None
+
+    c = rc.ControlClient(sock_path + '-none')
+    t0 = time.monotonic()
+    with pytest.raises(rc.RyllConnectionClosed,
+                       match='ryll exited with status 1') as e:
+        c.connect(timeout=30, abort=abort)
+    assert time.monotonic() - t0 < 5
+    assert e.value.reason == 'ryll exited with status 1'
+    assert 'no listener' in str(e.value)
+
+
 def test_close_frees_the_server_slot(server):
     for _ in range(5):
         c = rc.ControlClient(server.path)

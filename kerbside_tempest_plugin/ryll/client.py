@@ -177,8 +177,12 @@ class ControlClient(reader.ReaderLoop):
 
     # -- connecting
 
-    def connect(self, timeout=10.0, hello=True):
+    def connect(self, timeout=10.0, hello=True, abort=None):
         """Open the socket and (by default) say hello, within ``timeout``.
+
+        ``abort`` (optional) is asked between attempts; a true answer (a
+        reason, e.g. "ryll exited with status 1") ends the wait at once
+        with RyllConnectionClosed instead of retrying to the deadline.
 
         ryll answers a second client with one id-less ``busy`` line and
         closes it, and a reconnect straight after a close loses that race
@@ -216,6 +220,15 @@ class ControlClient(reader.ReaderLoop):
                 self.close()
                 raise
             self.close()
+            reason = abort() if abort else None
+            if reason:
+                raise RyllConnectionClosed(
+                    'gave up connecting to ryll control socket %s after '
+                    '%.1f s (%d attempts: %s): %s; last error: %s' % (
+                        self.path, time.monotonic() - start,
+                        sum(tries.values()), ', '.join(
+                            '%s x%d' % kv for kv in sorted(tries.items())),
+                        reason, last), reason=reason)
             if time.monotonic() + delay >= deadline:
                 break
             time.sleep(delay)

@@ -222,11 +222,18 @@ class RyllProcess:
         path = self.wait_for_socket(timeout)
         client = ryll_client.ControlClient(path, **client_kwargs)
         try:
-            client.connect(timeout=max(deadline - time.monotonic(), 0.1))
+            client.connect(timeout=max(deadline - time.monotonic(), 0.1),
+                           abort=self._exited)
         except ryll_client.RyllError as e:
             client.close()
             raise self._explain(e, 'connecting to the control socket')
         return client
+
+    def _exited(self):
+        """A reason when ryll has exited (for waits to stop at once)."""
+        if self._proc is not None and self._proc.poll() is not None:
+            return 'ryll exited with status %s' % self._proc.returncode
+        return None
 
     def _explain(self, error, doing):
         """Re-raise ``error`` with ryll's state and log tail attached."""
