@@ -276,3 +276,35 @@ class DigestWatcher:
 def digest_watcher():
     """Factory: digest_watcher(guest) -> DigestWatcher."""
     return DigestWatcher
+
+
+@pytest.fixture(scope='session')
+def openstack_cloud(tmp_path_factory):
+    """One single-box cloud (lane.openstack.cloud.OpenStackCloud, Kerbside
+    in front) for every `openstack` test of the session: bringing one up
+    takes 80-130 s here. Torn down at the end of the session, which must
+    leave no process, port or temporary directory (asserted). Tests that
+    boot servers delete them themselves.
+    """
+    from kerbside_tempest_plugin.lane.openstack import cloud as os_cloud
+    from kerbside_tempest_plugin.lane.openstack import venv as os_venv
+    require_tools('qemu-system-x86_64', 'mariadbd', 'libvirtd', 'virtlogd',
+                  'epmd', 'memcached', 'unshare', 'openssl', 'ryll')
+    problems = os_venv.OpenStackVenv().check()
+    if problems:
+        pytest.fail('the OpenStack venv is not usable (%s); run '
+                    '`kerbside-openstack setup`' % '; '.join(problems))
+    # pytest keeps the last few base temp dirs: the logs stay to read.
+    workdir = str(tmp_path_factory.mktemp('openstack'))
+    c = os_cloud.OpenStackCloud(workdir)
+    try:
+        c.up(timeout=300)
+        yield c
+    finally:
+        report = c.down()
+        assert report['leftover_pids'] == [], report
+        assert report['busy_ports'] == [], report
+        assert os_cloud.cloud_pids(workdir) == []
+        run_dir = os_cloud.load_state(workdir).get('run_dir')
+        if run_dir and not run_dir.startswith(workdir):
+            assert not os.path.exists(run_dir)

@@ -9,7 +9,8 @@ while a loopback capture of every SPICE port libvirt may hand out shows
 the console's plain port carrying only the refused link handshakes and
 its tls_port the TLS handshakes and the console; the proxy's log says
 the same. Needs what test_openstack_lane.py needs, plus tshark and
-dumpcap. Takes about five minutes.
+dumpcap. Uses the session's cloud (conftest.openstack_cloud) through
+lane.openstack.lane.OpenStackLane; the walk takes about a minute.
 """
 
 import os
@@ -17,11 +18,7 @@ import re
 
 import pytest
 
-from kerbside_tempest_plugin import guest_images
-from kerbside_tempest_plugin.lane.openstack import cloud as os_cloud
-from kerbside_tempest_plugin.lane.openstack import venv as os_venv
-from kerbside_tempest_plugin.lane import provider_lane
-from kerbside_tempest_plugin.providers import nova
+from kerbside_tempest_plugin.lane.openstack import lane as os_lane
 from unit_tests.conftest import require_tools
 from unit_tests.integration import tls_leg
 
@@ -39,31 +36,21 @@ def _backend_ports(log):
     return seen
 
 
-def test_kerbside_reaches_libvirt_over_tls(tmp_path):
-    require_tools('qemu-system-x86_64', 'mariadbd', 'libvirtd', 'virtlogd',
-                  'epmd', 'memcached', 'unshare', 'openssl', 'ryll',
-                  'tshark', 'dumpcap')
-    problems = os_venv.OpenStackVenv().check()
-    if problems:
-        pytest.fail('the OpenStack venv is not usable (%s); run '
-                    '`kerbside-openstack setup`' % '; '.join(problems))
+def test_kerbside_reaches_libvirt_over_tls(openstack_cloud, tmp_path):
+    require_tools('tshark', 'dumpcap')
     from kerbside_tempest_plugin.scenario import runner
-    c = os_cloud.OpenStackCloud(str(tmp_path / 'cloud'))
-    lane = None
+    c = openstack_cloud
+    with open(os.path.join(c.layout.conf_dir('nova'), 'nova.conf')) as f:
+        assert 'require_secure = true' in f.read()
+    with open(c.kerbside.sources_path) as f:
+        assert '  ca_cert: |\n    -----BEGIN CERTIFICATE-----' in f.read()
+    daemon_log = os.path.join(c.kerbside.log_dir, 'kerbside-daemon.out')
+    # The cloud is shared by the session: read only what this walk logs.
+    offset = os.path.getsize(daemon_log)
+    lane = os_lane.OpenStackLane(str(tmp_path / 'lane'), route='kerbside',
+                                 cloud=c)
     try:
-        c.up(timeout=300)
-        with open(os.path.join(c.layout.conf_dir('nova'),
-                               'nova.conf')) as f:
-            assert 'require_secure = true' in f.read()
-        with open(c.kerbside.sources_path) as f:
-            assert '  ca_cert: |\n    -----BEGIN CERTIFICATE-----' in f.read()
-        image = c.upload_image(guest_images.sextant_image(None))['id']
-        provider = nova.NovaProvider.from_credentials(
-            c.layout.auth_url, 'admin', c.layout.passwords['admin'],
-            'admin', image_ref=image, flavor_ref=c.flavor['id'],
-            network='none', route='kerbside')
-        lane = provider_lane.ProviderLane(provider, str(tmp_path / 'lane'))
-        lane.redactor = c.redactor
+        lane.up()
         lo, hi = c.layout.spice_range
         ports = list(range(lo, hi + 1))
         cap = tls_leg.Capture(str(tmp_path / 'libvirt-ports.pcap'), ports)
@@ -74,15 +61,13 @@ def test_kerbside_reaches_libvirt_over_tls(tmp_path):
                 log=lambda m: None)
         assert result.passed, result.failure_message()
         assert result.verdicts()['framebuffer_hash'] is True
-        with open(os.path.join(c.kerbside.log_dir,
-                               'kerbside-daemon.out'),
-                  errors='replace') as f:
+        with open(daemon_log, errors='replace') as f:
+            f.seek(offset)
             log = f.read()
     finally:
-        if lane is not None:
-            lane.down()
-        report = c.down()
-    assert report['leftover_pids'] == [] and report['busy_ports'] == []
+        report = lane.down()
+    assert report['problems'] == [], report
+    assert 'cloud' not in report, 'a shared cloud was torn down'
 
     dialled = _backend_ports(log)
     assert len(dialled['false']) == len(dialled['true']) == 1, dialled

@@ -19,36 +19,24 @@ from tempest.lib.common.utils import data_utils
 
 from kerbside_tempest_plugin.common import vv as common_vv
 from kerbside_tempest_plugin import guest_images
-from kerbside_tempest_plugin.lane.openstack import cloud as os_cloud
 from kerbside_tempest_plugin.lane.openstack import compute
 from kerbside_tempest_plugin.lane.openstack import config
-from kerbside_tempest_plugin.lane.openstack import venv as os_venv
 from kerbside_tempest_plugin.sextant import contract
-from unit_tests.conftest import require_tools
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow,
               pytest.mark.openstack]
 
 
 @pytest.fixture(scope='module')
-def cloud(tmp_path_factory):
-    require_tools('qemu-system-x86_64', 'mariadbd', 'libvirtd', 'virtlogd',
-                  'epmd', 'memcached', 'unshare', 'openssl')
-    problems = os_venv.OpenStackVenv().check()
-    if problems:
-        pytest.fail('the OpenStack venv is not usable (%s); run '
-                    '`kerbside-openstack setup`' % '; '.join(problems))
-    workdir = str(tmp_path_factory.mktemp('openstack-kerbside'))
-    c = os_cloud.OpenStackCloud(workdir)
+def cloud(openstack_cloud):
+    """The session's cloud with one Sextant server for this module."""
+    c = openstack_cloud
+    c.image_path = guest_images.sextant_image(None)
+    c.server = c.boot(c.image_path, banner=contract.BANNER)['id']
     try:
-        c.up(timeout=300)
-        c.image_path = guest_images.sextant_image(None)
-        c.server = c.boot(c.image_path, banner=contract.BANNER)['id']
         yield c
     finally:
-        report = c.down()
-        assert report['leftover_pids'] == [], report
-        assert report['busy_ports'] == [], report
+        c.delete(c.server, timeout=180)
 
 
 def _get(url):

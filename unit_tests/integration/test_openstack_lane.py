@@ -24,7 +24,6 @@ from kerbside_tempest_plugin.common import waiting
 from kerbside_tempest_plugin.digest import frame
 from kerbside_tempest_plugin.lane.openstack import cloud as os_cloud
 from kerbside_tempest_plugin.lane.openstack import compute
-from kerbside_tempest_plugin.lane.openstack import venv as os_venv
 from kerbside_tempest_plugin.ryll import process as ryll_process
 from kerbside_tempest_plugin.sextant import contract
 from unit_tests.conftest import require_tools
@@ -33,30 +32,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow,
               pytest.mark.openstack]
 
 
-@pytest.fixture(scope='module')
-def cloud(tmp_path_factory):
-    require_tools('qemu-system-x86_64', 'mariadbd', 'libvirtd', 'virtlogd',
-                  'epmd', 'memcached', 'unshare', 'openssl', 'ryll')
-    problems = os_venv.OpenStackVenv().check()
-    if problems:
-        pytest.fail('the OpenStack venv is not usable (%s); run '
-                    '`kerbside-openstack setup`' % '; '.join(problems))
-    # pytest keeps the last few base temp dirs: the logs stay to read.
-    workdir = str(tmp_path_factory.mktemp('openstack'))
-    c = os_cloud.OpenStackCloud(workdir)
-    try:
-        c.up(timeout=300)
-        yield c
-    finally:
-        report = c.down()
-        c.teardown_report = report
-        assert report['leftover_pids'] == [], report
-        assert report['busy_ports'] == [], report
-        assert os_cloud.cloud_pids(workdir) == []
-        state = os_cloud.load_state(workdir)
-        run_dir = state.get('run_dir')
-        if run_dir and not run_dir.startswith(workdir):
-            assert not os.path.exists(run_dir)
+@pytest.fixture
+def cloud(openstack_cloud):
+    return openstack_cloud
 
 
 def test_sextant_boots_on_nova_with_a_spice_direct_console(cloud,
