@@ -23,6 +23,7 @@ import shutil
 import subprocess
 import sys
 
+from kerbside_tempest_plugin.cmd import _lane_cli
 from kerbside_tempest_plugin.common import errors
 from kerbside_tempest_plugin.common import tools
 from kerbside_tempest_plugin import guest_images
@@ -38,8 +39,11 @@ MARIADB_TOOLS = (('mariadbd', 'mysqld'),
                  ('mariadb-install-db', 'mysql_install_db'))
 
 
+PROG = 'kerbside-harness'
+
+
 def _err(msg):
-    print('kerbside-harness: %s' % msg, file=sys.stderr)
+    print('%s: %s' % (PROG, msg), file=sys.stderr)
 
 
 def cmd_setup(args):
@@ -137,24 +141,13 @@ def cmd_up(args):
 
 
 def cmd_status(args):
-    workdir = os.path.abspath(args.workdir or lane_mod.default_workdir())
-    status = lane_mod.lane_status(workdir)
-    print(json.dumps(status, indent=1, sort_keys=True))
-    return 0 if status.get('state') != 'absent' else 1
+    return _lane_cli.status(args.workdir or lane_mod.default_workdir(),
+                            lane_mod.lane_status)
 
 
 def cmd_down(args):
-    workdir = os.path.abspath(args.workdir or lane_mod.default_workdir())
-    if not os.path.exists(os.path.join(workdir, 'processes.json')):
-        _err('no lane in %s (no processes.json)' % workdir)
-        return 0
-    report = lane_mod.teardown_workdir(workdir)
-    print(json.dumps(report, indent=1, sort_keys=True))
-    if report['leftover_pids'] or report['busy_ports']:
-        _err('teardown left pids %s and listening ports %s' % (
-            report['leftover_pids'], report['busy_ports']))
-        return 1
-    return 0
+    return _lane_cli.down(PROG, args.workdir or lane_mod.default_workdir(),
+                          lane_mod.teardown_workdir, what='lane')
 
 
 def build_parser():

@@ -23,6 +23,7 @@ import os
 import shutil
 import sys
 
+from kerbside_tempest_plugin.cmd import _lane_cli
 from kerbside_tempest_plugin.common import errors
 from kerbside_tempest_plugin.common import secrets as common_secrets
 from kerbside_tempest_plugin import guest_images
@@ -34,8 +35,11 @@ from kerbside_tempest_plugin.lane.openstack import venv as os_venv
 from kerbside_tempest_plugin.sextant import contract
 
 
+PROG = 'kerbside-openstack'
+
+
 def _err(msg):
-    print('kerbside-openstack: %s' % msg, file=sys.stderr)
+    print('%s: %s' % (PROG, msg), file=sys.stderr)
 
 
 def cmd_setup(args):
@@ -95,24 +99,13 @@ def cmd_up(args):
 
 
 def cmd_status(args):
-    workdir = os.path.abspath(args.workdir or os_cloud.default_workdir())
-    status = os_cloud.cloud_status(workdir)
-    print(json.dumps(status, indent=1, sort_keys=True))
-    return 0 if status.get('state') != 'absent' else 1
+    return _lane_cli.status(args.workdir or os_cloud.default_workdir(),
+                            os_cloud.cloud_status)
 
 
 def cmd_down(args):
-    workdir = os.path.abspath(args.workdir or os_cloud.default_workdir())
-    if not os.path.exists(os.path.join(workdir, 'processes.json')):
-        _err('no cloud in %s (no processes.json)' % workdir)
-        return 0
-    report = os_cloud.teardown_workdir(workdir)
-    print(json.dumps(report, indent=1, sort_keys=True))
-    if report['leftover_pids'] or report['busy_ports']:
-        _err('teardown left pids %s and listening ports %s' % (
-            report['leftover_pids'], report['busy_ports']))
-        return 1
-    return 0
+    return _lane_cli.down(PROG, args.workdir or os_cloud.default_workdir(),
+                          os_cloud.teardown_workdir, what='cloud')
 
 
 def cmd_tempest_conf(args):
