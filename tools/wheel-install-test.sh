@@ -36,11 +36,10 @@ log() { printf '[wheel-install %(%H:%M:%S)T] %s\n' -1 "$*"; }
 die() { log "ERROR: $*"; log "FAILED after $((SECONDS - T0)) s"; exit 1; }
 phase() { log "$1: $((SECONDS - PHASE_T0)) s"; PHASE_T0=$SECONDS; }
 
-for route in $ROUTES; do
-    case $route in kerbside|direct) ;; *)
-        die "KTP_ROUTE must name kerbside and/or direct, not '$route'";;
-    esac
-done
+# shellcheck source=tools/job-lib.sh
+. "$ROOT/tools/job-lib.sh"
+# shellcheck disable=SC2086
+ktp_check_routes $ROUTES
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 WORK=$(mktemp -d /tmp/ktp-wheel-XXXXXX)

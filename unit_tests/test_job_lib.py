@@ -1,0 +1,54 @@
+"""tools/job-lib.sh, the shell functions the job scripts share: sourced
+in bash with the scripts' own log/die, as the jobs source it.
+"""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PRELUDE = ('log() { echo "LOG $*"; }; die() { echo "DIE $*"; exit 2; }; '
+           '. %s/tools/job-lib.sh; ' % REPO)
+
+
+def bash(script, **env):
+    return subprocess.run(['bash', '-c', PRELUDE + script],
+                          capture_output=True, text=True, timeout=60,
+                          env=dict(os.environ, **env))
+
+
+def test_routes_are_checked():
+    ok = bash('ktp_check_routes kerbside direct && echo fine')
+    assert ok.returncode == 0 and 'fine' in ok.stdout
+    bad = bash('ktp_check_routes kerbside sideways; echo not reached')
+    assert bad.returncode == 2
+    assert "not 'sideways'" in bad.stdout
+    assert 'not reached' not in bad.stdout
+
+
+def test_find_python_takes_python_and_checks_it_imports(tmp_path):
+    r = bash('ktp_find_python /nonexistent && echo "PY=$PY"',
+             PYTHON=sys.executable)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert 'PY=%s' % sys.executable in r.stdout
+    # A python without tempest and the plugin is refused, by name.
+    r = bash('ktp_find_python /nonexistent', PYTHON='/usr/bin/python3',
+             VIRTUAL_ENV='')
+    if r.returncode == 0:
+        pytest.skip('the system python imports tempest and the plugin')
+    assert r.returncode == 2
+    assert '/usr/bin/python3 cannot import tempest' in r.stdout
+
+
+def test_verdicts_fail_on_a_failed_route_even_when_the_summary_passes(
+        tmp_path):
+    # An artifact tree with no tests and expect 0: the summary passes.
+    r = bash('PY=%s; ktp_verdicts %s 0 kerbside=0 direct=1; echo "rc=$?"'
+             % (sys.executable, tmp_path))
+    assert 'route direct: runner exit 1' in r.stdout
+    assert 'rc=1' in r.stdout, r.stdout + r.stderr
+    r = bash('PY=%s; ktp_verdicts %s 0 kerbside=0; echo "rc=$?"'
+             % (sys.executable, tmp_path))
+    assert 'rc=0' in r.stdout, r.stdout + r.stderr
