@@ -28,7 +28,9 @@ def provider_from_config(conf, **kw):
             raise errors.ProviderError(
                 'the nova provider needs the test\'s tempest ServersClient: '
                 'provider_from_config(CONF, servers_client=..., '
-                'admin_servers_client=...)')
+                'admin_servers_client=...); without a tempest test, build '
+                'it from Keystone credentials with nova.NovaProvider.'
+                'from_credentials(auth_url, username, password, project)')
         from kerbside_tempest_plugin.providers import nova
         return nova.NovaProvider.from_config(conf, **kw)
     if name == 'shakenfist':
