@@ -250,7 +250,7 @@ def test_pair_direction_by_size_and_order():
     recs = [r('down', 23, 159 + 17, 900),        # before its message: no
             r('down', 23, 159 + 17, 1100),
             r('down', 23, 148 + 17, 1200),
-            # one record carrying two messages is fine, a wrong size not
+            # a record of another size is no pairing
             r('down', 23, 19 + 17, 5100),
             r('down', 23, 16384 + 17, 9100),
             r('down', 23, 16384 + 17, 9200),
@@ -260,6 +260,20 @@ def test_pair_direction_by_size_and_order():
         (159, 1100), (148, 1200), (40000, 9300)]
     assert [u.size for u in unpaired] == [18]
     assert pairs[0].added_us == pytest.approx(0.1)
+
+
+def test_pair_direction_never_sums_messages_into_a_record():
+    m = packets.Message
+    r = packets.Record
+    # ryll's 42-byte link record, then PONG + ATTACH_CHANNELS + PONG
+    # (18 + 6 + 18 = 42) relayed later, each in its own record.
+    recs = [r('up', 23, 42 + 17, 100), r('up', 23, 18 + 17, 300),
+            r('up', 23, 6 + 17, 310), r('up', 23, 18 + 17, 320)]
+    msgs = [m('main', 'up', 3, 18, 400, 0), m('main', 'up', 104, 6, 410, 18),
+            m('main', 'up', 3, 18, 420, 24)]
+    pairs, unpaired = packets.pair_direction(msgs, recs, 17, 'up')
+    assert not unpaired
+    assert [p.tls_ns for p in pairs] == [300, 310, 320]
 
 
 def test_pair_direction_upstream_skips_records_never_relayed():

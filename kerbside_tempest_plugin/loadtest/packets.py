@@ -12,18 +12,16 @@ rig runs the lane with ``hypervisor_tls=False``). Then:
 - the TLS leg is parsed as TLS records: each record's length and the
   capture time of the packet that completed it (contents unreadable);
 - each plain connection is matched to the TLS connection the proxy relays
-  it to, and messages are paired with records by **byte count and timing**:
-  activity on a channel comes in bursts (a key down, a key up, a key's
-  repaint, a PING) separated by quiet; within a burst the plain bytes and
-  the TLS plaintext bytes (record length minus the AEAD overhead) must sum
-  to the same total, and the byte offsets inside the burst then map every
-  message to the record that carried its last byte.
+  it to, and messages are paired with records by **size and order**:
+  kerbside-proxy writes one TLS record per SPICE message, so a message
+  pairs with the record (run) whose plaintext (record length minus the
+  AEAD overhead) is exactly its size, the proxy's output after its input.
 
 The proxy's added latency of a message is then ``t(record) - t(message)``
 downstream (qemu -> proxy -> ryll) and ``t(message) - t(record)`` upstream
-(ryll -> proxy -> qemu). A burst whose totals differ is not paired (it is
-counted, with why); a capture that cannot be read raises `CaptureError`;
-one whose legs cannot be matched raises `PairingError`.
+(ryll -> proxy -> qemu). A message with no such record is not paired (it
+is counted, by type); a capture that cannot be read raises
+`CaptureError`; one whose legs cannot be matched raises `PairingError`.
 """
 
 import bisect
@@ -753,16 +751,20 @@ class Pair:
 
 def pair_direction(messages, records, overhead, direction,
                    window_ns=WINDOW_NS, lookahead=LOOKAHEAD):
-    """Pair one direction's messages with its TLS records by size (a run
-    of whole records carrying exactly one message, or one record carrying
-    exactly a run of whole messages) and order, within `window_ns`, the
-    proxy's output always after its input.
+    """Pair one direction's messages with its TLS records by size (the
+    run of whole records carrying exactly one message: kerbside-proxy
+    0.8.0 writes one record per message, TLS splits those over 16 KiB)
+    and order, within `window_ns`, the proxy's output always after its
+    input.
 
     Downstream (qemu -> ryll) each message takes the earliest free record
     after it, walking forward in time; upstream (ryll -> qemu) each
-    message takes the latest free record before it, walking backward, so
-    a record the proxy never relayed is skipped rather than paired with
-    a later message. Returns (pairs, unpaired messages).
+    message takes the latest free record before it, walking backward.
+    A record holding several messages is not paired: a sum of small
+    messages can equal an unrelated record (ryll's 42-byte link record
+    equals PONG + ATTACH_CHANNELS + PONG, which a first version paired),
+    and the proxy was never seen to coalesce. Returns (pairs, unpaired
+    messages).
     """
     msgs = sorted((m for m in messages if m.direction == direction),
                   key=lambda m: m.offset)
@@ -823,14 +825,6 @@ def _match(i, m_t, m_size, j, r_t, r_size, window_ns, lookahead):
             q += 1
         if total == m_size[i]:
             return 1, q, r_t[q - 1]
-        # One record for several whole messages.
-        if r_size[k] > m_size[i]:
-            total, n = 0, i
-            while n < len(m_t) and total < r_size[k]:
-                total += m_size[n]
-                n += 1
-            if total == r_size[k] and m_t[n - 1] <= r_t[k]:
-                return n - i, k + 1, r_t[k]
     return None
 
 
