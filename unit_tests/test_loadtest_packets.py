@@ -369,3 +369,25 @@ def test_load_consoles_need_real_kerbside_lanes():
     args = latency.parse_args(['--packets', '--load-consoles', '3'])
     settings = latency.settings_of(args)
     assert settings['load_consoles'] == 3 and settings['packets']
+
+
+def test_per_key_attributes_a_key_and_its_first_draw():
+    from kerbside_tempest_plugin.loadtest import sampler
+    _, pairs = packets.analyse(PCAPNG, PROXY, QEMU)
+    downs = sorted((p for p in pairs if packets.is_key(p) and
+                    p.type == packets.INPUTS_KEY_DOWN),
+                   key=lambda p: p.tls_ns)
+    draws = sorted((p for p in pairs if packets.is_draw(p)),
+                   key=lambda p: p.plain_ns)
+    samples = []
+    for i, key in enumerate(downs):
+        first = next(d for d in draws if d.plain_ns >= key.plain_ns)
+        sent = key.tls_ns // 1000 - 100
+        drawn = first.tls_ns // 1000 + 50
+        samples.append(sampler.Sample('kerbside', i, sent, drawn,
+                                      (drawn - sent) / 1000.0))
+    samples.append(sampler.Sample('kerbside', 9, 0, timeout=True))
+    out = packets.per_key(samples, pairs)
+    assert out['keys'] == KEYS
+    assert 0 < out['share_of_key']['p50'] < 0.5
+    assert out['proxy_us']['samples'] == KEYS

@@ -1037,13 +1037,15 @@ def measure(rig, out_dir):
                      'qemu leg parsed as SPICE, the client leg (TLS) as '
                      'records; paired by size and order (loadtest.packets)'}
     raw = cap.path
-    sent = [smp.sent_us for r in rig.routes if r.name == 'kerbside'
-            and r.session is not None for smp in r.session.samples]
+    samples = [smp for r in rig.routes if r.name == 'kerbside'
+               and r.session is not None for smp in r.session.samples]
+    sent = [smp.sent_us for smp in samples]
     since = min(sent) * 1000 if sent else None
     try:
         summary, pairs = analyse(raw, ports['proxy'], ports['qemu'],
                                  since_ns=since)
         out.update(summary)
+        out['per_key'] = per_key(samples, pairs)
         csv_path = os.path.join(out_dir, 'packets.csv')
         write_pairs_csv(csv_path, pairs)
         out['csv'] = csv_path
@@ -1060,6 +1062,44 @@ def measure(rig, out_dir):
         if os.path.exists(raw):
             # Unsanitised: it holds the encrypted tickets; never kept.
             os.remove(raw)
+    return out
+
+
+def per_key(samples, pairs):
+    """For each measured key: the proxy's time on its KEY_DOWN plus on the
+    first draw qemu sent after that KEY_DOWN reached it, against the
+    key's own keypress-to-screen time. Returns the percentiles of the sum
+    (us) and of its share of the key's latency, and how many keys had
+    both pairs.
+    """
+    downs = sorted((p for p in pairs if is_key(p)
+                    and p.type == INPUTS_KEY_DOWN), key=lambda p: p.tls_ns)
+    draws = sorted((p for p in pairs if is_draw(p)),
+                   key=lambda p: p.plain_ns)
+    sums, shares = [], []
+    for smp in samples:
+        if smp.timeout or smp.latency_ms is None:
+            continue
+        start = smp.sent_us * 1000
+        key = next((p for p in downs if p.tls_ns >= start), None)
+        if key is None or key.tls_ns > start + 10 ** 9:
+            continue
+        draw = next((p for p in draws if p.plain_ns >= key.plain_ns), None)
+        if draw is None or draw.tls_ns > smp.drawn_us * 1000 + 10 ** 9:
+            continue
+        total = key.added_us + draw.added_us
+        sums.append(total)
+        shares.append(total / 1000.0 / smp.latency_ms)
+    out = {'keys': len(sums), 'proxy_us': _percentiles(sums),
+           'what': 'per key: proxy time on its KEY_DOWN + on the first '
+                   'draw after it, and that sum over the key\'s '
+                   'keypress-to-screen time'}
+    if shares:
+        v = sorted(shares)
+        out['share_of_key'] = {
+            'p50': round(stats.nearest_rank(v, 50), 5),
+            'p95': round(stats.nearest_rank(v, 95), 5),
+            'max': round(v[-1], 5)}
     return out
 
 
@@ -1095,6 +1135,14 @@ def text_lines(section):
                          d, r.get('samples', 0), r.get('p50_us'),
                          r.get('p95_us'), r.get('p99_us'),
                          r.get('max_us')))
+    pk = section.get('per_key') or {}
+    if pk.get('keys'):
+        lines.append('LOADTEST packets per key (KEY_DOWN + first draw) '
+                     'proxy_us p50=%s p95=%s, share of the key p50=%.2f%% '
+                     'p95=%.2f%% (%d keys)' % (
+                         pk['proxy_us']['p50_us'], pk['proxy_us']['p95_us'],
+                         pk['share_of_key']['p50'] * 100,
+                         pk['share_of_key']['p95'] * 100, pk['keys']))
     share = section.get('proxy_share_of_end_to_end') or {}
     if share:
         lines.append('LOADTEST packets proxy share of keypress-to-screen: '
