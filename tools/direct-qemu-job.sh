@@ -10,7 +10,10 @@
 #      built into ~/.cache/kerbside-tempest-plugin/images when missing;
 #   3. per route (KTP_ROUTE=kerbside|direct; default both): a fresh tempest
 #      workspace and tempest.conf, then `tempest run --regex sextant`
-#      (KTP_RUNNER=stestr runs stestr on the same tests instead);
+#      (KTP_RUNNER=stestr runs stestr on the same tests instead), serially,
+#      or with KTP_CONCURRENCY=N (N >= 2) on N workers (`--concurrency N`);
+#      the tests are two classes of two, each class with its own lane, so
+#      N = 2 gives each worker one lane (docs/plans/soak-and-concurrency.md);
 #   4. a teardown safety net over every lane the tests started;
 #   5. the verdicts and the artifact directory; non-zero exit on failure,
 #      including when the tests were skipped.
@@ -29,6 +32,7 @@ RUNNER=${KTP_RUNNER:-tempest}
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 OUT=${KTP_ARTIFACTS:-$ROOT/artifacts/direct-qemu-$STAMP}
 REGEX=${KTP_REGEX:-sextant}
+CONCURRENCY=${KTP_CONCURRENCY:-1}
 TESTS_PER_ROUTE=4
 
 log() { printf '[direct-qemu %(%H:%M:%S)T] %s\n' -1 "$*"; }
@@ -41,6 +45,14 @@ for route in $ROUTES; do
 done
 case $RUNNER in tempest|stestr) ;; *)
     die "KTP_RUNNER must be tempest or stestr, not '$RUNNER'";; esac
+[[ $CONCURRENCY =~ ^[1-9][0-9]*$ ]] || \
+    die "KTP_CONCURRENCY must be a whole number of workers >= 1, not \
+'$CONCURRENCY'"
+if [ "$CONCURRENCY" = 1 ]; then
+    WORKERS=(--serial)
+else
+    WORKERS=(--concurrency "$CONCURRENCY")
+fi
 mkdir -p "$OUT"
 log "artifacts: $OUT"
 
@@ -121,15 +133,17 @@ for route in $ROUTES; do
         || { cat "$OUT/tempest-init-$route.log"; die "tempest init failed"; }
     write_conf "$route" "$ws"
     mkdir -p "$ws/lock" "$ws/artifacts"
-    log "route $route: $RUNNER, workspace $ws"
+    log "route $route: $RUNNER ${WORKERS[*]}, workspace $ws"
     t0=$SECONDS
     if [ "$RUNNER" = tempest ]; then
-        (cd "$ws" && "$TEMPEST" run --serial --regex "$REGEX" "$@")
+        (cd "$ws" && "$TEMPEST" run "${WORKERS[@]}" --regex "$REGEX" "$@")
     else
+        # The group_regex tempest writes into its workspaces: one class,
+        # one worker (and one lane).
         (cd "$ws" && TEMPEST_CONFIG_DIR=$ws/etc \
             TEMPEST_CONFIG=tempest.conf "$STESTR" --test-path \
             "$ROOT/kerbside_tempest_plugin/tests" --top-dir "$ROOT" \
-            run --serial "$REGEX")
+            --group-regex '([^\.]*\.)*' run "${WORKERS[@]}" "$REGEX")
     fi
     rc[$route]=$?
     log "route $route: $RUNNER exited ${rc[$route]} after $((SECONDS - t0)) s"
