@@ -64,11 +64,14 @@ PROJECT_HOST = 'example.org'
 PROJECT = 'kerbside-tempest-plugin'
 SYNTAX_TIMEOUT = 120
 POST_TIMEOUT = 300
-# What each run playbook must run, in order: the README's two commands
-# (README.md is checked to still spell them this way).
+# What each run playbook must run, in order: the README's commands (its
+# two opening ones and the OpenStack job's; README.md is checked to still
+# spell them this way).
 JOB_COMMANDS = {
     'playbooks/direct-qemu/run.yaml':
         './tools/setup.sh && .venv/bin/tox -e direct-qemu',
+    'playbooks/openstack/run.yaml':
+        './tools/setup.sh && .venv/bin/tox -e openstack',
     'playbooks/unit/run.yaml': './tools/run-tests.sh',
 }
 # Stand-ins for those commands, used only by --run-check to see how the
