@@ -14,13 +14,13 @@ from kerbside_tempest_plugin.providers import refresh_display as rd
 
 pytestmark = pytest.mark.integration
 
-MISSING = rd.missing()
 
-
-@pytest.mark.skipif(bool(MISSING), reason='; '.join(MISSING))
 @pytest.mark.parametrize('hz,interval_ms', [(250, 4), (100, 10)])
 def test_qemu_refreshes_its_display_at_the_monitor_rate(
         qemu_guest, hz, interval_ms):
+    missing = rd.missing()
+    if missing:
+        pytest.skip('; '.join(missing))
     g = qemu_guest(None, name='refresh-%d' % hz, spice=True,
                    ticketing=False, display_refresh_hz=hz,
                    extra_args=['-trace', 'console_refresh'])
