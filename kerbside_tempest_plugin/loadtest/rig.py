@@ -12,6 +12,12 @@ Both guests are the same image with the same qemu command line, booted at
 the same time; the loadtest alternates the routes sample by sample so what
 the machine does to one it does to the other.
 
+With `capture_dir` (``--packets``) the kerbside lane's proxy talks plain
+SPICE to qemu and dumpcap records both of its legs while the keys are
+pressed (`loadtest.packets`); with `load_consoles` N (``--load-consoles``)
+that lane holds 1 + N consoles behind its one proxy and the N others are
+keyed all along (`start_load`).
+
 Lane workdirs live in a private temporary directory (their ``secrets/``
 must never become an artifact); after teardown the logs are copied into
 the run's output directory and the workdir is removed.
