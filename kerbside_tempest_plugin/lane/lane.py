@@ -473,11 +473,14 @@ class Lane(lane_base.Lane):
         return report
 
 
-def load_state(workdir):
+def load_state(workdir, state_file=STATE_FILE):
+    """The saved state of the lane in `workdir`; None when there is none
+    or it is unreadable (a teardown after a crash must still run).
+    """
     try:
-        with open(os.path.join(workdir, STATE_FILE)) as f:
+        with open(os.path.join(workdir, state_file)) as f:
             return json.load(f)
-    except FileNotFoundError:
+    except (FileNotFoundError, ValueError):
         return None
 
 
@@ -488,18 +491,8 @@ def teardown_workdir(workdir, redactor=None, extra_ports=(), run_dir=None,
     needs only the registry and the state file). Never raises.
     """
     started = time.monotonic()
-    state = load_state(workdir) or {}
-    report = {'workdir': workdir, 'stopped': [], 'leftover_pids': [],
-              'busy_ports': [], 'scrubbed_files': []}
-    secrets_dir = os.path.join(workdir, 'secrets')
-    redactor = redactor or common_secrets.Redactor()
-    try:
-        if os.path.isdir(secrets_dir):
-            common_secrets.SecretStore(secrets_dir, redactor).load_all()
-    except Exception:
-        LOG.exception('could not read secrets for redaction')
-    registry = procs.ProcessRegistry(os.path.join(workdir, 'processes.json'),
-                                     redactor)
+    state, report, secrets_dir, redactor, registry = begin_teardown(
+        workdir, redactor)
     try:
         report['stopped'] = registry.stop_all(
             timeouts={'ryll': 5, 'kerbside-daemon': 25, 'gunicorn': 15,
@@ -518,6 +511,29 @@ def teardown_workdir(workdir, redactor=None, extra_ports=(), run_dir=None,
     return finish_teardown(workdir, state, report, ports, redactor,
                            secrets_dir, started, port_timeout,
                            run_dir=run_dir, state_file=STATE_FILE)
+
+
+def begin_teardown(workdir, redactor=None, state_file=STATE_FILE,
+                   **report_keys):
+    """The start every lane's teardown shares: the saved state, an empty
+    report (plus `report_keys`), the secrets directory, a redactor that
+    knows every secret stored there (best effort: teardown never fails on
+    it) and the process registry. Returns those five.
+    """
+    state = load_state(workdir, state_file) or {}
+    report = {'workdir': workdir, 'stopped': [], 'leftover_pids': [],
+              'busy_ports': [], 'scrubbed_files': []}
+    report.update(report_keys)
+    secrets_dir = os.path.join(workdir, 'secrets')
+    redactor = redactor or common_secrets.Redactor()
+    try:
+        if os.path.isdir(secrets_dir):
+            common_secrets.SecretStore(secrets_dir, redactor).load_all()
+    except Exception:
+        LOG.exception('could not read secrets for redaction')
+    registry = procs.ProcessRegistry(os.path.join(workdir, 'processes.json'),
+                                     redactor)
+    return state, report, secrets_dir, redactor, registry
 
 
 def finish_teardown(workdir, state, report, ports, redactor, secrets_dir,

@@ -304,6 +304,7 @@ def openstack_cloud(tmp_path_factory):
         report = c.down()
         assert report['leftover_pids'] == [], report
         assert report['busy_ports'] == [], report
+        assert 'left: []' in (report['domains'] or ''), report['domains']
         assert os_cloud.cloud_pids(workdir) == []
         run_dir = os_cloud.load_state(workdir).get('run_dir')
         if run_dir and not run_dir.startswith(workdir):

@@ -1,15 +1,15 @@
 """`kerbside-harness console --provider nova` on the real single-box cloud.
 
-The cloud (lane.openstack.OpenStackCloud) comes up once for the module
-with the Sextant image uploaded; each test starts the console
-non-interactively on the nova provider (credentials from the cloud's
-workdir: `--os-cloud-workdir`), and a stdin script walks the guest from
-Awaiting to Parked verb by verb, presses Enter and judges the drain, read
-through Nova's console output API. The console boots its own server and
-deletes it on exit; the module's teardown leaves no process, port or
-libvirt domain. Needs what test_openstack_lane.py needs (the OpenStack
-venv, bindep's `openstack` profile) and ryll. Takes several minutes (TCG
-guests on a shared CPU).
+The cloud (lane.openstack.OpenStackCloud) is the session's
+(conftest.openstack_cloud), with the Sextant image uploaded; each test
+starts the console non-interactively on the nova provider (credentials
+from the cloud's workdir: `--os-cloud-workdir`), and a stdin script
+walks the guest from Awaiting to Parked verb by verb, presses Enter and
+judges the drain, read through Nova's console output API. The console
+boots its own server and deletes it on exit; the session's teardown
+leaves no process, port or libvirt domain. Needs what
+test_openstack_lane.py needs (the OpenStack venv, bindep's `openstack`
+profile) and ryll. Takes several minutes (TCG guests on a shared CPU).
 """
 
 import json
@@ -21,11 +21,8 @@ import time
 import pytest
 
 from kerbside_tempest_plugin import guest_images
-from kerbside_tempest_plugin.lane.openstack import cloud as os_cloud
-from kerbside_tempest_plugin.lane.openstack import venv as os_venv
 from kerbside_tempest_plugin.sextant import contract
 from unit_tests.conftest import REPO_ROOT
-from unit_tests.conftest import require_tools
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow,
               pytest.mark.openstack]
@@ -49,25 +46,14 @@ WALK = [
 
 
 @pytest.fixture(scope='module')
-def cloud(tmp_path_factory):
-    require_tools('qemu-system-x86_64', 'mariadbd', 'libvirtd', 'virtlogd',
-                  'epmd', 'memcached', 'unshare', 'openssl', 'ryll')
-    problems = os_venv.OpenStackVenv().check()
-    if problems:
-        pytest.fail('the OpenStack venv is not usable (%s); run '
-                    '`kerbside-openstack setup`' % '; '.join(problems))
-    workdir = str(tmp_path_factory.mktemp('openstack-console'))
-    c = os_cloud.OpenStackCloud(workdir)
-    try:
-        c.up(timeout=300)
-        c.upload_image(guest_images.sextant_image(None))
-        yield c
-    finally:
-        report = c.down()
-        assert report['leftover_pids'] == [], report
-        assert report['busy_ports'] == [], report
-        assert os_cloud.cloud_pids(workdir) == []
-        assert 'left: []' in (report['domains'] or ''), report['domains']
+def cloud(openstack_cloud):
+    """The session's cloud (conftest.openstack_cloud), with the Sextant
+    image in Glance for the console to find.
+    """
+    image = guest_images.sextant_image(None)
+    if image not in openstack_cloud.images:
+        openstack_cloud.upload_image(image)
+    return openstack_cloud
 
 
 def console(cloud, route, lane_dir, timeout=900):

@@ -25,7 +25,6 @@ Workdir layout (everything but `secrets/` is an artifact)::
                     credential keys, RabbitMQ's cookie, SPICE x509 keys
 """
 
-import json
 import logging
 import os
 import random
@@ -391,11 +390,7 @@ class OpenStackCloud:
 # -- status, memory, teardown: from the workdir alone ---------------------
 
 def load_state(workdir):
-    try:
-        with open(os.path.join(workdir, STATE_FILE)) as f:
-            return json.load(f)
-    except (FileNotFoundError, ValueError):
-        return None
+    return lane_mod.load_state(workdir, STATE_FILE)
 
 
 def _rss_kib(pid):
@@ -515,18 +510,9 @@ def teardown_workdir(workdir, redactor=None, extra_ports=(),
     """Stop everything of the cloud in `workdir`; never raises."""
     started = time.monotonic()
     workdir = os.path.abspath(workdir)
-    state = load_state(workdir) or {}
-    report = {'workdir': workdir, 'stopped': [], 'leftover_pids': [],
-              'busy_ports': [], 'domains': None, 'scrubbed_files': []}
-    secrets_dir = os.path.join(workdir, 'secrets')
-    redactor = redactor or common_secrets.Redactor()
-    try:
-        if os.path.isdir(secrets_dir):
-            common_secrets.SecretStore(secrets_dir, redactor).load_all()
-    except Exception:
-        LOG.exception('could not read secrets for redaction')
-    registry = procs.ProcessRegistry(os.path.join(workdir, 'processes.json'),
-                                     redactor)
+    state, report, secrets_dir, redactor, registry = \
+        lane_mod.begin_teardown(workdir, redactor, state_file=STATE_FILE,
+                                domains=None)
 
     def stop(names, together=False):
         order = [r for r in reversed(registry.records)
