@@ -408,3 +408,23 @@ def test_redact_patterns_masks_every_secret_shape():
         assert secret not in out, secret
     for kept in ('x=1', '"name": "keep"', 'addr=x'):
         assert kept in out, kept
+
+
+def test_teardown_runs_with_an_unreadable_state_file(tmp_path):
+    """A lane that crashed while writing lane.json still tears down: the
+    registered process is stopped and the report comes back.
+    """
+    from kerbside_tempest_plugin.lane import lane as lane_mod
+    (tmp_path / lane_mod.STATE_FILE).write_text('{"state": "up", "por')
+    assert lane_mod.load_state(str(tmp_path)) is None
+    registry = procs.ProcessRegistry(str(tmp_path / 'processes.json'))
+    sleeper = subprocess.Popen(['sleep', '300'], start_new_session=True)
+    try:
+        registry.add('sleeper', sleeper.pid)
+        report = lane_mod.teardown_workdir(str(tmp_path), port_timeout=0.5)
+        assert sleeper.wait(10) is not None
+    finally:
+        if sleeper.poll() is None:
+            sleeper.kill()
+    assert report['leftover_pids'] == []
+    assert [s['name'] for s in report['stopped']] == ['sleeper']
