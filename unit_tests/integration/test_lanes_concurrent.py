@@ -4,6 +4,11 @@ moment, each walks the canonical walk on its own guest at the same time,
 both judged by both oracles. Nothing may be shared: workdirs, run
 directories (sockets), allocated ports, processes, ryll control sockets,
 guests, artifact directories; and tearing one down leaves the other up.
+
+Known failure: two MariaDBs starting at the same moment share /tmp as
+their tmpdir, and one's bootstrap can lose its temporary tables to the
+other's startup cleanup (docs/plans/soak-and-concurrency.md, "Not
+reliable yet"; the fix is a --tmpdir in lane/mariadb.py).
 """
 
 import os
