@@ -126,6 +126,10 @@ class Sampler:
                 cpu, rss, hwm = got
                 if pid not in self.first:
                     self.first[pid] = cpu if not self._started else 0.0
+                # An exiting process has dropped its memory (no VmHWM)
+                # before it is reaped: keep the peak seen so far.
+                if pid in self.last:
+                    hwm = max(hwm, self.last[pid][2])
                 self.last[pid] = (cat, cpu, hwm)
                 totals[cat] += rss
         for cat, v in totals.items():
