@@ -169,11 +169,26 @@ def test_direct_route_needs_an_admin(cloud, tmp_path):
 
 
 def test_cloud_workdir_credentials(tmp_path):
-    c = nova_cloud.from_cloud_workdir(write_cloud(tmp_path))
+    c = nova_cloud.from_cloud_workdir(write_cloud(
+        tmp_path, spice_ca_file='/w/tls/ca-cert.pem'))
     assert (c['auth_url'], c['username'], c['password'], c['flavor'],
             c['image'], c['admin']) == ('http://127.0.0.1:1/v3', 'admin',
                                         PASSWORD, 'ktp-flavor', 'img-1',
                                         True)
+    # The direct route's tls_port is checked against the lane CA.
+    assert c['hypervisor_ca_file'] == '/w/tls/ca-cert.pem'
+    provider = nova_cloud.make_provider(c, route='direct')
+    assert provider.hypervisor_ca_file == '/w/tls/ca-cert.pem'
+
+
+def test_environment_hypervisor_ca():
+    env = {'OS_AUTH_URL': 'http://k/v3', 'OS_USERNAME': 'u',
+           'OS_PASSWORD': 'p', 'OS_PROJECT_NAME': 'x',
+           'KTP_NOVA_HYPERVISOR_CA': '/etc/ca.pem'}
+    assert nova_cloud.from_environment(env)['hypervisor_ca_file'] == \
+        '/etc/ca.pem'
+    del env['KTP_NOVA_HYPERVISOR_CA']
+    assert nova_cloud.from_environment(env)['hypervisor_ca_file'] is None
 
 
 def test_cloud_workdir_not_up_or_absent(tmp_path):

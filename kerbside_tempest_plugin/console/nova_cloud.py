@@ -9,7 +9,9 @@
 - the standard OS_* environment (OS_AUTH_URL, OS_USERNAME, OS_PASSWORD,
   OS_PROJECT_NAME, OS_USER_DOMAIN_NAME, OS_PROJECT_DOMAIN_NAME,
   OS_REGION_NAME, OS_CACERT, OS_INSECURE), with the flavor and image from
-  `--flavor` / `--image` or OS_FLAVOR / OS_IMAGE.
+  `--flavor` / `--image` or OS_FLAVOR / OS_IMAGE, and the CA of the
+  hypervisors' SPICE certificates (for the direct route's tls_port) from
+  KTP_NOVA_HYPERVISOR_CA.
 
 The password goes to the lane's redactor before any request is made, so
 no result line, error or artifact of the console carries it.
@@ -79,6 +81,9 @@ def from_cloud_workdir(workdir):
             'admin': True, 'flavor': state.get('flavor'),
             'image': images[-1] if images else None,
             'network': 'none',
+            # The lane's libvirt refuses plain SPICE (require_secure): the
+            # direct route goes to the tls_port, checked against this CA.
+            'hypervisor_ca_file': state.get('spice_ca_file'),
             'instances_path': state.get('instances_path')}
 
 
@@ -107,7 +112,8 @@ def from_environment(environ=None):
                 '1', 'true', 'yes'),
             'flavor': env.get('OS_FLAVOR') or None,
             'image': env.get('OS_IMAGE') or None,
-            'network': env.get('KTP_NOVA_NETWORK') or 'none'}
+            'network': env.get('KTP_NOVA_NETWORK') or 'none',
+            'hypervisor_ca_file': env.get('KTP_NOVA_HYPERVISOR_CA') or None}
 
 
 def credentials(cloud_workdir=None, environ=None):
@@ -139,6 +145,7 @@ def make_provider(creds, route='kerbside', flavor=None, image=None,
         route=route, image_ref=image or creds.get('image'),
         flavor_ref=flavor or creds.get('flavor'),
         network=network or creds.get('network'),
+        hypervisor_ca_file=creds.get('hypervisor_ca_file'),
         serial_interval=SERIAL_INTERVAL)
 
 
