@@ -12,6 +12,7 @@ reliable yet"; the fix is a --tmpdir in lane/mariadb.py).
 """
 
 import os
+import shutil
 import threading
 
 import pytest
@@ -54,12 +55,11 @@ def _in_threads(fns, timeout):
 
 
 def _control_sockets(lane):
-    out = []
-    for r in lane.registry.records:
-        argv = r.get('argv') or []
-        if r['name'].startswith('ryll') and '--control-socket' in argv:
-            out.append(argv[argv.index('--control-socket') + 1])
-    return out
+    """The private directory of each ryll the lane started (its control
+    socket is `ctl.sock` in it), from the lane's process registry.
+    """
+    return [d for r in lane.registry.records if r['name'].startswith('ryll')
+            for d in r.get('scratch') or []]
 
 
 @pytest.fixture
@@ -77,6 +77,8 @@ def two_lanes(tmp_path):
     finally:
         for lane in lanes:
             lane.down()
+            shutil.rmtree(os.path.join(lane.workdir, 'secrets'),
+                          ignore_errors=True)
 
 
 def test_two_lanes_at_once_share_nothing(two_lanes, tmp_path):
