@@ -38,11 +38,10 @@ TESTS_PER_ROUTE=4
 log() { printf '[direct-qemu %(%H:%M:%S)T] %s\n' -1 "$*"; }
 die() { log "ERROR: $*"; exit 2; }
 
-for route in $ROUTES; do
-    case $route in kerbside|direct) ;; *)
-        die "KTP_ROUTE must name kerbside and/or direct, not '$route'";;
-    esac
-done
+# shellcheck source=tools/job-lib.sh
+. "$ROOT/tools/job-lib.sh"
+# shellcheck disable=SC2086
+ktp_check_routes $ROUTES
 case $RUNNER in tempest|stestr) ;; *)
     die "KTP_RUNNER must be tempest or stestr, not '$RUNNER'";; esac
 [[ $CONCURRENCY =~ ^[1-9][0-9]*$ ]] || \
@@ -57,21 +56,7 @@ mkdir -p "$OUT"
 log "artifacts: $OUT"
 
 # -- 0. the python environment under test ------------------------------
-PY=${PYTHON:-}
-if [ -z "$PY" ]; then
-    if [ -n "${VIRTUAL_ENV:-}" ] && [ -x "$VIRTUAL_ENV/bin/python" ]; then
-        PY=$VIRTUAL_ENV/bin/python
-    elif [ -x "$ROOT/.venv/bin/python" ]; then
-        PY=$ROOT/.venv/bin/python
-    else
-        die "no python environment with tempest and the plugin: run \
-tools/setup.sh, or set PYTHON"
-    fi
-fi
-"$PY" -I -c 'import tempest, kerbside_tempest_plugin' 2>/dev/null \
-    || die "$PY cannot import tempest and kerbside_tempest_plugin; run \
-tools/setup.sh, or set PYTHON"
-log "python: $PY"
+ktp_find_python "$ROOT"
 find_tools() { "$PY" -m kerbside_tempest_plugin.common.tools "$@"; }
 harness() { "$PY" -m kerbside_tempest_plugin.cmd.harness "$@"; }
 
@@ -160,21 +145,13 @@ for lane in "$OUT"/*/artifacts/lanes/*/; do
 done
 
 # -- 5. verdicts -------------------------------------------------------
-echo
-log "verdicts"
 n_routes=$(wc -w <<<"$ROUTES")
 expect=$((TESTS_PER_ROUTE * n_routes))
 [ "$REGEX" = sextant ] || expect=1
-$PY -m kerbside_tempest_plugin.cmd.summary --expect "$expect" "$OUT"
-summary_rc=$?
-status=$summary_rc
-# One page linking every test's report.html, for a person with a browser.
-$PY -m kerbside_tempest_plugin.scenario.html_report index "$OUT" \
-    >/dev/null && log "reports: $OUT/index.html"
-for route in $ROUTES; do
-    log "route $route: $RUNNER exit ${rc[$route]}"
-    [ "${rc[$route]}" = 0 ] || status=1
-done
+rcs=()
+for route in $ROUTES; do rcs+=("$route=${rc[$route]}"); done
+ktp_verdicts "$OUT" "$expect" "${rcs[@]}"
+status=$?
 log "artifacts: $OUT"
 if [ "$status" = 0 ]; then log "PASSED"; else log "FAILED"; fi
 exit "$status"

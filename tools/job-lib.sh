@@ -27,6 +27,11 @@ ktp_find_python() {
 tools/setup.sh, or set PYTHON"
         fi
     fi
+    # Absolute: the runners call it from their own workspaces.
+    case $PY in
+        */*) PY=$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY") \
+                 || die "no directory for PYTHON=$PYTHON";;
+    esac
     "$PY" -I -c 'import tempest, kerbside_tempest_plugin' 2>/dev/null \
         || die "$PY cannot import tempest and kerbside_tempest_plugin; run \
 tools/setup.sh, or set PYTHON"

@@ -33,6 +33,16 @@ def test_find_python_takes_python_and_checks_it_imports(tmp_path):
              PYTHON=sys.executable)
     assert r.returncode == 0, r.stdout + r.stderr
     assert 'PY=%s' % sys.executable in r.stdout
+    # A relative PYTHON is made absolute (the runners cd elsewhere).
+    rel = os.path.relpath(sys.executable, str(tmp_path))
+    r = subprocess.run(['bash', '-c', PRELUDE + 'cd %s && ktp_find_python '
+                        '/nonexistent && echo "PY=$PY"' % tmp_path],
+                       capture_output=True, text=True, timeout=60,
+                       env=dict(os.environ, PYTHON=rel))
+    assert r.returncode == 0, r.stdout + r.stderr
+    got = [ln[3:] for ln in r.stdout.splitlines() if ln.startswith('PY=')]
+    assert got and os.path.isabs(got[0]), r.stdout
+    assert os.path.samefile(got[0], sys.executable)
     # A python without tempest and the plugin is refused, by name.
     r = bash('ktp_find_python /nonexistent', PYTHON='/usr/bin/python3',
              VIRTUAL_ENV='')
