@@ -40,6 +40,7 @@ import traceback
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
     __file__))))
 
+from kerbside_tempest_plugin.loadtest import report  # noqa: E402
 from kerbside_tempest_plugin.scenario import runner  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -370,14 +371,7 @@ def table(points):
     row('proxy MiB relayed', lambda p: _metric(
         p, 'kerbside_proxy_bytes_relayed_total', 1.0 / 1048576, '%.2f'))
     row('loadavg at end', lambda p: ' '.join(p['loadavg_end'].split()[:3]))
-    widths = [max(len(str(r[i])) for r in rows + [['metric'] + cols])
-              for i in range(len(cols) + 1)]
-    lines = ['  '.join(str(c).ljust(w) for c, w in
-                       zip(['metric'] + cols, widths))]
-    lines.append('  '.join('-' * w for w in widths))
-    for r in rows:
-        lines.append('  '.join(str(c).ljust(w) for c, w in zip(r, widths)))
-    return '\n'.join(lines)
+    return report.text_table(['metric'] + cols, rows)
 
 
 def _metric(point, name, scale=1.0, fmt='%.0f'):

@@ -42,6 +42,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
     __file__))))
 
+from kerbside_tempest_plugin.loadtest import report  # noqa: E402
 from kerbside_tempest_plugin.loadtest import stats  # noqa: E402
 from kerbside_tempest_plugin.scenario import runner  # noqa: E402
 from kerbside_tempest_plugin.sextant import contract  # noqa: E402
@@ -232,14 +233,7 @@ def table(per_route, args):
         r.stats.get('decode_failures', 0) for r in rs(d))))
     row('inferred beats', lambda d: str(sum(
         1 for r in rs(d) for b in r.beats if b.get('inferred'))))
-    widths = [max(len(str(x[i])) for x in rows + [['metric'] + routes])
-              for i in range(len(routes) + 1)]
-    lines = ['  '.join(str(c).ljust(w) for c, w in
-                       zip(['metric'] + routes, widths))]
-    lines.append('  '.join('-' * w for w in widths))
-    for r in rows:
-        lines.append('  '.join(str(c).ljust(w) for c, w in zip(r, widths)))
-    return '\n'.join(lines)
+    return report.text_table(['metric'] + routes, rows)
 
 
 def main():

@@ -82,3 +82,18 @@ def test_bootstrap_ratio_ci_brackets_the_ratio():
     # Reproducible (fixed seed) and None on tiny samples.
     assert stats.bootstrap_ratio_ci(a, b, 50, resamples=500) == [lo, hi]
     assert stats.bootstrap_ratio_ci([1.0] * 19, b, 50) is None
+
+
+def test_text_table_aligns_columns_under_a_rule():
+    from kerbside_tempest_plugin.loadtest import report
+    text = report.text_table(['metric', 'kerbside', 'direct'],
+                             [['passed', '10 / 10', 9], ['walk (s)', 7.3,
+                                                         '7.37 (7.3-7.5)']])
+    lines = text.splitlines()
+    assert lines[0].split() == ['metric', 'kerbside', 'direct']
+    assert set(lines[1].replace(' ', '')) == {'-'}
+    # every column starts at the same offset on every line
+    starts = [lines[0].index('kerbside'), lines[0].index('direct')]
+    assert lines[2].index('10 / 10') == starts[0]
+    assert lines[3].index('7.37') == starts[1]
+    assert lines[3].startswith('walk (s)')

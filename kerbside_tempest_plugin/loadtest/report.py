@@ -222,3 +222,17 @@ def plot(path, series, title, summary_routes=None, floor_ms=None):
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def text_table(header, rows):
+    """Rows of cells as aligned text columns under `header`, with a rule
+    line (the benchmarks' side-by-side tables).
+    """
+    rows = [[str(c) for c in r] for r in rows]
+    header = [str(c) for c in header]
+    widths = [max(len(r[i]) for r in rows + [header])
+              for i in range(len(header))]
+    lines = ['  '.join(c.ljust(w) for c, w in zip(header, widths)),
+             '  '.join('-' * w for w in widths)]
+    lines += ['  '.join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+    return '\n'.join(lines)
