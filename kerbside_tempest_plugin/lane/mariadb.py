@@ -5,6 +5,14 @@ on a private socket and a free loopback port, a `kerbside` database and a
 `kerbside` user with a random password for both localhost and 127.0.0.1 (a
 TCP login to 127.0.0.1 matches `kerbside@localhost` because MariaDB
 resolves the name). No system service is used or touched.
+
+Every path either program writes is the lane's own: the datadir, the
+socket and pid file (in the lane's run directory) and the tmpdir. The
+tmpdir matters: both default to /tmp, and a starting mariadbd deletes
+every `#sql*` file in its tmpdir as a crash leftover, so two lanes
+sharing /tmp could delete the temporary tables of the other's
+`mariadb-install-db` bootstrap (ERROR 1051 Unknown table
+'mysql.tmp_user_nopasswd').
 """
 
 import getpass
@@ -27,7 +35,9 @@ class PrivateMariaDB:
     """One mariadbd owned by the lane.
 
     `datadir` holds data that includes Kerbside's console tickets and
-    tokens, so the lane puts it under its secrets directory.
+    tokens, so the lane puts it under its secrets directory; the tmpdir
+    (temporary tables hold the same rows) is its sibling there,
+    `<datadir>-tmp`, removed with the secrets directory at teardown.
     """
 
     DB = 'kerbside'
@@ -38,6 +48,7 @@ class PrivateMariaDB:
 
     def __init__(self, datadir, run_dir, log_dir, port, registry, secrets):
         self.datadir = datadir
+        self.tmpdir = os.path.normpath(datadir) + '-tmp'
         self.socket = os.path.join(run_dir, 'mysqld.sock')
         self.pid_file = os.path.join(run_dir, 'mariadbd.pid')
         self.log_path = os.path.join(log_dir, 'mariadbd.err')
@@ -61,6 +72,28 @@ class PrivateMariaDB:
         return [_tool(name, name.replace('mariadb', 'mysql')),
                 '--no-defaults', '--socket=%s' % self.socket]
 
+    def _private_dirs(self):
+        # The lane's own paths for both programs (mariadb-install-db hands
+        # options it does not know, --tmpdir among them, to its bootstrap
+        # mariadbd).
+        os.makedirs(self.tmpdir, mode=0o700, exist_ok=True)
+        return ['--datadir=%s' % self.datadir, '--tmpdir=%s' % self.tmpdir]
+
+    def install_argv(self):
+        return ([_tool('mariadb-install-db', 'mysql_install_db'),
+                 '--no-defaults', '--user=%s' % getpass.getuser()] +
+                self._private_dirs() +
+                ['--auth-root-authentication-method=socket',
+                 '--skip-test-db'] + self.TUNING)
+
+    def server_argv(self):
+        return ([_tool('mariadbd', 'mysqld'), '--no-defaults',
+                 '--user=%s' % getpass.getuser()] + self._private_dirs() +
+                ['--socket=%s' % self.socket, '--port=%d' % self.port,
+                 '--bind-address=127.0.0.1',
+                 '--pid-file=%s' % self.pid_file,
+                 '--log-error=%s' % self.log_path] + self.TUNING)
+
     def _install(self):
         if os.path.isdir(os.path.join(self.datadir, 'mysql')):
             return
@@ -68,11 +101,7 @@ class PrivateMariaDB:
         t = time.monotonic()
         with open(self.install_log, 'ab') as log:
             proc = subprocess.run(
-                [_tool('mariadb-install-db', 'mysql_install_db'),
-                 '--no-defaults', '--user=%s' % getpass.getuser(),
-                 '--datadir=%s' % self.datadir,
-                 '--auth-root-authentication-method=socket',
-                 '--skip-test-db'] + self.TUNING,
+                self.install_argv(),
                 stdout=log, stderr=subprocess.STDOUT, timeout=120)
         if proc.returncode != 0:
             raise errors.HarnessError(
@@ -97,15 +126,8 @@ class PrivateMariaDB:
     def start(self, timeout=60):
         self._install()
         t = time.monotonic()
-        argv = [_tool('mariadbd', 'mysqld'), '--no-defaults',
-                '--user=%s' % getpass.getuser(),
-                '--datadir=%s' % self.datadir,
-                '--socket=%s' % self.socket, '--port=%d' % self.port,
-                '--bind-address=127.0.0.1',
-                '--pid-file=%s' % self.pid_file,
-                '--log-error=%s' % self.log_path] + self.TUNING
         self.proc = self.registry.spawn(
-            'mariadbd', argv, self.log_path + '.stdout')
+            'mariadbd', self.server_argv(), self.log_path + '.stdout')
 
         def dead():
             if self.proc.poll() is not None:
