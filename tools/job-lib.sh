@@ -32,18 +32,23 @@ tools/setup.sh, or set PYTHON"
         */*) PY=$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY") \
                  || die "no directory for PYTHON=$PYTHON";;
     esac
+    # stestr's test command runs ${PYTHON:-python} too.
+    [ -z "${PYTHON:-}" ] || PYTHON=$PY
     "$PY" -I -c 'import tempest, kerbside_tempest_plugin' 2>/dev/null \
         || die "$PY cannot import tempest and kerbside_tempest_plugin; run \
 tools/setup.sh, or set PYTHON"
     log "python: $PY"
 }
 
-# ktp_verdicts OUT EXPECT ROUTE=RC...: print every test's verdict (failing
-# unless EXPECT tests passed), write OUT/index.html, and return non-zero
-# when the summary or any route's runner failed.
+# ktp_verdicts OUT PER_ROUTE REGEX ROUTE=RC...: print every test's verdict
+# (failing unless PER_ROUTE tests passed on each route given, or one when
+# REGEX narrowed the run below the whole sextant set), write
+# OUT/index.html, and return non-zero when the summary or any route's
+# runner failed.
 ktp_verdicts() {
-    local out=$1 expect=$2 status item
-    shift 2
+    local out=$1 expect=$(($2 * ($# - 3))) status item
+    [ "$3" = sextant ] || expect=1
+    shift 3
     echo
     log "verdicts"
     "$PY" -m kerbside_tempest_plugin.cmd.summary --expect "$expect" "$out"

@@ -36,13 +36,16 @@ def test_find_python_takes_python_and_checks_it_imports(tmp_path):
     # A relative PYTHON is made absolute (the runners cd elsewhere).
     rel = os.path.relpath(sys.executable, str(tmp_path))
     r = subprocess.run(['bash', '-c', PRELUDE + 'cd %s && ktp_find_python '
-                        '/nonexistent && echo "PY=$PY"' % tmp_path],
+                        '/nonexistent && echo "PY=$PY" && '
+                        'sh -c \'echo "PYTHON=$PYTHON"\'' % tmp_path],
                        capture_output=True, text=True, timeout=60,
                        env=dict(os.environ, PYTHON=rel))
     assert r.returncode == 0, r.stdout + r.stderr
     got = [ln[3:] for ln in r.stdout.splitlines() if ln.startswith('PY=')]
     assert got and os.path.isabs(got[0]), r.stdout
     assert os.path.samefile(got[0], sys.executable)
+    # ... also for the children: stestr runs ${PYTHON:-python}.
+    assert 'PYTHON=%s\n' % got[0] in r.stdout, r.stdout
     # A python without tempest and the plugin is refused, by name.
     r = bash('ktp_find_python /nonexistent', PYTHON='/usr/bin/python3',
              VIRTUAL_ENV='')
@@ -54,11 +57,24 @@ def test_find_python_takes_python_and_checks_it_imports(tmp_path):
 
 def test_verdicts_fail_on_a_failed_route_even_when_the_summary_passes(
         tmp_path):
-    # An artifact tree with no tests and expect 0: the summary passes.
-    r = bash('PY=%s; ktp_verdicts %s 0 kerbside=0 direct=1; echo "rc=$?"'
-             % (sys.executable, tmp_path))
+    # An artifact tree with no tests and 0 expected: the summary passes.
+    r = bash('PY=%s; ktp_verdicts %s 0 sextant kerbside=0 direct=1; '
+             'echo "rc=$?"' % (sys.executable, tmp_path))
     assert 'route direct: runner exit 1' in r.stdout
     assert 'rc=1' in r.stdout, r.stdout + r.stderr
-    r = bash('PY=%s; ktp_verdicts %s 0 kerbside=0; echo "rc=$?"'
+    r = bash('PY=%s; ktp_verdicts %s 0 sextant kerbside=0; echo "rc=$?"'
              % (sys.executable, tmp_path))
     assert 'rc=0' in r.stdout, r.stdout + r.stderr
+
+
+def test_verdicts_expect_per_route_or_one_for_a_narrowed_regex(tmp_path):
+    # No test ran: 4 per route on two routes is 8 missing; a narrowed
+    # regex expects 1.
+    r = bash('PY=%s; ktp_verdicts %s 4 sextant kerbside=0 direct=0; '
+             'echo "rc=$?"' % (sys.executable, tmp_path))
+    assert 'expected at least 8' in r.stdout and 'rc=1' in r.stdout, \
+        r.stdout + r.stderr
+    r = bash('PY=%s; ktp_verdicts %s 4 canonical direct=0; echo "rc=$?"'
+             % (sys.executable, tmp_path))
+    assert 'expected at least 1' in r.stdout and 'rc=1' in r.stdout, \
+        r.stdout + r.stderr
