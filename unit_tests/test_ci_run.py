@@ -58,3 +58,49 @@ def test_run_tests_hooks_the_ci_lint_script():
     assert 'if [ -x tools/lint-ci.sh ]; then\n    step lint-ci ' \
         './tools/lint-ci.sh\nfi' in text
     assert 'tools/wheel-install-test.sh' in text
+
+
+def _stub_checkout(tmp_path, codes):
+    """A copy of .ci/run beside stand-ins for the README's commands, each
+    recording its call and exiting with codes[name].
+    """
+    import os
+    import shutil
+    (tmp_path / '.ci').mkdir()
+    shutil.copy(REPO_ROOT / '.ci' / 'run', tmp_path / '.ci' / 'run')
+    for rel in ('tools/setup.sh', '.venv/bin/tox', 'tools/run-tests.sh'):
+        path = tmp_path / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text('#!/bin/sh\necho "%s $*" >> %s/calls\nexit %d\n' % (
+            rel, tmp_path, codes.get(rel, 0)))
+        os.chmod(path, 0o755)
+
+
+def _ci_run(tmp_path):
+    import subprocess
+    run = subprocess.run(['bash', str(tmp_path / '.ci' / 'run')],
+                         capture_output=True, text=True, timeout=60)
+    calls = (tmp_path / 'calls').read_text().splitlines()
+    return run.returncode, calls
+
+
+def test_ci_run_passes_only_when_both_commands_pass(tmp_path):
+    _stub_checkout(tmp_path, {})
+    assert _ci_run(tmp_path) == (0, ['tools/setup.sh ',
+                                     '.venv/bin/tox -e direct-qemu',
+                                     'tools/run-tests.sh '])
+
+
+def test_ci_run_fails_when_the_test_suite_fails(tmp_path):
+    _stub_checkout(tmp_path, {'tools/run-tests.sh': 1})
+    rc, calls = _ci_run(tmp_path)
+    assert rc != 0 and calls[-1] == 'tools/run-tests.sh '
+
+
+def test_ci_run_fails_when_the_main_job_fails_and_still_runs_the_suite(
+        tmp_path):
+    _stub_checkout(tmp_path, {'.venv/bin/tox': 1})
+    rc, calls = _ci_run(tmp_path)
+    assert rc != 0
+    assert calls == ['tools/setup.sh ', '.venv/bin/tox -e direct-qemu',
+                     'tools/run-tests.sh ']
