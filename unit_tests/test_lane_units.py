@@ -180,11 +180,26 @@ def test_registry_records_and_stops_in_lane_order(tmp_path):
     reg = procs.ProcessRegistry(str(tmp_path / 'processes.json'))
     log = str(tmp_path / 'x.log')
     started = {}
+    # Each stand-in takes SIGINT back (a run started from a shell without
+    # job control inherits it ignored, and ryll is stopped with SIGINT),
+    # then says it is ready, so the stop never races its start-up.
+    ready = tmp_path / 'ready'
+    ready.mkdir()
+    code = ('import signal, sys, time\n'
+            'signal.signal(signal.SIGINT, signal.default_int_handler)\n'
+            'open(sys.argv[1], "w").close()\n'
+            'time.sleep(600)\n')
     for name in ('mariadbd', 'gunicorn', 'kerbside-daemon', 'qemu:g1',
                  'ryll:1'):
-        started[name] = reg.spawn(name, [sys.executable, '-c',
-                                         'import time; time.sleep(600)'],
-                                  log)
+        started[name] = reg.spawn(
+            name, [sys.executable, '-c', code,
+                   str(ready / name.replace(':', '-'))], log)
+    deadline = time.monotonic() + 30
+    while len(os.listdir(ready)) < len(started) and \
+            time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(os.listdir(ready)) == len(started), (
+        'stand-ins ready after 30 s: %s' % sorted(os.listdir(ready)))
     data = json.load(open(tmp_path / 'processes.json'))
     assert [r['name'] for r in data] == list(started)
     assert all(r['start_ticks'] for r in data)

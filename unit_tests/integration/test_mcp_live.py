@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from kerbside_tempest_plugin.lane import lane
 from kerbside_tempest_plugin.lane import procs
 from kerbside_tempest_plugin.sextant import contract
 from unit_tests.conftest import REPO_ROOT
@@ -124,19 +125,22 @@ def test_mcp_walk_over_stdio(tmp_path):
         errlog.close()
         # The client has gone: the lane must go down (a detached
         # `kerbside-harness down`, which may still be running).
+        # The processes stop first; the state file says 'down' only once
+        # the ports are checked and the artifacts scrubbed, so wait for
+        # both.
         registry = os.path.join(workdir, 'processes.json')
         deadline = time.monotonic() + 60
-        living = None
+        living = state = None
         while time.monotonic() < deadline:
             reg = procs.ProcessRegistry(registry)
             living = [r['name'] for r in reg.living()]
-            if not living:
+            state = lane.load_state(workdir) or {}
+            if not living and state.get('state') == 'down':
                 break
             time.sleep(0.5)
         assert living == [], 'left running after disconnect: %s' % living
-    with open(os.path.join(workdir, 'lane.json')) as f:
-        state = json.load(f)
-    assert state['state'] == 'down', state.get('state')
+    assert state['state'] == 'down', (
+        'lane state 60 s after the client left: %s' % state.get('state'))
     assert state['teardown']['busy_ports'] == []
     # No secret of the lane in anything a tool returned.
     secrets_dir = os.path.join(workdir, 'secrets')
