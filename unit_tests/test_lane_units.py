@@ -149,6 +149,99 @@ def test_free_ports_are_distinct_and_bindable():
         s.close()
 
 
+class _SameRng:
+    """Offers the same ports in the same order to every allocation."""
+
+    def __init__(self, ports_):
+        self.ports = list(ports_)
+        self.i = 0
+
+    def randrange(self, low, high):
+        p = self.ports[self.i % len(self.ports)]
+        self.i += 1
+        assert low <= p < high
+        return p
+
+
+def test_free_ports_stay_below_the_ephemeral_range():
+    low, high = ports.allocation_range()
+    eph_low, eph_high = ports.ephemeral_range()
+    assert high < eph_low or low > eph_high
+    for p in ports.free_ports(20):
+        assert low <= p <= high
+
+
+def test_allocation_range_moves_with_the_kernel_range(tmp_path):
+    assert ports.allocation_range((32768, 60999)) == (10000, 32767)
+    assert ports.allocation_range((1024, 40000)) == (40001, 65535)
+    assert ports.allocation_range((1024, 65000)) == (1024, 65535)
+    f = tmp_path / 'range'
+    f.write_text('20000\t50000\n')
+    assert ports.ephemeral_range(str(f)) == (20000, 50000)
+    assert ports.ephemeral_range(str(tmp_path / 'none')) == (32768, 60999)
+
+
+def test_two_allocations_never_share_a_port(tmp_path, monkeypatch):
+    """Two lanes starting at once: the second allocation must not get the
+    ports the first was given (and closed) but has not bound yet, even when
+    the kernel would say they are free.
+    """
+    monkeypatch.setenv('KTP_PORT_RESERVATIONS', str(tmp_path / 'r.json'))
+    low, _ = ports.allocation_range()
+    offered = [low + 17, low + 18, low + 19, low + 20, low + 21, low + 22]
+    first = ports.free_ports(3, rng=_SameRng(offered))
+    second = ports.free_ports(3, rng=_SameRng(offered))
+    assert not set(first) & set(second), (first, second)
+    window = ports.free_window(2, rng=_SameRng([first[0], second[0] + 10]))
+    assert window == (second[0] + 10, second[0] + 11)
+
+
+def test_reservations_expire(tmp_path):
+    path = str(tmp_path / 'r.json')
+    now = [1000.0]
+    clock = lambda: now[0]  # noqa: E731
+    low, _ = ports.allocation_range()
+    got = ports.free_ports(1, rng=_SameRng([low + 5, low + 6]),
+                           reservations=ports._Reservations(
+                               path, ttl=60, clock=clock))
+    assert got == [low + 5]
+    again = ports.free_ports(1, rng=_SameRng([low + 5, low + 6]),
+                             reservations=ports._Reservations(
+                                 path, ttl=60, clock=clock))
+    assert again == [low + 6]
+    now[0] += 61
+    later = ports.free_ports(1, rng=_SameRng([low + 5]),
+                             reservations=ports._Reservations(
+                                 path, ttl=60, clock=clock))
+    assert later == [low + 5]
+
+
+def test_a_garbled_reservation_file_is_ignored(tmp_path, monkeypatch):
+    path = tmp_path / 'r.json'
+    path.write_text('{not json')
+    monkeypatch.setenv('KTP_PORT_RESERVATIONS', str(path))
+    assert len(ports.free_ports(2)) == 2
+    assert len(json.loads(path.read_text())) == 2
+
+
+def test_no_free_port_is_a_readable_error(tmp_path, monkeypatch):
+    monkeypatch.setenv('KTP_PORT_RESERVATIONS', str(tmp_path / 'r.json'))
+    held = socket.socket()
+    low, _ = ports.allocation_range()
+    for p in range(low + 100, low + 200):
+        try:
+            held.bind(('127.0.0.1', p))
+            break
+        except OSError:
+            continue
+    held.listen()
+    try:
+        with pytest.raises(errors.HarnessError, match='only 0 of 1'):
+            ports.free_ports(1, rng=_SameRng([held.getsockname()[1]]))
+    finally:
+        held.close()
+
+
 def test_listening_ports_sees_a_listener():
     s = socket.socket()
     s.bind(('127.0.0.1', 0))

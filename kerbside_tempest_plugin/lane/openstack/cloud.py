@@ -30,7 +30,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -69,33 +68,15 @@ def default_workdir():
     return os.environ.get('KTP_OPENSTACK_WORKDIR') or '/tmp/ktp-openstack'
 
 
-def spice_port_range(count=config.SPICE_PORT_COUNT, low=20000, high=60000,
+def spice_port_range(count=config.SPICE_PORT_COUNT, low=None, high=None,
                      rng=random):
     """(min, max) of `count` consecutive loopback ports free right now.
 
     libvirt hands SPICE ports out of one range (remote_display_port_*),
-    so the lane allocates a whole free window instead of assuming 5900.
+    so the lane allocates a whole free window instead of assuming 5900
+    (reserved like every other lane port: see common.ports).
     """
-    listening = common_ports.listening_ports()
-    for _ in range(200):
-        start = rng.randrange(low, high - count)
-        window = range(start, start + count)
-        if any(p in listening for p in window):
-            continue
-        socks = []
-        try:
-            for p in window:
-                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-                socks.append(s)
-                s.bind((common_ports.LOOPBACK, p))
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-        return (start, start + count - 1)
-    raise errors.HarnessError('no %d consecutive free ports found between '
-                              '%d and %d' % (count, low, high))
+    return common_ports.free_window(count, low=low, high=high, rng=rng)
 
 
 class OpenStackCloud:
