@@ -441,7 +441,9 @@ class Lane(lane_base.Lane):
     # -- ryll (lane.base.Lane hook) ----------------------------------------
     def _ryll_started(self, n, rp):
         if rp.pid:
-            self.registry.add('ryll:%s' % n, rp.pid,
+            # The argv ryll was started with: /proc's cmdline can still be
+            # empty this soon after the fork (it was, in some records).
+            self.registry.add('ryll:%s' % n, rp.pid, argv=rp.argv,
                               logs=[rp.stdout_path, rp.stderr_path],
                               scratch=[rp.private_dir])
 

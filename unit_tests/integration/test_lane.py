@@ -313,6 +313,10 @@ def _secret_values(workdir):
 def test_teardown_frees_everything_and_leaks_no_secret(lane):
     workdir = lane.workdir
     records = list(lane.registry.records)
+    # Every record says what ran (ryll's too: it is recorded from the argv
+    # it was started with, not a /proc read that may race the exec).
+    assert any(r['name'].startswith('ryll:') for r in records), records
+    assert [r['name'] for r in records if not r['argv']] == []
     ports = [p for p in lane.ports.values() if p]
     report = lane.down()
     assert report['leftover_pids'] == [], report
