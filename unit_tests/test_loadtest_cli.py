@@ -117,3 +117,38 @@ def test_plot_handles_one_empty_route(tmp_path):
                        {'kerbside': [], 'direct': [1.0, 2.0, 3.0]},
                        'title', floor_ms=0.1)
     assert open(path, 'rb').read(8) == PNG_MAGIC
+
+
+def test_rig_down_closes_every_client_and_lane_even_when_one_fails(tmp_path):
+    from kerbside_tempest_plugin.loadtest import rig as rig_mod
+    events = []
+
+    class Part:
+        def __init__(self, name, fail=False):
+            self.name, self.fail = name, fail
+
+        def detach(self):
+            events.append('detach ' + self.name)
+
+        def close(self):
+            events.append('close ' + self.name)
+            if self.fail:
+                raise OSError('control socket gone')
+
+        def down(self):
+            events.append('down ' + self.name)
+            return {'leftover_pids': []}
+
+    r = rig_mod.Rig(['kerbside', 'direct'], image=None,
+                    out_dir=str(tmp_path))
+    for route in r.routes:
+        route.session = route.client = route.lane = Part(
+            route.name, fail=(route.name == 'direct'))
+    load = rig_mod.Route('load1')
+    load.session = load.client = Part('load1', fail=True)
+    r.load = [load]
+    reports = r.down()
+    assert events == ['detach load1', 'close load1',
+                      'detach direct', 'close direct', 'down direct',
+                      'detach kerbside', 'close kerbside', 'down kerbside']
+    assert set(reports) == {'kerbside', 'direct'}

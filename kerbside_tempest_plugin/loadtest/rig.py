@@ -85,6 +85,19 @@ def _connect(path, timeout, name):
     return c
 
 
+def _close_client(r):
+    """Detach the console session and close the control client of `r` (a
+    route or a load console); never raises.
+    """
+    try:
+        if r.session is not None:
+            r.session.detach()
+        if r.client is not None:
+            r.client.close()
+    except Exception:
+        LOG.exception('closing the control client of %s', r.name)
+
+
 class Rig:
     """All routes of one loadtest run. Use `up()` then (always) `down()`.
     """
@@ -278,21 +291,9 @@ class Rig:
         except Exception:
             LOG.exception('stopping the load or the packet capture')
         for r in self.load:
-            try:
-                if r.session is not None:
-                    r.session.detach()
-                if r.client is not None:
-                    r.client.close()
-            except Exception:
-                LOG.exception('closing the control client of %s', r.name)
+            _close_client(r)
         for r in reversed(self.routes):
-            try:
-                if r.session is not None:
-                    r.session.detach()
-                if r.client is not None:
-                    r.client.close()
-            except Exception:
-                LOG.exception('closing the control client of %s', r.name)
+            _close_client(r)
             if r.lane is not None:
                 try:
                     self.teardown_reports[r.name] = r.lane.down()
