@@ -23,10 +23,10 @@ import pytest
 
 from kerbside_tempest_plugin.lane import procs
 from kerbside_tempest_plugin.scenario import checks
-from kerbside_tempest_plugin.sextant import contract
 from kerbside_tempest_plugin.sextant import drain as drain_mod
 from unit_tests.conftest import REPO_ROOT
 from unit_tests.conftest import require_tools
+from unit_tests.integration import console_walk
 
 pytestmark = pytest.mark.integration
 
@@ -51,25 +51,12 @@ def test_console_script_walks_to_parked(tmp_path):
     _need()
     workdir = str(tmp_path / 'lane')
     saved = str(tmp_path / 'parked.png')
-    script = '\n'.join([
-        '# the canonical walk, verb by verb',
-        'digest',
-        'key enter',
-        'wait line_rendered row=21',
-        'key i',
-        'wait line_rendered row=25',
-        'paste %s' % contract.PASTE_SECRET,
-        'key enter',
-        'wait paste_received correct=true --unless "paste_received '
-        'correct=false"',
-        'wait scene_transition to=parked --timeout 60',
-        'digest --save %s' % saved,
-        'key enter',
-        'drain',
-        'status',
-        'key enter',              # the guest is off: a readable error
-        'status',                 # never reached
-    ]) + '\n'
+    script = '\n'.join(
+        ['# the canonical walk, verb by verb'] +
+        console_walk.walk_script(60, save=saved) + [
+            'key enter',          # the guest is off: a readable error
+            'status',             # never reached
+        ]) + '\n'
     run = harness('console', '--route', 'kerbside', '--workdir', workdir,
                   stdin=script)
     out = lines(run)

@@ -21,28 +21,13 @@ import time
 import pytest
 
 from kerbside_tempest_plugin import guest_images
-from kerbside_tempest_plugin.sextant import contract
 from unit_tests.conftest import REPO_ROOT
+from unit_tests.integration import console_walk
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow,
               pytest.mark.openstack]
 
-WALK = [
-    'digest',
-    'key enter',
-    'wait line_rendered row=21',
-    'key i',
-    'wait line_rendered row=25',
-    'paste %s' % contract.PASTE_SECRET,
-    'key enter',
-    'wait paste_received correct=true --unless "paste_received '
-    'correct=false"',
-    'wait scene_transition to=parked --timeout 90',
-    'digest',
-    'key enter',
-    'drain --timeout 120',
-    'status',
-]
+WALK = console_walk.walk_script(90, drain_timeout=120)
 
 
 @pytest.fixture(scope='module')
