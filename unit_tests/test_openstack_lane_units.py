@@ -391,3 +391,31 @@ def test_tempest_conf_for_the_cloud(tmp_path):
     red = tempest_conf.render(state, tempest_conf.REDACTED, 'kerbside',
                               '/ws', 'img-1')
     assert 'pw\n' not in red and '<redacted>' in red
+
+
+def test_cloud_kerbside_trusts_the_lane_ca_or_the_one_it_is_given(
+        tmp_path):
+    import yaml
+
+    from kerbside_tempest_plugin.lane.openstack import kerbside as os_kb
+    lay = _layout(tmp_path)
+    lane_ca = tmp_path / 'lane-ca.pem'
+    lane_ca.write_text('-----BEGIN CERTIFICATE-----\nLANE\n'
+                       '-----END CERTIFICATE-----\n')
+    other = tmp_path / 'other-ca.pem'
+    other.write_text('-----BEGIN CERTIFICATE-----\nOTHER\n'
+                     '-----END CERTIFICATE-----\n')
+
+    class Tls:
+        ca_cert = str(lane_ca)
+
+    def source(**kw):
+        kb = os_kb.CloudKerbside(
+            None, lay, secrets.SecretStore(str(tmp_path / "s")),
+            None, Tls(), 'mysql://x', **kw)
+        [src] = yaml.safe_load(kb.sources_yaml())
+        return src
+
+    assert source()['ca_cert'] == lane_ca.read_text()
+    assert source(hypervisor_ca=str(other))['ca_cert'] == other.read_text()
+    assert source()['type'] == 'openstack'

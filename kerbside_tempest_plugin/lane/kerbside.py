@@ -27,6 +27,12 @@ from kerbside_tempest_plugin.lane import procs
 
 KERBSIDE_VERSION = '0.8.0'
 SOURCE_NAME = 'harness-lab'
+# gunicorn's access log without the query string or the referer: Kerbside
+# takes a Nova console token as `?token=` (/nova-console.vv), and the
+# default format's request line would write it into the log while the
+# lane runs (teardown's scrub would only mask it afterwards).
+ACCESS_LOG_FORMAT = ('%(h)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(b)s %(L)ss '
+                     '"%(a)s"')
 CONSOLE_NAME = 'sextant-harness'
 
 
@@ -315,6 +321,7 @@ class Kerbside:
              '127.0.0.1:%d' % self.api_port, '--workers', '2',
              '--access-logfile',
              os.path.join(self.log_dir, 'gunicorn-access.log'),
+             '--access-logformat', ACCESS_LOG_FORMAT,
              '--error-logfile',
              os.path.join(self.log_dir, 'gunicorn-error.log'),
              'kerbside.api:app'],

@@ -10,6 +10,7 @@ test_openstack_lane.py needs. Takes a few minutes.
 """
 
 import json
+import os
 import time
 import urllib.error
 import urllib.request
@@ -75,6 +76,13 @@ def test_a_token_gives_a_proxy_vv_and_may_be_used_again(cloud):
     status, second = _get(remote['url'])
     assert status == 200, second
     assert common_vv.parse_vv(second)['password'] != vv['password']
+    # Kerbside's access log names the route, never the token in its query
+    # string (lane.kerbside.ACCESS_LOG_FORMAT), even while the cloud runs.
+    with open(os.path.join(cloud.kerbside.log_dir,
+                           'gunicorn-access.log')) as f:
+        access = f.read()
+    assert '"GET /nova-console.vv HTTP/1.1" 200' in access, access[-1000:]
+    assert compute.token_of(remote['url']) not in access
 
 
 def test_no_token_is_401(cloud):

@@ -63,7 +63,7 @@ class CloudKerbside(lane_kerbside.Kerbside):
     """Kerbside with an `openstack` source for the cloud's Layout."""
 
     def __init__(self, venv, layout, secrets, registry, tls, sql_url,
-                 verbose=True):
+                 verbose=True, hypervisor_ca=None):
         p = layout.ports
         super().__init__(
             venv, layout.workdir, layout.run_dir, secrets, registry, tls,
@@ -72,6 +72,9 @@ class CloudKerbside(lane_kerbside.Kerbside):
             p['kerbside_metrics'], console_uuid=None, guest_port=None,
             ticket=None, verbose=verbose)
         self.layout = layout
+        # The CA file the source trusts for the hypervisors' SPICE TLS;
+        # default the lane CA, which signed libvirt's certificate.
+        self.hypervisor_ca = hypervisor_ca or tls.ca_cert
 
     def sources_yaml(self, ticket=None):
         """The source file; `ticket` (when given) replaces the password,
@@ -96,7 +99,7 @@ class CloudKerbside(lane_kerbside.Kerbside):
             # the source's ca_cert, never the proxy's --cacert (contracts
             # §15.1). No host_subject comes from Nova, so the name checked
             # is the console's host (127.0.0.1, in the certificate's SAN).
-            with open(self.tls.ca_cert) as f:
+            with open(self.hypervisor_ca) as f:
                 pem = f.read().strip()
             text += '  ca_cert: |\n' + ''.join(
                 '    %s\n' % line for line in pem.splitlines())
