@@ -224,6 +224,24 @@ def test_a_garbled_reservation_file_is_ignored(tmp_path, monkeypatch):
     assert len(json.loads(path.read_text())) == 2
 
 
+def test_reservations_live_in_a_private_directory(tmp_path, monkeypatch):
+    import tempfile
+    monkeypatch.delenv('KTP_PORT_RESERVATIONS', raising=False)
+    monkeypatch.setattr(tempfile, 'tempdir', str(tmp_path))
+    path = ports.reservation_file()
+    d = os.path.dirname(path)
+    assert d == str(tmp_path / ('ktp-ports-%d' % os.getuid()))
+    assert stat.S_IMODE(os.stat(d).st_mode) == 0o700
+    got = ports.free_ports(2)
+    assert sorted(int(k) for k in json.load(open(path))) == sorted(got)
+    # Someone else's (or an open) directory in its place: not used, and
+    # allocation still works, with a warning.
+    os.chmod(d, 0o777)
+    with pytest.raises(OSError, match='not a private directory'):
+        ports.reservation_file()
+    assert len(ports.free_ports(2)) == 2
+
+
 def test_no_free_port_is_a_readable_error(tmp_path, monkeypatch):
     monkeypatch.setenv('KTP_PORT_RESERVATIONS', str(tmp_path / 'r.json'))
     held = socket.socket()

@@ -23,6 +23,7 @@ import logging
 import os
 import random
 import socket
+import stat
 import tempfile
 import time
 
@@ -64,8 +65,21 @@ def allocation_range(ephemeral=None):
 
 
 def reservation_file():
-    return os.environ.get('KTP_PORT_RESERVATIONS') or os.path.join(
-        tempfile.gettempdir(), 'ktp-port-reservations.json')
+    """The reservation file: $KTP_PORT_RESERVATIONS, else one in a
+    directory of this user's own under the temporary directory (0700, so
+    no other user can plant a link where it is written).
+    """
+    path = os.environ.get('KTP_PORT_RESERVATIONS')
+    if path:
+        return path
+    d = os.path.join(tempfile.gettempdir(), 'ktp-ports-%d' % os.getuid())
+    os.makedirs(d, mode=0o700, exist_ok=True)
+    st = os.lstat(d)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or \
+            st.st_mode & 0o077:
+        raise OSError(errno.EPERM, '%s is not a private directory of '
+                      'this user' % d)
+    return os.path.join(d, 'reservations.json')
 
 
 class _Reservations:
@@ -75,7 +89,7 @@ class _Reservations:
     """
 
     def __init__(self, path=None, ttl=RESERVATION_TTL, clock=time.time):
-        self.path = path or reservation_file()
+        self.path = path
         self.ttl = ttl
         self.clock = clock
         self.held = {}
@@ -83,6 +97,7 @@ class _Reservations:
 
     def __enter__(self):
         try:
+            self.path = self.path or reservation_file()
             self._lock = open(self.path + '.lock', 'a')
             fcntl.flock(self._lock, fcntl.LOCK_EX)
         except OSError as e:
