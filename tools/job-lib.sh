@@ -43,8 +43,8 @@ tools/setup.sh, or set PYTHON"
 # ktp_verdicts OUT PER_ROUTE REGEX ROUTE=RC...: print every test's verdict
 # (failing unless PER_ROUTE tests passed on each route given, or one when
 # REGEX narrowed the run below the whole sextant set), write
-# OUT/index.html, and return non-zero when the summary or any route's
-# runner failed.
+# OUT/index.html, check that no kept artifact holds a token, and return
+# non-zero when the summary, the leak check or any route's runner failed.
 ktp_verdicts() {
     local out=$1 expect=$(($2 * ($# - 3))) status item
     [ "$3" = sextant ] || expect=1
@@ -57,6 +57,7 @@ ktp_verdicts() {
     # browser.
     "$PY" -m kerbside_tempest_plugin.scenario.html_report index "$out" \
         >/dev/null && log "reports: $out/index.html"
+    "$PY" -m kerbside_tempest_plugin.cmd.leakcheck "$out" || status=1
     for item in "$@"; do
         log "route ${item%%=*}: runner exit ${item#*=}"
         [ "${item#*=}" = 0 ] || status=1

@@ -78,3 +78,34 @@ def test_verdicts_expect_per_route_or_one_for_a_narrowed_regex(tmp_path):
              % (sys.executable, tmp_path))
     assert 'expected at least 1' in r.stdout and 'rc=1' in r.stdout, \
         r.stdout + r.stderr
+
+
+def test_verdicts_fail_when_an_artifact_still_holds_a_token(tmp_path):
+    logs = tmp_path / 'cloud' / 'logs'
+    logs.mkdir(parents=True)
+    (logs / 'nova.log').write_text(
+        '"GET /v2.1/os-console-auth-tokens/<redacted>" status: 200\n')
+    r = bash('PY=%s; ktp_verdicts %s 0 sextant kerbside=0; echo "rc=$?"'
+             % (sys.executable, tmp_path))
+    assert 'rc=0' in r.stdout and 'no token-shaped secret' in r.stdout, \
+        r.stdout + r.stderr
+    (logs / 'kerbside.log').write_text(
+        '"url": "http://127.0.0.1:1/nova-console.vv?token=247c9b3e-806c"\n')
+    r = bash('PY=%s; ktp_verdicts %s 0 sextant kerbside=0; echo "rc=$?"'
+             % (sys.executable, tmp_path))
+    assert 'rc=1' in r.stdout, r.stdout + r.stderr
+    assert '1 token-shaped secret(s) in %s' % (logs / 'kerbside.log') in \
+        r.stdout
+    assert '247c9b3e' not in r.stdout + r.stderr
+
+
+def test_leakcheck_usage_errors(tmp_path, capsys):
+    from kerbside_tempest_plugin.cmd import leakcheck
+    assert leakcheck.main([str(tmp_path / 'absent')]) == 2
+    assert 'no such directory' in capsys.readouterr().err
+    jwt = 'eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln'
+    (tmp_path / 'a.json').write_text('{"auth": "%s"}' % jwt)
+    (tmp_path / 'b.pcap').write_bytes(b'\xd4\xc3\xb2\xa1\0\0' + jwt.encode())
+    assert leakcheck.main([str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert 'a.json' in out and 'b.pcap' not in out and jwt not in out

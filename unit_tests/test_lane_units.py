@@ -137,6 +137,38 @@ def test_scrub_tree_skips_secrets_and_rewrites_logs(tmp_path):
     assert (tmp_path / 'secrets' / 'ticket').read_text() == 'topsecretvalue'
 
 
+def test_scrub_tree_masks_token_shapes_nobody_registered(tmp_path):
+    """A console token minted in another process (tempest's) and logged
+    by Nova and Kerbside: masked by its shape, in text files only.
+    """
+    token = '247c9b3e-806c-446a-9171-e8c44ec81b64'
+    jwt = 'eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJoYXJuZXNzIn0.c2lnbmF0dXJl'
+    (tmp_path / 'nova.log').write_text(
+        'INFO nova.api.openstack.requestlog 127.0.0.1 "GET /v2.1/'
+        'os-console-auth-tokens/%s" status: 200\n' % token)
+    (tmp_path / 'kerbside.log').write_text(
+        '{"url": "http://127.0.0.1:1/nova-console.vv?token=%s", '
+        '"auth": "%s", "key": "enter"}\n' % (token, jwt))
+    (tmp_path / 'image.qcow2').write_bytes(
+        b'QFI\xfb\0\0\0\3' + ('?token=%s' % token).encode())
+    events = '{"verb": "key", "key": "enter", "password": "shown"}\n'
+    (tmp_path / 'events.jsonl').write_text(events)
+    changed = secrets.scrub_tree(str(tmp_path), secrets.Redactor())
+    assert sorted(os.path.basename(p) for p in changed) == [
+        'kerbside.log', 'nova.log']
+    for name in ('nova.log', 'kerbside.log'):
+        text = (tmp_path / name).read_text()
+        assert token not in text and jwt not in text, text
+    assert 'os-console-auth-tokens/<redacted>"' in \
+        (tmp_path / 'nova.log').read_text()
+    assert '"key": "enter"' in (tmp_path / 'kerbside.log').read_text()
+    # Binary files and everything not token-shaped are left as they were.
+    assert token.encode() in (tmp_path / 'image.qcow2').read_bytes()
+    assert (tmp_path / 'events.jsonl').read_text() == events
+    # A second scrub finds nothing more to do.
+    assert secrets.scrub_tree(str(tmp_path), secrets.Redactor()) == []
+
+
 # -- ports -----------------------------------------------------------------
 
 def test_free_ports_are_distinct_and_bindable():
