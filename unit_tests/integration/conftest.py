@@ -309,3 +309,11 @@ def openstack_cloud(tmp_path_factory):
         run_dir = os_cloud.load_state(workdir).get('run_dir')
         if run_dir and not run_dir.startswith(workdir):
             assert not os.path.exists(run_dir)
+        # No console token or JWT left in any kept log (the secrets/
+        # directory is the lane's own, never an artifact).
+        from kerbside_tempest_plugin.common import secrets
+        leaks = [(os.path.relpath(p, workdir), n)
+                 for p, n in secrets.find_token_shapes(workdir)
+                 if not p.startswith(os.path.join(workdir, 'secrets') +
+                                     os.sep)]
+        assert leaks == [], leaks
