@@ -59,11 +59,6 @@ def parse_list(text, cast=str):
     return [cast(x) for x in text.split(',') if x.strip()]
 
 
-def loadavg():
-    with open('/proc/loadavg') as f:
-        return f.read().strip()
-
-
 def proc_cpu_rss(pid):
     """(cpu seconds, rss MiB, peak rss MiB) of `pid`, or None if gone.
     A zombie still has its CPU times (until it is reaped).
@@ -244,7 +239,7 @@ def run_point(lane, route, n, args, out):
                 f.write(traceback.format_exc())
 
     before = lane.kerbside.metrics() if lane.kerbside else {}
-    load0 = loadavg()
+    load0 = report.loadavg()
     sampler = Sampler(lambda: lane_pids(lane), args.sample).start()
     threads = [threading.Thread(target=walk, args=(i,), name='walk-%d' % i)
                for i in range(n)]
@@ -256,7 +251,7 @@ def run_point(lane, route, n, args, out):
     after = lane.kerbside.metrics() if lane.kerbside else {}
     point = summarise(route, n, results, usage, metrics_delta(before, after))
     point['loadavg_start'] = load0
-    point['loadavg_end'] = loadavg()
+    point['loadavg_end'] = report.loadavg()
     for r in results:
         print('  %s N=%d: %s' % (route, n, r.summary_line()), flush=True)
     return point, results
@@ -394,7 +389,7 @@ def run_route(route, args, out):
         lane.up()
         lane_up = time.monotonic() - t0
         print('%s lane up in %.1f s (%d consoles); loadavg %s' % (
-            route, lane_up, lane.consoles, loadavg()), flush=True)
+            route, lane_up, lane.consoles, report.loadavg()), flush=True)
         for n in args.guests:
             point, results = run_point(lane, route, n, args, out)
             points.append(point)
@@ -434,11 +429,8 @@ def main():
     logging.basicConfig(level=logging.WARNING)
     from kerbside_tempest_plugin import guest_images
     args.image = guest_images.sextant_image(args.image)
-    out = os.path.abspath(args.out or os.path.join(
-        REPO, 'artifacts', 'bench-load-%s' % time.strftime(
-            '%Y%m%dT%H%M%SZ', time.gmtime())))
-    os.makedirs(out, exist_ok=True)
-    start_load = loadavg()
+    out = report.stamped_dir(args.out, REPO, 'load')
+    start_load = report.loadavg()
     print('%s walks, N %s, routes %s, %d cpus; artifacts in %s; loadavg %s'
           % (args.walk, args.guests, args.routes, NCPU, out, start_load),
           flush=True)
@@ -451,7 +443,7 @@ def main():
     print(table(points))
     summary = {'walk': args.walk, 'guests': args.guests,
                'routes': args.routes, 'ncpu': NCPU, 'out': out,
-               'loadavg_start': start_load, 'loadavg_end': loadavg(),
+               'loadavg_start': start_load, 'loadavg_end': report.loadavg(),
                'wall_s': round(time.monotonic() - t0, 1), 'knee': {},
                'lanes': {}, 'points': points}
     for route, d in per_route.items():

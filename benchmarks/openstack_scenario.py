@@ -62,15 +62,12 @@ def main(argv=None):
     logging.basicConfig(level=logging.WARNING)
     from kerbside_tempest_plugin import guest_images
     args.image = guest_images.sextant_image(args.image)
-    out = os.path.abspath(args.out or os.path.join(
-        bench.REPO, 'artifacts', 'bench-openstack-%s' % time.strftime(
-            '%Y%m%dT%H%M%SZ', time.gmtime())))
-    os.makedirs(out, exist_ok=True)
+    out = bench.report.stamped_dir(args.out, bench.REPO, 'openstack')
     print('%d %s walk(s) per route on the single-box OpenStack, routes %s;'
           ' image %s; artifacts in %s' % (
               args.runs, args.walk, ' '.join(args.routes), args.image,
               out), flush=True)
-    load = {'start': bench.loadavg()}
+    load = {'start': bench.report.loadavg()}
     t0 = time.monotonic()
     cloud = os_cloud.OpenStackCloud(os.path.join(out, 'cloud'))
     per_route, memory, down = {}, None, {}
@@ -95,7 +92,7 @@ def main(argv=None):
                 memory = cloud.memory()
     finally:
         down = cloud.down()
-    load['end'] = bench.loadavg()
+    load['end'] = bench.report.loadavg()
     wall = time.monotonic() - t0
     figures = {route: bench.soak_figures(d, args.runs)
                for route, d in per_route.items()}

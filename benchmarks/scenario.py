@@ -253,22 +253,19 @@ def main():
     logging.basicConfig(level=logging.WARNING)
     from kerbside_tempest_plugin import guest_images
     args.image = guest_images.sextant_image(args.image)
-    out = os.path.abspath(args.out or os.path.join(
-        REPO, 'artifacts', 'bench-scenario-%s' % time.strftime(
-            '%Y%m%dT%H%M%SZ', time.gmtime())))
-    os.makedirs(out, exist_ok=True)
+    out = report.stamped_dir(args.out, REPO, 'scenario')
     print('%d %s walk(s) per route, routes %s, paste delay %d ms; '
           'image %s%s; artifacts in %s' % (
               args.runs, args.walk, ' '.join(args.routes), args.char_delay,
               args.image, ' (SEXTANT_IMAGE)' if os.environ.get(
                   'SEXTANT_IMAGE') else '', out), flush=True)
-    load = {'start': loadavg()}
+    load = {'start': report.loadavg()}
     t0 = time.monotonic()
     per_route = {}
     for route in args.routes:
         per_route[route] = run_route(
             route, args, out, log=lambda m: print(m, flush=True))
-    load['end'] = loadavg()
+    load['end'] = report.loadavg()
     wall = time.monotonic() - t0
     figures = {route: soak_figures(d, args.runs)
                for route, d in per_route.items()}
@@ -326,14 +323,6 @@ def rounded(value, places=3):
     if isinstance(value, (list, tuple)):
         return [rounded(v, places) for v in value]
     return value
-
-
-def loadavg():
-    try:
-        with open('/proc/loadavg') as f:
-            return f.read().strip()
-    except OSError as e:
-        return 'unreadable: %s' % e
 
 
 if __name__ == '__main__':

@@ -152,3 +152,13 @@ def test_rig_down_closes_every_client_and_lane_even_when_one_fails(tmp_path):
                       'detach direct', 'close direct', 'down direct',
                       'detach kerbside', 'close kerbside', 'down kerbside']
     assert set(reports) == {'kerbside', 'direct'}
+
+
+def test_benchmark_out_dir_and_loadavg(tmp_path):
+    given = report.stamped_dir(str(tmp_path / 'mine'), '/nowhere', 'x')
+    assert given == str(tmp_path / 'mine') and os.path.isdir(given)
+    stamped = report.stamped_dir(None, str(tmp_path), 'load')
+    assert os.path.dirname(stamped) == str(tmp_path / 'artifacts')
+    assert os.path.basename(stamped).startswith('bench-load-2')
+    assert os.path.basename(stamped).endswith('Z') and os.path.isdir(stamped)
+    assert len(report.loadavg().split()) == 5

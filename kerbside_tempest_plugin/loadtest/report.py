@@ -13,6 +13,8 @@
 
 import csv
 import math
+import os
+import time
 
 from kerbside_tempest_plugin.common import atomic
 from kerbside_tempest_plugin.loadtest import stats
@@ -236,3 +238,25 @@ def text_table(header, rows):
              '  '.join('-' * w for w in widths)]
     lines += ['  '.join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
     return '\n'.join(lines)
+
+
+def loadavg():
+    """/proc/loadavg as one line (every benchmark prints it beside its
+    figures), or why it could not be read.
+    """
+    try:
+        with open('/proc/loadavg') as f:
+            return f.read().strip()
+    except OSError as e:
+        return 'unreadable: %s' % e
+
+
+def stamped_dir(out, repo, name):
+    """`out` made absolute, or <repo>/artifacts/bench-<name>-<UTC stamp>;
+    created. The benchmarks' --out default.
+    """
+    path = os.path.abspath(out or os.path.join(
+        repo, 'artifacts', 'bench-%s-%s' % (
+            name, time.strftime('%Y%m%dT%H%M%SZ', time.gmtime()))))
+    os.makedirs(path, exist_ok=True)
+    return path
