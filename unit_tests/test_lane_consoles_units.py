@@ -5,6 +5,7 @@ lane is only prepared (ports, secrets, registry), which is pure logic.
 """
 
 import os
+import shutil
 import threading
 
 import pytest
@@ -94,14 +95,28 @@ def test_sources_yaml_lists_n_consoles(tmp_path, tls):
 
 # -- the lane's allocation ------------------------------------------------
 
-def _prepared(tmp_path, n, **kw):
-    lane = lane_mod.Lane(str(tmp_path / 'lane'), consoles=n, **kw)
-    lane._prepare()
-    return lane
+@pytest.fixture
+def prepared():
+    """Lane(consoles=n)._prepare() in a directory; afterwards the private
+    run directory it may make under /tmp (pytest's paths are too long for
+    unix sockets) is removed, as a lane's teardown would.
+    """
+    lanes = []
+
+    def make(path, n, **kw):
+        lane = lane_mod.Lane(str(path / 'lane'), consoles=n, **kw)
+        lanes.append(lane)
+        lane._prepare()
+        return lane
+    yield make
+    for lane in lanes:
+        if lane.run_dir and os.path.basename(lane.run_dir).startswith(
+                'ktp-run-'):
+            shutil.rmtree(lane.run_dir, ignore_errors=True)
 
 
-def test_one_console_lane_allocates_what_it_always_did(tmp_path):
-    lane = _prepared(tmp_path, 1)
+def test_one_console_lane_allocates_what_it_always_did(tmp_path, prepared):
+    lane = prepared(tmp_path, 1)
     assert list(lane.ports) == list(lane_mod.PORT_NAMES)
     assert lane.console_uuids == [lane.console_uuid]
     assert lane.tickets == [lane.ticket]
@@ -109,8 +124,8 @@ def test_one_console_lane_allocates_what_it_always_did(tmp_path):
     assert 'consoles' not in lane.info()
 
 
-def test_n_console_lane_allocates_ports_uuids_and_tickets(tmp_path):
-    lane = _prepared(tmp_path, 3)
+def test_n_console_lane_allocates_ports_uuids_and_tickets(tmp_path, prepared):
+    lane = prepared(tmp_path, 3)
     assert len(lane.ports) == len(lane_mod.PORT_NAMES) + 4
     assert len(set(lane.ports.values())) == len(lane.ports)
     for i in range(3):
@@ -148,8 +163,8 @@ class _Guest:
         self.torn_down = True
 
 
-def test_console_index_and_kerbside_route_per_console(tmp_path):
-    lane = _prepared(tmp_path, 3)
+def test_console_index_and_kerbside_route_per_console(tmp_path, prepared):
+    lane = prepared(tmp_path, 3)
     lane.kerbside = _kerbside(tmp_path)
     for i in range(3):
         port = lane.ports[lane_mod.console_port_names(i)[0]]
@@ -161,13 +176,13 @@ def test_console_index_and_kerbside_route_per_console(tmp_path):
         lane.console_index(_Guest('stray', 1))
 
 
-def test_extra_consoles_follow_hypervisor_tls(tmp_path):
-    lane = _prepared(tmp_path, 2)
+def test_extra_consoles_follow_hypervisor_tls(tmp_path, prepared):
+    lane = prepared(tmp_path, 2)
     [extra] = lane._extra_consoles()
     assert extra['port'] == lane.ports['guest_spice_2']
     assert extra['tls_port'] == lane.ports['guest_spice_tls_2']
     assert extra['uuid'] == lane.console_uuids[1]
-    plain = _prepared(tmp_path / 'plain', 2, hypervisor_tls=False)
+    plain = prepared(tmp_path / 'plain', 2, hypervisor_tls=False)
     assert plain._extra_consoles()[0]['tls_port'] is None
 
 
@@ -184,8 +199,8 @@ class _Provider:
         return g
 
 
-def test_boot_console_guards_index_and_unique_names(tmp_path):
-    lane = _prepared(tmp_path, 2)
+def test_boot_console_guards_index_and_unique_names(tmp_path, prepared):
+    lane = prepared(tmp_path, 2)
     lane._up = True
     lane.providers = [_Provider(lane.ports['guest_spice']),
                       _Provider(lane.ports['guest_spice_2'])]

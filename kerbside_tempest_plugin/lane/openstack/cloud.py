@@ -154,15 +154,17 @@ class OpenStackCloud:
                 'workdir %s already has a running cloud (%s); run `down` '
                 'first' % (self.workdir, ', '.join(
                     r['name'] for r in self.registry.living())))
-        run = os.path.join(self.workdir, 'run')
-        if len(run) > 50:  # unix socket paths are limited to 108 bytes
-            run = tempfile.mkdtemp(prefix='ktp-run-')
-        os.makedirs(run, mode=0o700, exist_ok=True)
         problems = self.venv.check()
         if problems:
             raise errors.HarnessError(
                 'the OpenStack venv is not usable (%s); run `kerbside-'
                 'openstack setup`' % '; '.join(problems))
+        # Made only once nothing else can refuse: a ktp-run-* directory is
+        # removed by teardown through the saved layout.
+        run = os.path.join(self.workdir, 'run')
+        if len(run) > 50:  # unix socket paths are limited to 108 bytes
+            run = tempfile.mkdtemp(prefix='ktp-run-')
+        os.makedirs(run, mode=0o700, exist_ok=True)
         passwords = {
             'admin': self.secrets.get_or_create('admin-password'),
             'db': self.secrets.get_or_create('db-password'),
