@@ -1,13 +1,31 @@
 """Shared pytest fixtures for the unit and integration suite."""
 
+import glob
 import os
 import pathlib
 import sys
+import tempfile
 import textwrap
 
 import pytest
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def _run_dirs():
+    return set(glob.glob(os.path.join(tempfile.gettempdir(), 'ktp-run-*')))
+
+
+@pytest.fixture(scope='session', autouse=True)
+def no_run_directory_left():
+    """Lanes and clouds put their unix sockets in /tmp/ktp-run-* when the
+    workdir's path is too long (pytest's are); teardown must remove every
+    one. Checked over the whole session: one left behind fails it.
+    """
+    before = _run_dirs()
+    yield
+    left = sorted(d for d in _run_dirs() - before if os.path.isdir(d))
+    assert left == [], 'ktp-run-* directories left behind: %s' % left
 
 
 @pytest.fixture
