@@ -15,17 +15,24 @@ from kerbside_tempest_plugin.common import vv
 
 REDACTED = '<redacted>'
 
+# Token shapes that cannot be anything else (pattern, replacement): masked
+# in what the harness writes (SECRET_PATTERNS) and, as bytes, in every
+# text file teardown scrubs (SCRUB_PATTERNS), where a token minted in
+# another process (tempest's Nova provider, say) may sit that no Redactor
+# saw. An event log's `"key": "enter"` is not one of them.
+_TOKEN_SHAPES = [
+    # Kerbside API tokens and Shaken Fist console tokens (base64url
+    # header.payload.signature; the header starts with eyJ).
+    (r'eyJ[\w-]+\.[\w-]+\.[\w-]+', REDACTED),
+    # ?token=... / &token=... (Nova spice-direct, Kerbside sf-console.vv).
+    (r'([?&]token=)[^&\s"\'<>]+', r'\1' + REDACTED),
+    (r'(os-console-auth-tokens/)[^/\s"\'?<>]+', r'\1' + REDACTED),
+]
+
 # Shapes of secrets that must never be kept even when nobody registered the
 # value with a Redactor: what the artifact writer and the cloud providers'
 # error messages and logs both mask.
-SECRET_PATTERNS = [
-    # Kerbside API tokens and Shaken Fist console tokens (base64url
-    # header.payload.signature; the header starts with eyJ).
-    (re.compile(r'eyJ[\w-]+\.[\w-]+\.[\w-]+'), REDACTED),
-    # ?token=... / &token=... (Nova spice-direct, Kerbside sf-console.vv).
-    (re.compile(r'([?&]token=)[^&\s"\'<>]+'), r'\1' + REDACTED),
-    (re.compile(r'(os-console-auth-tokens/)[^/\s"\'?<>]+'),
-     r'\1' + REDACTED),
+SECRET_PATTERNS = [(re.compile(p), r) for p, r in _TOKEN_SHAPES] + [
     # JSON values of secret-looking keys.
     (re.compile(r'(?i)("(?:access_token|key|password|adminPass|ticket|'
                 r'token|secret)"\s*:\s*")[^"]*(")'),
@@ -37,19 +44,36 @@ SECRET_PATTERNS = [
     (re.compile(r'(?i)(Authorization:\s*Bearer\s+)\S+'), r'\1' + REDACTED),
 ]
 
+SCRUB_PATTERNS = [(re.compile(p.encode()), r.encode())
+                  for p, r in _TOKEN_SHAPES]
+# Text files only: one with a NUL byte in its first 8 KiB (a disk image, a
+# pcap) is binary, and a shape found there would be chance.
+_BINARY_PROBE = 8192
 
-# The token shapes that other programs' logs may hold even when the
-# harness never saw the value (a console token minted in tempest's process
-# and redeemed through Kerbside, say): masked in every file teardown
-# scrubs. Only shapes that cannot be anything else, so an event log's
-# `"key": "enter"` stays as it is.
-SCRUB_PATTERNS = [
-    (re.compile(rb'eyJ[\w-]+\.[\w-]+\.[\w-]+'), REDACTED.encode()),
-    (re.compile(rb'([?&]token=)[^&\s"\'<>]+'),
-     rb'\1' + REDACTED.encode()),
-    (re.compile(rb'(os-console-auth-tokens/)[^/\s"\'?<>]+'),
-     rb'\1' + REDACTED.encode()),
-]
+
+def _is_text(data):
+    return b'\0' not in data[:_BINARY_PROBE]
+
+
+def _files(root, skip=(), max_size=64 * 1024 * 1024):
+    """(path, bytes) of every regular file under `root` up to `max_size`,
+    links and directories in `skip` left out; unreadable ones passed over.
+    """
+    skip = {os.path.abspath(s) for s in skip}
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames
+                       if os.path.abspath(os.path.join(dirpath, d))
+                       not in skip]
+        for name in sorted(filenames):
+            path = os.path.join(dirpath, name)
+            try:
+                if os.path.islink(path) or not os.path.isfile(path) or \
+                        os.lstat(path).st_size > max_size:
+                    continue
+                with open(path, 'rb') as f:
+                    yield path, f.read()
+            except OSError:
+                continue
 
 
 def redact_token_shapes(data):
@@ -67,19 +91,8 @@ def find_token_shapes(root, max_size=64 * 1024 * 1024):
     artifacts after teardown. Names files, never the values.
     """
     found = []
-    for dirpath, _, filenames in os.walk(root):
-        for name in sorted(filenames):
-            path = os.path.join(dirpath, name)
-            try:
-                if os.path.islink(path) or not os.path.isfile(path) or \
-                        os.path.getsize(path) > max_size:
-                    continue
-                with open(path, 'rb') as f:
-                    data = f.read()
-            except OSError:
-                continue
-            if b'\0' in data[:8192]:
-                continue
+    for path, data in _files(root, max_size=max_size):
+        if _is_text(data):
             n = sum(len(p.findall(data)) for p, _ in SCRUB_PATTERNS)
             if n:
                 found.append((path, n))
@@ -221,30 +234,15 @@ def scrub_tree(root, redactor, skip=(), max_size=64 * 1024 * 1024):
     a pcap) gets only the known values.
     """
     changed = []
-    skip = {os.path.abspath(s) for s in skip}
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = [d for d in dirnames
-                       if os.path.abspath(os.path.join(dirpath, d))
-                       not in skip]
-        for name in filenames:
-            path = os.path.join(dirpath, name)
-            try:
-                st = os.lstat(path)
-                if not os.path.isfile(path) or os.path.islink(path) or \
-                        st.st_size > max_size:
-                    continue
-                with open(path, 'rb') as f:
-                    data = f.read()
-            except OSError:
-                continue
-            new = redactor.redact_bytes(data)
-            if b'\0' not in data[:8192]:
-                new = redact_token_shapes(new)
-            if new == data:
-                continue
-            with open(path, 'r+b') as f:
-                f.seek(0)
-                f.write(new)
-                f.truncate()
-            changed.append(path)
+    for path, data in _files(root, skip, max_size):
+        new = redactor.redact_bytes(data)
+        if _is_text(data):
+            new = redact_token_shapes(new)
+        if new == data:
+            continue
+        with open(path, 'r+b') as f:
+            f.seek(0)
+            f.write(new)
+            f.truncate()
+        changed.append(path)
     return changed
