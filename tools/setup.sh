@@ -19,6 +19,18 @@ PROFILES="test lane image"
 
 log() { printf '[setup %(%H:%M:%S)T] %s\n' -1 "$*"; }
 
+# libvirt comes from bookworm-backports (below), and `-t
+# bookworm-backports` would take qemu from there too (10.0 today, whose
+# SPICE support is a separate module package): keep the harness on
+# Debian 12's qemu and OVMF, which everything here was measured with.
+qemu_from_bookworm() {
+    cat >/etc/apt/preferences.d/kerbside-tempest-plugin-qemu <<EOF
+Package: qemu-system qemu-system-x86 qemu-system-common qemu-system-data qemu-system-gui qemu-system-modules-* qemu-block-extra qemu-utils
+Pin: release n=bookworm-backports
+Pin-Priority: -1
+EOF
+}
+
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     # bindep reads bindep.txt; install it into a tiny venv of its own so
     # that the system python is never touched.
@@ -51,10 +63,25 @@ Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 EOF
         fi
         log "installing libvirt from bookworm-backports"
+        qemu_from_bookworm
         apt-get update -q
         DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
             --no-install-recommends -t bookworm-backports \
             libvirt-daemon-system libvirt-dev
+    fi
+    # A machine where libvirt came from backports before the pin (above)
+    # existed got backports' qemu 10 with it: without its separate spice
+    # module package no guest starts ("There is no option group 'spice'"),
+    # and nothing here was measured on it. Put Debian 12's qemu back.
+    if [ "$OPENSTACK" != 0 ] && dpkg-query -W -f '${Version}\n' \
+            qemu-system-x86 2>/dev/null | grep -q '~bpo'; then
+        qemu_from_bookworm
+        log "replacing backports' qemu with Debian 12's (see above)"
+        apt-get update -q
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+            --no-install-recommends --allow-downgrades \
+            qemu-system-x86/bookworm qemu-system-common/bookworm \
+            qemu-system-data/bookworm
     fi
     # shellcheck disable=SC2086
     missing=$("$ROOT/.venv-bindep/bin/bindep" -b $PROFILES || true)
