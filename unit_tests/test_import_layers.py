@@ -22,17 +22,19 @@ PKG = 'kerbside_tempest_plugin'
 # config (the oslo.config options) imports nothing of ours: it sits beside
 # common, so a provider's from_config can read tempest's [compute] options.
 BELOW_SCENARIO = {'common', 'config', 'digest', 'sextant', 'ryll',
-                  'providers', 'guest_images', 'lane'}
+                  'providers', 'guest_images', 'lane', 'kerbside_api'}
 ALLOWED = {
     'common': set(),
     'config': set(),
     'digest': {'common'},
     'sextant': {'common', 'digest'},
     'ryll': {'common'},
+    'kerbside_api': {'common'},
     'providers': {'common', 'config'},
     'guest_images': {'common'},
     'guests': {'common'},
-    'lane': {'common', 'config', 'providers', 'ryll', 'guest_images'},
+    'lane': {'common', 'config', 'providers', 'ryll', 'guest_images',
+             'kerbside_api'},
     'scenario': BELOW_SCENARIO,
     'loadtest': BELOW_SCENARIO,
     # the live console and MCP server drive the scenario's walks

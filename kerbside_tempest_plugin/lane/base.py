@@ -92,13 +92,15 @@ class ConsoleHolder:
 
     # -- ryll --------------------------------------------------------------
     def start_ryll(self, guest=None, route=None, timeout=30, verbose=False,
-                   extra_args=()):
+                   extra_args=(), vv=None):
         """Start ryll headless on `guest` (default: the current one) over
         `route` (default: the lane's); wait for its control socket.
         Returns the RyllProcess.
 
         The .vv is fetched (kerbside: a console token lives 60 s) or
-        written (direct) right before the start.
+        written (direct) right before the start; `vv` (a .vv text the
+        caller fetched, e.g. to know its session or to replay a token)
+        is used instead.
         """
         guest = guest or self.guest
         if guest is None:
@@ -110,7 +112,7 @@ class ConsoleHolder:
         ryll_dir = os.path.join(self.workdir, 'ryll', '%d-%s' % (n, route))
         t = time.monotonic()
         rp = start_ryll_on(
-            self.console_vv(guest, route), ryll_dir, self.ryll_binary,
+            vv or self.console_vv(guest, route), ryll_dir, self.ryll_binary,
             self.redactor,
             extra_args=list(extra_args) + (['--verbose'] if verbose
                                            else []))

@@ -150,20 +150,8 @@ def run_scenario(lane, walk_name, route, image, artifact_root,
             evidence, scratch_parent=os.path.join(lane.workdir, 'ryll'))
         rp = lane.start_ryll(guest, route=route, timeout=30,
                              extra_args=ev.argv())
-        client = rp.connect(timeout=30, resolve_key=keys.resolve)
-        accepted = client.subscribe(list(EVENTS))
-        missing = [e for e in EVENTS if e not in accepted]
-        if missing:
-            raise AssertionError(
-                'ryll %s does not offer event(s) %s (supported: %s); the '
-                'digest capture needs surface_drawn and the paste needs '
-                'paste_completed' % (client.protocol_version, missing,
-                                     list(client.supported_events)))
-        rp.wait_ready(client, timeout=60)
+        client, stream = attach(rp, art)
         phases['ryll_to_surface'] = time.monotonic() - t
-        stream = cap.DigestStream(
-            client, on_digest=lambda cd: art.append_jsonl(
-                'digests.jsonl', cd.to_json())).start()
         walker = walk_mod.Walker(client, stream, art,
                                  step_timeout=step_timeout,
                                  paste_secret=paste_secret,
@@ -235,6 +223,27 @@ def run_scenario(lane, walk_name, route, image, artifact_root,
            guest)
     log(result.summary_line())
     return result
+
+
+def attach(rp, art, ready_timeout=60, digests_file='digests.jsonl'):
+    """Connect to a started ryll's control socket, subscribe to EVENTS,
+    wait for a SPICE surface and start the digest capture (each digest
+    appended to `digests_file` in `art`). Returns (client, stream).
+    """
+    client = rp.connect(timeout=30, resolve_key=keys.resolve)
+    accepted = client.subscribe(list(EVENTS))
+    missing = [e for e in EVENTS if e not in accepted]
+    if missing:
+        raise AssertionError(
+            'ryll %s does not offer event(s) %s (supported: %s); the '
+            'digest capture needs surface_drawn and the paste needs '
+            'paste_completed' % (client.protocol_version, missing,
+                                 list(client.supported_events)))
+    rp.wait_ready(client, timeout=ready_timeout)
+    stream = cap.DigestStream(
+        client, on_digest=lambda cd: art.append_jsonl(
+            digests_file, cd.to_json())).start()
+    return client, stream
 
 
 def _state_at_failure(rp, guest):

@@ -1,0 +1,396 @@
+"""The stories the promise tests tell, one per function.
+
+Each takes a PromiseRun (scenario.promises), the lane and the guest
+image, drives a real guest through Kerbside and records its checks; a
+broken promise raises promises.PromiseBroken. The guest is the witness
+of every story: its digest's keypress chain and its serial drain show
+whether a key arrived (exactly the keys delivered, in order), so a
+promise that Kerbside's API claims but the proxy does not keep is still
+caught.
+
+- session_and_audit: a canonical walk; GET /session lists the live
+  session with its console, client and channels; afterwards the session
+  is gone and the audit trail holds its entries in order, with no
+  termination entry.
+- terminate: the walk up to Parked, then POST /session/<id>/terminate
+  (or /console/<s>/<u>/terminate): the connection is cut within
+  CUT_BOUND_S, keys sent after the cut reach nothing, the terminated
+  session's token is refused, a fresh .vv connects and its first digest
+  carries the keypress chain of the cut, the walk ends on the new session
+  and the drain holds exactly the keys delivered; the audit shows the
+  termination.
+- token_expiry: a session lives on past its token's expiry, but the
+  token is refused once expired.
+- token_scoped: with two consoles, a console's token drives only its own
+  guest, and terminating the other console does not cut it.
+- firewall_refusal: with `inputs` left out of the permitted channels the
+  proxy refuses the inputs link; no key reaches the guest.
+"""
+
+import os
+import re
+import time
+
+from kerbside_tempest_plugin.kerbside_api import client as kapi
+from kerbside_tempest_plugin.scenario import checks
+from kerbside_tempest_plugin.scenario import promises as pr
+from kerbside_tempest_plugin.scenario import walk as walk_mod
+from kerbside_tempest_plugin.sextant import contract
+
+BANNER = re.escape(contract.BANNER)
+
+
+def canonical_keys(paste_secret):
+    """The characters the canonical walk types, as the drain records
+    them (unicode): Enter, i, the paste and its Enter, the final Enter.
+    """
+    return '\r' + 'i' + paste_secret + '\r' + '\r'
+
+
+def drain_keys(drain):
+    out = ''
+    for r in drain.records:
+        if r.type == 'keypress':
+            out += chr(int(r.fields.get('unicode') or 0))
+    return out
+
+
+def _boot(holder, image, name, boot_timeout):
+    return holder.boot_guest(image, name=name, banner=BANNER,
+                             timeout=boot_timeout)
+
+
+def check_drain_exact(run, promise, drain, seq, want, streams=()):
+    """The drain holds the walk's sequence and exactly the keys `want`,
+    in order; the chains replayed from it match the last digest seen.
+    """
+    got = drain_keys(drain)
+    run.check(promise, 'drain_sequence', seq.passed, seq.summary)
+    run.check(promise, 'drain_keys_exact', got == want,
+              'the drain holds %d keypresses %s the %d delivered%s' % (
+                  len(got), 'equal to' if got == want else 'unlike',
+                  len(want), '' if got == want else ': %r, want %r' % (
+                      got, want)))
+    digests = [d for s in streams for d in s.snapshot()]
+    if digests:
+        chains = checks.check_chains(drain.to_events(), digests[-1:])
+        run.check(promise, 'drain_chains', chains.passed, chains.summary)
+
+
+# ---------------------------------------------------------------- stories
+
+
+def session_and_audit(run, lane, image, boot_timeout=120, **console_kw):
+    run.planned = [('sessions', 'listed'), ('sessions', 'console'),
+                   ('sessions', 'channels'),
+                   ('sessions', 'drain_sequence'),
+                   ('sessions', 'drain_keys_exact'),
+                   ('sessions', 'drain_chains'), ('sessions', 'gone'),
+                   ('audit', 'token_entry')] + [
+        ('audit', 'channel_%s' % c) for c in pr.RYLL_CHANNELS] + [
+        ('audit', 'fields'), ('audit', 'no_termination_entry')]
+    guest = _boot(lane, image, 'promise-session', boot_timeout)
+    con = pr.Console(run, lane, guest, 's1', **console_kw).open()
+    try:
+        walk_mod.awaiting(con.walker)
+        pr.check_session_listed(run, con.session_id, con.source, con.uuid)
+        pr.walk_to_parked(con.walker, skip_awaiting=True)
+        drain, seq = pr.finish_walk(run, con)
+        check_drain_exact(run, 'sessions', drain, seq,
+                          canonical_keys(con.paste_secret), [con.stream])
+    finally:
+        con.close()
+    pr.check_session_gone(run, con.session_id)
+    audit = run.api.audit(con.source, con.uuid)
+    pr.check_audit_session(run, audit, con.session_id)
+
+
+def terminate(run, lane, image, how='session', boot_timeout=120,
+              cut_bound=pr.CUT_BOUND_S, **console_kw):
+    """Terminate mid-walk, through POST /session/<id>/terminate
+    (`how='session'`) or POST /console/<s>/<u>/terminate ('console').
+    """
+    from kerbside_tempest_plugin.ryll import errors as ryll_errors
+    run.planned = [
+        ('terminate', 'api'), ('terminate', 'cut'),
+        ('terminate', 'keys_after_cut_refused'), ('sessions', 'gone'),
+        ('tokens', 'terminated_token_refused'),
+        ('tokens', 'terminated_token_refused_counted'),
+        ('terminate', 'no_key_after_cut'),
+        ('terminate', 'drain_sequence'), ('terminate', 'drain_keys_exact'),
+        ('terminate', 'drain_chains'), ('audit', 'token_entry')] + [
+        ('audit', 'channel_%s' % c) for c in pr.RYLL_CHANNELS] + [
+        ('audit', 'fields'), ('audit', 'termination_entry')]
+    guest = _boot(lane, image, 'promise-terminate-%s' % how, boot_timeout)
+    con1 = pr.Console(run, lane, guest, 's1', **console_kw).open()
+    try:
+        pr.walk_to_parked(con1.walker)
+        cut_digest = con1.stream.last
+        k_cut = pr.keypress_hash(cut_digest)
+        run.note('at_cut', {'frame_counter': cut_digest.frame_counter,
+                            'keypress_hash': '%08x' % k_cut})
+        t0 = time.monotonic()
+        if how == 'session':
+            resp = run.api.terminate_session(con1.session_id,
+                                             expect=None)
+        else:
+            resp = run.api.terminate_console(con1.source, con1.uuid,
+                                             expect=None)
+        body = _json_or_text(resp)
+        ok = resp.status == 200 and isinstance(body, dict) and \
+            body.get('result') == 'ok'
+        detail = 'POST answered %d %s' % (resp.status, _shown(body))
+        if ok and how == 'console':
+            n = len(body.get('tokens') or ())
+            ok = n >= 1
+            detail += ' (%d token(s) of the console expired)' % n
+        run.check('terminate', 'api', ok, detail)
+        cut = con1.wait_cut(cut_bound)
+        run.timings['terminate_to_cut'] = None if cut is None else \
+            round(cut, 3)
+        run.check('terminate', 'cut', cut is not None,
+                  'ryll\'s connection closed %.2f s after the POST '
+                  '(bound %.0f s)' % (cut, cut_bound) if cut is not None
+                  else 'ryll was still connected %.0f s after the POST '
+                  '(%s)' % (time.monotonic() - t0, con1.rp.describe()))
+        try:
+            con1.client.send_key('enter')
+            sent, why = True, 'ryll accepted the key'
+        except ryll_errors.RyllError as e:
+            sent, why = False, str(e).splitlines()[0]
+        deadline = time.monotonic() + 5
+        while con1.rp.alive and time.monotonic() < deadline:
+            time.sleep(0.05)
+        run.note('ryll_after_cut', con1.rp.describe())
+        run.check('terminate', 'keys_after_cut_refused', not sent,
+                  'a key sent after the cut: %s; %s' % (
+                      why, con1.rp.describe()))
+    finally:
+        con1.close()
+    pr.check_session_gone(run, con1.session_id)
+    pr.attempt_refused(run, lane, guest, con1.vv, 'tokens',
+                       'terminated_token_refused',
+                       'the token of terminated session %s'
+                       % con1.session_id)
+    con2 = pr.Console(run, lane, guest, 's2', **console_kw).open()
+    try:
+        first = con2.wait_digest()
+        k_new = pr.keypress_hash(first)
+        run.check('terminate', 'no_key_after_cut',
+                  k_new == k_cut and first.frame_counter >=
+                  cut_digest.frame_counter,
+                  'keypress chain %08x at the cut (frame %d), %08x on the '
+                  'new session (frame %d)' % (
+                      k_cut, cut_digest.frame_counter, k_new,
+                      first.frame_counter))
+        con2.walker.quiet('parked')
+        drain, seq = pr.finish_walk(run, con2)
+        check_drain_exact(run, 'terminate', drain, seq,
+                          canonical_keys(con2.paste_secret),
+                          [con1.stream, con2.stream])
+    finally:
+        con2.close()
+    audit = run.api.audit(con1.source, con1.uuid)
+    pr.check_audit_session(run, audit, con1.session_id, terminated=True)
+
+
+def token_expiry(run, lane, image, duration_min=1, boot_timeout=120,
+                 **console_kw):
+    run.planned = [('tokens', 'session_survives_expiry'),
+                   ('tokens', 'expired_token_refused'),
+                   ('tokens', 'expired_token_refused_counted'),
+                   ('tokens', 'no_key_while_refused'),
+                   ('tokens', 'drain_sequence'),
+                   ('tokens', 'drain_keys_exact'),
+                   ('tokens', 'drain_chains')]
+    guest = _boot(lane, image, 'promise-token-expiry', boot_timeout)
+    con1 = pr.Console(run, lane, guest, 's1', **console_kw)
+    vv1 = con1.fetch_vv()
+    expires = int(con1.fetched_at) + 60 * duration_min
+    con1.open(vv1)
+    try:
+        w = con1.walker
+        walk_mod.awaiting(w)
+        booted = walk_mod.enter_to_booting(w)
+        walk_mod.boot_lines_to_prompt(w, booted.index)
+        # The bootloader prompt waits with no timeout (contract §5.3).
+        wait = expires + 1.5 - time.time()
+        run.timings['waited_for_expiry'] = round(max(wait, 0), 1)
+        if wait > 0:
+            run.log('waiting %.0f s at the prompt for the console token '
+                    'to expire' % wait)
+            time.sleep(wait)
+        try:
+            walk_mod.ignore(w)
+            ok, why = True, 'the `i` sent %.1f s after the token expired ' \
+                'reached the guest' % (time.time() - expires)
+        except AssertionError as e:
+            ok, why = False, 'after the token expired the established ' \
+                'session no longer carries keys: %s' % (
+                    str(e).splitlines()[0])
+        run.check('tokens', 'session_survives_expiry', ok, why)
+        accepted = walk_mod.paste_and_submit(w, w.paste_secret,
+                                             correct=True)
+        walk_mod.parked(w, accepted.index)
+        last = con1.stream.last
+    finally:
+        con1.close()
+    pr.attempt_refused(run, lane, guest, vv1, 'tokens',
+                       'expired_token_refused',
+                       'a console token %.0f s past its expiry' % (
+                           time.time() - expires))
+    con2 = pr.Console(run, lane, guest, 's2', **console_kw).open()
+    try:
+        first = con2.wait_digest()
+        run.check('tokens', 'no_key_while_refused',
+                  pr.keypress_hash(first) == pr.keypress_hash(last),
+                  'keypress chain %08x before the refused connection, '
+                  '%08x after it' % (pr.keypress_hash(last),
+                                     pr.keypress_hash(first)))
+        con2.walker.quiet('parked')
+        drain, seq = pr.finish_walk(run, con2)
+        check_drain_exact(run, 'tokens', drain, seq,
+                          canonical_keys(con2.paste_secret),
+                          [con1.stream, con2.stream])
+    finally:
+        con2.close()
+
+
+def token_scoped(run, lane, image, boot_timeout=120, cut_wait=None,
+                 **console_kw):
+    """Two consoles: console 2's token drives guest B only; terminating
+    console 1 leaves console 2's session alone.
+    """
+    run.planned = [('tokens', 'session_on_own_console'),
+                   ('tokens', 'key_reached_own_guest'),
+                   ('tokens', 'other_guest_untouched'),
+                   ('terminate', 'scoped_to_console')]
+    slots = lane.console_slots()
+    if len(slots) < 2:
+        raise ValueError('token_scoped needs a lane with two consoles')
+    s1, s2 = slots[0], slots[1]
+    try:
+        ga = _boot(s1, image, 'promise-scope-a', boot_timeout)
+        gb = _boot(s2, image, 'promise-scope-b', boot_timeout)
+        con = pr.Console(run, s2, gb, 'c2', **console_kw).open()
+        uuid_a = lane.console_route(ga, 'kerbside').uuid
+        try:
+            entry = run.api.sessions().get(con.session_id) or {}
+            run.check('tokens', 'session_on_own_console',
+                      entry.get('uuid') == con.uuid,
+                      'the session of console 2\'s token is on console %s '
+                      '(console 2 is %s, console 1 %s)' % (
+                          entry.get('uuid'), con.uuid, uuid_a))
+            w = con.walker
+            walk_mod.awaiting(w)
+            try:
+                walk_mod.enter_to_booting(w)
+                ok, why = True, 'Enter on console 2 took guest B to booting'
+            except AssertionError as e:
+                ok, why = False, str(e).splitlines()[0]
+            run.check('tokens', 'key_reached_own_guest', ok, why)
+            shot = os.path.join(run.art.path, 'guest-a-screendump.png')
+            ka = _screen_keypress(ga, shot)
+            run.check('tokens', 'other_guest_untouched', ka == 0,
+                      'guest A (console 1) keypress chain %08x after the '
+                      'Enter on console 2 (0: no key ever)' % ka)
+            t0 = time.monotonic()
+            run.api.terminate_console(lane.console_route(
+                ga, 'kerbside').source, uuid_a)
+            wait = cut_wait or pr.CUT_BOUND_S
+            cut = con.wait_cut(wait)
+            run.check('terminate', 'scoped_to_console', cut is None,
+                      'console 2\'s session %s %.1f s after POST '
+                      '/console/<source>/%s/terminate' % (
+                          'still up' if cut is None else
+                          'was cut after %.2f s of' % cut,
+                          time.monotonic() - t0, uuid_a))
+        finally:
+            con.close()
+    finally:
+        for s in (s1, s2):
+            if s.guest is not None:
+                s.guest.teardown()
+
+
+def firewall_refusal(run, lane, image, mode, permitted, boot_timeout=120):
+    """With `inputs` not in `permitted`, ryll's inputs link is refused
+    (in `mode`): what 0.8.0 really does in enforce and in warn mode (see
+    docs/contracts/kerbside.md §16.4).
+    """
+    run.planned = [('firewall', 'inputs_refused'),
+                   ('firewall', 'inputs_refused_counted'),
+                   ('firewall', 'audit_names_channel'),
+                   ('firewall', 'no_key_reached_guest'),
+                   ('firewall', 'no_keypress_on_serial')]
+    run.note('firewall', {'mode': mode, 'permitted': list(permitted)})
+    guest = _boot(lane, image, 'promise-firewall-%s' % mode, boot_timeout)
+    con = pr.Console(run, lane, guest, 's1')
+    vv = con.fetch_vv()
+    facts = pr.attempt_refused(
+        run, lane, guest, vv, 'firewall', 'inputs_refused',
+        'the inputs channel, which FIREWALL_PERMITTED_CHANNELS=%s leaves '
+        'out (mode %s)' % (','.join(permitted), mode))
+    delta = facts['metrics_delta']
+    run.note('firewall_verdict_series', sorted(
+        k for k in delta if k.startswith(pr.METRIC_FIREWALL)))
+    run.note('authorized_links', kapi.metric_sum(delta,
+                                                 pr.METRIC_AUTHORIZED))
+    audit = pr.session_events(run.api.audit(con.source, con.uuid),
+                              con.session_id)
+    refusals = [e for e in audit if (e.get('message') or '').startswith(
+        pr.AUDIT_FIREWALL)]
+    run.check('firewall', 'audit_names_channel',
+              any('inputs' in e['message'] for e in refusals),
+              'audit entries of session %s: %s' % (
+                  con.session_id, [e.get('message') for e in audit]))
+    shot = os.path.join(run.art.path, 'guest-screendump.png')
+    k = _screen_keypress(guest, shot)
+    run.check('firewall', 'no_key_reached_guest', k == 0,
+              'the guest\'s keypress chain is %08x (read by QMP '
+              'screendump, no SPICE; 0: no key ever)' % k)
+    guest.quit()
+    text = guest.serial.read()
+    run.art.write_text('serial.log', text)
+    keys = [ln for ln in text.splitlines() if 'type=keypress' in ln]
+    run.check('firewall', 'no_keypress_on_serial', not keys,
+              'after a QMP power-off the serial log holds %d keypress '
+              'record(s) (no drain: Sextant drains only after the final '
+              'key in Parked)' % len(keys))
+
+
+def _screen_keypress(guest, path):
+    """The keypress chain of the guest's digest, read with a QMP
+    screendump (no SPICE involved). Retries a few times: a screendump
+    can catch the QR mid-repaint.
+    """
+    from kerbside_tempest_plugin.digest import errors as digest_errors
+    from kerbside_tempest_plugin.digest import frame
+    last = None
+    for _ in range(10):
+        guest.screendump(path)
+        try:
+            return frame.analyse(path).digest.hashes.get('keypress', 0)
+        except digest_errors.DigestError as e:
+            last = e
+            time.sleep(0.3)
+    raise AssertionError('no digest in 10 QMP screendumps of %s: %s'
+                         % (guest.name, last))
+
+
+def _json_or_text(resp):
+    try:
+        return resp.json()
+    except kapi.KerbsideAPIError:
+        return resp.text[:200]
+
+
+def _shown(body):
+    """An answer for a message: a terminate's token list (secrets) is
+    shown as its length only.
+    """
+    import json
+    if isinstance(body, dict) and 'tokens' in body:
+        body = dict(body, tokens='<%d token(s)>' % len(body['tokens'] or ()))
+    return json.dumps(body, sort_keys=True) if isinstance(
+        body, (dict, list)) else repr(body)
