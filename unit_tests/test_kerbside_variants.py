@@ -1,0 +1,401 @@
+"""lane/kerbside_variants.py: Kerbside venv copies with one promise broken.
+
+- On a small synthetic venv (python -m venv, a stand-in kerbside package
+  holding the source text each edit expects): the copy runs its own
+  package through its console scripts (a long path gets the /bin/sh
+  trampoline), a copy whose scripts still name the base's python is
+  refused, a missing or repeated source text fails before anything is
+  copied, the base is never written.
+- On the real Kerbside venv (integration): every variant is built, its
+  edit landed, the copy imports its own package (python and bin/kerbside),
+  the base's patched files keep their sha256, and a probe run with both
+  pythons (Kerbside's own functions, the database stubbed) differs in the
+  one behaviour the variant breaks and in nothing else.
+"""
+
+import hashlib
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from kerbside_tempest_plugin.common import tools
+from kerbside_tempest_plugin.lane import kerbside as lane_kerbside
+from kerbside_tempest_plugin.lane import kerbside_variants as kv
+
+
+def _sha(path):
+    return hashlib.sha256(pathlib.Path(path).read_bytes()).hexdigest()
+
+
+# -- a synthetic venv ---------------------------------------------------
+
+# Just enough of each file for every edit's source text to occur once
+# and the result to compile.
+FAKE_SOURCES = {
+    '__init__.py': '',
+    'db.py': '''\
+        def terminate_session(session_id, source, uuid, reason=None):
+            remove_session(session_id)
+            request_session_termination(session_id, reason=reason)
+            add_audit_event(source, uuid, session_id, None, None, None, 'x')
+
+
+        %s            EVENTS.append(message)
+        ''' % kv.VARIANTS['audit-dropped'].edits[0].old,
+    'api.py': '''\
+        def sessions(flask, db, json, enc):
+            a = flask.render_template(
+                            'sessions.html', sessions=db.get_sessions(),
+                            x=1)
+            b = (
+                        json.dumps(db.get_sessions(), indent=4, sort_keys=True,
+                                   cls=enc))
+            return a, b
+        ''',
+    'consoletoken.py': '''\
+        def create_token(now, config):
+            if True:
+                if True:
+                    expiry = now + (config.CONSOLE_TOKEN_DURATION * 60)
+            return expiry
+        ''',
+    'rpc/__init__.py': '',
+    'rpc/servicer.py': '''\
+        def build_firewall_policy(proto_mode, permitted):
+            return dict(
+                mode=proto_mode, permitted_channels=permitted)
+        ''',
+}
+
+FAKE_SCRIPT = '''#!%s
+import sys
+import kerbside
+print('KTP-KERBSIDE', kerbside.__file__)
+'''
+
+
+def make_fake_venv(root):
+    """A real venv (no pip) at `root` with a stand-in kerbside package,
+    its bytecode, and a bin/kerbside console script.
+    """
+    root = str(root)
+    subprocess.run([sys.executable, '-m', 'venv', '--without-pip', root],
+                   check=True)
+    site = subprocess.run(
+        [os.path.join(root, 'bin', 'python'), '-c',
+         'import sysconfig; print(sysconfig.get_path("purelib"))'],
+        capture_output=True, text=True, check=True).stdout.strip()
+    pkg = os.path.join(site, 'kerbside')
+    for rel, text in FAKE_SOURCES.items():
+        path = os.path.join(pkg, rel)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, 'w') as f:
+            f.write(textwrap.dedent(text))
+    subprocess.run([os.path.join(root, 'bin', 'python'), '-m', 'compileall',
+                    '-q', pkg], check=True)
+    script = os.path.join(root, 'bin', 'kerbside')
+    with open(script, 'w') as f:
+        f.write(FAKE_SCRIPT % os.path.join(root, 'bin', 'python3'))
+    os.chmod(script, 0o755)
+    return root, pkg
+
+
+def _tree_digest(root):
+    out = {}
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            path = os.path.join(dirpath, name)
+            if not os.path.islink(path):
+                out[os.path.relpath(path, root)] = _sha(path)
+    return out
+
+
+@pytest.fixture
+def fake_venv(tmp_path):
+    return make_fake_venv(tmp_path / 'base')
+
+
+def _run_script(path):
+    proc = subprocess.run([path], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return [ln.split(' ', 1)[1] for ln in proc.stdout.splitlines()
+            if ln.startswith('KTP-KERBSIDE ')][-1]
+
+
+def test_variants_are_declared():
+    assert list(kv.VARIANTS) == [
+        'terminate-noop', 'firewall-ignores-list', 'audit-dropped',
+        'token-never-expires', 'terminate-keeps-tokens', 'sessions-hidden']
+    for v in kv.VARIANTS.values():
+        assert v.promise in kv.PROMISES
+        assert v.description and '\n' not in v.description
+        assert v.edits and v.why
+        for e in v.edits:
+            assert e.old != e.new
+            assert '# ktp-variant %s' % v.name in e.new
+    assert {v.promise for v in kv.VARIANTS.values()} == set(kv.PROMISES)
+    with pytest.raises(kv.VariantError, match='known: terminate-noop'):
+        kv.variant('no-such-variant')
+
+
+@pytest.mark.parametrize('name', list(kv.VARIANTS))
+def test_fake_venv_copy(fake_venv, tmp_path, name):
+    base, pkg = fake_venv
+    before = _tree_digest(base)
+    dest = str(tmp_path / 'copies' / name)
+    info = kv.make_broken_venv(base, name, dest)
+    assert _tree_digest(base) == before          # the base is only read
+    v = kv.VARIANTS[name]
+    copy_pkg = os.path.join(dest, os.path.relpath(pkg, base))
+    for rel in {e.path for e in v.edits}:
+        text = pathlib.Path(copy_pkg, rel).read_text()
+        assert '# ktp-variant %s' % name in text
+        assert info['files'][rel] == {
+            'before': _sha(os.path.join(pkg, rel)),
+            'after': _sha(os.path.join(copy_pkg, rel))}
+        stem = os.path.splitext(os.path.basename(rel))[0]
+        cache = os.path.join(os.path.dirname(os.path.join(copy_pkg, rel)),
+                             '__pycache__')
+        assert not [p for p in os.listdir(cache)
+                    if p.startswith(stem + '.')], 'stale bytecode kept'
+    # Bytecode of the files not edited is kept.
+    assert os.listdir(os.path.join(copy_pkg, '__pycache__'))
+    assert info['promise'] == v.promise
+    assert info['diff'].startswith('--- a/kerbside/')
+    assert kv.describe(dest)['variant'] == name
+    assert kv.describe(base) is None
+    # The copy's python and its console script run the copy's package.
+    assert _run_script(os.path.join(dest, 'bin', 'kerbside')).startswith(
+        dest + os.sep)
+    assert kv.check_copy(dest) == []
+    assert 'kerbside' in info['scripts']
+    assert kv.script_interpreter(os.path.join(dest, 'bin', 'kerbside')) == \
+        os.path.join(dest, 'bin', 'python3')
+    assert 'VIRTUAL_ENV="%s"' % dest in pathlib.Path(
+        dest, 'bin', 'activate').read_text()
+
+
+def test_long_path_gets_the_sh_trampoline(fake_venv, tmp_path):
+    base, _ = fake_venv
+    dest = str(tmp_path / ('x' * 100) / 'audit-dropped')
+    kv.make_broken_venv(base, 'audit-dropped', dest)
+    script = os.path.join(dest, 'bin', 'kerbside')
+    assert pathlib.Path(script).read_text().startswith('#!/bin/sh\n')
+    assert kv.script_interpreter(script) == os.path.join(dest, 'bin',
+                                                         'python3')
+    assert _run_script(script).startswith(dest + os.sep)
+
+
+def test_scripts_left_at_the_base_are_refused(fake_venv, tmp_path,
+                                              monkeypatch):
+    base, _ = fake_venv
+    monkeypatch.setattr(kv, 'retarget_scripts', lambda b, d: [])
+    dest = str(tmp_path / 'copy')
+    with pytest.raises(kv.VariantError, match='bin/kerbside runs .*base'):
+        kv.make_broken_venv(base, 'sessions-hidden', dest)
+    assert not os.path.exists(dest)              # no half-made copy
+
+
+def test_missing_source_text_fails_before_copying(fake_venv, tmp_path):
+    base, pkg = fake_venv
+    servicer = os.path.join(pkg, 'rpc', 'servicer.py')
+    text = pathlib.Path(servicer).read_text()
+    pathlib.Path(servicer).write_text(
+        text.replace('permitted_channels=permitted', 'channels=permitted'))
+    dest = str(tmp_path / 'copy')
+    with pytest.raises(kv.VariantError, match='servicer.py: expected the '
+                       'source text .* exactly once, found it 0 times'):
+        kv.make_broken_venv(base, 'firewall-ignores-list', dest)
+    assert not os.path.exists(dest)
+
+
+def test_repeated_source_text_fails():
+    e = kv.Edit('db.py', 'x = 1\n', 'x = 2\n')
+    with pytest.raises(kv.VariantError, match='found it 2 times'):
+        kv.apply_edits('x = 1\nx = 1\n', [e], 'db.py')
+    assert kv.apply_edits('x = 1\ny = 1\n', [e]) == 'x = 2\ny = 1\n'
+
+
+def test_refuses_existing_dest_and_variant_base(fake_venv, tmp_path):
+    base, _ = fake_venv
+    dest = tmp_path / 'copy'
+    dest.mkdir()
+    with pytest.raises(kv.VariantError, match='already exists'):
+        kv.make_broken_venv(base, 'audit-dropped', str(dest))
+    assert dest.is_dir()                         # not removed
+    first = str(tmp_path / 'first')
+    kv.make_broken_venv(base, 'audit-dropped', first)
+    with pytest.raises(kv.VariantError, match='itself a variant copy'):
+        kv.make_broken_venv(first, 'sessions-hidden',
+                            str(tmp_path / 'second'))
+    with pytest.raises(kv.VariantError, match='contain each other'):
+        kv.make_broken_venv(base, 'audit-dropped',
+                            os.path.join(base, 'inner'))
+
+
+def test_cli_list(capsys):
+    assert kv.main(['list']) == 0
+    out = capsys.readouterr().out
+    for v in kv.VARIANTS.values():
+        assert v.name in out and v.promise in out
+
+
+# -- the real Kerbside venv ---------------------------------------------
+
+# Runs Kerbside's own functions with the database stubbed and prints what
+# each promise's code path did, as one JSON line.
+PROBE = r'''
+import importlib, json
+out = {}
+from kerbside import db, consoletoken
+from kerbside.rpc import servicer
+calls = []
+for name in ('remove_session', 'request_session_termination',
+             'add_audit_event'):
+    setattr(db, name, (lambda n: lambda *a, **k: calls.append(n))(name))
+db.terminate_session('s1', 'src', 'u1', reason='r')
+out['terminate'] = calls
+importlib.reload(db)
+made = []
+class FakeSession:
+    def __init__(self, *a): made.append('session')
+    def __enter__(self): return self
+    def __exit__(self, *a): return False
+    def add(self, e): made.append('add')
+    def commit(self): made.append('commit')
+db.Session = FakeSession
+db.add_audit_event('src', 'u1', None, None, None, None, 'm')
+out['audit'] = made
+importlib.reload(db)
+stamped = []
+db.add_token = lambda *a: stamped.append(a) or {'token': a[0],
+                                                'session_id': a[1]}
+db.add_audit_event = lambda *a: None
+consoletoken.create_token('src', 'u1')
+out['token_lifetime_s'] = stamped[0][5] - stamped[0][4]
+out['permitted'] = list(servicer.build_firewall_policy().permitted_channels)
+from kerbside import api
+import flask_jwt_extended
+db.get_sessions = lambda: {'s1': {'source': 'src', 'uuid': 'u1'}}
+with api.app.app_context():
+    jwt = flask_jwt_extended.create_access_token(identity='probe')
+r = api.app.test_client().get('/session', headers={
+    'Authorization': 'Bearer ' + jwt, 'Accept': 'application/json'})
+out['sessions'] = [r.status_code, r.get_json()]
+print('KTP-PROBE ' + json.dumps(out, sort_keys=True))
+'''
+
+BASE_PROBE = {
+    'terminate': ['remove_session', 'request_session_termination',
+                  'add_audit_event'],
+    'audit': ['session', 'add', 'commit'],
+    'token_lifetime_s': 60,
+    'permitted': [1, 2],
+    'sessions': [200, {'s1': {'source': 'src', 'uuid': 'u1'}}],
+}
+
+# What each variant's probe says instead (every other key as the base's).
+BROKEN_PROBE = {
+    'terminate-noop': {'terminate': ['add_audit_event']},
+    'terminate-keeps-tokens': {'terminate': ['request_session_termination',
+                                             'add_audit_event']},
+    'audit-dropped': {'audit': []},
+    'token-never-expires': {'token_lifetime_s': 10 * 365 * 24 * 3600},
+    'firewall-ignores-list': {'permitted': []},
+    'sessions-hidden': {'sessions': [200, {}]},
+}
+
+
+def _probe(venv, tmp_path):
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith('KERBSIDE_')}
+    env.update(KERBSIDE_AUTH_SECRET_SEED='ab' * 32,
+               KERBSIDE_CONSOLE_TOKEN_DURATION='1',
+               KERBSIDE_FIREWALL_PERMITTED_CHANNELS='main,display',
+               KERBSIDE_LOG_OUTPUT_PATH=str(tmp_path / 'probe.log'))
+    proc = subprocess.run([os.path.join(venv, 'bin', 'python'), '-c', PROBE],
+                          capture_output=True, text=True, env=env,
+                          timeout=120, cwd=str(tmp_path))
+    lines = [ln for ln in proc.stdout.splitlines()
+             if ln.startswith('KTP-PROBE ')]
+    assert proc.returncode == 0 and lines, proc.stderr[-2000:]
+    return json.loads(lines[-1].split(' ', 1)[1])
+
+
+@pytest.fixture(scope='module')
+def real_venv():
+    venv = tools.default_kerbside_venv()
+    problems = lane_kerbside.KerbsideVenv(venv).check()
+    if problems:
+        pytest.fail('Kerbside venv unusable (%s); run kerbside-harness '
+                    'setup' % '; '.join(problems))
+    return venv
+
+
+@pytest.fixture(scope='module')
+def base_probe(real_venv, tmp_path_factory):
+    return _probe(real_venv, tmp_path_factory.mktemp('probe'))
+
+
+@pytest.mark.integration
+def test_real_base_probe(base_probe):
+    assert base_probe == BASE_PROBE
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize('name', list(kv.VARIANTS))
+def test_real_variant(real_venv, base_probe, tmp_path, name):
+    v = kv.VARIANTS[name]
+    base_pkg = kv.package_dir(real_venv)
+    files = sorted({e.path for e in v.edits})
+    before = {rel: _sha(os.path.join(base_pkg, rel)) for rel in files}
+    dest = str(tmp_path / name)
+    try:
+        info = kv.make_broken_venv(real_venv, name, dest)
+        # The base is untouched: the patched files' checksums.
+        assert {rel: _sha(os.path.join(base_pkg, rel))
+                for rel in files} == before
+        assert {rel: info['files'][rel]['before'] for rel in files} == before
+        pkg = kv.package_dir(dest)
+        assert pkg.startswith(dest + os.sep)
+        for rel in files:
+            text = pathlib.Path(pkg, rel).read_text()
+            assert '# ktp-variant %s' % name in text
+            assert _sha(os.path.join(pkg, rel)) != before[rel]
+        for e in v.edits:
+            assert e.new in pathlib.Path(pkg, e.path).read_text()
+        # The copy imports its own package ...
+        proc = subprocess.run(
+            [os.path.join(dest, 'bin', 'python'), '-c',
+             'import kerbside; print(kerbside.__file__)'],
+            capture_output=True, text=True, timeout=60)
+        assert proc.stdout.strip().splitlines()[-1] == os.path.join(
+            pkg, '__init__.py')
+        # ... and so do its console scripts (Python says which files it
+        # loads with PYTHONVERBOSE).
+        env = dict(os.environ, PYTHONVERBOSE='1',
+                   KERBSIDE_LOG_OUTPUT_PATH=str(tmp_path / 'k.log'))
+        proc = subprocess.run([os.path.join(dest, 'bin', 'kerbside'),
+                               '--help'], capture_output=True, text=True,
+                              env=env, timeout=60)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert os.path.join(pkg, 'main.py') in proc.stderr
+        assert base_pkg not in proc.stderr
+        for script in ('kerbside', 'gunicorn'):
+            assert kv.script_interpreter(os.path.join(
+                dest, 'bin', script)).startswith(dest + os.sep)
+        # It breaks what it says, and nothing else the probe sees.
+        expected = dict(BASE_PROBE, **BROKEN_PROBE[name])
+        assert _probe(dest, tmp_path) == expected
+        if name == 'sessions-hidden':
+            # The lane's own check of a Kerbside venv passes on the copy.
+            assert lane_kerbside.KerbsideVenv(dest).check() == []
+    finally:
+        shutil.rmtree(dest, ignore_errors=True)
