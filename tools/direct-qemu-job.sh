@@ -34,6 +34,8 @@ OUT=${KTP_ARTIFACTS:-$ROOT/artifacts/direct-qemu-$STAMP}
 REGEX=${KTP_REGEX:-sextant}
 CONCURRENCY=${KTP_CONCURRENCY:-1}
 TESTS_PER_ROUTE=4
+# tests/scenario/test_kerbside_promises.py, on the kerbside route only.
+PROMISE_TESTS=7
 
 log() { printf '[direct-qemu %(%H:%M:%S)T] %s\n' -1 "$*"; }
 die() { log "ERROR: $*"; exit 2; }
@@ -147,7 +149,8 @@ done
 # -- 5. verdicts -------------------------------------------------------
 rcs=()
 for route in $ROUTES; do rcs+=("$route=${rc[$route]}"); done
-ktp_verdicts "$OUT" "$TESTS_PER_ROUTE" "$REGEX" "${rcs[@]}"
+ktp_verdicts "$OUT" "$TESTS_PER_ROUTE" "$PROMISE_TESTS" "$REGEX" \
+    "${rcs[@]}"
 status=$?
 log "artifacts: $OUT"
 if [ "$status" = 0 ]; then log "PASSED"; else log "FAILED"; fi

@@ -40,15 +40,23 @@ tools/setup.sh, or set PYTHON"
     log "python: $PY"
 }
 
-# ktp_verdicts OUT PER_ROUTE REGEX ROUTE=RC...: print every test's verdict
-# (failing unless PER_ROUTE tests passed on each route given, or one when
-# REGEX narrowed the run below the whole sextant set), write
-# OUT/index.html, check that no kept artifact holds a token, and return
-# non-zero when the summary, the leak check or any route's runner failed.
+# ktp_verdicts OUT PER_ROUTE PROMISES REGEX ROUTE=RC...: print every
+# test's verdict, write OUT/index.html, check that no kept artifact holds
+# a token, and return non-zero when the summary, the leak check or any
+# route's runner failed. The summary fails unless enough tests wrote a
+# verdict: PER_ROUTE scenario tests (result.json) on each route given,
+# plus PROMISES promise tests (promise.json; they run on the kerbside
+# route only) when the kerbside route is among them; for REGEX=promises
+# only the latter; for any other REGEX (a narrowed run) one.
 ktp_verdicts() {
-    local out=$1 expect=$(($2 * ($# - 3))) status item
-    [ "$3" = sextant ] || expect=1
-    shift 3
+    local out=$1 per_route=$2 promises=$3 regex=$4 expect status item
+    shift 4
+    case " $* " in *" kerbside="*) ;; *) promises=0;; esac
+    case $regex in
+        sextant) expect=$((per_route * $# + promises));;
+        promises) expect=$promises;;
+        *) expect=1;;
+    esac
     echo
     log "verdicts"
     "$PY" -m kerbside_tempest_plugin.cmd.summary --expect "$expect" "$out"

@@ -58,11 +58,11 @@ def test_find_python_takes_python_and_checks_it_imports(tmp_path):
 def test_verdicts_fail_on_a_failed_route_even_when_the_summary_passes(
         tmp_path):
     # An artifact tree with no tests and 0 expected: the summary passes.
-    r = bash('PY=%s; ktp_verdicts %s 0 sextant kerbside=0 direct=1; '
+    r = bash('PY=%s; ktp_verdicts %s 0 0 sextant kerbside=0 direct=1; '
              'echo "rc=$?"' % (sys.executable, tmp_path))
     assert 'route direct: runner exit 1' in r.stdout
     assert 'rc=1' in r.stdout, r.stdout + r.stderr
-    r = bash('PY=%s; ktp_verdicts %s 0 sextant kerbside=0; echo "rc=$?"'
+    r = bash('PY=%s; ktp_verdicts %s 0 0 sextant kerbside=0; echo "rc=$?"'
              % (sys.executable, tmp_path))
     assert 'rc=0' in r.stdout, r.stdout + r.stderr
 
@@ -70,11 +70,11 @@ def test_verdicts_fail_on_a_failed_route_even_when_the_summary_passes(
 def test_verdicts_expect_per_route_or_one_for_a_narrowed_regex(tmp_path):
     # No test ran: 4 per route on two routes is 8 missing; a narrowed
     # regex expects 1.
-    r = bash('PY=%s; ktp_verdicts %s 4 sextant kerbside=0 direct=0; '
+    r = bash('PY=%s; ktp_verdicts %s 4 0 sextant kerbside=0 direct=0; '
              'echo "rc=$?"' % (sys.executable, tmp_path))
     assert 'expected at least 8' in r.stdout and 'rc=1' in r.stdout, \
         r.stdout + r.stderr
-    r = bash('PY=%s; ktp_verdicts %s 4 canonical direct=0; echo "rc=$?"'
+    r = bash('PY=%s; ktp_verdicts %s 4 0 canonical direct=0; echo "rc=$?"'
              % (sys.executable, tmp_path))
     assert 'expected at least 1' in r.stdout and 'rc=1' in r.stdout, \
         r.stdout + r.stderr
@@ -85,18 +85,32 @@ def test_verdicts_fail_when_an_artifact_still_holds_a_token(tmp_path):
     logs.mkdir(parents=True)
     (logs / 'nova.log').write_text(
         '"GET /v2.1/os-console-auth-tokens/<redacted>" status: 200\n')
-    r = bash('PY=%s; ktp_verdicts %s 0 sextant kerbside=0; echo "rc=$?"'
+    r = bash('PY=%s; ktp_verdicts %s 0 0 sextant kerbside=0; echo "rc=$?"'
              % (sys.executable, tmp_path))
     assert 'rc=0' in r.stdout and 'no token-shaped secret' in r.stdout, \
         r.stdout + r.stderr
     (logs / 'kerbside.log').write_text(
         '"url": "http://127.0.0.1:1/nova-console.vv?token=247c9b3e-806c"\n')
-    r = bash('PY=%s; ktp_verdicts %s 0 sextant kerbside=0; echo "rc=$?"'
+    r = bash('PY=%s; ktp_verdicts %s 0 0 sextant kerbside=0; echo "rc=$?"'
              % (sys.executable, tmp_path))
     assert 'rc=1' in r.stdout, r.stdout + r.stderr
     assert '1 token-shaped secret(s) in %s' % (logs / 'kerbside.log') in \
         r.stdout
     assert '247c9b3e' not in r.stdout + r.stderr
+
+
+def test_verdicts_count_promise_tests_on_the_kerbside_route_only(tmp_path):
+    # 4 per route on two routes and 7 promise tests (kerbside only).
+    r = bash('PY=%s; ktp_verdicts %s 4 7 sextant kerbside=0 direct=0; '
+             'echo "rc=$?"' % (sys.executable, tmp_path))
+    assert 'expected at least 15' in r.stdout, r.stdout + r.stderr
+    r = bash('PY=%s; ktp_verdicts %s 4 7 sextant direct=0; echo "rc=$?"'
+             % (sys.executable, tmp_path))
+    assert 'expected at least 4' in r.stdout, r.stdout + r.stderr
+    r = bash('PY=%s; ktp_verdicts %s 4 7 promises kerbside=0; '
+             'echo "rc=$?"' % (sys.executable, tmp_path))
+    assert 'expected at least 7' in r.stdout and 'rc=1' in r.stdout, \
+        r.stdout + r.stderr
 
 
 def test_leakcheck_usage_errors(tmp_path, capsys):

@@ -22,6 +22,8 @@ def main(argv=None):
                    help='at least this many runs must be found')
     args = p.parse_args(argv)
     runs = summary.load(args.dirs)
+    for build in summary.builds(runs):
+        print('Kerbside under test: %s' % build)
     for run in runs:
         print(summary.line(run))
     failed = [r for r in runs if not r.get('passed')]

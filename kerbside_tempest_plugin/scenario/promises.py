@@ -563,9 +563,8 @@ def render_md(out, calls, audit, beats):
              'Promises: %s; route %s.' % (', '.join(out['promises']),
                                           out['route'])]
     if out.get('kerbside_build'):
-        b = out['kerbside_build']
-        lines.append('Kerbside under test: %s' % ', '.join(
-            '%s=%s' % (k, b[k]) for k in sorted(b)))
+        lines.append('Kerbside under test: %s'
+                     % runner.build_line(out['kerbside_build']))
     if out.get('error'):
         lines += ['', 'Error: %s' % out['error']]
     lines += ['', '## Checks', '', '| promise | check | verdict | what was '
@@ -661,18 +660,7 @@ def run_story(lane, story, name, artifact_root, image, promises,
     except BaseException as e:
         run.fail(e)
         if isinstance(e, (KeyboardInterrupt, SystemExit)):
-            run.finish(_build(lane))
+            run.finish(runner.kerbside_build(lane))
             raise
-    run.finish(_build(lane))
+    run.finish(runner.kerbside_build(lane))
     return run
-
-
-def _build(lane):
-    """Which Kerbside was under test (lane.kerbside_build()), or None."""
-    fn = getattr(lane, 'kerbside_build', None)
-    if fn is None:
-        return None
-    try:
-        return fn()
-    except Exception as e:
-        return {'error': str(e)}

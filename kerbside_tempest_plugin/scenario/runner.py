@@ -219,6 +219,9 @@ def run_scenario(lane, walk_name, route, image, artifact_root,
                 result.stats['fidelity'] = r.data['fidelity']
     result.passed = (result.error is None and bool(result.results) and
                      all(r.passed for r in result.results))
+    build = kerbside_build(lane) if route == 'kerbside' else None
+    if build:
+        result.stats['kerbside_build'] = build
     _write(art, result, walker, stream, drain, drain_text, route, image,
            guest)
     log(result.summary_line())
@@ -244,6 +247,33 @@ def attach(rp, art, ready_timeout=60, digests_file='digests.jsonl'):
         client, on_digest=lambda cd: art.append_jsonl(
             digests_file, cd.to_json())).start()
     return client, stream
+
+
+def kerbside_build(lane):
+    """Which Kerbside the lane ran (lane.kerbside_build(): versions, the
+    proxy binary's path and sha256), or None; never raises.
+    """
+    fn = getattr(lane, 'kerbside_build', None)
+    if fn is None:
+        fn = getattr(getattr(lane, 'lane', None), 'kerbside_build', None)
+    if fn is None:
+        return None
+    try:
+        return fn()
+    except Exception as e:
+        return {'error': 'unknown: %s' % e}
+
+
+def build_line(build):
+    """One line naming a Kerbside build, for reports and the summary."""
+    if not build:
+        return 'unknown'
+    if build.get('error'):
+        return build['error']
+    return 'kerbside %s (%s), kerbside-proxy %s at %s, sha256 %s' % (
+        build.get('kerbside_version'), build.get('source') or '?',
+        build.get('kerbside_proxy_version'), build.get('proxy_bin'),
+        build.get('proxy_sha256'))
 
 
 def _state_at_failure(rp, guest):
@@ -312,6 +342,9 @@ def _write(art, result, walker, stream, drain, drain_text, route, image,
                 'artifact dir': art.path}
         if guest is not None:
             meta.update(guest.facts())
+        build = result.stats.get('kerbside_build')
+        if build:
+            meta['kerbside under test'] = build_line(build)
         phases = dict(result.phases)
         for k in ('guest_pacing_s', 'overhead_s'):
             if k in result.stats:
