@@ -1,4 +1,5 @@
-"""lane/kerbside_variants.py: Kerbside venv copies with one promise broken.
+"""lane/kerbside_variants.py: Kerbside venv copies with one promise broken,
+and benchmarks/broken_promises.py's verdicts.
 
 - On a small synthetic venv (python -m venv, a stand-in kerbside package
   holding the source text each edit expects): the copy runs its own
@@ -11,9 +12,11 @@
   the base's patched files keep their sha256, and a probe run with both
   pythons (Kerbside's own functions, the database stubbed) differs in the
   one behaviour the variant breaks and in nothing else.
+- The benchmark's table and verdicts on synthetic promise.json files.
 """
 
 import hashlib
+import importlib.util
 import json
 import os
 import pathlib
@@ -27,6 +30,19 @@ import pytest
 from kerbside_tempest_plugin.common import tools
 from kerbside_tempest_plugin.lane import kerbside as lane_kerbside
 from kerbside_tempest_plugin.lane import kerbside_variants as kv
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _load_bench():
+    path = REPO_ROOT / 'benchmarks' / 'broken_promises.py'
+    spec = importlib.util.spec_from_file_location('bench_broken', path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+bench = _load_bench()
 
 
 def _sha(path):
@@ -399,3 +415,198 @@ def test_real_variant(real_venv, base_probe, tmp_path, name):
             assert lane_kerbside.KerbsideVenv(dest).check() == []
     finally:
         shutil.rmtree(dest, ignore_errors=True)
+
+
+# -- benchmarks/broken_promises.py --------------------------------------
+
+def _write(root, name, passed, promises, failures=(), venv='/v/copy',
+           error=None):
+    d = root / 'kerbside' / 'artifacts' / name
+    d.mkdir(parents=True)
+    (d / 'promise.json').write_text(json.dumps({
+        'name': 'kerbside_tempest_plugin.tests.scenario.'
+                'test_kerbside_promises.KerbsidePromisesTest.' + name,
+        'route': 'kerbside', 'passed': passed, 'promises': promises,
+        'error': error, 'kerbside_build': {'venv': venv},
+        'failures': [{'promise': p, 'check': 'c', 'message': m}
+                     for p, m in failures]}))
+
+
+def _records(root):
+    return bench.find_promises(str(root / 'kerbside' / 'artifacts'))
+
+
+def test_bench_caught_for_the_right_reason(tmp_path):
+    _write(tmp_path, 'test_terminate', False, ['terminate', 'audit'],
+           [('terminate', 'ryll still up 30 s after the terminate POST')])
+    _write(tmp_path, 'test_sessions', True, ['sessions'])
+    j = bench.judge('terminate', _records(tmp_path), rc=1)
+    assert j['verdict'] == 'CAUGHT' and j['caught'] and j['right_reason']
+    assert j['failed'] == ['test_terminate']
+    assert j['named'] == ['terminate']
+    assert j['reasons'] == [{'test': 'test_terminate', 'message':
+                             'ryll still up 30 s after the terminate POST'}]
+
+
+def test_bench_caught_for_another_reason(tmp_path):
+    _write(tmp_path, 'test_terminate', False, ['terminate'],
+           [('audit', 'no "Session terminated" event')])
+    _write(tmp_path, 'test_tokens', True, ['tokens'])
+    j = bench.judge('tokens', _records(tmp_path), rc=1)
+    assert j['verdict'] == 'CAUGHT-OTHER' and j['caught']
+    assert not j['right_reason']
+    assert j['checked_by'] == ['test_tokens']
+    assert j['missed_by'] == ['test_tokens']
+
+
+def test_bench_not_caught_and_no_results(tmp_path):
+    _write(tmp_path, 'test_audit', True, ['audit'])
+    j = bench.judge('audit', _records(tmp_path), rc=0)
+    assert j['verdict'] == 'NOT CAUGHT' and not j['caught']
+    assert j['missed_by'] == ['test_audit']
+    empty = bench.judge('audit', _records(tmp_path / 'none'), rc=2)
+    assert empty['verdict'] == 'NO RESULTS' and not empty['caught']
+
+
+def test_bench_missing_promise_json_and_tempest_failures(tmp_path):
+    _write(tmp_path, 'test_audit', True, ['audit'])
+    j = bench.judge('audit', _records(tmp_path), rc=1,
+                    expected=['test_audit', 'test_firewall'])
+    assert j['verdict'] == 'CAUGHT-OTHER'
+    assert j['missing'] == ['test_firewall']
+    trace = ('{0} kerbside_tempest_plugin.tests.scenario.test_kerbside_'
+             'promises.KerbsidePromisesTest.test_audit[id-1234] '
+             '[71.2s] ... FAILED\n'
+             '{0} kerbside_tempest_plugin.tests.scenario.test_kerbside_'
+             'promises.KerbsidePromisesTest.test_sessions [3.0s] ... ok\n')
+    outcomes = bench.tempest_outcomes(trace)
+    assert outcomes == {'test_audit': 'FAILED', 'test_sessions': 'ok'}
+    j = bench.judge('audit', _records(tmp_path), rc=1, outcomes=outcomes)
+    assert j['failed'] == ['test_audit'] and j['verdict'] == 'CAUGHT-OTHER'
+
+
+def test_bench_wrong_venv_and_errors(tmp_path):
+    _write(tmp_path, 'test_audit', False, ['audit'],
+           [('audit', 'no event')], venv='/v/base')
+    _write(tmp_path, 'test_tokens', False, ['tokens'], venv='/v/base',
+           error='HarnessError: the guest did not boot')
+    j = bench.judge('audit', _records(tmp_path), rc=1, venv='/v/copy')
+    assert j['verdict'] == 'WRONG VENV' and not j['caught']
+    assert j['wrong_venv'] == ['test_audit (/v/base)',
+                               'test_tokens (/v/base)']
+    assert j['errors'] == ['test_tokens: HarnessError: the guest did not '
+                           'boot']
+    rows = [{'label': 'audit-dropped', 'promise': 'audit', 'judged': j,
+             'seconds': 1.0}]
+    assert bench.exit_status(rows) == 1
+    assert 'ran another Kerbside venv: test_audit (/v/base), ' in \
+        bench.evidence(rows)
+    assert bench.judge('audit', _records(tmp_path), rc=1,
+                       venv='/v/base')['verdict'] == 'CAUGHT'
+    assert not bench.judge_control(_records(tmp_path / 'x'), 0,
+                                   venv='/v/base')['passed']
+
+
+def test_bench_unreadable_promise_json(tmp_path):
+    d = tmp_path / 'kerbside' / 'artifacts' / 'test_x'
+    d.mkdir(parents=True)
+    (d / 'promise.json').write_text('{not json')
+    records = _records(tmp_path)
+    assert records[0]['passed'] is False
+    assert 'unreadable promise.json' in records[0]['failures'][0]['message']
+
+
+def test_bench_control_table_and_exit(tmp_path):
+    good = tmp_path / 'good'
+    _write(good, 'test_sessions', True, ['sessions'])
+    _write(good, 'test_audit', True, ['audit'])
+    control = bench.judge_control(_records(good), rc=0)
+    assert control['verdict'] == 'PASSED' and control['passed']
+    assert not bench.judge_control(_records(good), rc=1)['passed']
+    assert not bench.judge_control([], rc=0)['passed']
+    bad = tmp_path / 'bad'
+    _write(bad, 'test_sessions', True, ['sessions'])
+    _write(bad, 'test_audit', False, ['audit'], [('audit', 'empty')])
+    failed_control = bench.judge_control(_records(bad), rc=1)
+    assert failed_control['verdict'] == 'FAILED'
+    assert failed_control['failed'] == ['test_audit']
+
+    caught = bench.judge('audit', _records(bad), rc=1)
+    missed = bench.judge('sessions', _records(good), rc=0)
+    rows = [{'label': 'audit-dropped', 'promise': 'audit',
+             'judged': caught, 'seconds': 312.4},
+            {'label': 'sessions-hidden', 'promise': 'sessions',
+             'judged': missed, 'seconds': 298.0},
+            {'label': 'control', 'promise': None, 'judged': control,
+             'seconds': 301.0}]
+    text = bench.table(rows)
+    lines = text.splitlines()
+    assert lines[0].split()[:3] == ['variant', 'breaks', 'tests']
+    assert lines[2].split() == ['audit-dropped', 'audit', 'test_audit',
+                                'audit', 'yes', 'CAUGHT', '1', '312']
+    assert 'NOT CAUGHT' in lines[3] and ' NO ' in lines[3]
+    assert lines[4].split() == ['control', '-', 'none', '-', '-', 'PASSED',
+                                '0', '301']
+    assert bench.exit_status(rows) == 1          # a variant not caught
+    assert bench.exit_status([rows[0], rows[2]]) == 0
+    rows[2]['judged'] = failed_control
+    assert bench.exit_status([rows[0], rows[2]]) == 1   # control failed
+    ev = bench.evidence(rows)
+    assert 'audit-dropped (breaks audit): CAUGHT' in ev
+    assert '  test_audit: empty' in ev
+    assert 'tests that check sessions: test_sessions; passed anyway: ' \
+        'test_sessions' in ev
+
+
+def test_bench_main_with_a_stand_in_job(fake_venv, tmp_path, monkeypatch,
+                                        capsys):
+    """The whole benchmark on the synthetic venv, the job replaced by one
+    that writes promise.json files: the audit-dropped copy fails the audit
+    test, the sessions-hidden copy passes everything (not caught), the
+    control passes.
+    """
+    base, _ = fake_venv
+    seen = []
+
+    def fake_job(venv, artifacts, log_path, regex, timeout):
+        info = kv.describe(venv)
+        seen.append((info or {}).get('variant', 'control'))
+        assert os.path.isdir(venv) and regex == 'promises'
+        root = pathlib.Path(artifacts)
+        broken = info and info['variant'] == 'audit-dropped'
+        _write(root, 'test_audit', not broken, ['audit'],
+               [('audit', 'no audit event')] if broken else (), venv=venv)
+        _write(root, 'test_sessions', True, ['sessions'], venv=venv)
+        with open(log_path, 'w') as f:
+            f.write('job output\n')
+        return (1 if broken else 0), 12.5, ''
+
+    monkeypatch.setattr(bench, 'run_job', fake_job)
+    out = tmp_path / 'out'
+    status = bench.main(['--variants', 'audit-dropped,sessions-hidden',
+                         '--base', base, '--out', str(out)])
+    assert status == 1                   # sessions-hidden was not caught
+    assert seen == ['audit-dropped', 'sessions-hidden', 'control']
+    text = (out / 'summary.txt').read_text()
+    lines = text.splitlines()
+    assert lines[2].split()[:6] == ['audit-dropped', 'audit', 'test_audit',
+                                    'audit', 'yes', 'CAUGHT']
+    assert 'NOT CAUGHT' in lines[3]
+    assert lines[4].split()[:6] == ['control', '-', 'none', '-', '-',
+                                    'PASSED']
+    assert '/proc/loadavg at start' in text
+    assert not (out / 'venvs' / 'audit-dropped').exists()   # removed
+    assert '# ktp-variant audit-dropped' in (
+        out / 'runs' / 'audit-dropped.diff').read_text()
+    results = json.loads((out / 'results.json').read_text())
+    assert [r['label'] for r in results['rows']] == [
+        'audit-dropped', 'sessions-hidden', 'control']
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert last['status'] == 1
+    assert last['rows']['audit-dropped']['verdict'] == 'CAUGHT'
+
+    seen.clear()
+    assert bench.main(['--variants', 'audit-dropped', '--base', base,
+                       '--out', str(tmp_path / 'out2'),
+                       '--keep-venvs']) == 0
+    assert (tmp_path / 'out2' / 'venvs' / 'audit-dropped').is_dir()
