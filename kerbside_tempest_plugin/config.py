@@ -31,8 +31,33 @@ KerbsideGroup = [
                     'the direct-qemu lane. Unset means the harness cache '
                     '(~/.cache/kerbside-tempest-plugin/kerbside-venv).'),
     cfg.StrOpt('kerbside_source', default=None,
-               help='A local Kerbside checkout to install into the lane '
-                    'instead of kerbside==0.8.0 from PyPI.'),
+               help='A local Kerbside checkout to install into the '
+                    'direct_qemu lane\'s Kerbside venv instead of '
+                    'kerbside==0.8.0 from PyPI. Unset means '
+                    '$KERBSIDE_SOURCE, else the venv as it is. The lane '
+                    'installs the checkout when the venv holds something '
+                    'else or the checkout changed since.'),
+    cfg.StrOpt('proxy_binary', default=None,
+               help='A kerbside-proxy binary (e.g. a local cargo build) '
+                    'for the direct_qemu lane\'s Kerbside daemon to run: '
+                    'KERBSIDE_PROXY_BIN. Unset means $KERBSIDE_PROXY_BIN, '
+                    'else the Kerbside venv\'s kerbside-proxy.'),
+    cfg.StrOpt('firewall_mode', default=None, choices=['enforce', 'warn'],
+               help='Kerbside\'s FIREWALL_MODE on the direct_qemu lane: '
+                    'enforce applies the proxy\'s blocking verdicts, warn '
+                    'forwards and logs them. Unset means Kerbside\'s '
+                    'default (enforce).'),
+    cfg.ListOpt('firewall_permitted_channels', default=None,
+                help='Kerbside\'s FIREWALL_PERMITTED_CHANNELS on the '
+                     'direct_qemu lane: the SPICE channels the proxy may '
+                     'relay, of main, display, inputs, cursor, playback, '
+                     'record, tunnel, smartcard, usbredir, port, webdav. '
+                     'Unset or empty means Kerbside\'s default (every '
+                     'channel).'),
+    cfg.IntOpt('console_token_duration', default=None, min=0,
+               help='Kerbside\'s CONSOLE_TOKEN_DURATION on the direct_qemu '
+                    'lane: the minutes a console token (a .vv password) '
+                    'stays usable. Unset means Kerbside\'s default (1).'),
     cfg.StrOpt('artifact_dir', default=None,
                help='Where each test writes its artifacts (screenshots, '
                     'digests, serial log, process logs, report). Unset '

@@ -114,13 +114,26 @@ class Lane(lane_base.Lane):
 
     `consoles` (default 1): how many consoles the lane holds at once
     (see the module docstring and console_slots()).
+
+    Kerbside's settings (lane.kerbside.KerbsideSettings; None leaves
+    Kerbside's default): `firewall_mode` ('enforce' or 'warn'),
+    `firewall_permitted_channels` (channel names), `console_token_duration`
+    (minutes) and `proxy_bin` (a kerbside-proxy binary; None:
+    $KERBSIDE_PROXY_BIN when set, else the venv's). `kerbside_source` (None:
+    $KERBSIDE_SOURCE when set) is a Kerbside checkout the venv must hold:
+    up() installs it (KerbsideVenv.ensure) unless the venv already holds it
+    unchanged. Without Kerbside (`kerbside=False`) all of these are
+    ignored. `kerbside_build()` says which Kerbside ran.
     """
 
     def __init__(self, workdir=None, route='kerbside', kerbside=True,
                  kerbside_venv=None, ryll_binary='ryll', qemu_binary=None,
                  accel='auto', ovmf_code=None, ovmf_vars=None, memory_mb=256,
                  guest_tls=False, kerbside_verbose=True,
-                 hypervisor_tls=True, hypervisor_ca=None, consoles=1):
+                 hypervisor_tls=True, hypervisor_ca=None, consoles=1,
+                 kerbside_source=None, firewall_mode=None,
+                 firewall_permitted_channels=None,
+                 console_token_duration=None, proxy_bin=None):
         if route not in ROUTES:
             raise ValueError('route must be one of %s' % (ROUTES,))
         if route == 'kerbside' and not kerbside:
@@ -133,6 +146,17 @@ class Lane(lane_base.Lane):
                          log_dir=os.path.join(workdir, 'logs'))
         self.with_kerbside = kerbside
         self.venv = lane_kerbside.KerbsideVenv(kerbside_venv)
+        self.kerbside_settings = None
+        self.kerbside_source = None
+        if kerbside:
+            self.kerbside_settings = \
+                lane_kerbside.KerbsideSettings.from_options(
+                    firewall_mode=firewall_mode,
+                    firewall_permitted_channels=firewall_permitted_channels,
+                    console_token_duration=console_token_duration,
+                    proxy_bin=proxy_bin)
+            self.kerbside_source = checkout_path(kerbside_source)
+        self._kerbside_build = None
         self.qemu_options = dict(
             qemu_binary=qemu_binary or 'qemu-system-x86_64', accel=accel,
             ovmf_code=ovmf_code, ovmf_vars=ovmf_vars, memory_mb=memory_mb,
@@ -161,9 +185,18 @@ class Lane(lane_base.Lane):
     # -- construction helpers ------------------------------------------
     @classmethod
     def from_config(cls, conf, workdir=None, **kwargs):
-        """From oslo.config ([kerbside] and [direct_qemu])."""
+        """From oslo.config ([kerbside] and [direct_qemu]); `kwargs`
+        win. An empty `firewall_permitted_channels` is unset.
+        """
         kb, dq = conf.kerbside, conf.direct_qemu
         kwargs.setdefault('route', kb.route)
+        kwargs.setdefault('kerbside_source', kb.kerbside_source)
+        kwargs.setdefault('proxy_bin', kb.proxy_binary)
+        kwargs.setdefault('firewall_mode', kb.firewall_mode)
+        kwargs.setdefault('firewall_permitted_channels',
+                          kb.firewall_permitted_channels or None)
+        kwargs.setdefault('console_token_duration',
+                          kb.console_token_duration)
         return cls(workdir=workdir, kerbside_venv=kb.kerbside_venv,
                    ryll_binary=kb.ryll_binary, qemu_binary=dq.qemu_binary,
                    accel=dq.accel, ovmf_code=dq.ovmf_code,
@@ -198,6 +231,12 @@ class Lane(lane_base.Lane):
             'control_socket': self.ryll.socket_path if self.ryll else None,
             'ryll_pid': self.ryll.pid if self.ryll else None,
             'kerbside_venv': self.venv.path if self.with_kerbside else None,
+            'kerbside_source': self.kerbside_source,
+            # What the lane set (None: Kerbside's default) and, once up,
+            # which Kerbside ran.
+            'kerbside_settings': self.kerbside_settings.info()
+            if self.kerbside_settings else None,
+            'kerbside_build': self._kerbside_build,
             'timings': {k: round(v, 3) for k, v in self.timings.items()},
         }
         if self.consoles > 1:
@@ -269,6 +308,12 @@ class Lane(lane_base.Lane):
         self._prepare()
         self.save_state(state='starting')
         if self.with_kerbside:
+            if self.kerbside_source:
+                t = time.monotonic()
+                LOG.info('%s', self.venv.ensure(
+                    source=self.kerbside_source, log=LOG.info,
+                    log_path=os.path.join(self.log_dir, 'kerbside-pip.log')))
+                self.timings['kerbside_source'] = time.monotonic() - t
             problems = self.venv.check()
             if problems:
                 raise errors.HarnessError(
@@ -294,9 +339,10 @@ class Lane(lane_base.Lane):
                 self.console_uuid, self.ports['guest_spice'], self.ticket,
                 verbose=self.kerbside_verbose,
                 extra_consoles=self._extra_consoles(),
-                **self._hypervisor_leg())
+                **self._hypervisor_leg(), **self._kerbside_options())
             self.kerbside.start(timeout=timeout)
             self.kerbside.token()
+            self._kerbside_build = self.kerbside.kerbside_build(running=True)
             self.timings['kerbside'] = time.monotonic() - t
             for k, v in self.kerbside.timings.items():
                 self.timings['kerbside_' + k] = v
@@ -306,6 +352,24 @@ class Lane(lane_base.Lane):
         self._up = True
         self.save_state(state='up')
         return self
+
+    def _kerbside_options(self):
+        """Kerbside's settings as lane.kerbside.Kerbside's keywords."""
+        s = self.kerbside_settings
+        return dict(firewall_mode=s.firewall_mode,
+                    firewall_permitted_channels=s.firewall_permitted_channels,
+                    console_token_duration=s.console_token_duration,
+                    proxy_bin=s.proxy_bin)
+
+    def kerbside_build(self):
+        """Which Kerbside the lane runs (lane.kerbside.build_of's dict:
+        kerbside_version, kerbside_proxy_version, proxy_bin, proxy_sha256,
+        proxy_contract_hash, venv, source), as recorded once it was up; None
+        without Kerbside or before up().
+        """
+        if self._kerbside_build is None and self.kerbside is not None:
+            self._kerbside_build = self.kerbside.kerbside_build()
+        return self._kerbside_build
 
     def _provider(self, index):
         """The DirectQemuProvider of console `index`: its ports, its
@@ -426,10 +490,7 @@ class Lane(lane_base.Lane):
                 out.append('%s exited with %s' % (name, proc.returncode))
         if self.kerbside is not None and self.kerbside.daemon is not None \
                 and not out:
-            proxies = [p for p in procs.group_members(self.kerbside.daemon.pid)
-                       if os.path.basename((procs.proc_cmdline(p) or [''])[0])
-                       == 'kerbside-proxy']
-            if not proxies:
+            if not self.kerbside.proxy_children():
                 out.append('no kerbside-proxy process')
         return out
 
@@ -473,6 +534,23 @@ class Lane(lane_base.Lane):
                                       '%s' % (report['leftover_pids'],
                                               report['busy_ports']))
         return report
+
+
+def checkout_path(source, environ=None):
+    """A Kerbside checkout given to a lane, absolute: `source`, else
+    $KERBSIDE_SOURCE (of `environ`); None when neither is set. ValueError
+    when it is not a directory.
+    """
+    environ = os.environ if environ is None else environ
+    origin = 'kerbside_source'
+    if source is None and environ.get('KERBSIDE_SOURCE'):
+        source, origin = environ['KERBSIDE_SOURCE'], '$KERBSIDE_SOURCE'
+    if source is None:
+        return None
+    if not isinstance(source, str) or not os.path.isdir(source):
+        raise ValueError('%s %r is not a directory (a Kerbside checkout)' % (
+            origin, source))
+    return os.path.abspath(source)
 
 
 def load_state(workdir, state_file=STATE_FILE):

@@ -80,16 +80,37 @@ def spice_port_range(count=config.SPICE_PORT_COUNT, low=None, high=None,
 
 
 class OpenStackCloud:
-    """One cloud in one workdir. Call up() and (always) down()."""
+    """One cloud in one workdir. Call up() and (always) down().
+
+    Kerbside in front takes the direct-qemu lane's options (lane.lane.Lane):
+    `kerbside_source` (None: $KERBSIDE_SOURCE when set; installed into the
+    Kerbside venv in up() unless it holds it unchanged), `firewall_mode`,
+    `firewall_permitted_channels`, `console_token_duration` and `proxy_bin`
+    (None: $KERBSIDE_PROXY_BIN when set). `kerbside_build()` says which
+    Kerbside ran.
+    """
 
     def __init__(self, workdir=None, venv=None, spice_tls=True,
-                 kerbside=True, kerbside_venv=None):
+                 kerbside=True, kerbside_venv=None, kerbside_source=None,
+                 firewall_mode=None, firewall_permitted_channels=None,
+                 console_token_duration=None, proxy_bin=None):
         self.workdir = os.path.abspath(workdir or default_workdir())
         self.venv = os_venv.OpenStackVenv(venv)
         self.spice_tls = spice_tls
         # Kerbside in front (the openstack source); None until up().
         self.with_kerbside = kerbside
         self.kerbside_venv = lane_kerbside.KerbsideVenv(kerbside_venv)
+        self.kerbside_settings = None
+        self.kerbside_source = None
+        if kerbside:
+            self.kerbside_settings = \
+                lane_kerbside.KerbsideSettings.from_options(
+                    firewall_mode=firewall_mode,
+                    firewall_permitted_channels=firewall_permitted_channels,
+                    console_token_duration=console_token_duration,
+                    proxy_bin=proxy_bin)
+            self.kerbside_source = lane_mod.checkout_path(kerbside_source)
+        self._kerbside_build = None
         self.kerbside = None
         self.db = None
         self.redactor = common_secrets.Redactor()
@@ -124,6 +145,12 @@ class OpenStackCloud:
             'compute_url': lay.url('nova_api', '/v2.1') if lay else None,
             'kerbside_url': lay.url('kerbside_api')
             if lay and self.with_kerbside else None,
+            'kerbside_venv': self.kerbside_venv.path
+            if self.with_kerbside else None,
+            'kerbside_source': self.kerbside_source,
+            'kerbside_settings': self.kerbside_settings.info()
+            if self.kerbside_settings else None,
+            'kerbside_build': self._kerbside_build,
             'libvirt_uri': lay.libvirt_uri if lay else None,
             'instances_path': lay.instances_path if lay else None,
             'admin_password_file': self.secrets.file('admin-password')
@@ -305,12 +332,33 @@ class OpenStackCloud:
 
     def _start_kerbside(self, timeout):
         t = time.monotonic()
+        if self.kerbside_source:
+            log_path = os.path.join(self.layout.log_dir, 'kerbside-pip.log')
+            LOG.info('%s', self.kerbside_venv.ensure(
+                source=self.kerbside_source, log=LOG.info,
+                log_path=log_path))
+            LOG.info('%s', os_kerbside.ensure_clients(self.kerbside_venv,
+                                                      log_path=log_path))
+            self.timings['kerbside_source'] = time.monotonic() - t
         sql_url = '%s/kerbside' % self.db.sql_url.rsplit('/', 1)[0]
+        s = self.kerbside_settings
         self.kerbside = os_kerbside.CloudKerbside(
             self.kerbside_venv, self.layout, self.secrets, self.registry,
-            self.tls, sql_url)
+            self.tls, sql_url, firewall_mode=s.firewall_mode,
+            firewall_permitted_channels=s.firewall_permitted_channels,
+            console_token_duration=s.console_token_duration,
+            proxy_bin=s.proxy_bin)
         self.kerbside.start(timeout=min(timeout, 120))
+        self._kerbside_build = self.kerbside.kerbside_build(running=True)
         self.timings['kerbside'] = time.monotonic() - t
+
+    def kerbside_build(self):
+        """Which Kerbside runs in front (lane.kerbside.build_of's dict),
+        as recorded once it was up; None without Kerbside or before up().
+        """
+        if self._kerbside_build is None and self.kerbside is not None:
+            self._kerbside_build = self.kerbside.kerbside_build()
+        return self._kerbside_build
 
     # -- the guest -------------------------------------------------------
     def upload_image(self, path):

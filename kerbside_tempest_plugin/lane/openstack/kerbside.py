@@ -60,17 +60,27 @@ def ensure_clients(venv, log_path=None):
 
 
 class CloudKerbside(lane_kerbside.Kerbside):
-    """Kerbside with an `openstack` source for the cloud's Layout."""
+    """Kerbside with an `openstack` source for the cloud's Layout.
+
+    `firewall_mode`, `firewall_permitted_channels`,
+    `console_token_duration` and `proxy_bin`: Kerbside's settings, as for
+    lane.kerbside.Kerbside.
+    """
 
     def __init__(self, venv, layout, secrets, registry, tls, sql_url,
-                 verbose=True, hypervisor_ca=None):
+                 verbose=True, hypervisor_ca=None, firewall_mode=None,
+                 firewall_permitted_channels=None,
+                 console_token_duration=None, proxy_bin=None):
         p = layout.ports
         super().__init__(
             venv, layout.workdir, layout.run_dir, secrets, registry, tls,
             sql_url,
             p['kerbside_api'], p['kerbside_secure'], p['kerbside_insecure'],
             p['kerbside_metrics'], console_uuid=None, guest_port=None,
-            ticket=None, verbose=verbose)
+            ticket=None, verbose=verbose, firewall_mode=firewall_mode,
+            firewall_permitted_channels=firewall_permitted_channels,
+            console_token_duration=console_token_duration,
+            proxy_bin=proxy_bin)
         self.layout = layout
         # The CA file the source trusts for the hypervisors' SPICE TLS;
         # default the lane CA, which signed libvirt's certificate.

@@ -37,14 +37,32 @@ LOG = logging.getLogger(__name__)
 
 
 class OpenStackLane(provider_lane.ProviderLane):
+    """`firewall_mode`, `firewall_permitted_channels`,
+    `console_token_duration`, `proxy_bin` and `kerbside_source` go to the
+    Kerbside of the cloud this lane brings up (cloud.OpenStackCloud); a
+    shared `cloud=` already has its Kerbside, so they are refused there.
+    """
 
     def __init__(self, workdir, route='kerbside', ryll_binary='ryll',
                  image=None, cloud=None, cloud_kwargs=None,
-                 hypervisor_ca_file=None):
+                 hypervisor_ca_file=None, kerbside_source=None,
+                 firewall_mode=None, firewall_permitted_channels=None,
+                 console_token_duration=None, proxy_bin=None):
+        kerbside_options = {k: v for k, v in dict(
+            kerbside_source=kerbside_source, firewall_mode=firewall_mode,
+            firewall_permitted_channels=firewall_permitted_channels,
+            console_token_duration=console_token_duration,
+            proxy_bin=proxy_bin).items() if v is not None}
+        if cloud is not None and kerbside_options:
+            raise ValueError(
+                '%s belong to the shared cloud\'s Kerbside, which is '
+                'already up: give them to its OpenStackCloud' % ', '.join(
+                    sorted(kerbside_options)))
         os.makedirs(workdir, exist_ok=True)
         self.owns_cloud = cloud is None
         self.cloud = cloud or os_cloud.OpenStackCloud(
-            os.path.join(workdir, 'cloud'), **(cloud_kwargs or {}))
+            os.path.join(workdir, 'cloud'),
+            **dict(cloud_kwargs or {}, **kerbside_options))
         self.image_path = image
         self.hypervisor_ca_file = hypervisor_ca_file
         # The provider exists once the cloud is up.
@@ -74,6 +92,12 @@ class OpenStackLane(provider_lane.ProviderLane):
             self.cloud.tls.ca_cert)
         self.timings.update(self.cloud.timings)
         return self
+
+    def kerbside_build(self):
+        """Which Kerbside fronts the cloud (lane.kerbside.build_of's
+        dict), None without one.
+        """
+        return self.cloud.kerbside_build()
 
     def _check_up(self):
         if self.provider is None:
