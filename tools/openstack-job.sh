@@ -4,10 +4,15 @@
 # Placement, Glance, Neutron, Nova + libvirt, Kerbside in front with an
 # `openstack` source), with real Keystone credentials.
 #
-#   1. the OpenStack and Kerbside venvs (`kerbside-openstack setup`);
+#   1. the OpenStack and Kerbside venvs (`kerbside-openstack setup`;
+#      KERBSIDE_SOURCE=/path/to/kerbside installs that checkout into the
+#      Kerbside venv instead of kerbside==0.8.0);
 #   2. the guest image, resolved as the tests resolve it (guest_images);
 #   3. the cloud up (`kerbside-openstack up --no-boot --upload`): the
-#      image in Glance with the properties Nova needs;
+#      image in Glance with the properties Nova needs; Kerbside's daemon
+#      runs KERBSIDE_PROXY_BIN when set, and the Kerbside build under
+#      test (versions, source, proxy binary and its sha256) is logged
+#      and kept in cloud-up.json (kerbside_build);
 #   4. per route (KTP_ROUTE=kerbside|direct; default both): a fresh
 #      tempest workspace and tempest.conf for this cloud, then
 #      `tempest run --regex sextant` (kerbside: Nova's spice-direct URL,
@@ -26,6 +31,8 @@ STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 OUT=${KTP_ARTIFACTS:-$ROOT/artifacts/openstack-$STAMP}
 REGEX=${KTP_REGEX:-sextant}
 TESTS_PER_ROUTE=4
+# tests/scenario/test_kerbside_promises.py on the cloud (kerbside route).
+PROMISE_TESTS=0
 CLOUD=$OUT/cloud
 
 log() { printf '[openstack %(%H:%M:%S)T] %s\n' -1 "$*"; }
@@ -71,6 +78,13 @@ openstack up --workdir "$CLOUD" --image "$IMAGE" --no-boot --upload \
 GLANCE_IMAGE=$("$PY" -c 'import json,sys; print(json.load(sys.stdin)
 ["image"])' <"$OUT/cloud-up.json") || die "no image id in cloud-up.json"
 log "cloud up after $((SECONDS - t0)) s; Glance image $GLANCE_IMAGE"
+"$PY" -c 'import json, sys
+b = json.load(sys.stdin).get("kerbside_build") or {}
+print("Kerbside under test: kerbside %s from %s; kerbside-proxy %s (sha256 "
+      "%s, contract %s)" % (b.get("kerbside_version"), b.get("source"),
+      b.get("proxy_bin"), (b.get("proxy_sha256") or "?")[:16],
+      (b.get("proxy_contract_hash") or "?")[:16]))' <"$OUT/cloud-up.json" \
+    | while read -r line; do log "$line"; done
 
 # -- 4. tempest, once per route ----------------------------------------
 declare -A rc
@@ -100,7 +114,7 @@ trap - EXIT
 # -- 6. verdicts -------------------------------------------------------
 rcs=()
 for route in $ROUTES; do rcs+=("$route=${rc[$route]}"); done
-ktp_verdicts "$OUT" "$TESTS_PER_ROUTE" "$REGEX" "${rcs[@]}"
+ktp_verdicts "$OUT" "$TESTS_PER_ROUTE" "$PROMISE_TESTS" "$REGEX" "${rcs[@]}"
 status=$?
 log "job took $((SECONDS - t0)) s"
 log "artifacts: $OUT"

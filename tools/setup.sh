@@ -8,6 +8,12 @@
 #
 # KTP_SETUP_OPENSTACK=0 leaves the OpenStack lane out (its system packages
 # and its venv, about 1 GiB): the direct-qemu lane needs none of it.
+#
+# A Kerbside developer's own build: KERBSIDE_SOURCE=/path/to/kerbside
+# installs that checkout into the Kerbside venv (which both lanes use)
+# instead of kerbside==0.8.0, and KERBSIDE_PROXY_BIN=/path/to/kerbside-proxy
+# is the proxy every lane's daemon runs (checked here). `kerbside-harness
+# setup` prints the build that makes as JSON (kerbside_build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -109,7 +115,8 @@ log "installing the project, its extras and test requirements into $VENV"
 
 # Everything below runs the venv's programs by path: nothing here (nor in
 # what they start) relies on .venv/bin being on PATH.
-log "preparing the Kerbside lane venv"
+log "preparing the Kerbside lane venv${KERBSIDE_SOURCE:+ from \
+$KERBSIDE_SOURCE}${KERBSIDE_PROXY_BIN:+, proxy $KERBSIDE_PROXY_BIN}"
 "$VENV/bin/kerbside-harness" setup
 
 if [ "$OPENSTACK" != 0 ]; then

@@ -21,6 +21,8 @@ import types
 from oslo_config import cfg
 import pytest
 
+from kerbside_tempest_plugin.cmd import harness
+from kerbside_tempest_plugin.cmd import openstack as os_cmd
 from kerbside_tempest_plugin.common import errors
 from kerbside_tempest_plugin.common import secrets
 from kerbside_tempest_plugin.common import tls
@@ -387,6 +389,42 @@ def test_openstack_cloud_and_lane_take_the_settings(tmp_path):
                               firewall_mode='warn')
 
 
+# -- the command lines --------------------------------------------------
+
+def test_harness_up_parses_the_kerbside_options():
+    args = harness.build_parser().parse_args([
+        'up', '--proxy-bin', '/p', '--firewall-mode', 'warn',
+        '--firewall-permitted-channels', 'main, display,,cursor',
+        '--console-token-duration', '2', '--kerbside-source', '/k'])
+    assert (args.proxy_bin, args.firewall_mode,
+            args.firewall_permitted_channels, args.console_token_duration,
+            args.kerbside_source) == ('/p', 'warn',
+                                      ('main', 'display', 'cursor'), 2, '/k')
+    args = harness.build_parser().parse_args(['up'])
+    assert (args.proxy_bin, args.firewall_mode,
+            args.firewall_permitted_channels,
+            args.console_token_duration, args.kerbside_source) == (
+        None, None, None, None, None)
+    with pytest.raises(SystemExit):
+        harness.build_parser().parse_args(['up', '--firewall-mode', 'off'])
+    args = os_cmd.build_parser().parse_args([
+        'up', '--firewall-mode', 'enforce', '--console-token-duration', '0'])
+    assert (args.firewall_mode, args.console_token_duration) == (
+        'enforce', 0)
+
+
+def test_harness_up_refuses_a_bad_channel_before_anything_starts(
+        tmp_path, capsys):
+    rc = harness.main(['up', '--workdir', str(tmp_path / 'w'),
+                       '--firewall-permitted-channels', 'main,keyboard'])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "'keyboard'" in err and 'valid names' in err
+    assert not os.path.exists(tmp_path / 'w' / 'processes.json')
+
+
+# -- which Kerbside ------------------------------------------------------
+
 def test_describe_source():
     assert lane_kerbside.describe_source(None, '0.8.0') == \
         'PyPI kerbside==0.8.0'
@@ -551,3 +589,19 @@ def test_the_install_lock_has_a_deadline(tmp_path):
                 pass
     with venv.install_lock(timeout=1):
         pass
+
+
+def test_the_harness_setup_prints_the_build(tmp_path, capsys, monkeypatch):
+    venv = _fake_venv(tmp_path)
+    monkeypatch.setattr(harness.tools, 'missing', lambda names: [])
+    monkeypatch.setattr(harness.tools, 'find_any', lambda *n: '/bin/true')
+    monkeypatch.setattr(harness.tools, 'find', lambda *a, **k: '/bin/true')
+    monkeypatch.setattr(harness.direct_qemu, 'find_ovmf', lambda: None)
+    proxy = _proxy(tmp_path / 'dev-proxy')
+    rc = harness.main(['setup', '--venv', venv.path, '--proxy-bin',
+                       str(proxy)])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out['kerbside_build']['proxy_bin'] == str(proxy)
+    assert out['kerbside_build']['source'] == 'PyPI kerbside==0.8.0'
+    assert out['kerbside_build']['proxy_contract_hash'] == CONTRACT

@@ -1,8 +1,12 @@
 """kerbside-harness: bring the direct-qemu lane up and down.
 
     kerbside-harness setup [--venv DIR] [--kerbside-source DIR]
+                           [--proxy-bin PATH]
     kerbside-harness up [--image PATH | --diskless] [--route kerbside|direct]
-                        [--workdir DIR]
+                        [--workdir DIR] [--kerbside-source DIR]
+                        [--proxy-bin PATH] [--firewall-mode enforce|warn]
+                        [--firewall-permitted-channels main,display,...]
+                        [--console-token-duration MINUTES]
     kerbside-harness status [--workdir DIR]
     kerbside-harness down [--workdir DIR]
     kerbside-harness console [--attach DIR | --provider P --route R]
@@ -10,9 +14,16 @@
     kerbside-harness mcp [--workdir DIR]
 
 `up` prints one JSON object (workdir, control socket, serial log, SPICE and
-API ports, route) once ryll's control socket exists, and leaves the lane
-running. Every process is recorded in the workdir, so `down` finds them
-even after `up` itself crashed.
+API ports, route, Kerbside's settings and build) once ryll's control
+socket exists, and leaves the lane running. Every process is recorded in
+the workdir, so `down` finds them even after `up` itself crashed.
+
+A Kerbside developer's own build: `--kerbside-source` (or
+$KERBSIDE_SOURCE) for the Python side, installed into the Kerbside venv
+when it does not hold that checkout unchanged; `--proxy-bin` (or
+$KERBSIDE_PROXY_BIN) for the proxy. `setup` and `up` print
+`{"kerbside_build": {...}}`: the versions, where kerbside came from, and
+the proxy binary with its sha256 and contract hash.
 """
 
 import argparse
@@ -73,10 +84,24 @@ def cmd_setup(args):
     try:
         done = venv.ensure(source=source, log=_err, log_path=log_path)
         _err(done)
+        settings = lane_kerbside.KerbsideSettings.from_options(
+            proxy_bin=args.proxy_bin)
+        build = lane_kerbside.build_of(venv, settings.proxy_bin)
+    except ValueError as e:
+        _err(str(e))
+        return 2
     except (errors.HarnessError, subprocess.CalledProcessError) as e:
         _err(str(e))
         return 1
+    print(json.dumps({'kerbside_build': build}, sort_keys=True))
     return 0 if ok else 1
+
+
+def _channels(text):
+    """--firewall-permitted-channels: comma-separated names (checked by
+    the lane).
+    """
+    return tuple(n for n in (p.strip() for p in text.split(',')) if n)
 
 
 def cmd_up(args):
@@ -96,10 +121,18 @@ def cmd_up(args):
             return 1
         # A fresh lane each time: the previous lane's artifacts go away.
         shutil.rmtree(workdir)
-    lane = lane_mod.Lane(workdir, route=args.route,
-                         kerbside=not args.no_kerbside,
-                         kerbside_venv=args.venv, ryll_binary=args.ryll,
-                         accel=args.accel, guest_tls=args.guest_tls)
+    try:
+        lane = lane_mod.Lane(
+            workdir, route=args.route, kerbside=not args.no_kerbside,
+            kerbside_venv=args.venv, ryll_binary=args.ryll,
+            accel=args.accel, guest_tls=args.guest_tls,
+            kerbside_source=args.kerbside_source,
+            proxy_bin=args.proxy_bin, firewall_mode=args.firewall_mode,
+            firewall_permitted_channels=args.firewall_permitted_channels,
+            console_token_duration=args.console_token_duration)
+    except ValueError as e:
+        _err(str(e))
+        return 2
     try:
         if args.diskless:
             image, banner = None, DISKLESS_BANNER
@@ -135,6 +168,8 @@ def cmd_up(args):
         'guest': info['guest'],
         'ryll_pid': info['ryll_pid'],
         'timings': info['timings'],
+        'kerbside_settings': info['kerbside_settings'],
+        'kerbside_build': info['kerbside_build'],
     }
     print(json.dumps(out, sort_keys=True))
     return 0
@@ -167,6 +202,9 @@ def build_parser():
     s.add_argument('--ryll', default='ryll', help='ryll binary to check '
                    '(default $RYLL_BINARY, else ryll beside this python, '
                    'then on PATH)')
+    s.add_argument('--proxy-bin', help='the kerbside-proxy binary the '
+                   'printed build names (default $%s, else the venv\'s)'
+                   % lane_kerbside.PROXY_BIN_ENV)
     s.set_defaults(func=cmd_setup)
 
     u = sub.add_parser('up', help='bring a lane up and print JSON')
@@ -193,6 +231,7 @@ def build_parser():
     u.add_argument('--guest-tls', action='store_true',
                    help='give qemu a SPICE TLS port too')
     u.add_argument('--venv', help='Kerbside venv')
+    kerbside_arguments(u)
     u.add_argument('--ryll', default='ryll', help='ryll binary')
     u.add_argument('--timeout', type=float, default=90,
                    help='deadline of each service start')
@@ -225,6 +264,32 @@ def build_parser():
     _lane_args(m)
     m.set_defaults(func=cmd_mcp)
     return p
+
+
+def kerbside_arguments(p):
+    """The Kerbside options of a command that brings Kerbside up (`up`
+    here and in kerbside-openstack): its build and its settings.
+    """
+    k = p.add_argument_group(
+        'Kerbside', 'its build and its settings (unset: Kerbside\'s '
+        'default)')
+    k.add_argument('--kerbside-source', metavar='DIR',
+                   help='a Kerbside checkout the venv must hold (installed '
+                   'when it does not; default $KERBSIDE_SOURCE)')
+    k.add_argument('--proxy-bin', metavar='PATH',
+                   help='the kerbside-proxy binary the daemon runs '
+                   '(KERBSIDE_PROXY_BIN; default $%s, else the venv\'s)'
+                   % lane_kerbside.PROXY_BIN_ENV)
+    k.add_argument('--firewall-mode', choices=lane_kerbside.FIREWALL_MODES,
+                   help='KERBSIDE_FIREWALL_MODE (default enforce)')
+    k.add_argument('--firewall-permitted-channels', type=_channels,
+                   metavar='NAME,...',
+                   help='KERBSIDE_FIREWALL_PERMITTED_CHANNELS: the channels '
+                   'the proxy relays, of %s (default: all)'
+                   % ', '.join(lane_kerbside.CHANNEL_NAMES))
+    k.add_argument('--console-token-duration', type=int, metavar='MINUTES',
+                   help='KERBSIDE_CONSOLE_TOKEN_DURATION: how long a console '
+                   'token lives (default 1)')
 
 
 def _lane_args(p):

@@ -1,8 +1,12 @@
 """kerbside-openstack: a real single-box OpenStack for the lane.
 
     kerbside-openstack setup [--venv DIR] [--kerbside-venv DIR]
+                             [--kerbside-source DIR] [--proxy-bin PATH]
     kerbside-openstack up [--workdir DIR] [--image PATH] [--no-boot]
-                          [--upload] [--no-kerbside]
+                          [--upload] [--no-kerbside] [--kerbside-source DIR]
+                          [--proxy-bin PATH] [--firewall-mode M]
+                          [--firewall-permitted-channels NAME,...]
+                          [--console-token-duration MINUTES]
     kerbside-openstack tempest-conf --workspace WS --image ID [--route R]
     kerbside-openstack status [--workdir DIR]
     kerbside-openstack down [--workdir DIR]
@@ -12,8 +16,14 @@ Keystone, Placement, Glance, Neutron, Nova, then Kerbside in front with
 an `openstack` source), uploads the Sextant image,
 boots it with networks none, waits for its banner in Nova's console
 output, and prints one JSON object (URLs, server id, timings, memory; no
-secrets: the admin password is in the file it names). It leaves the
-cloud running; `down` stops everything, also after a crash of `up`.
+secrets: the admin password is in the file it names), Kerbside's settings
+and build among them. It leaves the cloud running; `down` stops
+everything, also after a crash of `up`.
+
+Kerbside's build and settings as for `kerbside-harness`: the Kerbside venv
+holds $KERBSIDE_SOURCE (`--kerbside-source`) when set, and the daemon runs
+$KERBSIDE_PROXY_BIN (`--proxy-bin`) when set; `setup` prints
+`{"kerbside_build": {...}}`.
 """
 
 import argparse
@@ -24,6 +34,7 @@ import shutil
 import sys
 
 from kerbside_tempest_plugin.cmd import _lane_cli
+from kerbside_tempest_plugin.cmd import harness
 from kerbside_tempest_plugin.common import errors
 from kerbside_tempest_plugin.common import secrets as common_secrets
 from kerbside_tempest_plugin import guest_images
@@ -47,10 +58,20 @@ def cmd_setup(args):
     log_path = os.path.join(os.path.dirname(venv.path),
                             'openstack-pip.log')
     _err(venv.ensure(log_path))
-    # Kerbside in front: its venv, plus the clients of its Nova flow.
+    # Kerbside in front: its venv (from a checkout when asked), plus the
+    # clients of its Nova flow.
     kvenv = lane_kerbside.KerbsideVenv(args.kerbside_venv)
-    _err(kvenv.ensure(log_path=log_path))
+    source = args.kerbside_source or os.environ.get('KERBSIDE_SOURCE')
+    try:
+        settings = lane_kerbside.KerbsideSettings.from_options(
+            proxy_bin=args.proxy_bin)
+    except ValueError as e:
+        _err(str(e))
+        return 2
+    _err(kvenv.ensure(source=source, log=_err, log_path=log_path))
     _err(os_kerbside.ensure_clients(kvenv, log_path=log_path))
+    print(json.dumps({'kerbside_build': lane_kerbside.build_of(
+        kvenv, settings.proxy_bin)}, sort_keys=True))
     return 0
 
 
@@ -66,10 +87,17 @@ def cmd_up(args):
                  '--workdir %s` first' % (workdir, workdir))
             return 1
         shutil.rmtree(workdir)
-    cloud = os_cloud.OpenStackCloud(workdir, venv=args.venv,
-                                    spice_tls=not args.no_spice_tls,
-                                    kerbside=not args.no_kerbside,
-                                    kerbside_venv=args.kerbside_venv)
+    try:
+        cloud = os_cloud.OpenStackCloud(
+            workdir, venv=args.venv, spice_tls=not args.no_spice_tls,
+            kerbside=not args.no_kerbside, kerbside_venv=args.kerbside_venv,
+            kerbside_source=args.kerbside_source, proxy_bin=args.proxy_bin,
+            firewall_mode=args.firewall_mode,
+            firewall_permitted_channels=args.firewall_permitted_channels,
+            console_token_duration=args.console_token_duration)
+    except ValueError as e:
+        _err(str(e))
+        return 2
     out = {}
     try:
         cloud.up(timeout=args.timeout)
@@ -139,6 +167,14 @@ def build_parser():
     s = sub.add_parser('setup', help='create or repair the OpenStack venv')
     s.add_argument('--venv')
     s.add_argument('--kerbside-venv')
+    s.add_argument('--kerbside-source', metavar='DIR',
+                   help='a Kerbside checkout to install into the Kerbside '
+                   'venv instead of kerbside==%s (default $KERBSIDE_SOURCE)'
+                   % lane_kerbside.KERBSIDE_VERSION)
+    s.add_argument('--proxy-bin', metavar='PATH',
+                   help='the kerbside-proxy binary the printed build names '
+                   '(default $%s, else the venv\'s)'
+                   % lane_kerbside.PROXY_BIN_ENV)
     s.set_defaults(func=cmd_setup)
     u = sub.add_parser('up', help='bring the cloud up, boot the guest')
     u.add_argument('--workdir', help='default $KTP_OPENSTACK_WORKDIR or '
@@ -155,6 +191,7 @@ def build_parser():
                    help='no Kerbside in front (spice-direct URLs then '
                    'point at a closed port)')
     u.add_argument('--no-spice-tls', action='store_true')
+    harness.kerbside_arguments(u)
     u.add_argument('--timeout', type=float, default=300,
                    help='deadline of each service start')
     u.add_argument('--boot-timeout', type=float, default=600)
