@@ -22,7 +22,8 @@ PKG = 'kerbside_tempest_plugin'
 # config (the oslo.config options) imports nothing of ours: it sits beside
 # common, so a provider's from_config can read tempest's [compute] options.
 BELOW_SCENARIO = {'common', 'config', 'digest', 'sextant', 'ryll',
-                  'providers', 'guest_images', 'lane', 'kerbside_api'}
+                  'providers', 'guest_images', 'lane', 'kerbside_api',
+                  'spice'}
 ALLOWED = {
     'common': set(),
     'config': set(),
@@ -30,6 +31,7 @@ ALLOWED = {
     'sextant': {'common', 'digest'},
     'ryll': {'common'},
     'kerbside_api': {'common'},
+    'spice': {'common'},
     'providers': {'common', 'config'},
     'guest_images': {'common'},
     'guests': {'common'},

@@ -1,0 +1,704 @@
+"""spice.link against a fake SPICE server on loopback.
+
+The fake server speaks the server side of the link (the reply, its RSA
+key, the ticket's verdict) and mini-header messages; each test picks
+how it behaves: a normal main + inputs session, a garbled reply, a link
+error code, a refused ticket, EOF in the middle of a message, silence.
+"""
+
+import datetime
+import socket
+import ssl
+import struct
+import threading
+import time
+
+import pytest
+
+from cryptography.hazmat.primitives.asymmetric import padding
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import serialization
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+
+from kerbside_tempest_plugin.common import errors
+from kerbside_tempest_plugin.spice import link
+
+TICKET = 'console-token-for-the-fake-0123456789abcdef'
+SESSION_ID = 0x5eed1234
+# AUTH_SELECTION | AUTH_SPICE | MINI_HEADER
+SERVER_CAPS = 0b1011
+_KEY = []
+
+
+def server_key():
+    if not _KEY:
+        _KEY.append(rsa.generate_private_key(public_exponent=65537,
+                                             key_size=1024))
+    return _KEY[0]
+
+
+def recv_exact(conn, n):
+    buf = b''
+    while len(buf) < n:
+        chunk = conn.recv(n - len(buf))
+        if not chunk:
+            raise EOFError('EOF after %d of %d' % (len(buf), n))
+        buf += chunk
+    return buf
+
+
+def msg(msg_type, body=b''):
+    return struct.pack('<HI', msg_type, len(body)) + body
+
+
+def link_reply(error=0, caps=SERVER_CAPS):
+    der = server_key().public_key().public_bytes(
+        serialization.Encoding.DER,
+        serialization.PublicFormat.SubjectPublicKeyInfo)
+    assert len(der) == 162
+    body = struct.pack('<I162sIII', error, der, 1, 0, 178) + \
+        struct.pack('<I', caps)
+    return struct.pack('<4sIII', b'REDQ', 2, 2, len(body)) + body
+
+
+class Conn:
+    """One accepted connection: what the client linked and sent."""
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.channel_type = None
+        self.connection_id = None
+        self.common_caps = None
+        self.ticket = None
+        self.auth_mechanism = None
+        self.messages = []      # (type, declared size, body)
+        self.closed = threading.Event()
+
+
+class FakeSpiceServer:
+    """A SPICE server on 127.0.0.1. `behaviour` is one of: ok, garbled,
+    link_error, short_reply, bad_ticket, no_mini, eof_mid, silent,
+    silent_after_link, huge_header. `on_inputs(server, conn, type,
+    size)` may return 'close' to end the inputs channel at a header
+    (before its body) or 'close_after' to read the body first and then
+    end it.
+    """
+
+    def __init__(self, behaviour='ok', link_error_code=7, tls_ctx=None,
+                 ack_window=2, on_inputs=None):
+        self.behaviour = behaviour
+        self.link_error_code = link_error_code
+        self.tls_ctx = tls_ctx
+        self.ack_window = ack_window
+        self.on_inputs = on_inputs
+        self.conns = []
+        self.errors = []
+        self.lsock = socket.socket()
+        self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.lsock.bind(('127.0.0.1', 0))
+        self.lsock.listen(8)
+        self.port = self.lsock.getsockname()[1]
+        self._stop = threading.Event()
+        self._threads = []
+        t = threading.Thread(target=self._accept, daemon=True)
+        t.start()
+        self._threads.append(t)
+
+    def _accept(self):
+        self.lsock.settimeout(0.1)
+        while not self._stop.is_set():
+            try:
+                sock, _ = self.lsock.accept()
+            except (socket.timeout, OSError):
+                continue
+            t = threading.Thread(target=self._serve, args=(sock,),
+                                 daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def _serve(self, sock):
+        conn = None
+        try:
+            if self.tls_ctx is not None:
+                sock.settimeout(5)
+                sock = self.tls_ctx.wrap_socket(sock, server_side=True)
+            sock.settimeout(5)
+            conn = Conn(sock)
+            self.conns.append(conn)
+            self._handle(conn)
+        except (EOFError, OSError, ssl.SSLError):
+            pass
+        except Exception as e:  # a bug in the fake must show
+            self.errors.append(repr(e))
+        finally:
+            if conn is not None:
+                conn.closed.set()
+            try:
+                sock.close()
+            except OSError:
+                pass
+
+    def _link(self, conn):
+        magic, major, minor, size = struct.unpack('<4sIII',
+                                                  recv_exact(conn.sock, 16))
+        mess = recv_exact(conn.sock, size)
+        (conn.connection_id, conn.channel_type, _, n_common, n_chan,
+         off) = struct.unpack_from('<IBBIII', mess)
+        conn.common_caps = struct.unpack_from('<%dI' % n_common, mess, off)
+        b = self.behaviour
+        if b == 'garbled':
+            conn.sock.sendall(b'HTTP/1.1 400 Bad Request\r\n\r\n')
+            return False
+        if b == 'silent':
+            self._stop.wait(10)
+            return False
+        if b == 'link_error':
+            conn.sock.sendall(link_reply(error=self.link_error_code))
+            return False
+        if b == 'short_reply':
+            conn.sock.sendall(link_reply()[:26])
+            self._stop.wait(10)
+            return False
+        if conn.channel_type == 3 and conn.connection_id != SESSION_ID:
+            conn.sock.sendall(link_reply(error=8))
+            return False
+        conn.sock.sendall(link_reply(caps=0b0011 if b == 'no_mini'
+                                     else SERVER_CAPS))
+        if b == 'no_mini':
+            return False
+        if b == 'short_reply':
+            return False
+        conn.auth_mechanism = struct.unpack('<I', recv_exact(conn.sock,
+                                                             4))[0]
+        enc = recv_exact(conn.sock, 128)
+        conn.ticket = server_key().decrypt(enc, padding.OAEP(
+            mgf=padding.MGF1(algorithm=hashes.SHA1()),
+            algorithm=hashes.SHA1(), label=None))
+        ok = conn.ticket == TICKET.encode() + b'\0' and b != 'bad_ticket'
+        conn.sock.sendall(struct.pack('<I', 0 if ok else 7))
+        return ok
+
+    def _handle(self, conn):
+        if not self._link(conn):
+            return
+        b = self.behaviour
+        if b == 'eof_mid':
+            conn.sock.sendall(struct.pack('<HI', 103, 100) + b'x' * 10)
+            return
+        if b == 'huge_header':
+            conn.sock.sendall(struct.pack('<HI', 103, 0x7fffffff))
+            self._stop.wait(5)
+            return
+        if b == 'silent_after_link':
+            self._stop.wait(10)
+            return
+        if conn.channel_type == 1:
+            conn.sock.sendall(
+                msg(3, struct.pack('<II', 7, self.ack_window)) +
+                msg(4, struct.pack('<IQ', 1, 123456789) + b'pad') +
+                msg(103, struct.pack('<I', SESSION_ID) + b'\0' * 28))
+        elif conn.channel_type == 3:
+            conn.sock.sendall(msg(101, struct.pack('<H', 0)))
+        self._read_messages(conn)
+
+    def _read_messages(self, conn):
+        while not self._stop.is_set():
+            try:
+                head = recv_exact(conn.sock, 6)
+            except socket.timeout:
+                continue
+            msg_type, size = struct.unpack('<HI', head)
+            verdict = None
+            if conn.channel_type == 3 and self.on_inputs:
+                verdict = self.on_inputs(self, conn, msg_type, size)
+            if verdict == 'close':
+                conn.messages.append((msg_type, size, None))
+                return
+            body = recv_exact(conn.sock, size)
+            conn.messages.append((msg_type, size, body))
+            if verdict == 'close_after':
+                return
+
+    def conn_of(self, channel_type, timeout=5):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for c in self.conns:
+                if c.channel_type == channel_type:
+                    return c
+            time.sleep(0.01)
+        raise AssertionError('no connection of type %d' % channel_type)
+
+    def wait_messages(self, conn, n, timeout=5):
+        deadline = time.monotonic() + timeout
+        while len(conn.messages) < n and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return list(conn.messages)
+
+    def close(self):
+        self._stop.set()
+        self.lsock.close()
+        for c in self.conns:
+            try:
+                c.sock.close()
+            except OSError:
+                pass
+        for t in self._threads:
+            t.join(3)
+        assert not self.errors, self.errors
+
+
+@pytest.fixture
+def server_factory():
+    made = []
+
+    def make(**kw):
+        s = FakeSpiceServer(**kw)
+        made.append(s)
+        return s
+    yield make
+    for s in made:
+        s.close()
+
+
+def open_session(srv, timeout=5.0, **kw):
+    return link.Session.open('127.0.0.1', srv.port, TICKET, timeout=timeout,
+                             **kw)
+
+
+# ------------------------------------------------------------ wire format
+
+
+def test_link_mess_layout():
+    data = link.pack_link_mess(link.ChannelType.INPUTS, connection_id=42)
+    magic, major, minor, size = struct.unpack_from('<4sIII', data)
+    assert (magic, major, minor, size) == (b'REDQ', 2, 2, 18 + 4)
+    assert struct.unpack_from('<IBBIIII', data, 16) == (
+        42, 3, 0, 1, 0, 18, SERVER_CAPS)
+
+
+def test_caps_words_and_has_cap():
+    assert link.caps_words([0, 1, 3]) == (0b1011,)
+    assert link.caps_words([33]) == (0, 2)
+    assert link.caps_words([]) == ()
+    assert link.has_cap((0b1011,), link.CommonCap.MINI_HEADER)
+    assert not link.has_cap((0b0011,), link.CommonCap.MINI_HEADER)
+    assert not link.has_cap((), 0)
+
+
+def test_pack_message_declares_what_it_is_told():
+    assert link.pack_message(101, b'\x1c\0\0\0') == \
+        struct.pack('<HI', 101, 4) + b'\x1c\0\0\0'
+    data = link.pack_message(101, b'\x1c\0\0\0', declared_size=5000)
+    assert struct.unpack_from('<HI', data) == (101, 5000)
+    assert len(data) == 10
+
+
+def test_link_header_not_spice():
+    with pytest.raises(link.SpiceLinkError) as e:
+        link.parse_link_header(b'HTTP/1.1 400 Bad', 'main')
+    assert 'not a SPICE server' in str(e.value)
+    assert e.value.code is None and e.value.channel == 'main'
+    assert isinstance(e.value, errors.HarnessError)
+
+
+def test_link_header_other_major_and_huge_size():
+    with pytest.raises(link.SpiceLinkError, match='SPICE 1.3'):
+        link.parse_link_header(struct.pack('<4sIII', b'REDQ', 1, 3, 178))
+    with pytest.raises(link.SpiceLinkError, match='declares 99999 bytes'):
+        link.parse_link_header(struct.pack('<4sIII', b'REDQ', 2, 2, 99999))
+    with pytest.raises(link.SpiceLinkError, match='16 bytes, got 3'):
+        link.parse_link_header(b'RED')
+
+
+def test_link_reply_parsed():
+    reply = link.parse_link_reply(link_reply()[16:])
+    assert reply.error == 0 and len(reply.pub_key) == 162
+    assert reply.common_caps == (SERVER_CAPS,) and reply.channel_caps == ()
+    assert reply.has_common(link.CommonCap.AUTH_SELECTION)
+
+
+def test_link_reply_garbled():
+    with pytest.raises(link.SpiceLinkError, match='too short'):
+        link.parse_link_reply(b'\0\0')
+    with pytest.raises(link.SpiceLinkError, match='a SpiceLinkReply is 178'):
+        link.parse_link_reply(b'\0' * 100)
+    body = bytearray(link_reply()[16:])
+    struct.pack_into('<I', body, 170, 5)     # 5 channel caps: past the end
+    with pytest.raises(link.SpiceLinkError, match='do not fit'):
+        link.parse_link_reply(bytes(body))
+    # An error reply is returned for the caller to name, even if short.
+    assert link.parse_link_reply(struct.pack('<I', 5)).error == 5
+
+
+def test_link_error_names():
+    e = link.SpiceLinkError('refused', code=7, channel='inputs')
+    assert e.code_name == 'PERMISSION_DENIED'
+    assert 'SPICE link error 7, PERMISSION_DENIED' in str(e)
+    assert link.link_error_name(5) == 'NEED_SECURED'
+    assert link.link_error_name(42) == 'unknown code 42'
+    assert link.link_error_name(None) is None
+
+
+def test_timeout_is_a_harness_timeout():
+    e = link.SpiceTimeout('x', channel='main')
+    assert isinstance(e, errors.HarnessTimeout)
+    assert isinstance(e, link.SpiceLinkError)
+
+
+def test_ticket_encryption_roundtrip():
+    der = link_reply()[16 + 4:16 + 4 + 162]
+    enc = link.encrypt_ticket(der, 'abc')
+    assert len(enc) == 128
+    assert server_key().decrypt(enc, padding.OAEP(
+        mgf=padding.MGF1(algorithm=hashes.SHA1()), algorithm=hashes.SHA1(),
+        label=None)) == b'abc\0'
+
+
+def test_ticket_garbled_key_and_too_long():
+    with pytest.raises(link.SpiceLinkError, match='not an RSA key'):
+        link.encrypt_ticket(b'\0' * 162, 'abc')
+    with pytest.raises(link.SpiceLinkError, match='at most 60'):
+        link.encrypt_ticket(link_reply()[20:182], 'x' * 61)
+
+
+def test_parse_subject():
+    assert link.parse_subject('C=US,O=KB E2E,CN=kb-proxy') == [
+        ('C', 'US'), ('O', 'KB E2E'), ('CN', 'kb-proxy')]
+    assert link.parse_subject('o=Example\\, Inc, cn = p') == [
+        ('O', 'Example, Inc'), ('CN', 'p')]
+    with pytest.raises(ValueError):
+        link.parse_subject('CN=a,junk')
+
+
+def test_message_names():
+    assert link.message_name(1, 103) == '103 (MAIN_INIT)'
+    assert link.message_name(3, 4) == '4 (PING)'
+    assert link.message_name(3, 9999) == '9999'
+
+
+# ------------------------------------------------------- against the fake
+
+
+def test_session_links_main_and_inputs(server_factory):
+    srv = server_factory()
+    with open_session(srv) as s:
+        assert s.session_id == SESSION_ID
+        main, inputs = srv.conn_of(1), srv.conn_of(3)
+        assert main.connection_id == 0
+        assert inputs.connection_id == SESSION_ID
+        for c in (main, inputs):
+            assert c.ticket == TICKET.encode() + b'\0'
+            assert c.auth_mechanism == link.CommonCap.AUTH_SPICE
+            assert c.common_caps == (SERVER_CAPS,)
+        assert s.types_received('main')[:3] == [3, 4, 103]
+        assert s.types_received('inputs') == [101]
+        # SET_ACK -> ACK_SYNC(generation); PING -> PONG(id, timestamp);
+        # then an ACK once the window (2: PING, MAIN_INIT) was received.
+        got = srv.wait_messages(main, 3)
+        assert got[0] == (1, 4, struct.pack('<I', 7))
+        assert got[1] == (3, 12, struct.pack('<IQ', 1, 123456789))
+        assert got[2] == (2, 0, b'')
+        s.key(0x1c, gap=0)
+        got = srv.wait_messages(inputs, 2)
+        assert got == [(101, 4, b'\x1c\0\0\0'), (102, 4, b'\x9c\0\0\0')]
+        assert [(x.type, x.declared_size) for x in s.sent] == [
+            (101, 4), (102, 4)]
+        assert s.ended('main') is None and s.ended('inputs') is None
+
+
+def test_session_send_declares_a_size(server_factory):
+    srv = server_factory()
+    with open_session(srv) as s:
+        s.send('inputs', 9999, b'\x1c\0\0\0')
+        s.send('inputs', 101, b'\x1c\0\0\0' + b'\0' * 96, declared_size=100)
+        got = srv.wait_messages(srv.conn_of(3), 2)
+        assert got[0] == (9999, 4, b'\x1c\0\0\0')
+        assert got[1][:2] == (101, 100)
+
+
+def test_server_ending_inputs_is_recorded_with_time(server_factory):
+    def cap(server, conn, msg_type, size):
+        return 'close' if size > 4096 else None
+    srv = server_factory(on_inputs=cap)
+    with open_session(srv) as s:
+        t0 = time.monotonic()
+        s.send('inputs', 101, b'\x1c\0\0\0' + b'\0' * 4996)
+        end = s.wait_ended('inputs', 5)
+        assert end is not None and end.channel == 'inputs'
+        assert 0 <= end.at - t0 < 5
+        # A close with the body unread is a reset on plain TCP.
+        assert end.reason.startswith('inputs channel (127.0.0.1:')
+        assert 'the peer closed the connection' in end.reason or \
+            'the connection broke' in end.reason
+        assert isinstance(end.error, link.SpiceClosed)
+        assert s.ended('main') is None
+        with pytest.raises(link.SpiceClosed, match='it ended'):
+            s.key(0x1c)
+        assert s.wait_ended('main', 0.2) is None
+
+
+def test_key_wants_a_plain_make_code(server_factory):
+    srv = server_factory()
+    with open_session(srv) as s:
+        with pytest.raises(ValueError):
+            s.key(0x9c)
+
+
+def test_garbled_reply(server_factory):
+    srv = server_factory(behaviour='garbled')
+    t0 = time.monotonic()
+    with pytest.raises(link.SpiceLinkError) as e:
+        open_session(srv)
+    assert time.monotonic() - t0 < 3
+    assert str(e.value) == (
+        "main channel (127.0.0.1:%d): the peer is not a SPICE server: its "
+        "link reply starts b'HTTP/1.1 400 Bad', not the magic b'REDQ'"
+        % srv.port)
+    assert e.value.channel == 'main'
+
+
+@pytest.mark.parametrize('code,name', [(7, 'PERMISSION_DENIED'),
+                                       (5, 'NEED_SECURED'),
+                                       (4, 'VERSION_MISMATCH')])
+def test_link_error_code_is_named(server_factory, code, name):
+    srv = server_factory(behaviour='link_error', link_error_code=code)
+    with pytest.raises(link.SpiceLinkError) as e:
+        open_session(srv)
+    assert e.value.code == code and e.value.code_name == name
+    assert 'refused the main link' in str(e.value)
+    assert name in str(e.value)
+
+
+def test_refused_ticket(server_factory):
+    srv = server_factory(behaviour='bad_ticket')
+    with pytest.raises(link.SpiceLinkError) as e:
+        open_session(srv)
+    assert e.value.code == 7
+    assert 'refused the ticket on the main channel' in str(e.value)
+    assert TICKET not in str(e.value)
+
+
+def test_server_without_mini_header(server_factory):
+    srv = server_factory(behaviour='no_mini')
+    with pytest.raises(link.SpiceLinkError, match='does not offer '
+                       'MINI_HEADER'):
+        open_session(srv)
+
+
+def test_eof_mid_message(server_factory):
+    srv = server_factory(behaviour='eof_mid')
+    ch = link.Channel.connect('127.0.0.1', srv.port, link.ChannelType.MAIN,
+                              TICKET, timeout=5)
+    try:
+        with pytest.raises(link.SpiceClosed) as e:
+            ch.read_message(5)
+    finally:
+        ch.close()
+    assert 'the peer closed the connection after 16 of the 106 bytes of a ' \
+        'message of type 103 (MAIN_INIT)' in str(e.value)
+    assert e.value.partial.startswith('16 of the 106')
+
+
+def test_eof_mid_message_in_a_session(server_factory):
+    srv = server_factory(behaviour='eof_mid')
+    with pytest.raises(link.SpiceClosed) as e:
+        open_session(srv)
+    assert 'ended before a message of type 103' in str(e.value)
+    assert '16 of the 106 bytes' in str(e.value)
+
+
+def test_huge_header_is_garbled_not_awaited(server_factory):
+    srv = server_factory(behaviour='huge_header')
+    ch = link.Channel.connect('127.0.0.1', srv.port, link.ChannelType.MAIN,
+                              TICKET, timeout=5)
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(link.SpiceLinkError, match='garbled stream'):
+            ch.read_message(5)
+        assert time.monotonic() - t0 < 2
+    finally:
+        ch.close()
+
+
+def test_silent_server_hits_the_deadline(server_factory):
+    srv = server_factory(behaviour='silent')
+    t0 = time.monotonic()
+    with pytest.raises(link.SpiceTimeout) as e:
+        open_session(srv, timeout=0.5)
+    took = time.monotonic() - t0
+    assert 0.4 < took < 2.5, took
+    assert 'timed out waiting for the link reply header: 0 of 16 bytes' \
+        in str(e.value)
+    assert isinstance(e.value, errors.HarnessTimeout)
+
+
+def test_reply_stalling_mid_way_hits_the_deadline(server_factory):
+    srv = server_factory(behaviour='short_reply')
+    with pytest.raises(link.SpiceTimeout) as e:
+        open_session(srv, timeout=0.5)
+    assert 'timed out waiting for the link reply: 10 of 182 bytes ' \
+        'arrived' in str(e.value)
+
+
+def test_silent_after_link_hits_the_deadline(server_factory):
+    srv = server_factory(behaviour='silent_after_link')
+    t0 = time.monotonic()
+    with pytest.raises(link.SpiceTimeout) as e:
+        open_session(srv, timeout=0.5)
+    assert time.monotonic() - t0 < 2.5
+    assert 'no message of type 103 within 0.5 s' in str(e.value)
+
+
+def test_read_message_deadline():
+    a, b = socket.socketpair()
+    ch = link.Channel(a, link.ChannelType.INPUTS)
+    try:
+        b.sendall(struct.pack('<HI', 101, 2) + b'\0')
+        with pytest.raises(link.SpiceTimeout) as e:
+            ch.read_message(0.3)
+        assert 'arrived: 7 of the 8 bytes of a message of type 101 ' \
+            '(INPUTS_INIT)' in str(e.value)
+        b.sendall(b'\0')
+        m = ch.read_message(1)
+        assert (m.type, m.body) == (101, b'\0\0')
+        assert ch.poll(0.1) is None
+    finally:
+        ch.close()
+        b.close()
+
+
+def test_nobody_listening():
+    s = socket.socket()
+    s.bind(('127.0.0.1', 0))
+    port = s.getsockname()[1]
+    s.close()
+    with pytest.raises(link.SpiceClosed, match='cannot connect to '
+                       '127.0.0.1:%d for the main channel' % port):
+        link.Session.open('127.0.0.1', port, TICKET, timeout=2)
+
+
+def test_closed_session_never_hangs(server_factory):
+    srv = server_factory()
+    s = open_session(srv)
+    s.close()
+    s.close()
+    with pytest.raises(link.SpiceClosed):
+        s.send('inputs', 101, b'\0\0\0\0')
+
+
+# -------------------------------------------------------------------- TLS
+
+
+def _name(cn):
+    return x509.Name([x509.NameAttribute(NameOID.COUNTRY_NAME, 'US'),
+                      x509.NameAttribute(NameOID.ORGANIZATION_NAME, 'KB E2E'),
+                      x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+def _cert(subject, issuer, key, signer, ca, san=None):
+    now = datetime.datetime.now(datetime.timezone.utc)
+    b = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer)
+         .public_key(key.public_key())
+         .serial_number(x509.random_serial_number())
+         .not_valid_before(now - datetime.timedelta(minutes=5))
+         .not_valid_after(now + datetime.timedelta(days=1))
+         .add_extension(x509.BasicConstraints(ca=ca, path_length=None),
+                        critical=True))
+    if san:
+        b = b.add_extension(x509.SubjectAlternativeName(san), critical=False)
+    return b.sign(signer, hashes.SHA256())
+
+
+def _pem(cert):
+    return cert.public_bytes(serialization.Encoding.PEM).decode()
+
+
+@pytest.fixture(scope='module')
+def tls_material(tmp_path_factory):
+    import ipaddress
+    d = tmp_path_factory.mktemp('tls')
+    out = {}
+    for tag in ('ca', 'other'):
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        out[tag] = (key, _cert(_name('ca-' + tag), _name('ca-' + tag), key,
+                               key, True))
+    ca_key, ca = out['ca']
+    leaf_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    leaf = _cert(_name('kb-proxy'), ca.subject, leaf_key, ca_key, False,
+                 san=[x509.IPAddress(ipaddress.ip_address('127.0.0.1'))])
+    cert_path, key_path = d / 'cert.pem', d / 'key.pem'
+    cert_path.write_text(_pem(leaf))
+    key_path.write_bytes(leaf_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(str(cert_path), str(key_path))
+    return {'ctx': ctx, 'ca': _pem(ca), 'other_ca': _pem(out['other'][1])}
+
+
+def _vv(port, ca=None, host_subject=None, tls=True):
+    lines = ['[virt-viewer]', 'type=spice', 'host=127.0.0.1', 'port=1',
+             'password=%s' % TICKET,
+             'title=c via proxy session ID abcdefabcdef']
+    if tls:
+        lines.append('tls-port=%d' % port)
+    else:
+        lines[3] = 'port=%d' % port
+    if ca:
+        lines.append('ca=%s' % ca.replace('\n', '\\n'))
+    if host_subject:
+        lines.append('host-subject=%s' % host_subject)
+    return '\n'.join(lines) + '\n'
+
+
+def test_tls_with_pinned_subject(server_factory, tls_material):
+    srv = server_factory(tls_ctx=tls_material['ctx'])
+    vv = _vv(srv.port, tls_material['ca'], 'C=US,O=KB E2E,CN=kb-proxy')
+    with link.Session.from_vv(vv, timeout=5) as s:
+        assert s.session_id == SESSION_ID
+        assert s.tls.host_subject == 'C=US,O=KB E2E,CN=kb-proxy'
+        s.key(0x1c, gap=0)
+        assert srv.wait_messages(srv.conn_of(3), 2)[0] == (
+            101, 4, b'\x1c\0\0\0')
+
+
+def test_tls_host_name_checked_without_subject(server_factory,
+                                               tls_material):
+    srv = server_factory(tls_ctx=tls_material['ctx'])
+    with link.Session.from_vv(_vv(srv.port, tls_material['ca']),
+                              timeout=5) as s:
+        assert s.session_id == SESSION_ID
+
+
+def test_tls_wrong_subject_refused(server_factory, tls_material):
+    srv = server_factory(tls_ctx=tls_material['ctx'])
+    vv = _vv(srv.port, tls_material['ca'], 'C=US,O=KB E2E,CN=someone-else')
+    with pytest.raises(link.SpiceLinkError) as e:
+        link.Session.from_vv(vv, timeout=5)
+    assert 'C=US,O=KB E2E,CN=kb-proxy is not the pinned host subject ' \
+        'C=US,O=KB E2E,CN=someone-else' in str(e.value)
+
+
+def test_tls_wrong_ca_refused(server_factory, tls_material):
+    srv = server_factory(tls_ctx=tls_material['ctx'])
+    vv = _vv(srv.port, tls_material['other_ca'], 'C=US,O=KB E2E,CN=kb-proxy')
+    with pytest.raises(link.SpiceLinkError, match='not trusted'):
+        link.Session.from_vv(vv, timeout=5)
+
+
+def test_vv_with_tls_port_needs_ca():
+    with pytest.raises(errors.VVError, match='no ca'):
+        link.Session.from_vv(_vv(1))
+
+
+def test_vv_without_tls_links_plain(server_factory):
+    srv = server_factory()
+    with link.Session.from_vv(_vv(srv.port, tls=False), timeout=5) as s:
+        assert s.tls is None and s.session_id == SESSION_ID
+
+
+def test_bad_ca_pem():
+    with pytest.raises(link.SpiceLinkError, match='not a usable PEM'):
+        link.TLSConfig('-----BEGIN CERTIFICATE-----\nnope\n').context()
