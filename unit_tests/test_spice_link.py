@@ -1,4 +1,5 @@
-"""spice.link against a fake SPICE server on loopback.
+"""spice.link against a fake SPICE server on loopback, and the firewall
+story's decisions (scenario.promise_firewall) without a lane.
 
 The fake server speaks the server side of the link (the reply, its RSA
 key, the ticket's verdict) and mini-header messages; each test picks
@@ -7,6 +8,7 @@ error code, a refused ticket, EOF in the middle of a message, silence.
 """
 
 import datetime
+import os
 import socket
 import ssl
 import struct
@@ -23,6 +25,10 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 from kerbside_tempest_plugin.common import errors
+from kerbside_tempest_plugin.common import secrets as common_secrets
+from kerbside_tempest_plugin.scenario import promise_firewall as pf
+from kerbside_tempest_plugin.scenario import promise_stories
+from kerbside_tempest_plugin.scenario import promises as pr
 from kerbside_tempest_plugin.spice import link
 
 TICKET = 'console-token-for-the-fake-0123456789abcdef'
@@ -702,3 +708,314 @@ def test_vv_without_tls_links_plain(server_factory):
 def test_bad_ca_pem():
     with pytest.raises(link.SpiceLinkError, match='not a usable PEM'):
         link.TLSConfig('-----BEGIN CERTIFICATE-----\nnope\n').context()
+
+
+# ------------------------------------------------ the story's decisions
+
+V = pr.METRIC_FIREWALL + \
+    '{action="%s",channel="inputs",direction="client_to_server",' \
+    'rule="%s"}'
+
+
+def test_verdicts_parsed_from_series():
+    delta = {V % ('enforced', 'size_cap'): 1.0,
+             V % ('observed', 'disallowed_type'): 2.0,
+             pf.METRIC_BYTES_C2S: 126.0}
+    assert pf.verdicts(delta) == {
+        ('enforced', 'inputs', 'client_to_server', 'size_cap'): 1.0,
+        ('observed', 'inputs', 'client_to_server', 'disallowed_type'): 2.0}
+
+
+@pytest.mark.parametrize('mode,action,ok', [
+    ('enforce', 'enforced', True), ('enforce', 'observed', False),
+    ('warn', 'observed', True), ('warn', 'enforced', False)])
+def test_judge_verdict_per_mode(mode, action, ok):
+    got, message = pf.judge_verdict(mode, {V % (action, 'size_cap'): 1.0})
+    assert got is ok
+    assert 'want +1' in message
+
+
+def test_judge_verdict_refuses_no_verdict_two_and_extra_rules():
+    assert not pf.judge_verdict('enforce', {})[0]
+    assert not pf.judge_verdict('enforce',
+                                {V % ('enforced', 'size_cap'): 2.0})[0]
+    assert not pf.judge_verdict('warn', {
+        V % ('observed', 'size_cap'): 1.0,
+        V % ('enforced', 'size_cap'): 1.0})[0]
+    ok, message = pf.judge_verdict('enforce', {
+        V % ('enforced', 'size_cap'): 1.0,
+        V % ('enforced', 'disallowed_type'): 1.0})
+    assert not ok and 'disallowed_type +1' in message
+
+
+def test_judge_no_verdict():
+    assert pf.judge_no_verdict({pf.METRIC_BYTES_C2S: 10.0})[0]
+    assert not pf.judge_no_verdict({V % ('observed', 'size_cap'): 1})[0]
+
+
+@pytest.mark.parametrize('mode,delta,ok', [
+    ('enforce', 0, True), ('enforce', 126, True), ('enforce', 5006, False),
+    ('warn', 5006, True), ('warn', 5132, True), ('warn', 0, False),
+    ('warn', 5005, False)])
+def test_judge_forwarding(mode, delta, ok):
+    got, message = pf.judge_forwarding(mode, delta, 5006)
+    assert got is ok
+    assert '%d bytes' % delta in message
+
+
+def test_judge_closed():
+    assert pf.judge_closed(0.06, 5.0, 'EOF')[0]
+    ok, message = pf.judge_closed(None, 5.0)
+    assert not ok and 'still open 5.0 s' in message
+    assert not pf.judge_closed(6.0, 5.0)[0]
+
+
+def _audit(*entries):
+    return [{'channel': c, 'message': m, 'session_id': 's1'}
+            for c, m in entries]
+
+
+def test_expected_audit_lines():
+    assert pf.expected_audit('enforce') == 'Firewall verdicts this ' \
+        'connection: size_cap (enforced=1, observed=0)'
+    assert pf.expected_audit('warn').endswith('(enforced=0, observed=1)')
+
+
+def test_judge_audit():
+    base = [('main', 'Channel created'), ('inputs', 'Channel created')]
+    enforce = _audit(*base, ('inputs', pf.expected_audit('enforce')))
+    warn = _audit(*base, ('inputs', pf.expected_audit('warn')))
+    assert pf.judge_audit('enforce', enforce, 's1')[0]
+    assert pf.judge_audit('warn', warn, 's1')[0]
+    assert not pf.judge_audit('enforce', warn, 's1')[0]
+    assert not pf.judge_audit('warn', enforce, 's1')[0]
+    ok, message = pf.judge_audit('enforce', _audit(*base), 's1')
+    assert not ok and 'firewall entries: none' in message
+    assert not pf.judge_audit('enforce', _audit(
+        ('main', pf.expected_audit('enforce'))), 's1')[0]
+    assert not pf.judge_audit('enforce', enforce + _audit(
+        ('inputs', pf.expected_audit('enforce'))), 's1')[0]
+
+
+def test_judge_no_key():
+    assert pf.judge_no_key(0x3cbae8ad, 0x3cbae8ad)[0]
+    ok, message = pf.judge_no_key(0x3cbae8ad, 0x1)
+    assert not ok and '3cbae8ad' in message and '00000001' in message
+
+
+def test_closer_from_logs():
+    qemu = ['qemu-system-x86_64: warning: Spice: inputs:0 (0x5): error: '
+            'too large incoming message']
+    proxy = ['WARN kerbside_proxy::relay: policy header check verdict '
+             'Terminate; ending relay channel="inputs"']
+    assert pf.closer(qemu, []) == 'qemu'
+    assert pf.closer([], proxy) == 'proxy'
+    assert pf.closer([], ['relay ended']) == 'unknown'
+
+
+def test_mode_effect_notes():
+    warn = pf.mode_effect('warn', ['observed'], 'qemu', 5006, 5006, 0.06,
+                          True)
+    assert 'forwarded to qemu' in warn['seen']
+    assert 'forward-and-log held for the proxy' in \
+        warn['against_the_words']
+    assert 'lost its inputs channel' in warn['against_the_words']
+    assert pf.QEMU_TOO_LARGE in warn['against_the_words']
+    assert 'forward-and-log' in warn['kerbside_says']
+    enforce = pf.mode_effect('enforce', ['enforced'], 'proxy', 0, 5006,
+                             0.06, True)
+    assert 'was not forwarded' in enforce['seen']
+    assert 'forwarded nothing' in enforce['against_the_words']
+    odd = pf.mode_effect('warn', ['enforced'], 'proxy', 0, 5006, 0.06, True)
+    assert 'did not hold' in odd['against_the_words']
+
+
+def test_story_refuses_bad_arguments():
+    with pytest.raises(ValueError, match='enforce, warn'):
+        pf.firewall_message_rules(None, None, None, 'off')
+    with pytest.raises(ValueError, match='more than the 4096'):
+        pf.firewall_message_rules(None, None, None, 'warn', oversize=4096)
+
+
+# ------------------------------------- the story end to end, on fakes
+
+
+class FakeProxy:
+    """What the story reads from Kerbside, driven by a FakeSpiceServer
+    that plays the proxy in `mode`: counters, an audit trail, logs, and
+    the guest's keypress chain. `fault` breaks one thing the story
+    checks (FAULTS).
+    """
+
+    def __init__(self, mode, guest, fault=None):
+        self.mode = mode
+        self.guest = guest
+        self.fault = fault
+        self.metrics_ = {pf.METRIC_BYTES_C2S: 0.0}
+        self.audit_ = [{'channel': None, 'session_id': 'abcdefabcdef',
+                        'message': pr.AUDIT_TOKEN}]
+        self.calls = []
+        self.srv = None
+
+    def _count(self, key, n=1):
+        self.metrics_[key] = self.metrics_.get(key, 0) + n
+
+    def _key(self):
+        self.guest.keypress = (self.guest.keypress * 31 + 7) & 0xffffffff
+
+    def on_inputs(self, server, conn, msg_type, size):
+        fault = self.fault
+        if size <= 4096:
+            self._count(pf.METRIC_BYTES_C2S, 6 + size)
+            if fault == 'verdict_on_small':
+                self._count(V % ('enforced', 'size_cap'))
+            if msg_type == link.MSGC_INPUTS_KEY_DOWN and \
+                    fault != 'drops_keys':
+                self._key()
+            return None
+        forwarded = self.mode == 'warn' or fault in (
+            'forwards_in_enforce', 'no_verdict')
+        if forwarded:
+            self._count(pf.METRIC_BYTES_C2S, 6 + size)
+        if fault != 'no_verdict':
+            self._count(V % ('enforced' if self.mode == 'enforce'
+                             else 'observed', 'size_cap'))
+        if fault not in ('no_audit', 'no_verdict'):
+            self.audit_.append({
+                'channel': 'inputs', 'session_id': 'abcdefabcdef',
+                'message': pf.expected_audit(self.mode)})
+        if fault == 'keeps_open':
+            return None
+        if fault == 'delivers_key':
+            self._key()
+        if forwarded:
+            with open(os.path.join(self.guest.artifact_dir,
+                                   'qemu.log'), 'a') as f:
+                f.write('qemu-system-x86_64: warning: Spice: inputs:0: '
+                        'error: too large incoming message\n')
+            return 'close_after'
+        return 'close'
+
+    # KerbsideAPI's calls the story makes
+    def console_vv(self, source, uuid):
+        return _vv(self.srv.port, tls=False)
+
+    def metrics(self):
+        return dict(self.metrics_)
+
+    def audit(self, source, uuid):
+        return list(self.audit_)
+
+    def call_log(self):
+        return []
+
+
+class FakeGuest:
+    name = 'fake'
+
+    def __init__(self, artifact_dir):
+        self.artifact_dir = artifact_dir
+        self.keypress = 0
+        os.makedirs(artifact_dir, exist_ok=True)
+        open(os.path.join(artifact_dir, 'qemu.log'), 'w').close()
+
+
+class FakeLane:
+    log_dir = None
+
+    def __init__(self, guest):
+        self.guest = guest
+        self.redactor = common_secrets.Redactor()
+
+    def boot_guest(self, image, name=None, banner=None, timeout=None):
+        return self.guest
+
+    def console_route(self, guest, route):
+        class R:
+            source, uuid = 'src', 'uuid-1'
+        return R
+
+
+def _fake_story(tmp_path, monkeypatch, server_factory, lane_mode,
+                story_mode, fault=None, **story_kw):
+    guest = FakeGuest(str(tmp_path / 'guest'))
+    proxy = FakeProxy(lane_mode, guest, fault)
+    proxy.srv = server_factory(on_inputs=proxy.on_inputs)
+    monkeypatch.setattr(promise_stories, '_screen_keypress',
+                        lambda g, path: g.keypress)
+    lane = FakeLane(guest)
+    run = pr.PromiseRun('fw', 'kerbside', str(tmp_path / 'art'), lane,
+                        ['firewall'], api=proxy)
+    try:
+        pf.firewall_message_rules(run, lane, 'image', story_mode,
+                                  **story_kw)
+    except BaseException as e:
+        run.fail(e)
+    run.finish()
+    return run
+
+
+@pytest.mark.parametrize('mode', ['enforce', 'warn'])
+def test_story_on_fakes_passes(tmp_path, monkeypatch, server_factory, mode):
+    run = _fake_story(tmp_path, monkeypatch, server_factory, mode, mode)
+    assert run.passed, run.failure_message()
+    assert [c.name for c in run.checks] == list(pf.CHECKS)
+    assert run.sessions == ['abcdefabcdef']
+    close = run.facts['size_cap_close']
+    assert close['closed_by'] == ('qemu' if mode == 'warn' else 'unknown')
+    assert close['main_open_after'] is True
+    effect = run.facts['firewall_mode_effect']
+    assert effect['mode'] == mode
+
+
+@pytest.mark.parametrize('lane_mode,story_mode', [('warn', 'enforce'),
+                                                  ('enforce', 'warn')])
+def test_story_on_fakes_fails_on_the_other_mode(
+        tmp_path, monkeypatch, server_factory, lane_mode, story_mode):
+    run = _fake_story(tmp_path, monkeypatch, server_factory, lane_mode,
+                      story_mode)
+    assert not run.passed
+    assert run.stopped == 'firewall/size_cap_verdict'
+    failed = [c for c in run.checks if c.verdict == 'FAIL']
+    assert [c.name for c in failed] == ['size_cap_verdict']
+    assert 'want +1' in failed[0].message
+    assert [c.name for c in run.checks if c.verdict == 'NOT RUN'] == [
+        'size_cap_forwarding', 'size_cap_audit',
+        'size_cap_no_key_reached_guest']
+    # Observed before the first judgement: the report still has them.
+    assert run.facts['size_cap_audit_entries'] == [
+        'inputs: ' + pf.expected_audit(lane_mode)]
+    assert run.facts['keypress_after_oversized'] == \
+        run.facts['control']['keypress_after']
+
+
+# Each check, shown failing on the fault it exists for (and only that
+# check failing).
+FAULTS = [
+    ('drops_keys', 'enforce', 'control_key_reached_guest'),
+    ('verdict_on_small', 'enforce', 'control_no_verdict'),
+    ('keeps_open', 'warn', 'size_cap_inputs_closed'),
+    ('no_verdict', 'enforce', 'size_cap_verdict'),
+    ('forwards_in_enforce', 'enforce', 'size_cap_forwarding'),
+    ('no_audit', 'enforce', 'size_cap_audit'),
+    ('delivers_key', 'warn', 'size_cap_no_key_reached_guest'),
+]
+
+
+@pytest.mark.parametrize('fault,mode,check', FAULTS)
+def test_story_on_fakes_catches_each_fault(tmp_path, monkeypatch,
+                                           server_factory, fault, mode,
+                                           check):
+    monkeypatch.setattr(pf, 'KEY_BOUND_S', 0.5)
+    monkeypatch.setattr(pf, 'METRIC_BOUND_S', 0.3)
+    monkeypatch.setattr(pf, 'AUDIT_BOUND_S', 0.5)
+    run = _fake_story(tmp_path, monkeypatch, server_factory, mode, mode,
+                      fault=fault, close_bound=0.5)
+    assert not run.passed and run.error is None
+    failed = [c.name for c in run.checks if c.verdict == 'FAIL']
+    assert failed == [check], run.failure_message()
+    assert run.stopped == 'firewall/' + check
+
+
+def test_every_check_has_a_fault():
+    assert sorted(c for _, _, c in FAULTS) == sorted(pf.CHECKS)
