@@ -341,9 +341,11 @@ def firewall_refusal(run, lane, image, mode, permitted, boot_timeout=120):
     refusals = [e for e in audit if (e.get('message') or '').startswith(
         pr.AUDIT_FIREWALL)]
     run.check('firewall', 'audit_names_channel',
-              any('inputs' in e['message'] for e in refusals),
+              any(e.get('channel') == 'inputs' for e in refusals),
               'audit entries of session %s: %s' % (
-                  con.session_id, [e.get('message') for e in audit]))
+                  con.session_id, ['[%s] %s' % (e.get('channel') or '-',
+                                                e.get('message'))
+                                   for e in audit]))
     shot = os.path.join(run.art.path, 'guest-screendump.png')
     k = _screen_keypress(guest, shot)
     run.check('firewall', 'no_key_reached_guest', k == 0,

@@ -110,6 +110,11 @@ class SextantScenarioBase(test.BaseTestCase):
             cls._cloud_lane(workdir)
 
     @classmethod
+    def _lane_kwargs(cls):
+        """Extra lane.Lane keyword arguments of a class (none here)."""
+        return {}
+
+    @classmethod
     def _direct_qemu_lane(cls, workdir):
         # Imported here, not at module level: discovery must never need
         # the lane's dependencies.
@@ -117,7 +122,7 @@ class SextantScenarioBase(test.BaseTestCase):
 
         cls.lane = lane_mod.Lane.from_config(
             CONF, workdir=workdir, route=cls.route,
-            kerbside=cls.route == 'kerbside')
+            kerbside=cls.route == 'kerbside', **cls._lane_kwargs())
         # Registered before up(): a lane that fails half-way is still
         # torn down (tempest runs class cleanups from tearDownClass).
         cls.addClassResourceCleanup(cls._lane_down)
