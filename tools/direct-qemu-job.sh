@@ -35,7 +35,7 @@ REGEX=${KTP_REGEX:-sextant}
 CONCURRENCY=${KTP_CONCURRENCY:-1}
 TESTS_PER_ROUTE=4
 # tests/scenario/test_kerbside_promises.py, on the kerbside route only.
-PROMISE_TESTS=7
+PROMISE_TESTS=9
 
 log() { printf '[direct-qemu %(%H:%M:%S)T] %s\n' -1 "$*"; }
 die() { log "ERROR: $*"; exit 2; }

@@ -13,7 +13,8 @@
 #
 # The editable main job (`tox -e direct-qemu`, the README's first command)
 # is not run again here: the wheel-install test runs the same 8 scenario
-# tests, from the installed package the way users install it.
+# tests and 9 promise tests (tests/scenario/test_kerbside_promises.py),
+# from the installed package the way users install it.
 #
 # Nothing is exported to PATH: every step names the venv's program by its
 # path, and what they test finds its tools itself (common.tools).

@@ -23,8 +23,9 @@ caught.
   token is refused once expired.
 - token_scoped: with two consoles, a console's token drives only its own
   guest, and terminating the other console does not cut it.
-- firewall_refusal: with `inputs` left out of the permitted channels the
-  proxy refuses the inputs link; no key reaches the guest.
+- firewall_refusal: with a channel of ryll's left out of the permitted
+  channels the proxy refuses that link and ryll's session ends; no key
+  reaches the guest (promise_firewall has the message-level rules).
 """
 
 import os
@@ -314,23 +315,30 @@ def token_scoped(run, lane, image, boot_timeout=120, cut_wait=None,
 
 
 def firewall_refusal(run, lane, image, mode, permitted, boot_timeout=120):
-    """With `inputs` not in `permitted`, ryll's inputs link is refused
-    (in `mode`): what 0.8.0 really does in enforce and in warn mode (see
+    """With one of ryll's channels left out of `permitted`, Kerbside
+    refuses that channel's link (in `mode`), which ends ryll's session:
+    what 0.8.0 really does in enforce and in warn mode (see
     docs/contracts/kerbside.md §16.4).
     """
-    run.planned = [('firewall', 'inputs_refused'),
-                   ('firewall', 'inputs_refused_counted'),
+    left_out = [c for c in pr.RYLL_CHANNELS if c not in permitted]
+    if not left_out:
+        raise ValueError('firewall_refusal needs a channel of ryll\'s '
+                         '(%s) left out of %s' % (pr.RYLL_CHANNELS,
+                                                  permitted))
+    run.planned = [('firewall', 'channel_refused'),
+                   ('firewall', 'channel_refused_counted'),
                    ('firewall', 'audit_names_channel'),
                    ('firewall', 'no_key_reached_guest'),
                    ('firewall', 'no_keypress_on_serial')]
-    run.note('firewall', {'mode': mode, 'permitted': list(permitted)})
+    run.note('firewall', {'mode': mode, 'permitted': list(permitted),
+                          'left_out': left_out})
     guest = _boot(lane, image, 'promise-firewall-%s' % mode, boot_timeout)
     con = pr.Console(run, lane, guest, 's1')
     vv = con.fetch_vv()
     facts = pr.attempt_refused(
-        run, lane, guest, vv, 'firewall', 'inputs_refused',
-        'the inputs channel, which FIREWALL_PERMITTED_CHANNELS=%s leaves '
-        'out (mode %s)' % (','.join(permitted), mode))
+        run, lane, guest, vv, 'firewall', 'channel_refused',
+        'the %s channel(s), which FIREWALL_PERMITTED_CHANNELS=%s leaves '
+        'out (mode %s)' % (','.join(left_out), ','.join(permitted), mode))
     delta = facts['metrics_delta']
     run.note('firewall_verdict_series', sorted(
         k for k in delta if k.startswith(pr.METRIC_FIREWALL)))
@@ -341,7 +349,7 @@ def firewall_refusal(run, lane, image, mode, permitted, boot_timeout=120):
     refusals = [e for e in audit if (e.get('message') or '').startswith(
         pr.AUDIT_FIREWALL)]
     run.check('firewall', 'audit_names_channel',
-              any(e.get('channel') == 'inputs' for e in refusals),
+              any(e.get('channel') in left_out for e in refusals),
               'audit entries of session %s: %s' % (
                   con.session_id, ['[%s] %s' % (e.get('channel') or '-',
                                                 e.get('message'))

@@ -38,6 +38,7 @@ CONF = config.CONF
 LOG = logging.getLogger(__name__)
 ALL_CHANNELS = ('main', 'display', 'cursor', 'inputs')
 WITHOUT_INPUTS = ('main', 'display', 'cursor')
+WITHOUT_CURSOR = ('main', 'display', 'inputs')
 
 
 class SextantKerbsidePromisesBase(test_sextant_scenario.SextantScenarioBase):
@@ -140,6 +141,17 @@ class SextantKerbsidePromisesTest(SextantKerbsidePromisesBase):
                     boot_timeout=CONF.kerbside.boot_timeout,
                     **self._console_kw())
 
+    @decorators.idempotent_id('7ce9ca34-39d5-4bc9-9a3e-2e038d252948')
+    def test_sextant_promise_firewall_message_enforce(self):
+        """An oversized inputs message (size_cap) on a permitting lane in
+        enforce mode: the proxy ends the inputs relay, nothing reaches
+        qemu, the verdict is counted as enforced and audited.
+        """
+        from kerbside_tempest_plugin.scenario import promise_firewall as pf
+        self._story(pf.firewall_message_rules,
+                    'promise-firewall-message-enforce', ['firewall'],
+                    mode='enforce', boot_timeout=CONF.kerbside.boot_timeout)
+
 
 class SextantKerbsideFirewallEnforceTest(SextantKerbsidePromisesBase):
     """FIREWALL_MODE=enforce without `inputs` in the permitted channels."""
@@ -157,22 +169,35 @@ class SextantKerbsideFirewallEnforceTest(SextantKerbsidePromisesBase):
 
 
 class SextantKerbsideFirewallWarnTest(SextantKerbsidePromisesBase):
-    """FIREWALL_MODE=warn without `inputs` in the permitted channels.
+    """FIREWALL_MODE=warn, `cursor` left out of the permitted channels.
 
     Kerbside describes warn as downgrading blocking verdicts to
-    forward-and-log; 0.8.0 refuses a channel left out of the list in
-    warn mode exactly as in enforce mode (docs/contracts/kerbside.md
-    §16.4). The test asserts what it really does and reports the
-    difference.
+    forward-and-log. 0.8.0 refuses a channel left out of the list in warn
+    mode exactly as in enforce mode, and it forwards (and logs) a message
+    that trips a message-level rule, which qemu then refuses itself
+    (docs/contracts/kerbside.md §16.4). The tests assert what it really
+    does and report the difference. The list keeps main and inputs, the
+    two channels the message test's own SPICE client opens; ryll, which
+    also opens cursor, is refused.
     """
 
     lane_options = dict(firewall_mode='warn',
-                        firewall_permitted_channels=WITHOUT_INPUTS)
+                        firewall_permitted_channels=WITHOUT_CURSOR)
+
+    @decorators.idempotent_id('e0fb7159-f31a-4861-876f-6ae363264821')
+    def test_sextant_promise_firewall_message_warn(self):
+        """An oversized inputs message (size_cap) in warn mode: forwarded
+        and counted as observed; qemu drops the inputs channel itself.
+        """
+        from kerbside_tempest_plugin.scenario import promise_firewall as pf
+        self._story(pf.firewall_message_rules,
+                    'promise-firewall-message-warn', ['firewall'],
+                    mode='warn', boot_timeout=CONF.kerbside.boot_timeout)
 
     @decorators.idempotent_id('2de4be50-94e6-4f99-a30c-eb52b0461f5c')
     def test_sextant_promise_firewall_warn(self):
-        """What warn mode does with a channel left out of the list."""
+        """Warn mode refuses a channel left out of the list (cursor)."""
         from kerbside_tempest_plugin.scenario import promise_stories as st
         self._story(st.firewall_refusal, 'promise-firewall-warn',
-                    ['firewall'], mode='warn', permitted=WITHOUT_INPUTS,
+                    ['firewall'], mode='warn', permitted=WITHOUT_CURSOR,
                     boot_timeout=CONF.kerbside.boot_timeout)
