@@ -115,6 +115,7 @@ def test_finish_writes_the_artifacts_the_job_counts(tmp_path):
     run.console = ('s', 'u')
     run.sessions.append('S1')
     run.note('said', 'ryll said the token %s was refused' % SECRET)
+    run.note('finding', 'warn mode refuses a channel as enforce does')
     run.check('tokens', 'refused', True, 'refused %s' % SECRET)
     assert run.finish({'kerbside_version': '0.8.0', 'proxy_sha256': 'ab',
                        'proxy_bin': '/x/kerbside-proxy'})
@@ -129,6 +130,11 @@ def test_finish_writes_the_artifacts_the_job_counts(tmp_path):
     for name in files:
         with open(os.path.join(run.art.path, name)) as f:
             assert SECRET not in f.read(), name
+    for name in ('report.md', 'report.html'):
+        with open(os.path.join(run.art.path, name)) as f:
+            text = f.read()
+        assert 'Findings about Kerbside' in text
+        assert 'warn mode refuses a channel as enforce does' in text
     runs = summary.load([str(tmp_path)])
     assert len(runs) == 1
     line = summary.line(runs[0])

@@ -332,6 +332,13 @@ def firewall_refusal(run, lane, image, mode, permitted, boot_timeout=120):
                    ('firewall', 'no_keypress_on_serial')]
     run.note('firewall', {'mode': mode, 'permitted': list(permitted),
                           'left_out': left_out})
+    if mode == 'warn':
+        run.note('finding', 'Kerbside says warn "downgrades [blocking '
+                 'verdicts] to forward-and-log"; 0.8.0 refuses a channel '
+                 'left out of FIREWALL_PERMITTED_CHANNELS in warn mode '
+                 'exactly as in enforce mode, and counts it in '
+                 'denied_total, never in firewall_verdicts_total '
+                 '(docs/contracts/kerbside.md §16.4)')
     guest = _boot(lane, image, 'promise-firewall-%s' % mode, boot_timeout)
     con = pr.Console(run, lane, guest, 's1')
     vv = con.fetch_vv()

@@ -557,6 +557,21 @@ def finish_walk(run, con, expected_walk='canonical', drain_timeout=60):
     return drain, seq
 
 
+# Facts a story records as findings about Kerbside (where it does not
+# do what its documentation says): shown at the top of the reports.
+FINDING_KEYS = ('finding', 'firewall_mode_effect')
+
+
+def findings(facts):
+    out = []
+    for key in FINDING_KEYS:
+        value = (facts or {}).get(key)
+        if value:
+            out.append(value if isinstance(value, str) else json.dumps(
+                value, sort_keys=True, default=str))
+    return out
+
+
 def render_md(out, calls, audit, beats):
     lines = ['# %s: %s' % (out['name'], 'PASS' if out['passed'] else
                            'FAIL'), '',
@@ -567,6 +582,10 @@ def render_md(out, calls, audit, beats):
                      % runner.build_line(out['kerbside_build']))
     if out.get('error'):
         lines += ['', 'Error: %s' % out['error']]
+    found = findings(out['facts'])
+    if found:
+        lines += ['', '## Findings about Kerbside', '']
+        lines += ['- %s' % f for f in found]
     lines += ['', '## Checks', '', '| promise | check | verdict | what was '
               'seen |', '|---|---|---|---|']
     for c in out['checks']:
@@ -620,6 +639,10 @@ def render_html(out, calls, audit, beats):
             ('what', 'value'), sorted(b.items())))
     if out.get('error'):
         parts.append('<p class="FAIL">Error: %s</p>' % e(out['error']))
+    found = findings(out['facts'])
+    if found:
+        parts.append('<h2>Findings about Kerbside</h2><ul>%s</ul>' % ''.join(
+            '<li>%s</li>' % e(f) for f in found))
     parts.append('<h2>Checks</h2>' + table(
         ('promise', 'check', 'verdict', 'what was seen'),
         [(c['promise'], c['name'], c['verdict'], c['message'])
