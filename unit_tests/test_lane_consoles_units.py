@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from kerbside_tempest_plugin.common import errors
+from kerbside_tempest_plugin.common import rundir
 from kerbside_tempest_plugin.common import secrets as common_secrets
 from kerbside_tempest_plugin.lane import base as lane_base
 from kerbside_tempest_plugin.lane import kerbside as lane_kerbside
@@ -110,8 +111,7 @@ def prepared():
         return lane
     yield make
     for lane in lanes:
-        if lane.run_dir and os.path.basename(lane.run_dir).startswith(
-                'ktp-run-'):
+        if lane.run_dir and rundir.is_run_dir(lane.run_dir):
             shutil.rmtree(lane.run_dir, ignore_errors=True)
 
 

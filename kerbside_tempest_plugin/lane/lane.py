@@ -38,7 +38,6 @@ import logging
 import os
 import shutil
 import signal
-import tempfile
 import threading
 import time
 import uuid
@@ -47,6 +46,7 @@ from kerbside_tempest_plugin.common import atomic
 from kerbside_tempest_plugin.common import errors
 from kerbside_tempest_plugin.common import logtext
 from kerbside_tempest_plugin.common import ports as common_ports
+from kerbside_tempest_plugin.common import rundir
 from kerbside_tempest_plugin.common import secrets as common_secrets
 from kerbside_tempest_plugin.common import tls as common_tls
 from kerbside_tempest_plugin.lane import base as lane_base
@@ -283,7 +283,7 @@ class Lane(lane_base.Lane):
                     self.workdir))
         run = os.path.join(self.workdir, 'run')
         if len(run) > 60:  # unix socket paths are limited to ~108 bytes
-            run = tempfile.mkdtemp(prefix='ktp-run-')
+            run = rundir.make()
         os.makedirs(run, mode=0o700, exist_ok=True)
         self.run_dir = run
         names = list(PORT_NAMES)
@@ -646,7 +646,7 @@ def finish_teardown(workdir, state, report, ports, redactor, secrets_dir,
     run_dir = run_dir or state.get('run_dir')
     # Only a ktp-run-* directory outside the workdir is ours to remove.
     if run_dir and not run_dir.startswith(workdir + os.sep) and \
-            os.path.basename(run_dir).startswith('ktp-run-'):
+            rundir.is_run_dir(run_dir):
         shutil.rmtree(run_dir, ignore_errors=True)
     report['seconds'] = round(time.monotonic() - started, 3)
     try:

@@ -17,13 +17,13 @@ Kerbside is untouched.
 import dataclasses
 import os
 import shutil
-import tempfile
 import time
 import urllib.request
 
 import pytest
 
 from kerbside_tempest_plugin.common import ports as common_ports
+from kerbside_tempest_plugin.common import rundir
 from kerbside_tempest_plugin.common import secrets as common_secrets
 from kerbside_tempest_plugin.common import tls as common_tls
 from kerbside_tempest_plugin.common import vv as common_vv
@@ -77,7 +77,7 @@ def test_kerbside_with_the_wrong_hypervisor_ca_fails_readably(
     other = common_tls.make_self_contained_x509(str(tmp_path / 'other-ca'))
     other_ca = os.path.join(other, 'ca-cert.pem')
     workdir = str(tmp_path / 'kerbside-2')
-    run_dir = tempfile.mkdtemp(prefix='ktp-run-')
+    run_dir = rundir.make()
     kb, registry = _second_kerbside(c, workdir, run_dir, other_ca)
     with open(other_ca) as f:
         other_pem = f.read().strip()
