@@ -195,3 +195,37 @@ def test_assert_all_names_every_failure():
         text = str(e)
     assert '2 of 3 check(s) failed' in text
     assert 'b: FAIL: bad' in text and 'detail' in text and 'c: FAIL' in text
+
+
+def test_a_check_not_run_is_neither_a_pass_nor_a_failure():
+    r = checks.CheckResult.not_run('chains', 'walk stopped at beat x: y',
+                                   data={'distinct': 3})
+    assert r.passed is None and not r.failed and not r.ran
+    assert r.verdict == 'NOT RUN'
+    assert r.summary == 'not run (walk stopped at beat x: y)'
+    assert r.message() == 'chains: NOT RUN: not run (walk stopped at beat ' \
+        'x: y)'
+    out = r.to_json()
+    assert out['passed'] is None and out['verdict'] == 'NOT RUN'
+    assert out['data'] == {'distinct': 3}
+    ok = checks.CheckResult('a', True, 'fine')
+    bad = checks.CheckResult('b', False, 'bad')
+    assert (ok.verdict, ok.failed, bad.verdict, bad.failed) == (
+        'PASS', False, 'FAIL', True)
+    # the JSON forms, including a result.json from before NOT RUN existed
+    assert [checks.verdict_of(x) for x in (
+        out, ok.to_json(), {'name': 'old', 'passed': True},
+        {'name': 'old', 'passed': False}, r)] == [
+        'NOT RUN', 'PASS', 'PASS', 'FAIL', 'NOT RUN']
+
+
+def test_assert_all_counts_a_check_not_run_apart():
+    rs = [checks.CheckResult('beats', False, 'stopped'),
+          checks.CheckResult.not_run('chains', 'walk stopped')]
+    try:
+        checks.assert_all(rs)
+    except AssertionError as e:
+        text = str(e)
+    assert text.startswith('1 of 2 check(s) failed, 1 not run:')
+    assert 'chains: NOT RUN: not run (walk stopped)' in text
+    checks.assert_all([checks.CheckResult('a', True, 'fine')])

@@ -2,8 +2,14 @@
 
 Each check returns a CheckResult (name, passed, summary line, details);
 nothing here raises on a failed check, so a run can report every verdict
-before it fails. `assert_all(results)` turns failures into one
-AssertionError that names each failed check.
+before it fails. A check has three verdicts: PASS, FAIL, and NOT RUN
+(`passed` is None) for a check whose input does not exist, such as the
+drain checks of a walk that stopped before the power-off: it says why
+(`CheckResult.not_run(name, why)`), and it is neither a pass nor a
+failure, so one cause is never counted twice (docs/plans/
+sextant-scenario.md, "One cause per failure"). `assert_all(results)` turns
+failures into one AssertionError that names each failed check and lists
+the checks not run.
 
 The two oracles are the QR digests captured during the walk
 (capture.CapturedDigest) and the serial drain written at power-off
@@ -34,38 +40,79 @@ import typing
 from kerbside_tempest_plugin.scenario import capture as cap
 
 
+PASS = 'PASS'
+FAIL = 'FAIL'
+NOT_RUN = 'NOT RUN'
+
+
 @dataclasses.dataclass
 class CheckResult:
     name: str
-    passed: bool
+    passed: typing.Optional[bool]   # None: not run (its input is missing)
     summary: str
     details: typing.List[str] = dataclasses.field(default_factory=list)
     data: dict = dataclasses.field(default_factory=dict)
 
+    @classmethod
+    def not_run(cls, name, why, data=None):
+        """A check that could not run, and why (`why` is short: the
+        summary reads "not run (<why>)").
+        """
+        return cls(name, None, 'not run (%s)' % why, data=dict(data or {}))
+
+    @property
+    def failed(self):
+        return self.passed is False
+
+    @property
+    def ran(self):
+        return self.passed is not None
+
     @property
     def verdict(self):
-        return 'PASS' if self.passed else 'FAIL'
+        if self.passed is None:
+            return NOT_RUN
+        return PASS if self.passed else FAIL
 
     def message(self):
         text = '%s: %s: %s' % (self.name, self.verdict, self.summary)
-        if self.details and not self.passed:
+        if self.details and self.failed:
             text += '\n    ' + '\n    '.join(self.details)
         return text
 
     def to_json(self):
         return {'name': self.name, 'passed': self.passed,
-                'summary': self.summary, 'details': list(self.details),
-                'data': self.data}
+                'verdict': self.verdict, 'summary': self.summary,
+                'details': list(self.details), 'data': self.data}
+
+
+def verdict_of(result):
+    """The verdict of a check result or of its JSON form (a result.json
+    written before NOT RUN existed has only `passed`).
+    """
+    if isinstance(result, CheckResult):
+        return result.verdict
+    if result.get('verdict'):
+        return result['verdict']
+    if result.get('passed') is None and 'passed' in result:
+        return NOT_RUN
+    return PASS if result.get('passed') else FAIL
 
 
 def assert_all(results):
-    """Raise one AssertionError naming every failed check."""
-    failed = [r for r in results if not r.passed]
-    if failed:
+    """Raise one AssertionError naming every failed check (and listing
+    the checks not run); nothing is raised when every check passed.
+    """
+    failed = [r for r in results if r.failed]
+    not_run = [r for r in results if not r.ran]
+    if failed or not_run:
+        lines = [r.message() for r in failed] + \
+            [r.message() for r in not_run]
         raise AssertionError(
-            '%d of %d check(s) failed:\n%s' % (
+            '%d of %d check(s) failed%s:\n%s' % (
                 len(failed), len(results),
-                '\n'.join(r.message() for r in failed)))
+                ', %d not run' % len(not_run) if not_run else '',
+                '\n'.join(lines)))
 
 
 # --------------------------------------------------------------- drain
@@ -313,7 +360,11 @@ def check_framebuffer_hash(captures, windows=(), name='framebuffer_hash'):
 # --------------------------------------------------------------- beats
 
 
-def check_beats(beats, name='beats'):
+def check_beats(beats, name='beats', stopped=None):
+    """Every beat seen in time. `stopped`: why the walk stopped before the
+    power-off when no beat failed (an error between beats), or None; the
+    beats that ran are still judged.
+    """
     done = [b for b in beats if b.ok]
     bad = [b for b in beats if not b.ok]
     if bad:
@@ -321,7 +372,9 @@ def check_beats(beats, name='beats'):
             len(bad), len(beats), ', '.join(b.name for b in bad)),
             details=[b.describe() for b in bad])
     inferred = [b.name for b in done if b.inferred]
-    return CheckResult(name, True, 'all %d beats seen in time%s' % (
-        len(beats), '' if not inferred else
+    return CheckResult(name, True, 'all %d beats %sseen in time%s%s' % (
+        len(beats), 'that ran ' if stopped else '', '' if not inferred else
         ' (%s inferred from channel hashes: the record left the raw '
-        'window between captures)' % ', '.join(inferred)))
+        'window between captures)' % ', '.join(inferred),
+        '; the walk stopped before the rest (%s)' % stopped
+        if stopped else ''))
