@@ -114,12 +114,83 @@ def _proven(w, since, channel, make):
     return proves
 
 
+def _shows(kind, **fields):
+    """cap.shows, which can also say which record it matched (`record`),
+    so a failure names what the guest showed rather than the test.
+    """
+    pred = cap.shows(kind, **fields)
+    pred.record = lambda cd: cd.shows(kind, **fields)
+    return pred
+
+
 def _any(*preds):
     def either(cd):
         return any(p(cd) for p in preds)
     either.__name__ = ' or '.join(getattr(p, '__name__', 'predicate')
                                   for p in preds)
+    either.alternatives = preds
     return either
+
+
+def held(pred, cd):
+    """What in digest `cd` made `pred` hold, as short texts: for each
+    alternative of an `_any` that holds on its own, the record it matched
+    (described), else its name. Records matched by two alternatives are
+    named once.
+    """
+    out = []
+    for p in getattr(pred, 'alternatives', None) or (pred,):
+        try:
+            if not p(cd):
+                continue
+        except Exception:
+            continue
+        if getattr(p, 'alternatives', None):
+            texts = held(p, cd)
+        else:
+            record = getattr(p, 'record', None)
+            event = record(cd) if record is not None else None
+            texts = [cap.describe_event(event) if event is not None else
+                     getattr(p, '__name__', 'a failure').replace(
+                         'shows ', '', 1)]
+        out += [t for t in texts if t not in out]
+    return out
+
+
+def timeout_message(e, what, elapsed):
+    """A beat's timeout, short: what it waited for, and what the guest
+    last showed (the last digest's frame counter and records), or that
+    no new digest came in N captures. `e` is the CaptureTimeout (or
+    StreamClosed) of DigestStream.wait_for, whose summary is used.
+    """
+    s = getattr(e, 'summary', None) or {}
+    if 'captures' not in s:
+        return str(e)
+    if isinstance(e, cap.StreamClosed):
+        head = 'the capture stopped (%s) after %.1f s waiting for %s' % (
+            s.get('closed_reason') or 'stopped', elapsed, what)
+    else:
+        head = 'timed out after %.1f s waiting for %s' % (elapsed, what)
+    bad = []
+    if s.get('decode_failures'):
+        bad.append('%d undecodable' % s['decode_failures'])
+    if s.get('screenshot_failures'):
+        bad.append('%d screenshot failure(s)' % s['screenshot_failures'])
+    if bad and s.get('last_error'):
+        bad.append('last error: %s' % s['last_error'])
+    bad = ' (%s)' % ', '.join(bad) if bad else ''
+    last = s.get('last')
+    if last is None:
+        return '%s; no digest decoded in %d capture(s)%s' % (
+            head, s['captures'], bad)
+    shown = 'frame %d, %.1f s old: %s' % (
+        last['frame_counter'], last['age_s'], '; '.join(last['records']))
+    if not s.get('digests'):
+        return '%s; no new digest in %d capture(s)%s; the guest last ' \
+            'showed (before the beat began) %s' % (head, s['captures'], bad,
+                                                   shown)
+    return '%s; the guest last showed %s (%d new digest(s) in %d ' \
+        'capture(s)%s)' % (head, shown, s['digests'], s['captures'], bad)
 
 
 def _all(*preds):
@@ -194,14 +265,21 @@ class Walker:
 
         def accept(cd):
             return ok(cd) or (fail_on is not None and fail_on(cd))
+        t0 = time.monotonic()
         try:
-            cd = self.stream.wait_for(accept, timeout, what, since=since)
+            try:
+                cd = self.stream.wait_for(accept, timeout, what,
+                                          since=since)
+            except cap.CaptureTimeout as e:
+                raise type(e)(timeout_message(e, what,
+                                              time.monotonic() - t0),
+                              what=e.what, summary=e.summary) from e
             if not ok(cd):
                 raise AssertionError(
                     'waiting for %s, the guest showed %s instead (frame %d '
                     'at %.2f s: %s)' % (
-                        what, getattr(fail_on, '__name__', 'a failure'),
-                        cd.frame_counter, cd.at,
+                        what, ' and '.join(held(fail_on, cd)) or
+                        'a failure', cd.frame_counter, cd.at,
                         '; '.join(cd.records_text())))
         except AssertionError as e:
             beat.ended = self.stream.now()
@@ -377,16 +455,16 @@ def paste_and_submit(w, text, correct):
             % len(text), cap.shows('paste_received', correct=True,
                                    len=len(text)), implied_by=proof,
             since=since, fail_on=_any(
-                cap.shows('paste_received', correct=False),
-                cap.shows('paste_received', len=lambda n: n != len(text)),
-                cap.shows('bootloader_timeout')))
+                _shows('paste_received', correct=False),
+                _shows('paste_received', len=lambda n: n != len(text)),
+                _shows('bootloader_timeout')))
     cd = w.beat('paste-rejected', 'paste_received correct=false len=%d'
                 % len(text), cap.shows('paste_received', correct=False,
                                        len=len(text)), implied_by=proof,
                 since=since, fail_on=_any(
-                    cap.shows('paste_received', correct=True),
-                    cap.shows('paste_received',
-                              len=lambda n: n != len(text))))
+                    _shows('paste_received', correct=True),
+                    _shows('paste_received',
+                           len=lambda n: n != len(text))))
     w.beat('wrong-indicator', 'the attempt indicator (line_rendered row '
            '%d) after the wrong paste' % WRONG_INDICATOR_ROW,
            cap.shows('line_rendered', row=WRONG_INDICATOR_ROW),
