@@ -53,6 +53,24 @@ def test_render_lists_every_check_and_the_verdict():
     assert '[a.png](a.png)' in text
 
 
+def test_render_shows_a_check_not_run_apart_from_the_failures():
+    results = [checks.CheckResult('beats', False, '1 of 5 beats failed'),
+               checks.CheckResult.not_run('chains', 'walk stopped at beat '
+                                          'x: timed out'),
+               checks.CheckResult('frame_counters', True, 'fine')]
+    text = report.render('t', {}, results, cause='beat x: timed out')
+    assert '**Verdict: FAIL**' in text
+    assert 'Cause: `beat x: timed out`' in text
+    assert '| chains | NOT RUN | not run (walk stopped at beat x: timed ' \
+        'out) |' in text
+    assert 'Not run (their input does not exist; not counted as ' \
+        'failures): chains.' in text
+    # a passing report is as it was: no cause, no not-run line
+    text = report.render('t', {}, results[2:], cause='ignored')
+    assert '**Verdict: PASS**' in text
+    assert 'Cause' not in text and 'Not run' not in text
+
+
 def test_artifact_dir_redacts_registered_and_shaped_secrets(tmp_path):
     a = artifacts.ArtifactDir(str(tmp_path), 'redact me')
     a.add_secret('tick3t-value-123')
@@ -106,3 +124,18 @@ def test_summary_fails_on_a_failed_or_missing_run(tmp_path, capsys):
     assert 'error: CaptureTimeout: waited' in out
     assert 'fidelity=70% fb=9/10' in out
     assert 'expected at least 4' in out
+    # a walk stopped at a beat: one cause, the drain checks not run
+    d = tmp_path / 'wrong_paste'
+    d.mkdir()
+    (d / 'result.json').write_text(json.dumps({
+        'walk': 'wrong_paste', 'route': 'direct', 'passed': False,
+        'results': [{'name': 'beats', 'passed': False, 'verdict': 'FAIL'},
+                    {'name': 'chains', 'passed': None,
+                     'verdict': 'NOT RUN'}],
+        'phases': {}, 'stats': {}, 'error': 'CaptureTimeout: long',
+        'cause': 'beat parked: timed out'}))
+    assert summary.main([str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert 'beats=FAIL chains=not_run' in out
+    assert 'cause: beat parked: timed out' in out
+    assert 'error: CaptureTimeout: long' not in out

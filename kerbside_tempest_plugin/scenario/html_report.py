@@ -15,12 +15,13 @@ add a third to every byte kept, and a CI artifact is the whole directory.
 Nothing else is external: the styles, the timeline (inline SVG) and the
 frame player are in the page, and it loads nothing from the network.
 
-Layout, top to bottom: the verdict line; on failure a box with each failed
-check and beat and the last frames before the deadline expired (visible
-without scrolling); the checks with their evidence; the timeline; the
-beats with their screenshots; the frame player (ryll's display.mp4 when
-it wrote one, else the decoded frames); ryll's evidence; phases; files;
-the serial drain.
+Layout, top to bottom: the verdict line; on failure a box with the one
+cause (the failed beat, or the error), any other failed check, the checks
+NOT RUN (grey, not failures) and the last frames before the deadline
+expired (visible without scrolling); the checks with their evidence; the
+timeline; the beats with their screenshots; the frame player (ryll's
+display.mp4 when it wrote one, else the decoded frames); ryll's evidence;
+phases; files; the serial drain.
 """
 
 import argparse
@@ -209,6 +210,8 @@ table{border-collapse:collapse;margin:4px 0}
 td,th{border:1px solid #ccc;padding:2px 6px;text-align:left;
 vertical-align:top;font-size:.92em}
 tr.fail td{background:#fde2e2}
+tr.notrun td{background:#eee;color:#555}
+.not-run{color:#555;margin:4px 0}
 pre{background:#f6f6f6;padding:4px;white-space:pre-wrap;font-size:.85em}
 .lane,.tick{font-size:11px;fill:#333}
 figure{display:inline-block;margin:4px;vertical-align:top}
@@ -238,22 +241,30 @@ PLAYER_JS = """
 """
 
 
+ROW_CLASS = {'PASS': 'pass', 'FAIL': 'fail', 'NOT RUN': 'notrun'}
+
+
+def _verdict(r):
+    from kerbside_tempest_plugin.scenario import checks
+    return checks.verdict_of(r)
+
+
 def _check_rows(results):
     out = ['<table id="checks"><tr><th>check</th><th>verdict</th>'
            '<th>summary and evidence</th></tr>']
     for r in results:
-        ok = r.get('passed')
+        verdict = _verdict(r)
         details = r.get('details') or []
         ev = ''
         if details:
             ev = '<details%s><summary>evidence (%d lines)</summary><pre>' \
                  '%s</pre></details>' % (
-                     '' if ok else ' open', len(details),
+                     ' open' if verdict == 'FAIL' else '', len(details),
                      _e('\n'.join(str(d) for d in details)))
         out.append('<tr class="%s" id="check-%s"><td>%s</td><td>%s</td>'
                    '<td>%s%s</td></tr>' % (
-                       'pass' if ok else 'fail', _e(r.get('name')),
-                       _e(r.get('name')), 'PASS' if ok else 'FAIL',
+                       ROW_CLASS[verdict], _e(r.get('name')),
+                       _e(r.get('name')), verdict,
                        _e(r.get('summary')), ev))
     if not results:
         out.append('<tr class="fail"><td>(none run)</td><td>FAIL</td>'
@@ -263,25 +274,56 @@ def _check_rows(results):
 
 
 def _failures(result, beats, frames):
-    failed = [r for r in result.get('results', []) if not r.get('passed')]
+    """The box at the top of a failed run: its one cause first (the
+    failed beat, under the beats check's anchor, else the error), then
+    any other check that failed, then the checks not run, on one line.
+    Every check that did not pass has an anchor failed-NAME in the box.
+    """
+    results = result.get('results', [])
+    failed = [r for r in results if _verdict(r) == 'FAIL']
+    not_run = [r for r in results if _verdict(r) == 'NOT RUN']
     bad_beats = [b for b in beats if not b.get('ok')]
     if result.get('passed'):
         return ''
     out = ['<section class="failures" id="failures"><h2>What failed</h2>']
-    if result.get('error'):
-        out.append('<div class="failed-check" id="failed-error"><b>error'
-                   '</b>: <pre>%s</pre></div>' % _e(result['error']))
+    error = result.get('error')
+    if bad_beats:
+        # The beat is the cause; the error is its failure too (with the
+        # state of ryll and the guest) unless something else went wrong.
+        first = bad_beats[0].get('error') or ''
+        shown = error if error and first and first in error else None
+        out.append('<div class="failed-check cause" id="failed-beats">'
+                   '<b>cause:</b>')
+        for b in bad_beats:
+            out.append('<div class="failed-check failed-beat" id="failed-'
+                       'beat-%s"><b>beat %s FAILED</b> after %s s: <pre>%s'
+                       '</pre></div>' % (
+                           _e(b.get('name')), _e(b.get('name')),
+                           _e('%.2f' % b['elapsed'] if b.get('elapsed')
+                              is not None else '?'),
+                           _e(shown if shown and b is bad_beats[0]
+                              else b.get('error'))))
+        out.append('</div>')
+        failed = [r for r in failed if r.get('name') != 'beats']
+        if error and not shown:
+            out.append('<div class="failed-check" id="failed-error"><b>'
+                       'error</b>: <pre>%s</pre></div>' % _e(error))
+    elif error:
+        out.append('<div class="failed-check cause" id="failed-error"><b>'
+                   'cause: error</b>: <pre>%s</pre></div>' % _e(error))
     for r in failed:
         out.append('<div class="failed-check" id="failed-%s"><b>%s: FAIL'
                    '</b> %s</div>' % (_e(r.get('name')), _e(r.get('name')),
                                       _e(r.get('summary'))))
-    for b in bad_beats:
-        out.append('<div class="failed-check failed-beat" id="failed-beat-'
-                   '%s"><b>beat %s FAILED</b> after %s s: <pre>%s</pre>'
-                   '</div>' % (_e(b.get('name')), _e(b.get('name')),
-                               _e('%.2f' % b['elapsed'] if b.get('elapsed')
-                                  is not None else '?'),
-                               _e(b.get('error'))))
+    groups = {}
+    for r in not_run:
+        groups.setdefault(r.get('summary'), []).append(r.get('name'))
+    for summary, names in groups.items():
+        out.append('<div class="not-run">NOT RUN, not counted as failures: '
+                   '%s: %s</div>' % (', '.join(
+                       '<span class="failed-check not-run-check" '
+                       'id="failed-%s">%s</span>' % (_e(n), _e(n))
+                       for n in names), _e(summary)))
     until = None
     if bad_beats and bad_beats[0].get('ended') is not None:
         until = bad_beats[0]['ended']
@@ -524,7 +566,11 @@ def write_index(root):
         d = os.path.dirname(report)
         r = _load(d, 'result.json', {})
         failed = [c['name'] for c in r.get('results', [])
-                  if not c.get('passed')]
+                  if _verdict(c) == 'FAIL']
+        not_run = sum(1 for c in r.get('results', [])
+                      if _verdict(c) == 'NOT RUN')
+        if not_run:
+            failed.append('(%d not run)' % not_run)
         rows.append((r.get('passed', False), os.path.relpath(report, root),
                      r.get('name') or os.path.basename(d), r.get('walk'),
                      r.get('route'), failed, r.get('error')))

@@ -123,15 +123,25 @@ def _at(frame, at):
 
 def render(title, meta, results=(), walker=None, stream=None,
            drain_events=(), drain_text=None, phases=None, files=(),
-           error=None):
-    """The Markdown text of a report."""
+           error=None, cause=None):
+    """The Markdown text of a report. `cause`: the one cause of a failed
+    run (runner.RunResult.cause()), shown under the verdict; checks NOT
+    RUN are listed apart from the failures.
+    """
     results = list(results)
-    failed = [r for r in results if not r.passed]
+    failed = [r for r in results if r.failed]
+    not_run = [r for r in results if not r.ran]
     beats_failed = walker is not None and any(not b.ok for b in
                                               walker.beats)
-    passed = not failed and error is None and not beats_failed
+    passed = not failed and not not_run and error is None and \
+        not beats_failed
     out = ['# %s' % title, '',
            '**Verdict: %s**' % ('PASS' if passed else 'FAIL'), '']
+    if cause and not passed:
+        out += ['Cause: `%s`' % str(cause).replace('`', "'"), '']
+    if not_run:
+        out += ['Not run (their input does not exist; not counted as '
+                'failures): %s.' % ', '.join(r.name for r in not_run), '']
     for k, v in meta.items():
         out.append('- %s: `%s`' % (k, v))
     out.append('- report written: %s' % time.strftime(

@@ -6,7 +6,11 @@ the walk's beats run, reads the serial drain after the power-off, tears
 the guest and ryll down (always), copies the logs, judges every check,
 and writes the artifacts and report.md. It returns a RunResult and raises
 only for programming errors: a failed beat or check is in the result,
-so a caller can report every verdict before failing. `lane` may also be
+so a caller can report every verdict before failing. A failure names one
+cause (RunResult.cause(): the failed beat, else the error): a walk that
+stopped before the power-off left no drain, so the checks that needed it
+are NOT RUN, saying where the walk stopped, and are not counted as
+failures. `lane` may also be
 one console of a lane with several (lane.base.ConsoleSlot): N walks then
 run at once on N threads, each with its own guest and ryll
 (benchmarks/load.py).
@@ -53,21 +57,81 @@ class RunResult:
     error: str = None
     error_type: str = None
     stats: dict = dataclasses.field(default_factory=dict)
+    # Why the walk stopped before the power-off (stop_reason), or None
+    # when it completed: the checks it left without input are NOT RUN.
+    stopped: str = None
 
     def verdicts(self):
+        """{check: True (pass), False (fail) or None (not run)}."""
         return {r.name: r.passed for r in self.results}
 
-    def failure_message(self):
-        lines = ['%s (%s route) FAILED; artifacts: %s' % (
-            self.walk, self.route, self.artifact_dir)]
+    def _failed_beat(self):
+        return next((b for b in self.beats if not b.get('ok')), None)
+
+    def cause(self):
+        """The one cause of a failed run, as one line, or None: the failed
+        beat, else the error, else the first failed check.
+        """
+        if self.passed:
+            return None
+        beat = self._failed_beat()
+        if beat is not None:
+            return 'beat %s: %s' % (beat.get('name'),
+                                    _first_line(beat.get('error')))
         if self.error:
+            return _first_line(self.error)
+        failed = [r for r in self.results if r.failed]
+        if failed:
+            return '%s: %s' % (failed[0].name, failed[0].summary)
+        return None
+
+    def failure_message(self):
+        """One cause first (the failed beat, or the error, or the first
+        failed check), then any other check that failed on its own input,
+        then the checks that could not run, as not run.
+        """
+        beat = self._failed_beat()
+        lines = ['%s (%s route) FAILED%s; artifacts: %s' % (
+            self.walk, self.route, ' at beat %s' % beat['name']
+            if beat else '', self.artifact_dir)]
+        failed = [r for r in self.results if r.failed]
+        if beat is not None:
+            # The error is the beat's own failure (plus the state of
+            # ryll and the guest) unless something else went wrong.
+            error = beat.get('error') or ''
+            if self.error and error and error in self.error:
+                lines.append('beat %s failed: %s' % (beat.get('name'),
+                                                     self.error))
+            else:
+                lines.append('beat %s failed: %s' % (beat.get('name'),
+                                                     error))
+                if self.error:
+                    lines.append('error: %s' % self.error)
+            failed = [r for r in failed if r.name != 'beats']
+        elif self.error:
             lines.append('error: %s' % self.error)
-        lines += [r.message() for r in self.results if not r.passed]
+        if failed:
+            if len(lines) > 1:
+                lines.append('also failed:')
+            lines += [r.message() for r in failed]
+        groups = {}
+        for r in self.results:
+            if not r.ran:
+                summary = r.summary
+                if self.stopped:
+                    # the reason was given in full just above
+                    summary = summary.replace(self.stopped, '%s, above' % (
+                        self.stopped.split(': ', 1)[0]))
+                groups.setdefault(summary, []).append(r.name)
+        for summary, names in groups.items():
+            lines.append('%s: %s' % (', '.join(names), summary))
         return '\n'.join(lines)
 
     def summary_line(self):
-        return '%s %s/%s: %s; %s; report %s' % (
+        beat = self._failed_beat()
+        return '%s %s/%s%s: %s; %s; report %s' % (
             'PASS' if self.passed else 'FAIL', self.walk, self.route,
+            ' (stopped at beat %s)' % beat['name'] if beat else '',
             ', '.join('%s=%s' % (r.name, r.verdict) for r in self.results),
             ', '.join('%s=%.1fs' % (k, v) for k, v in self.phases.items()
                       if v is not None),
@@ -76,34 +140,99 @@ class RunResult:
     def to_json(self):
         out = dataclasses.asdict(self)
         out['results'] = [r.to_json() for r in self.results]
+        out['cause'] = self.cause()
         return out
 
 
-def judge(walk_name, walker, stream, drain):
-    """Every check of a run, in report order."""
-    results = [checks.check_beats(walker.beats)]
-    if drain is None:
-        results.append(checks.CheckResult(
-            'drain', False, 'no serial drain was read (see the error and '
-            'serial.log)'))
+def _first_line(text, limit=200):
+    line = (text or '').strip().splitlines()[0] if (text or '').strip() \
+        else ''
+    return line if len(line) <= limit else line[:limit - 3] + '...'
+
+
+def stop_reason(walker, error=None):
+    """Why the walk stopped before the power-off, or None when it
+    completed (the power-off key was sent): 'walk stopped at beat NAME:
+    <first line of its error>', or 'walk stopped before the power-off:
+    <first line of the error>'.
+    """
+    if walker is None or walker.powered_off:
+        return None
+    beat = next((b for b in walker.beats if not b.ok), None)
+    if beat is not None:
+        return 'walk stopped at beat %s: %s' % (beat.name,
+                                                _first_line(beat.error))
+    return 'walk stopped before the power-off: %s' % (
+        _first_line(error) or 'no error was recorded')
+
+
+# The checks whose input is the serial drain, which the guest writes only
+# after the power-off key (contract section 4.1).
+DRAIN_CHECKS = ('drain_sequence', 'drain_t_monotonic', 'refresh_stats',
+                'chains')
+
+
+def judge(walk_name, walker, stream, drain, error=None, drain_error=None):
+    """Every check of a run, in report order.
+
+    A walk that stopped before the power-off (a failed beat, or `error`)
+    left no drain: the drain checks and capture_fidelity (the refresh
+    count is in the drain) are NOT RUN, saying where the walk stopped;
+    the checks on what was captured (beats, framebuffer_hash,
+    frame_counters) still run and count, unless nothing was captured.
+    A walk that completed judges its drain as it is: a missing,
+    unparsable (`drain_error`) or incomplete drain fails.
+    """
+    stopped = stop_reason(walker, error)
+    digests = stream.snapshot()
+    captures = list(stream.captures)
+    results = [checks.check_beats(walker.beats, stopped=stopped)]
+    if stopped:
+        results += [checks.CheckResult.not_run(n, stopped)
+                    for n in DRAIN_CHECKS]
+    elif drain is None:
+        results += [
+            checks.CheckResult(
+                'drain', False, 'no serial drain was read%s' % (
+                    ': %s' % drain_error if drain_error else
+                    ' (see the error and serial.log)')),
+            checks.CheckResult.not_run(
+                'chains', 'no serial drain to replay: see drain'),
+        ]
     else:
         results += [
             checks.check_drain_sequence(drain, walk_mod.expected(walk_name)),
             checks.check_t_monotonic(drain),
             checks.check_refresh_stats(drain),
+            checks.check_chains(drain.to_events(), digests),
         ]
-    digests = stream.snapshot()
-    if drain is not None:
-        results.append(checks.check_chains(drain.to_events(), digests))
-    results += [
-        checks.check_framebuffer_hash(list(stream.captures),
-                                      walker.quiet_windows),
-        checks.check_frame_counters(digests),
-    ]
+    checked = [c for c in captures if c.framebuffer_hash_ok is not None]
+    if stopped and not checked:
+        results.append(checks.CheckResult.not_run(
+            'framebuffer_hash', 'no capture was checked: %s' % stopped))
+    else:
+        results.append(checks.check_framebuffer_hash(
+            captures, walker.quiet_windows))
+    if stopped and not digests:
+        results.append(checks.CheckResult.not_run(
+            'frame_counters', 'no digest was captured: %s' % stopped))
+    else:
+        results.append(checks.check_frame_counters(digests))
+    distinct = len({cd.frame_counter for cd in digests})
     count = None
     if drain is not None and drain.refresh_stats is not None:
         count = drain.refresh_stats.fields.get('count')
-    results.append(checks.capture_fidelity(digests, count))
+    if stopped:
+        results.append(checks.CheckResult.not_run(
+            'capture_fidelity', stopped, data={'distinct': distinct}))
+    elif count is None:
+        results.append(checks.CheckResult.not_run(
+            'capture_fidelity', 'no refresh_stats count to compare %d '
+            'distinct frames with: see %s' % (
+                distinct, 'drain' if drain is None else 'refresh_stats'),
+            data={'distinct': distinct}))
+    else:
+        results.append(checks.capture_fidelity(digests, count))
     return results
 
 
@@ -188,15 +317,19 @@ def run_scenario(lane, walk_name, route, image, artifact_root,
     if drain_text is None and serial_path and os.path.exists(serial_path):
         with open(serial_path, 'rb') as f:
             drain_text = f.read().decode('utf-8', 'replace')
+    drain_error = None
     if drain_text:
         from kerbside_tempest_plugin.sextant import drain as drain_mod
         try:
             drain = drain_mod.parse(drain_text)
         except drain_mod.SerialParseError as e:
+            drain_error = 'serial drain unparsable: %s' % e
             result.error = (result.error + '; ' if result.error else '') + \
-                'serial drain unparsable: %s' % e
+                drain_error
     if walker is not None and stream is not None:
-        result.results = judge(walk_name, walker, stream, drain)
+        result.stopped = stop_reason(walker, result.error)
+        result.results = judge(walk_name, walker, stream, drain,
+                               error=result.error, drain_error=drain_error)
         result.beats = [b.to_json() for b in walker.beats]
         pacing = guest_pacing(drain)
         if pacing is not None and walker.keys:
@@ -355,7 +488,7 @@ def _write(art, result, walker, stream, drain, drain_text, route, image,
             meta, result.results, walker, stream, events,
             drain_text=_drain_only(drain), phases=phases,
             files=list(art.files) + ['report.md', 'report.html'],
-            error=result.error)
+            error=result.error, cause=result.cause())
         art.write_text('report.md', text)
         html_report.write(art, result, walker, stream, events,
                           drain_text=_drain_only(drain), phases=phases,

@@ -36,7 +36,7 @@ def load(dirs):
 def line(run):
     if run.get('kind') == 'promise':
         return _promise_line(run)
-    checks = ' '.join('%s=%s' % (r['name'], 'ok' if r['passed'] else 'FAIL')
+    checks = ' '.join('%s=%s' % (r['name'], WALK_VERDICTS[_verdict(r)])
                       for r in run.get('results', []))
     phases = ' '.join('%s=%.1fs' % (k, v) for k, v in
                       (run.get('phases') or {}).items() if v is not None)
@@ -50,9 +50,20 @@ def line(run):
         'PASS' if run.get('passed') else 'FAIL', run.get('walk'),
         run.get('route'), checks or '(no checks)', phases, ' '.join(extra),
         os.path.join(run['_path'], 'report.md'))
-    if run.get('error'):
+    if run.get('cause'):
+        out += '\n     cause: %s' % run['cause'].splitlines()[0][:300]
+    elif run.get('error'):
         out += '\n     error: %s' % run['error'].splitlines()[0][:300]
     return out
+
+
+# A walk's check verdicts on its summary line (NOT RUN is not a failure).
+WALK_VERDICTS = {'PASS': 'ok', 'FAIL': 'FAIL', 'NOT RUN': 'not_run'}
+
+
+def _verdict(r):
+    from kerbside_tempest_plugin.scenario import checks
+    return checks.verdict_of(r)
 
 
 def _promise_line(run):
