@@ -18,6 +18,10 @@ API ports, route, Kerbside's settings and build) once ryll's control
 socket exists, and leaves the lane running. Every process is recorded in
 the workdir, so `down` finds them even after `up` itself crashed.
 
+The lane's reaper (lane.reaper) tears a lane down when the command
+holding it dies; `up` stops the reaper once the lane is up, since it
+leaves the lane running on purpose.
+
 A Kerbside developer's own build: `--kerbside-source` (or
 $KERBSIDE_SOURCE) for the Python side, installed into the Kerbside venv
 when it does not hold that checkout unchanged; `--proxy-bin` (or
@@ -147,6 +151,9 @@ def cmd_up(args):
         if not args.no_ryll:
             lane.start_ryll(timeout=args.timeout)
         lane.save_state(state='up')
+        # Left running on purpose: its reaper must not take it down
+        # when this command exits.
+        lane.leave_running()
     except BaseException as e:
         _err('lane failed to come up: %s' % e)
         report = lane.down()

@@ -53,6 +53,7 @@ from kerbside_tempest_plugin.lane import base as lane_base
 from kerbside_tempest_plugin.lane import kerbside as lane_kerbside
 from kerbside_tempest_plugin.lane import mariadb as lane_mariadb
 from kerbside_tempest_plugin.lane import procs
+from kerbside_tempest_plugin.lane import reaper as lane_reaper
 from kerbside_tempest_plugin.providers import base
 from kerbside_tempest_plugin.providers import direct_qemu
 
@@ -181,6 +182,7 @@ class Lane(lane_base.Lane):
         self.provider = None
         self._up = False
         self._down_report = None
+        self._reaper = None
 
     # -- construction helpers ------------------------------------------
     @classmethod
@@ -303,10 +305,16 @@ class Lane(lane_base.Lane):
                              self.tickets[i])
 
     def up(self, timeout=90):
-        """Bring up MariaDB and Kerbside (no guest yet). Returns self."""
+        """Bring up MariaDB and Kerbside (no guest yet). Returns self.
+
+        Before anything starts, a reaper (lane.reaper) starts watching
+        this process: should it end without down() (SIGKILL, a signal
+        nobody handles, a crash), the reaper tears the lane down.
+        """
         t0 = time.monotonic()
         self._prepare()
         self.save_state(state='starting')
+        self._reaper = lane_reaper.Reaper(self.workdir).start()
         if self.with_kerbside:
             if self.kerbside_source:
                 t = time.monotonic()
@@ -527,6 +535,9 @@ class Lane(lane_base.Lane):
                                   run_dir=self.run_dir)
         for guest in self.guests:
             guest.teardown()  # qemu is already stopped; frees scratch files
+        # Only now: had this process died during the teardown, the reaper
+        # would have finished it.
+        self.leave_running()
         self._up = False
         self._down_report = report
         if check and (report['leftover_pids'] or report['busy_ports']):
@@ -534,6 +545,16 @@ class Lane(lane_base.Lane):
                                       '%s' % (report['leftover_pids'],
                                               report['busy_ports']))
         return report
+
+    def leave_running(self):
+        """Stop the lane's reaper: this process is about to exit and
+        leave the lane up on purpose (`kerbside-harness up`), so only
+        `kerbside-harness down --workdir` takes it down. down() calls it
+        once the lane is down. Idempotent; never raises.
+        """
+        reaper, self._reaper = self._reaper, None
+        if reaper is not None:
+            reaper.stop()
 
 
 def checkout_path(source, environ=None):
