@@ -40,6 +40,7 @@ import traceback
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
     __file__))))
 
+from kerbside_tempest_plugin.common import signals  # noqa: E402
 from kerbside_tempest_plugin.loadtest import report  # noqa: E402
 from kerbside_tempest_plugin.scenario import runner  # noqa: E402
 
@@ -420,6 +421,8 @@ def main():
                    help='stop a route after an N where no walk passed')
     p.add_argument('--out', default=None)
     args = p.parse_args()
+    # SIGTERM/SIGHUP/SIGINT: the lanes' finally blocks run (common.signals).
+    signals.install(signals.BATCH_SIGNALS)
     args.guests = sorted(set(parse_list(args.guests, int)))
     args.routes = parse_list(args.route)
     bad = [r for r in args.routes if r not in ('kerbside', 'direct')]

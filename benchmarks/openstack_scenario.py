@@ -36,6 +36,7 @@ sys.path.insert(0, HERE)
 import scenario as bench  # noqa: E402
 
 from kerbside_tempest_plugin.common import errors  # noqa: E402
+from kerbside_tempest_plugin.common import signals  # noqa: E402
 from kerbside_tempest_plugin.lane.openstack import cloud as os_cloud  # noqa
 from kerbside_tempest_plugin.lane.openstack import lane as os_lane  # noqa
 from kerbside_tempest_plugin.scenario import runner  # noqa: E402
@@ -59,6 +60,8 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    # SIGTERM/SIGHUP/SIGINT: the lanes' finally blocks run (common.signals).
+    signals.install(signals.BATCH_SIGNALS)
     logging.basicConfig(level=logging.WARNING)
     from kerbside_tempest_plugin import guest_images
     args.image = guest_images.sextant_image(args.image)

@@ -42,6 +42,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
     __file__))))
 
+from kerbside_tempest_plugin.common import signals  # noqa: E402
 from kerbside_tempest_plugin.loadtest import report  # noqa: E402
 from kerbside_tempest_plugin.loadtest import stats  # noqa: E402
 from kerbside_tempest_plugin.scenario import runner  # noqa: E402
@@ -250,6 +251,8 @@ def main():
                    help='paste delay per character (ms)')
     p.add_argument('--out', default=None)
     args = p.parse_args()
+    # SIGTERM/SIGHUP/SIGINT: the lanes' finally blocks run (common.signals).
+    signals.install(signals.BATCH_SIGNALS)
     logging.basicConfig(level=logging.WARNING)
     from kerbside_tempest_plugin import guest_images
     args.image = guest_images.sextant_image(args.image)

@@ -37,6 +37,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
     __file__))))
 
+from kerbside_tempest_plugin.common import signals  # noqa: E402
 from kerbside_tempest_plugin.kerbside_api import client as kapi  # noqa
 from kerbside_tempest_plugin.loadtest import report  # noqa: E402
 from kerbside_tempest_plugin.loadtest import stats  # noqa: E402
@@ -147,6 +148,8 @@ def main(argv=None):
     p.add_argument('--image', default=None)
     p.add_argument('--out', default=None)
     args = p.parse_args(argv)
+    # SIGTERM/SIGHUP/SIGINT: the lanes' finally blocks run (common.signals).
+    signals.install(signals.BATCH_SIGNALS)
     out = report.stamped_dir(args.out, REPO, 'terminate')
     work = out
 

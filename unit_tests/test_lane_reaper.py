@@ -1,5 +1,6 @@
-"""The lane reaper's logic (lane.reaper), without a lane: the verdicts,
-the owner's identity and the watch loop on a fake clock.
+"""The lane reaper's logic (lane.reaper) and the shared signal handling
+(common.signals), without a lane: the verdicts, the owner's identity,
+the watch loop on a fake clock, and the handler's choices.
 
 The reaper against real processes, and real lanes whose owner is killed,
 are in unit_tests/integration/test_lane_signals.py.
@@ -10,10 +11,12 @@ import logging
 import os
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
 
+from kerbside_tempest_plugin.common import signals
 from kerbside_tempest_plugin.lane import procs
 from kerbside_tempest_plugin.lane import reaper
 
@@ -291,3 +294,97 @@ def test_reaper_argv_and_a_stop_without_a_start(tmp_path):
 def test_reaper_start_needs_the_owner_start_time(tmp_path):
     with pytest.raises(OSError):
         reaper.Reaper(str(tmp_path)).start(owner_pid=2 ** 22 + 7)
+
+
+# -- common.signals ----------------------------------------------------------
+
+def test_signal_exceptions():
+    assert isinstance(signals.exception_for(signal.SIGINT),
+                      KeyboardInterrupt)
+    e = signals.exception_for(signal.SIGTERM)
+    assert isinstance(e, SystemExit) and e.code == 143
+    assert signals.exception_for(signal.SIGHUP).code == 129
+
+
+@pytest.mark.parametrize('now,first,shield,what', [
+    (10.0, None, 0, 'raise'),
+    (10.0, 5.0, 0, 'ignore'),       # a repeat during the teardown
+    (200.0, 5.0, 0, 'raise'),       # long after: the process goes on
+    (10.0, None, 1, 'defer'),
+    (10.0, 5.0, 2, 'defer'),
+])
+def test_signal_decide(now, first, shield, what):
+    assert signals.decide(signal.SIGTERM, now, first, shield,
+                          grace=90.0) == what
+
+
+def _in_child(code):
+    """Run `code` in a fresh python (signals are per process)."""
+    return subprocess.run([sys.executable, '-c', code], capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_sigterm_runs_finally_and_exits_143():
+    out = _in_child(
+        'import os, signal, time\n'
+        'from kerbside_tempest_plugin.common import signals\n'
+        'signals.install()\n'
+        'try:\n'
+        '    os.kill(os.getpid(), signal.SIGTERM)\n'
+        '    time.sleep(5)\n'
+        '    print("slept on")\n'
+        'finally:\n'
+        '    print("finally ran")\n')
+    assert out.returncode == 143, out.stderr
+    assert out.stdout == 'finally ran\n'
+    assert 'SIGTERM received: tearing down before exit' in out.stderr
+
+
+def test_a_repeated_signal_does_not_cut_the_teardown_short():
+    out = _in_child(
+        'import os, signal, time\n'
+        'from kerbside_tempest_plugin.common import signals\n'
+        'signals.install(signals.BATCH_SIGNALS)\n'
+        'try:\n'
+        '    os.kill(os.getpid(), signal.SIGINT)\n'
+        '    time.sleep(5)\n'
+        'except KeyboardInterrupt:\n'
+        '    print("interrupted")\n'
+        '    os.kill(os.getpid(), signal.SIGTERM)\n'
+        '    time.sleep(0.2)\n'
+        '    print("teardown finished")\n')
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == 'interrupted\nteardown finished\n'
+    assert 'SIGTERM received again' in out.stderr
+
+
+def test_shielded_defers_a_signal_from_a_worker_thread():
+    out = _in_child(
+        'import os, signal, threading, time\n'
+        'from kerbside_tempest_plugin.common import signals\n'
+        'signals.install()\n'
+        'done = []\n'
+        'def work():\n'
+        '    with signals.shielded():\n'
+        '        os.kill(os.getpid(), signal.SIGTERM)\n'
+        '        time.sleep(0.3)\n'
+        '        done.append("closed")\n'
+        'try:\n'
+        '    t = threading.Thread(target=work)\n'
+        '    t.start()\n'
+        '    t.join(10)\n'
+        '    time.sleep(5)\n'
+        'finally:\n'
+        '    print(done)\n')
+    assert out.returncode == 143, out.stderr
+    assert out.stdout == "['closed']\n"
+    assert 'deferred' in out.stderr
+
+
+def test_install_outside_the_main_thread_does_nothing():
+    import threading
+    got = []
+    t = threading.Thread(target=lambda: got.append(signals.install()))
+    t.start()
+    t.join(5)
+    assert got == [()]

@@ -18,9 +18,11 @@ API ports, route, Kerbside's settings and build) once ryll's control
 socket exists, and leaves the lane running. Every process is recorded in
 the workdir, so `down` finds them even after `up` itself crashed.
 
-The lane's reaper (lane.reaper) tears a lane down when the command
-holding it dies; `up` stops the reaper once the lane is up, since it
-leaves the lane running on purpose.
+While `up` brings the lane up, and for as long as `console` or `mcp` hold
+theirs, SIGTERM and SIGHUP tear the lane down before the command exits
+(common.signals), and the lane's reaper (lane.reaper) does it when the
+command dies any other way (SIGKILL, a crash); `up` stops the reaper once
+the lane is up, since it leaves the lane running on purpose.
 
 A Kerbside developer's own build: `--kerbside-source` (or
 $KERBSIDE_SOURCE) for the Python side, installed into the Kerbside venv
@@ -40,6 +42,7 @@ import sys
 
 from kerbside_tempest_plugin.cmd import _lane_cli
 from kerbside_tempest_plugin.common import errors
+from kerbside_tempest_plugin.common import signals
 from kerbside_tempest_plugin.common import tools
 from kerbside_tempest_plugin import guest_images
 from kerbside_tempest_plugin.lane import kerbside as lane_kerbside
@@ -55,6 +58,8 @@ MARIADB_TOOLS = (('mariadbd', 'mysqld'),
 
 
 PROG = 'kerbside-harness'
+# The commands that hold a lane while they run (`up` until it is up).
+LANE_OWNERS = ('up', 'console', 'mcp')
 
 
 def _err(msg):
@@ -342,6 +347,10 @@ def main(argv=None):
             args.route == 'kerbside':
         _err('--no-kerbside needs --route direct')
         return 2
+    if args.command in LANE_OWNERS:
+        # SIGTERM/SIGHUP take the same path as Ctrl-C: the lane this
+        # command holds is torn down before it exits.
+        signals.install()
     try:
         return args.func(args)
     except errors.HarnessError as e:

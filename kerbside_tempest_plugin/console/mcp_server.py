@@ -14,14 +14,14 @@ torn down: a direct-qemu lane by console.guardian, a process of its own
 session that runs the workdir teardown once this server is gone (the
 SDK's client closes our input, waits two seconds, then kills our process
 group, whatever a tool is still doing, and a lane takes longer than that
-to stop); any other lane in process, with SIGTERM ignored meanwhile.
+to stop); any other lane in process, with SIGTERM deferred meanwhile
+(common.signals.shielded).
 
 Every tool result and error message goes through the lane's redactor: no
 SPICE ticket, JWT or .vv password leaves through a tool.
 """
 
 import logging
-import signal
 import sys
 import threading
 import typing
@@ -116,11 +116,11 @@ class Holder:
             # The guardian tears the lane down once this process is gone.
             s.close(teardown=False)
             return {'teardown': 'guardian pid %d' % self.guardian.proc.pid}
-        old = signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        try:
+        # signal.signal works only in the main thread, and this runs in
+        # a worker thread (the lifespan's to_thread).
+        from kerbside_tempest_plugin.common import signals
+        with signals.shielded():
             return s.close()
-        finally:
-            signal.signal(signal.SIGTERM, old)
 
 
 def _guarded(session):
@@ -310,10 +310,14 @@ def build_server(defaults=None, guardian=None):
 
 
 def main(args):
-    """The `mcp` subcommand: serve over stdio until the client leaves."""
+    """The `mcp` subcommand: serve over stdio until the client leaves.
+    SIGTERM and SIGHUP end it through the same disconnect (SystemExit).
+    """
+    from kerbside_tempest_plugin.common import signals
     from kerbside_tempest_plugin.console import guardian
+    signals.install(signals.TEARDOWN_SIGNALS)
     try:
-        server, _ = build_server({
+        server, holder = build_server({
             'workdir': args.workdir, 'config_file': args.config_file,
             'ryll': args.ryll, 'accel': args.accel,
             'os_cloud_workdir': getattr(args, 'os_cloud_workdir', None),
@@ -322,5 +326,10 @@ def main(args):
     except session_mod.ConsoleError as e:
         print('kerbside-harness mcp: %s' % e, file=sys.stderr)
         return 1
-    server.run('stdio')
+    try:
+        server.run('stdio')
+    finally:
+        # The lifespan's disconnect has usually run; after a signal the
+        # event loop may have ended before it did (idempotent).
+        holder.disconnect()
     return 0

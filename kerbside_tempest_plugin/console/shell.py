@@ -15,15 +15,16 @@ says otherwise), and on the first error ``{"ok": false, "error":
 (``"verb": "lane"``). Blank lines and lines starting with # are skipped.
 
 Either way the lane is torn down on exit when the console started it
-(also on SIGTERM and SIGHUP, and by console.guardian after a SIGKILL).
+(also on SIGTERM and SIGHUP, through common.signals, and after a SIGKILL
+by console.guardian and the lane's own reaper, lane.reaper).
 """
 
 import json
 import logging
-import signal
 import sys
 import threading
 
+from kerbside_tempest_plugin.common import signals
 from kerbside_tempest_plugin.console import session as session_mod
 from kerbside_tempest_plugin.console import verbs
 
@@ -187,13 +188,8 @@ def _short(report):
 
 
 def _on_signals():
-    """SIGTERM and SIGHUP end the console through its finally blocks, so
-    an owned lane is torn down.
+    """SIGTERM and SIGHUP end the console through its finally blocks
+    (SystemExit), so an owned lane is torn down; Ctrl-C stays the shell's
+    (it ends a streaming verb).
     """
-    def leave(signum, frame):
-        raise SystemExit(128 + signum)
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        try:
-            signal.signal(sig, leave)
-        except (ValueError, OSError):   # not the main thread
-            pass
+    signals.install(signals.TEARDOWN_SIGNALS)
