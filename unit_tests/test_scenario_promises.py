@@ -293,3 +293,39 @@ def test_drain_keys_exact_catches_an_extra_or_a_lost_key(tmp_path):
                              want)
     assert e.value.check == 'drain_keys_exact'
     assert '28 keypresses unlike the 27 delivered' in e.value.detail
+
+
+class _Guest:
+    def __init__(self):
+        self.torn_down = False
+
+    def teardown(self):
+        self.torn_down = True
+
+
+class _Kerbside:
+    api_url = 'http://127.0.0.1:9'
+    metrics_port = 9
+
+    @staticmethod
+    def token():
+        return 'jwt-for-a-fake-lane'
+
+
+def test_a_story_that_stops_leaves_no_guest_running(tmp_path):
+    lane = FakeLane()
+    lane.kerbside = _Kerbside()
+    old = _Guest()
+    lane.guests = [old]
+    lane.stop_ryll = lambda: None
+
+    def story(run, lane, image):
+        lane.guests.append(_Guest())
+        run.planned = [('tokens', 'refused')]
+        raise pr.PromiseBroken('tokens', 'expired', 'accepted')
+    run = pr.run_story(lane, story, 'promise-y', str(tmp_path), None,
+                       ['tokens'])
+    assert not run.passed
+    assert lane.guests[1].torn_down        # the story's own guest
+    assert not old.torn_down               # not an earlier one
+    assert run.checks[-1].verdict == 'NOT RUN'

@@ -678,12 +678,32 @@ def run_story(lane, story, name, artifact_root, image, promises,
     or a harness error: they are in the run).
     """
     run = PromiseRun(name, route, artifact_root, lane, promises, log=log)
+    booted = len(lane.guests)
     try:
         story(run, lane, image, **kwargs)
     except BaseException as e:
         run.fail(e)
         if isinstance(e, (KeyboardInterrupt, SystemExit)):
+            _end_story(lane, booted)
             run.finish(runner.kerbside_build(lane))
             raise
+    _end_story(lane, booted)
     run.finish(runner.kerbside_build(lane))
     return run
+
+
+def _end_story(lane, booted):
+    """Stop ryll and every guest the story booted on the lane, whether or
+    not it finished: a story that stopped half-way must not leave a guest
+    holding the console's port for the next test (one cause per
+    failure). Never raises.
+    """
+    try:
+        lane.stop_ryll()
+    except Exception:
+        pass
+    for guest in list(lane.guests[booted:]):
+        try:
+            guest.teardown()
+        except Exception:
+            pass
