@@ -19,13 +19,17 @@ or none reported) or the control does not pass.
 
     python3 benchmarks/broken_promises.py [--variants a,b] [--out DIR]
         [--base VENV] [--regex promises] [--keep-venvs]
+    python3 benchmarks/broken_promises.py --rejudge DIR   (runs nothing)
 
 Everything is kept under --out (default artifacts/bench-broken-promises-
 <stamp>): runs/<label>/ (the job's artifacts), runs/<label>.log (its
 output), runs/<variant>.diff (the edit), summary.txt, results.json.
 The venv copies go to venvs/ there and are removed after their run
-unless --keep-venvs. docs/plans/broken-promises.md has the plan and the
-measured table.
+unless --keep-venvs. A failed test whose promise.json has an error and
+no failed check stopped on the harness, not on a promise: the table
+marks it "(error)". --rejudge judges an earlier run's kept artifacts
+again. docs/plans/broken-promises.md has the plan and the measured
+table.
 """
 
 import argparse
@@ -60,6 +64,20 @@ def short(name):
     """A test's name without its module and class path."""
     name = str(name or '?').split('[')[0]
     return name.rsplit('.', 1)[-1]
+
+
+def test_key(name):
+    """One spelling for a test's tempest method name and the name in its
+    promise.json: test_sextant_promise_token_expiry and
+    promise-token-expiry are both promise_token_expiry.
+    """
+    key = short(name).lower().replace('-', '_')
+    return re.sub(r'^(test_)?(sextant_)?', '', key)
+
+
+def shown(name):
+    """A test's name as the table shows it (without `promise-`)."""
+    return re.sub(r'^promise[-_]', '', short(name))
 
 
 def find_promises(artifacts):
@@ -111,17 +129,18 @@ def judge(promise, promises, rc=None, expected=(), outcomes=None,
     RESULTS (no promise.json at all), WRONG VENV (a test ran another
     Kerbside).
     """
-    outcomes = outcomes or {}
+    outcomes = {test_key(t): o for t, o in (outcomes or {}).items()}
     names = [short(p.get('name')) for p in promises]
+    keys = {test_key(n) for n in names}
     failed = [p for p in promises if not p.get('passed') or
-              outcomes.get(short(p.get('name'))) == 'FAILED']
+              outcomes.get(test_key(p.get('name'))) == 'FAILED']
     failures = [f for p in failed for f in (p.get('failures') or [])]
     named = sorted({str(f.get('promise')) for f in failures})
     reasons = [{'test': short(p.get('name')), 'message': f.get('message')}
                for p in failed for f in (p.get('failures') or [])
                if f.get('promise') == promise]
     crashed = {t for t, o in outcomes.items() if o == 'FAILED'}
-    missing = sorted((set(expected) | crashed) - set(names))
+    missing = sorted(({test_key(t) for t in expected} | crashed) - keys)
     checked_by = [short(p.get('name')) for p in promises
                   if promise in (p.get('promises') or [])]
     missed_by = [short(p.get('name')) for p in promises
@@ -133,6 +152,9 @@ def judge(promise, promises, rc=None, expected=(), outcomes=None,
         os.path.realpath(venv))
     errors = ['%s: %s' % (short(p.get('name')), p['error'])
               for p in failed if p.get('error')]
+    # Failed on a harness error with no promise judged broken.
+    errored = [short(p.get('name')) for p in failed
+               if p.get('error') and not p.get('failures')]
     if wrong_venv:
         verdict = 'WRONG VENV'
     elif reasons:
@@ -148,7 +170,7 @@ def judge(promise, promises, rc=None, expected=(), outcomes=None,
             'right_reason': bool(reasons), 'tests': names,
             'failed': [short(p.get('name')) for p in failed],
             'missing': missing, 'named': named, 'reasons': reasons,
-            'errors': errors, 'wrong_venv': wrong_venv,
+            'errors': errors, 'errored': errored, 'wrong_venv': wrong_venv,
             'checked_by': checked_by, 'missed_by': missed_by, 'rc': rc}
 
 
@@ -175,8 +197,10 @@ def table(rows):
     body = []
     for r in rows:
         j = r['judged']
-        failed = list(j['failed']) + ['%s (no promise.json)' % m
-                                      for m in j['missing']]
+        errored = set(j.get('errored') or ())
+        failed = sorted(shown(n) + (' (error)' if n in errored else '')
+                        for n in j['failed']) + \
+            ['%s (no promise.json)' % shown(m) for m in j['missing']]
         body.append([
             r['label'], r['promise'] or '-', _cell(failed),
             _cell([n for n in j['named'] if n != 'None'], '-'),
@@ -216,6 +240,9 @@ def evidence(rows, width=300):
         for item in j['reasons']:
             lines.append('  %s: %s' % (item['test'],
                                        str(item['message'])[:width]))
+        if j['reasons'] and j['missed_by']:
+            lines.append('  also say they check %s, and passed: %s' % (
+                r['promise'], _cell(j['missed_by'])))
         if j['wrong_venv']:
             lines.append('  ran another Kerbside venv: %s' % _cell(
                 j['wrong_venv']))
@@ -274,23 +301,107 @@ def run_job(venv, artifacts, log_path, regex, timeout):
     return rc, time.monotonic() - t0, text
 
 
-def run_one(label, promise, venv, out, args, expected=(), log=print):
-    artifacts = os.path.join(out, 'runs', label)
-    log_path = os.path.join(out, 'runs', label + '.log')
-    rc, seconds, text = run_job(venv, artifacts, log_path, args.regex,
-                                args.timeout)
-    promises = find_promises(os.path.join(artifacts, 'kerbside',
+def judge_row(row, expected=()):
+    """(Re)judge a run from what it left: its promise.json files under
+    row['artifacts'] and its job output in row['log'].
+    """
+    promises = find_promises(os.path.join(row['artifacts'], 'kerbside',
                                           'artifacts'))
-    outcomes = tempest_outcomes(text)
-    if promise is None:
-        judged = judge_control(promises, rc, outcomes, venv)
+    try:
+        with open(row['log'], errors='replace') as f:
+            outcomes = tempest_outcomes(f.read())
+    except OSError:
+        outcomes = {}
+    if row['promise'] is None:
+        judged = judge_control(promises, row['rc'], outcomes, row['venv'])
     else:
-        judged = judge(promise, promises, rc, expected, outcomes, venv)
+        judged = judge(row['promise'], promises, row['rc'], expected,
+                       outcomes, row['venv'])
+    row.update(judged=judged, records=promises)
+    return row
+
+
+def run_one(label, promise, venv, out, args, log=print):
+    row = {'label': label, 'promise': promise, 'venv': venv,
+           'artifacts': os.path.join(out, 'runs', label),
+           'log': os.path.join(out, 'runs', label + '.log')}
+    row['rc'], row['seconds'], _ = run_job(
+        venv, row['artifacts'], row['log'], args.regex, args.timeout)
+    judge_row(row)
     log('  %-24s %s in %.0f s (job exit %s; %d promise.json; log %s)' % (
-        label, judged['verdict'], seconds, rc, len(promises), log_path))
-    return {'label': label, 'promise': promise, 'venv': venv,
-            'artifacts': artifacts, 'log': log_path, 'seconds': seconds,
-            'judged': judged, 'outcomes': outcomes, 'records': promises}
+        label, row['judged']['verdict'], row['seconds'], row['rc'],
+        len(row['records']), row['log']))
+    return row
+
+
+def judge_all(rows):
+    """Judge every run; a variant's against the tests the control
+    reported (one missing in a variant run died before writing its
+    promise.json).
+    """
+    control = [r for r in rows if r['promise'] is None]
+    for r in control:
+        judge_row(r)
+    expected = control[0]['judged']['tests'] if control else ()
+    for r in rows:
+        if r['promise'] is not None and r.get('artifacts'):
+            judge_row(r, expected)
+    return rows
+
+
+def finish(out, rows, meta):
+    """Print the table and the evidence, write summary.txt and
+    results.json; returns the exit status.
+    """
+    load = meta['loadavg']
+    text = table(rows) + '\n\n' + evidence(rows)
+    text += '\n\nwall %.0f s; /proc/loadavg at start: %s; at end: %s' % (
+        meta['wall_s'], load['start'], load['end'])
+    if not any(r['promise'] is None for r in rows):
+        text += '\n(no control run: --no-control)'
+    if meta.get('rejudged'):
+        text += '\n(judged again from the kept artifacts: %s)' % (
+            meta['rejudged'])
+    status = exit_status(rows)
+    print()
+    print(text)
+    with open(os.path.join(out, 'summary.txt'), 'w') as f:
+        f.write(text + '\n')
+    report.write_json(os.path.join(out, 'results.json'),
+                      dict(meta, rows=rows))
+    print('artifacts: %s (summary.txt, results.json, runs/)' % out)
+    print(json.dumps({
+        'wall_s': round(meta['wall_s'], 1), 'loadavg': load,
+        'status': status,
+        'rows': {r['label']: {'verdict': r['judged']['verdict'],
+                              'breaks': r['promise'],
+                              'failed': r['judged']['failed'],
+                              'seconds': r['seconds'] and round(
+                                  r['seconds'], 1)}
+                 for r in rows}}, sort_keys=True))
+    return status
+
+
+def rejudge(out):
+    """Judge a finished benchmark's kept artifacts again (its --out
+    directory), e.g. after the verdict logic changed.
+    """
+    with open(os.path.join(out, 'results.json')) as f:
+        saved = json.load(f)
+    rows = []
+    for r in saved['rows']:
+        row = {k: r.get(k) for k in ('label', 'promise', 'venv', 'seconds',
+                                     'error')}
+        row['rc'] = r.get('rc', (r.get('judged') or {}).get('rc'))
+        if r.get('artifacts'):
+            row['artifacts'] = os.path.join(out, 'runs', r['label'])
+            row['log'] = os.path.join(out, 'runs', r['label'] + '.log')
+        else:
+            row['judged'] = judge(row['promise'], [], None)
+        rows.append(row)
+    meta = {k: v for k, v in saved.items() if k != 'rows'}
+    meta['rejudged'] = time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())
+    return finish(out, judge_all(rows), meta)
 
 
 def main(argv=None):
@@ -309,7 +420,12 @@ def main(argv=None):
     p.add_argument('--no-control', action='store_true',
                    help='skip the clean run (to try one variant; the '
                         'table then has no control)')
+    p.add_argument('--rejudge', metavar='DIR', default=None,
+                   help='run nothing: judge the kept artifacts of an '
+                        'earlier run (its --out directory) again')
     args = p.parse_args(argv)
+    if args.rejudge:
+        return rejudge(os.path.abspath(args.rejudge))
     names = [n.strip() for n in args.variants.split(',') if n.strip()]
     try:
         variants = [kv.variant(n) for n in names]
@@ -332,7 +448,8 @@ def main(argv=None):
         except kv.VariantError as e:
             print('  %-24s could not be made: %s' % (v.name, e), flush=True)
             rows.append({'label': v.name, 'promise': v.promise,
-                         'seconds': None, 'error': str(e),
+                         'venv': None, 'rc': None, 'seconds': None,
+                         'error': str(e),
                          'judged': judge(v.promise, [], None)})
             continue
         with open(os.path.join(out, 'runs', v.name + '.diff'), 'w') as f:
@@ -344,42 +461,12 @@ def main(argv=None):
             if not args.keep_venvs:
                 shutil.rmtree(dest, ignore_errors=True)
     if not args.no_control:
-        control = run_one(CONTROL, None, base, out, args,
-                          log=lambda m: print(m, flush=True))
-        # A test the control reported and a variant did not: it died
-        # before writing its promise.json.
-        expected = control['judged']['tests']
-        for r in rows:
-            if r.get('records') is not None and expected:
-                r['judged'] = judge(r['promise'], r['records'],
-                                    r['judged']['rc'], expected,
-                                    r['outcomes'], r['venv'])
-        rows.append(control)
+        rows.append(run_one(CONTROL, None, base, out, args,
+                            log=lambda m: print(m, flush=True)))
     load['end'] = report.loadavg()
-    wall = time.monotonic() - t0
-    text = table(rows) + '\n\n' + evidence(rows)
-    text += '\n\nwall %.0f s; /proc/loadavg at start: %s; at end: %s' % (
-        wall, load['start'], load['end'])
-    status = exit_status(rows)
-    if args.no_control:
-        text += '\n(no control run: --no-control)'
-    print()
-    print(text)
-    with open(os.path.join(out, 'summary.txt'), 'w') as f:
-        f.write(text + '\n')
-    report.write_json(os.path.join(out, 'results.json'), {
-        'base': base, 'regex': args.regex, 'wall_s': wall, 'loadavg': load,
-        'rows': rows})
-    print('artifacts: %s (summary.txt, results.json, runs/)' % out)
-    print(json.dumps({
-        'wall_s': round(wall, 1), 'loadavg': load, 'status': status,
-        'rows': {r['label']: {'verdict': r['judged']['verdict'],
-                              'breaks': r['promise'],
-                              'failed': r['judged']['failed'],
-                              'seconds': r['seconds'] and round(
-                                  r['seconds'], 1)}
-                 for r in rows}}, sort_keys=True))
-    return status
+    return finish(out, judge_all(rows), {
+        'base': base, 'regex': args.regex,
+        'wall_s': time.monotonic() - t0, 'loadavg': load})
 
 
 if __name__ == '__main__':

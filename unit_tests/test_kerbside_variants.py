@@ -424,8 +424,7 @@ def _write(root, name, passed, promises, failures=(), venv='/v/copy',
     d = root / 'kerbside' / 'artifacts' / name
     d.mkdir(parents=True)
     (d / 'promise.json').write_text(json.dumps({
-        'name': 'kerbside_tempest_plugin.tests.scenario.'
-                'test_kerbside_promises.KerbsidePromisesTest.' + name,
+        'name': name,
         'route': 'kerbside', 'passed': passed, 'promises': promises,
         'error': error, 'kerbside_build': {'venv': venv},
         'failures': [{'promise': p, 'check': 'c', 'message': m}
@@ -437,69 +436,93 @@ def _records(root):
 
 
 def test_bench_caught_for_the_right_reason(tmp_path):
-    _write(tmp_path, 'test_terminate', False, ['terminate', 'audit'],
+    _write(tmp_path, 'promise-terminate', False, ['terminate', 'audit'],
            [('terminate', 'ryll still up 30 s after the terminate POST')])
-    _write(tmp_path, 'test_sessions', True, ['sessions'])
+    _write(tmp_path, 'promise-sessions', True, ['sessions'])
     j = bench.judge('terminate', _records(tmp_path), rc=1)
     assert j['verdict'] == 'CAUGHT' and j['caught'] and j['right_reason']
-    assert j['failed'] == ['test_terminate']
+    assert j['failed'] == ['promise-terminate']
     assert j['named'] == ['terminate']
-    assert j['reasons'] == [{'test': 'test_terminate', 'message':
+    assert j['reasons'] == [{'test': 'promise-terminate', 'message':
                              'ryll still up 30 s after the terminate POST'}]
+    _write(tmp_path, 'promise-scope', True, ['tokens', 'terminate'])
+    j = bench.judge('terminate', _records(tmp_path), rc=1)
+    assert j['verdict'] == 'CAUGHT' and j['missed_by'] == ['promise-scope']
+    assert 'also say they check terminate, and passed: promise-scope' in \
+        bench.evidence([{'label': 'terminate-noop', 'promise': 'terminate',
+                         'judged': j, 'seconds': 1.0}])
 
 
 def test_bench_caught_for_another_reason(tmp_path):
-    _write(tmp_path, 'test_terminate', False, ['terminate'],
+    _write(tmp_path, 'promise-terminate', False, ['terminate'],
            [('audit', 'no "Session terminated" event')])
-    _write(tmp_path, 'test_tokens', True, ['tokens'])
+    _write(tmp_path, 'promise-tokens', True, ['tokens'])
     j = bench.judge('tokens', _records(tmp_path), rc=1)
     assert j['verdict'] == 'CAUGHT-OTHER' and j['caught']
     assert not j['right_reason']
-    assert j['checked_by'] == ['test_tokens']
-    assert j['missed_by'] == ['test_tokens']
+    assert j['checked_by'] == ['promise-tokens']
+    assert j['missed_by'] == ['promise-tokens']
 
 
 def test_bench_not_caught_and_no_results(tmp_path):
-    _write(tmp_path, 'test_audit', True, ['audit'])
+    _write(tmp_path, 'promise-audit', True, ['audit'])
     j = bench.judge('audit', _records(tmp_path), rc=0)
     assert j['verdict'] == 'NOT CAUGHT' and not j['caught']
-    assert j['missed_by'] == ['test_audit']
+    assert j['missed_by'] == ['promise-audit']
     empty = bench.judge('audit', _records(tmp_path / 'none'), rc=2)
     assert empty['verdict'] == 'NO RESULTS' and not empty['caught']
 
 
 def test_bench_missing_promise_json_and_tempest_failures(tmp_path):
-    _write(tmp_path, 'test_audit', True, ['audit'])
+    _write(tmp_path, 'promise-audit', True, ['audit'])
     j = bench.judge('audit', _records(tmp_path), rc=1,
-                    expected=['test_audit', 'test_firewall'])
+                    expected=['promise-audit', 'promise-firewall'])
     assert j['verdict'] == 'CAUGHT-OTHER'
-    assert j['missing'] == ['test_firewall']
+    assert j['missing'] == ['promise_firewall']
+    # tempest's names are the test methods; promise.json's the stories.
     trace = ('{0} kerbside_tempest_plugin.tests.scenario.test_kerbside_'
-             'promises.KerbsidePromisesTest.test_audit[id-1234] '
-             '[71.2s] ... FAILED\n'
+             'promises.SextantKerbsidePromisesTest.test_sextant_promise_'
+             'audit[id-1234] [71.2s] ... FAILED\n'
              '{0} kerbside_tempest_plugin.tests.scenario.test_kerbside_'
-             'promises.KerbsidePromisesTest.test_sessions [3.0s] ... ok\n')
+             'promises.SextantKerbsidePromisesTest.test_sextant_promise_'
+             'sessions [3.0s] ... ok\n'
+             '{0} kerbside_tempest_plugin.tests.scenario.test_kerbside_'
+             'promises.SextantKerbsidePromisesTest.test_sextant_promise_'
+             'scope [9.0s] ... FAILED\n')
     outcomes = bench.tempest_outcomes(trace)
-    assert outcomes == {'test_audit': 'FAILED', 'test_sessions': 'ok'}
+    assert outcomes == {'test_sextant_promise_audit': 'FAILED',
+                        'test_sextant_promise_sessions': 'ok',
+                        'test_sextant_promise_scope': 'FAILED'}
+    assert bench.test_key('test_sextant_promise_token_expiry') == \
+        bench.test_key('promise-token-expiry') == 'promise_token_expiry'
     j = bench.judge('audit', _records(tmp_path), rc=1, outcomes=outcomes)
-    assert j['failed'] == ['test_audit'] and j['verdict'] == 'CAUGHT-OTHER'
+    assert j['failed'] == ['promise-audit'] and j['verdict'] == 'CAUGHT-OTHER'
+    # A test tempest failed with no promise.json: it died before writing.
+    assert j['missing'] == ['promise_scope']
+    text = bench.table([{'label': 'audit-dropped', 'promise': 'audit',
+                         'judged': j, 'seconds': 5.0}])
+    assert 'audit, scope (no promise.json)' in text
 
 
 def test_bench_wrong_venv_and_errors(tmp_path):
-    _write(tmp_path, 'test_audit', False, ['audit'],
+    _write(tmp_path, 'promise-audit', False, ['audit'],
            [('audit', 'no event')], venv='/v/base')
-    _write(tmp_path, 'test_tokens', False, ['tokens'], venv='/v/base',
+    _write(tmp_path, 'promise-tokens', False, ['tokens'], venv='/v/base',
            error='HarnessError: the guest did not boot')
     j = bench.judge('audit', _records(tmp_path), rc=1, venv='/v/copy')
     assert j['verdict'] == 'WRONG VENV' and not j['caught']
-    assert j['wrong_venv'] == ['test_audit (/v/base)',
-                               'test_tokens (/v/base)']
-    assert j['errors'] == ['test_tokens: HarnessError: the guest did not '
+    assert j['wrong_venv'] == ['promise-audit (/v/base)',
+                               'promise-tokens (/v/base)']
+    assert j['errors'] == ['promise-tokens: HarnessError: the guest did not '
                            'boot']
+    assert j['errored'] == ['promise-tokens']
+    assert 'audit, tokens (error)' in bench.table([
+        {'label': 'audit-dropped', 'promise': 'audit', 'judged': j,
+         'seconds': 1.0}])
     rows = [{'label': 'audit-dropped', 'promise': 'audit', 'judged': j,
              'seconds': 1.0}]
     assert bench.exit_status(rows) == 1
-    assert 'ran another Kerbside venv: test_audit (/v/base), ' in \
+    assert 'ran another Kerbside venv: promise-audit (/v/base), ' in \
         bench.evidence(rows)
     assert bench.judge('audit', _records(tmp_path), rc=1,
                        venv='/v/base')['verdict'] == 'CAUGHT'
@@ -508,7 +531,7 @@ def test_bench_wrong_venv_and_errors(tmp_path):
 
 
 def test_bench_unreadable_promise_json(tmp_path):
-    d = tmp_path / 'kerbside' / 'artifacts' / 'test_x'
+    d = tmp_path / 'kerbside' / 'artifacts' / 'promise-x'
     d.mkdir(parents=True)
     (d / 'promise.json').write_text('{not json')
     records = _records(tmp_path)
@@ -518,18 +541,18 @@ def test_bench_unreadable_promise_json(tmp_path):
 
 def test_bench_control_table_and_exit(tmp_path):
     good = tmp_path / 'good'
-    _write(good, 'test_sessions', True, ['sessions'])
-    _write(good, 'test_audit', True, ['audit'])
+    _write(good, 'promise-sessions', True, ['sessions'])
+    _write(good, 'promise-audit', True, ['audit'])
     control = bench.judge_control(_records(good), rc=0)
     assert control['verdict'] == 'PASSED' and control['passed']
     assert not bench.judge_control(_records(good), rc=1)['passed']
     assert not bench.judge_control([], rc=0)['passed']
     bad = tmp_path / 'bad'
-    _write(bad, 'test_sessions', True, ['sessions'])
-    _write(bad, 'test_audit', False, ['audit'], [('audit', 'empty')])
+    _write(bad, 'promise-sessions', True, ['sessions'])
+    _write(bad, 'promise-audit', False, ['audit'], [('audit', 'empty')])
     failed_control = bench.judge_control(_records(bad), rc=1)
     assert failed_control['verdict'] == 'FAILED'
-    assert failed_control['failed'] == ['test_audit']
+    assert failed_control['failed'] == ['promise-audit']
 
     caught = bench.judge('audit', _records(bad), rc=1)
     missed = bench.judge('sessions', _records(good), rc=0)
@@ -542,7 +565,7 @@ def test_bench_control_table_and_exit(tmp_path):
     text = bench.table(rows)
     lines = text.splitlines()
     assert lines[0].split()[:3] == ['variant', 'breaks', 'tests']
-    assert lines[2].split() == ['audit-dropped', 'audit', 'test_audit',
+    assert lines[2].split() == ['audit-dropped', 'audit', 'audit',
                                 'audit', 'yes', 'CAUGHT', '1', '312']
     assert 'NOT CAUGHT' in lines[3] and ' NO ' in lines[3]
     assert lines[4].split() == ['control', '-', 'none', '-', '-', 'PASSED',
@@ -553,9 +576,9 @@ def test_bench_control_table_and_exit(tmp_path):
     assert bench.exit_status([rows[0], rows[2]]) == 1   # control failed
     ev = bench.evidence(rows)
     assert 'audit-dropped (breaks audit): CAUGHT' in ev
-    assert '  test_audit: empty' in ev
-    assert 'tests that check sessions: test_sessions; passed anyway: ' \
-        'test_sessions' in ev
+    assert '  promise-audit: empty' in ev
+    assert 'tests that check sessions: promise-sessions; passed anyway: ' \
+        'promise-sessions' in ev
 
 
 def test_bench_main_with_a_stand_in_job(fake_venv, tmp_path, monkeypatch,
@@ -574,9 +597,9 @@ def test_bench_main_with_a_stand_in_job(fake_venv, tmp_path, monkeypatch,
         assert os.path.isdir(venv) and regex == 'promises'
         root = pathlib.Path(artifacts)
         broken = info and info['variant'] == 'audit-dropped'
-        _write(root, 'test_audit', not broken, ['audit'],
+        _write(root, 'promise-audit', not broken, ['audit'],
                [('audit', 'no audit event')] if broken else (), venv=venv)
-        _write(root, 'test_sessions', True, ['sessions'], venv=venv)
+        _write(root, 'promise-sessions', True, ['sessions'], venv=venv)
         with open(log_path, 'w') as f:
             f.write('job output\n')
         return (1 if broken else 0), 12.5, ''
@@ -589,7 +612,7 @@ def test_bench_main_with_a_stand_in_job(fake_venv, tmp_path, monkeypatch,
     assert seen == ['audit-dropped', 'sessions-hidden', 'control']
     text = (out / 'summary.txt').read_text()
     lines = text.splitlines()
-    assert lines[2].split()[:6] == ['audit-dropped', 'audit', 'test_audit',
+    assert lines[2].split()[:6] == ['audit-dropped', 'audit', 'audit',
                                     'audit', 'yes', 'CAUGHT']
     assert 'NOT CAUGHT' in lines[3]
     assert lines[4].split()[:6] == ['control', '-', 'none', '-', '-',
@@ -604,6 +627,14 @@ def test_bench_main_with_a_stand_in_job(fake_venv, tmp_path, monkeypatch,
     last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert last['status'] == 1
     assert last['rows']['audit-dropped']['verdict'] == 'CAUGHT'
+
+    # Judged again from what was kept: the same table, nothing run.
+    seen.clear()
+    assert bench.main(['--rejudge', str(out)]) == 1
+    assert seen == []
+    again = (out / 'summary.txt').read_text()
+    assert again.splitlines()[:5] == lines[:5]
+    assert '(judged again from the kept artifacts: ' in again
 
     seen.clear()
     assert bench.main(['--variants', 'audit-dropped', '--base', base,
