@@ -149,12 +149,13 @@ VARIANTS = collections.OrderedDict((v.name, v) for v in [
         'db.terminate_session() without its first step, deleting the '
         "session's token: the termination intent still cuts the live "
         'session and the audit trail records it, but the .vv fetched '
-        'before the terminate still authenticates. Note: the intent row '
-        'lives 300 s and is keyed by session id, so a connection made '
-        'with the kept token is authorised (channels created, no '
-        'PermissionDenied) and then cut again by the daemon within about '
-        "2 s; a test must look at the authorisation, not at the new "
-        "session's lifetime."),
+        'before the terminate still authenticates. The intent row lives '
+        '300 s, keyed by session id, so a later connection with the kept '
+        'token could be cut again; one made within the 2 s ProxyControl '
+        'poll of the cut is not (the stream\'s already-sent set still '
+        'holds the id), and stayed up (docs/plans/broken-promises.md). '
+        'A test must judge the authorisation (PermissionDenied), not the '
+        "new session's lifetime."),
     Variant(
         'sessions-hidden', 'sessions',
         'GET /session lists nothing',
