@@ -605,3 +605,43 @@ def test_the_harness_setup_prints_the_build(tmp_path, capsys, monkeypatch):
     assert out['kerbside_build']['proxy_bin'] == str(proxy)
     assert out['kerbside_build']['source'] == 'PyPI kerbside==0.8.0'
     assert out['kerbside_build']['proxy_contract_hash'] == CONTRACT
+
+
+def _jwt(claims):
+    import base64
+    import json as _json
+
+    def part(obj):
+        return base64.urlsafe_b64encode(
+            _json.dumps(obj).encode()).rstrip(b'=').decode()
+    return '%s.%s.c2ln' % (part({'alg': 'HS256'}), part(claims))
+
+
+def test_jwt_seconds_left_reads_exp_without_verifying():
+    from kerbside_tempest_plugin.lane import kerbside as lane_kerbside
+    assert lane_kerbside.jwt_seconds_left(
+        _jwt({'exp': 1000}), now=400) == 600
+    for bad in ('', 'not-a-jwt', _jwt({'sub': 'x'}),
+                'a.%%%.c', _jwt({'exp': 'soon'})):
+        assert lane_kerbside.jwt_seconds_left(bad, now=0) == 0
+
+
+def test_a_kept_api_token_near_its_expiry_is_minted_again(tmp_path,
+                                                          monkeypatch):
+    from kerbside_tempest_plugin.common import secrets as common_secrets
+    from kerbside_tempest_plugin.lane import kerbside as lane_kerbside
+    import time as _time
+    store = common_secrets.SecretStore(str(tmp_path / 'secrets'))
+    kb = lane_kerbside.Kerbside.__new__(lane_kerbside.Kerbside)
+    kb.secrets = store
+    minted = []
+
+    def fake_run(args, what, timeout=120):
+        minted.append(args)
+        store.put('api-token', _jwt({'exp': _time.time() + 3600}))
+    monkeypatch.setattr(kb, '_run', fake_run)
+    stale = _jwt({'exp': _time.time() - 10})
+    store.put('api-token', stale)
+    fresh = kb.token()
+    assert fresh != stale and len(minted) == 1
+    assert kb.token() == fresh and len(minted) == 1   # kept while valid

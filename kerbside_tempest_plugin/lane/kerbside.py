@@ -360,6 +360,26 @@ def build_of(venv, proxy_bin=None, running_pid=None):
     }
 
 
+# A kept API JWT with less than this left is minted again.
+TOKEN_MARGIN_S = 300
+
+
+def jwt_seconds_left(token, now=None):
+    """Seconds until the JWT `token` expires (its `exp` claim, read
+    without verifying the signature: Kerbside checks that); 0 when it
+    has no readable `exp`.
+    """
+    import base64
+    try:
+        payload = token.split('.')[1]
+        claims = json.loads(base64.urlsafe_b64decode(
+            payload + '=' * (-len(payload) % 4)))
+        exp = float(claims['exp'])
+    except (IndexError, ValueError, KeyError, TypeError):
+        return 0
+    return exp - (time.time() if now is None else now)
+
+
 class KerbsideVenv:
     """The virtualenv holding kerbside, kerbside-proxy and gunicorn.
 
@@ -846,11 +866,17 @@ class Kerbside:
                         running_pid=pids[0] if pids else None)
 
     def token(self):
-        """The API JWT (minted once per lane by `kerbside demo token`)."""
+        """The API JWT, minted by `kerbside demo token` (it lives an
+        hour): kept in the lane's secrets, and minted again when it has
+        less than TOKEN_MARGIN_S left (a lane up for longer than an hour,
+        a workdir brought up again later).
+        """
         path = self.secrets.file('api-token')
-        token = self.secrets.get('api-token')
+        token = (self.secrets.get('api-token') or '').strip()
+        if token and jwt_seconds_left(token) > TOKEN_MARGIN_S:
+            return token
         if token:
-            return token.strip()
+            os.unlink(path)
         self._run(['demo', 'token', '--subject', 'harness', '--output',
                    path], 'kerbside demo token')
         return self.secrets.get('api-token').strip()
