@@ -21,8 +21,9 @@ caught.
   termination.
 - token_expiry: a session lives on past its token's expiry, but the
   token is refused once expired.
-- token_scoped: with two consoles, a console's token drives only its own
-  guest, and terminating the other console does not cut it.
+- token_scoped: with two consoles and a session on each, a console's
+  token drives only its own guest, and terminating console 1 cuts its
+  session and not console 2's.
 - firewall_refusal: with a channel of ryll's left out of the permitted
   channels the proxy refuses that link and ryll's session ends; no key
   reaches the guest (promise_firewall has the message-level rules).
@@ -113,6 +114,8 @@ def terminate(run, lane, image, how='session', boot_timeout=120,
     """
     from kerbside_tempest_plugin.ryll import errors as ryll_errors
     run.planned = [
+        ('sessions', 'listed'), ('sessions', 'console'),
+        ('sessions', 'channels'),
         ('terminate', 'api'), ('terminate', 'cut'),
         ('terminate', 'keys_after_cut_refused'), ('sessions', 'gone'),
         ('tokens', 'terminated_token_refused'),
@@ -126,6 +129,8 @@ def terminate(run, lane, image, how='session', boot_timeout=120,
     con1 = pr.Console(run, lane, guest, 's1', **console_kw).open()
     try:
         pr.walk_to_parked(con1.walker)
+        pr.check_session_listed(run, con1.session_id, con1.source,
+                                con1.uuid)
         cut_digest = con1.stream.last
         k_cut = pr.keypress_hash(cut_digest)
         run.note('at_cut', {'frame_counter': cut_digest.frame_counter,
@@ -257,58 +262,75 @@ def token_expiry(run, lane, image, duration_min=1, boot_timeout=120,
         con2.close()
 
 
-def token_scoped(run, lane, image, boot_timeout=120, cut_wait=None,
+def token_scoped(run, lane, image, boot_timeout=120, cut_bound=None,
                  **console_kw):
-    """Two consoles: console 2's token drives guest B only; terminating
-    console 1 leaves console 2's session alone.
+    """Two consoles, a session on each: console 2's token drives guest B
+    only; terminating console 1 cuts console 1's session and leaves
+    console 2's alone.
     """
-    run.planned = [('tokens', 'session_on_own_console'),
+    run.planned = [('sessions', 'lists_each_console'),
                    ('tokens', 'key_reached_own_guest'),
                    ('tokens', 'other_guest_untouched'),
-                   ('terminate', 'scoped_to_console')]
+                   ('terminate', 'console_1_cut'),
+                   ('terminate', 'console_2_untouched')]
     slots = lane.console_slots()
     if len(slots) < 2:
         raise ValueError('token_scoped needs a lane with two consoles')
     s1, s2 = slots[0], slots[1]
+    cut_bound = cut_bound or pr.CUT_BOUND_S
+    con_a = con_b = None
     try:
         ga = _boot(s1, image, 'promise-scope-a', boot_timeout)
         gb = _boot(s2, image, 'promise-scope-b', boot_timeout)
-        con = pr.Console(run, s2, gb, 'c2', **console_kw).open()
-        uuid_a = lane.console_route(ga, 'kerbside').uuid
+        con_a = pr.Console(run, s1, ga, 'c1', **console_kw).open()
+        con_b = pr.Console(run, s2, gb, 'c2', **console_kw).open()
+        listed = run.api.sessions()
+        where = {c.session_id: (listed.get(c.session_id) or {}).get('uuid')
+                 for c in (con_a, con_b)}
+        run.check('sessions', 'lists_each_console',
+                  where == {con_a.session_id: con_a.uuid,
+                            con_b.session_id: con_b.uuid},
+                  'GET /session puts session %s on %s (console 1 is %s) '
+                  'and session %s on %s (console 2 is %s)' % (
+                      con_a.session_id, where[con_a.session_id], con_a.uuid,
+                      con_b.session_id, where[con_b.session_id],
+                      con_b.uuid))
+        w = con_b.walker
+        walk_mod.awaiting(w)
         try:
-            entry = run.api.sessions().get(con.session_id) or {}
-            run.check('tokens', 'session_on_own_console',
-                      entry.get('uuid') == con.uuid,
-                      'the session of console 2\'s token is on console %s '
-                      '(console 2 is %s, console 1 %s)' % (
-                          entry.get('uuid'), con.uuid, uuid_a))
-            w = con.walker
-            walk_mod.awaiting(w)
-            try:
-                walk_mod.enter_to_booting(w)
-                ok, why = True, 'Enter on console 2 took guest B to booting'
-            except AssertionError as e:
-                ok, why = False, str(e).splitlines()[0]
-            run.check('tokens', 'key_reached_own_guest', ok, why)
-            shot = os.path.join(run.art.path, 'guest-a-screendump.png')
-            ka = _screen_keypress(ga, shot)
-            run.check('tokens', 'other_guest_untouched', ka == 0,
-                      'guest A (console 1) keypress chain %08x after the '
-                      'Enter on console 2 (0: no key ever)' % ka)
-            t0 = time.monotonic()
-            run.api.terminate_console(lane.console_route(
-                ga, 'kerbside').source, uuid_a)
-            wait = cut_wait or pr.CUT_BOUND_S
-            cut = con.wait_cut(wait)
-            run.check('terminate', 'scoped_to_console', cut is None,
-                      'console 2\'s session %s %.1f s after POST '
-                      '/console/<source>/%s/terminate' % (
-                          'still up' if cut is None else
-                          'was cut after %.2f s of' % cut,
-                          time.monotonic() - t0, uuid_a))
-        finally:
-            con.close()
+            walk_mod.enter_to_booting(w)
+            ok, why = True, 'Enter on console 2 took guest B to booting'
+        except AssertionError as e:
+            ok, why = False, str(e).splitlines()[0]
+        run.check('tokens', 'key_reached_own_guest', ok, why)
+        ka = pr.keypress_hash(con_a.wait_digest())
+        shot = os.path.join(run.art.path, 'guest-a-screendump.png')
+        ka_qmp = _screen_keypress(ga, shot)
+        run.check('tokens', 'other_guest_untouched', ka == 0 and ka_qmp == 0,
+                  'guest A (console 1) keypress chain %08x over its own '
+                  'session, %08x by QMP screendump, after the Enter on '
+                  'console 2 (0: no key ever)' % (ka, ka_qmp))
+        t0 = time.monotonic()
+        run.api.terminate_console(con_a.source, con_a.uuid)
+        cut = con_a.wait_cut(cut_bound)
+        run.check('terminate', 'console_1_cut', cut is not None,
+                  'console 1\'s session %s' % (
+                      'was cut %.2f s after POST /console/<source>/%s/'
+                      'terminate' % (cut, con_a.uuid) if cut is not None
+                      else 'was still up %.0f s after POST /console/'
+                      '<source>/%s/terminate' % (time.monotonic() - t0,
+                                                 con_a.uuid)))
+        # Give a wrongly scoped cut a full poll period more to land.
+        late = con_b.wait_cut(max(cut_bound - (time.monotonic() - t0), 2.5))
+        run.check('terminate', 'console_2_untouched', late is None,
+                  'console 2\'s session %s %.1f s after console 1 was '
+                  'terminated' % ('still up' if late is None else
+                                  'was cut too, after %.2f s of' % late,
+                                  time.monotonic() - t0))
     finally:
+        for con in (con_a, con_b):
+            if con is not None:
+                con.close()
         for s in (s1, s2):
             if s.guest is not None:
                 s.guest.teardown()
@@ -327,7 +349,7 @@ def firewall_refusal(run, lane, image, mode, permitted, boot_timeout=120):
                                                   permitted))
     run.planned = [('firewall', 'channel_refused'),
                    ('firewall', 'channel_refused_counted'),
-                   ('firewall', 'audit_names_channel'),
+                   ('audit', 'firewall_refusal_audited'),
                    ('firewall', 'no_key_reached_guest'),
                    ('firewall', 'no_keypress_on_serial')]
     run.note('firewall', {'mode': mode, 'permitted': list(permitted),
@@ -355,7 +377,7 @@ def firewall_refusal(run, lane, image, mode, permitted, boot_timeout=120):
                               con.session_id)
     refusals = [e for e in audit if (e.get('message') or '').startswith(
         pr.AUDIT_FIREWALL)]
-    run.check('firewall', 'audit_names_channel',
+    run.check('audit', 'firewall_refusal_audited',
               any(e.get('channel') in left_out for e in refusals),
               'audit entries of session %s: %s' % (
                   con.session_id, ['[%s] %s' % (e.get('channel') or '-',

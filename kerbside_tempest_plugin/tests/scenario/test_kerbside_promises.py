@@ -137,7 +137,7 @@ class SextantKerbsidePromisesTest(SextantKerbsidePromisesBase):
         """A console's token drives only its own guest."""
         from kerbside_tempest_plugin.scenario import promise_stories as st
         self._story(st.token_scoped, 'promise-token-scope',
-                    ['tokens', 'terminate'],
+                    ['tokens', 'terminate', 'sessions'],
                     boot_timeout=CONF.kerbside.boot_timeout,
                     **self._console_kw())
 
@@ -149,7 +149,7 @@ class SextantKerbsidePromisesTest(SextantKerbsidePromisesBase):
         """
         from kerbside_tempest_plugin.scenario import promise_firewall as pf
         self._story(pf.firewall_message_rules,
-                    'promise-firewall-message-enforce', ['firewall'],
+                    'promise-firewall-message-enforce', ['firewall', 'audit'],
                     mode='enforce', boot_timeout=CONF.kerbside.boot_timeout)
 
 
@@ -164,7 +164,8 @@ class SextantKerbsideFirewallEnforceTest(SextantKerbsidePromisesBase):
         """The inputs link is refused; no key reaches the guest."""
         from kerbside_tempest_plugin.scenario import promise_stories as st
         self._story(st.firewall_refusal, 'promise-firewall-enforce',
-                    ['firewall'], mode='enforce', permitted=WITHOUT_INPUTS,
+                    ['firewall', 'audit'], mode='enforce',
+                    permitted=WITHOUT_INPUTS,
                     boot_timeout=CONF.kerbside.boot_timeout)
 
 
@@ -191,7 +192,7 @@ class SextantKerbsideFirewallWarnTest(SextantKerbsidePromisesBase):
         """
         from kerbside_tempest_plugin.scenario import promise_firewall as pf
         self._story(pf.firewall_message_rules,
-                    'promise-firewall-message-warn', ['firewall'],
+                    'promise-firewall-message-warn', ['firewall', 'audit'],
                     mode='warn', boot_timeout=CONF.kerbside.boot_timeout)
 
     @decorators.idempotent_id('2de4be50-94e6-4f99-a30c-eb52b0461f5c')
@@ -199,5 +200,103 @@ class SextantKerbsideFirewallWarnTest(SextantKerbsidePromisesBase):
         """Warn mode refuses a channel left out of the list (cursor)."""
         from kerbside_tempest_plugin.scenario import promise_stories as st
         self._story(st.firewall_refusal, 'promise-firewall-warn',
-                    ['firewall'], mode='warn', permitted=WITHOUT_CURSOR,
+                    ['firewall', 'audit'], mode='warn',
+                    permitted=WITHOUT_CURSOR,
                     boot_timeout=CONF.kerbside.boot_timeout)
+
+
+class SextantKerbsideCloudPromisesTest(
+        test_sextant_scenario.SextantScenarioBase):
+    """Kerbside's promises on a cloud, through Nova's console flow.
+
+    The console is opened the way a cloud user opens it: a spice-direct
+    console from Nova (microversion 2.99), whose URL is Kerbside's
+    /nova-console.vv?token=<Nova console token>. Kerbside's own API
+    (sessions, audit, terminate) is reached with a JWT from POST /auth as
+    [kerbside] api_username, a Keystone user in Kerbside's access group
+    (docs/contracts/kerbside.md §16.6). Needs [kerbside] provider = nova,
+    route = kerbside, api_url, metrics_url, openstack_source,
+    api_username and api_password (`kerbside-openstack tempest-conf`
+    writes them for the lane's cloud). The direct_qemu lane runs
+    SextantKerbsidePromisesTest and its siblings instead.
+    """
+
+    @classmethod
+    def skip_checks(cls):
+        super().skip_checks()
+        if CONF.kerbside.provider != 'nova':
+            raise cls.skipException(
+                'these promise tests open the console through Nova\'s '
+                'spice-direct flow and Kerbside\'s /nova-console.vv '
+                '([kerbside] provider = nova); provider %s runs '
+                'SextantKerbsidePromisesTest and its siblings (direct_qemu) '
+                'or none' % CONF.kerbside.provider)
+        if CONF.kerbside.route != 'kerbside':
+            raise cls.skipException(
+                'Kerbside\'s promises (sessions, audit, terminate, console '
+                'tokens) are the proxy\'s own: the %s route has no '
+                'Kerbside; run with [kerbside] route = kerbside'
+                % CONF.kerbside.route)
+        missing = [name for name in ('api_url', 'metrics_url',
+                                     'openstack_source', 'api_username',
+                                     'api_password')
+                   if not getattr(CONF.kerbside, name)]
+        if missing:
+            raise cls.skipException(
+                'the cloud promise tests read Kerbside\'s own API (a JWT '
+                'from POST /auth as a Keystone user in its access group) '
+                'and the proxy\'s metrics: set [kerbside] %s'
+                % ', '.join(missing))
+
+    # One login (POST /auth) for the class, made before its first
+    # console: Kerbside 0.8.0 cannot log anyone in on an API worker that
+    # already served /nova-console.vv (docs/contracts/kerbside.md §16.6).
+    kerbside_login = None
+
+    def _cloud_story(self, story, name, promises, **kwargs):
+        from kerbside_tempest_plugin.scenario import promise_cloud as pc
+        kb = CONF.kerbside
+        cls = type(self)
+        if cls.kerbside_login is None:
+            cls.kerbside_login = pc.ApiLogin(kb.api_url, kb.api_username,
+                                             kb.api_password,
+                                             self.lane.redactor)
+        api = pc.cloud_api(kb.api_url, kb.api_username, kb.api_password,
+                           self.lane.redactor, metrics_url=kb.metrics_url,
+                           login=cls.kerbside_login)
+        run = pc.run_cloud_story(
+            self.lane, story, name, self.artifact_root, self.image,
+            promises, kb.openstack_source, api=api, route=self.route,
+            log=LOG.info, **kwargs)
+        print('artifacts: %s\n%s' % (run.art.path, run.summary_line()))
+        self.addDetail('sextant-artifacts', test_sextant_scenario._text(
+            '%s\n%s' % (run.art.path, run.summary_line())))
+        if not run.passed:
+            self.fail(run.failure_message())
+        return run
+
+    @decorators.idempotent_id('fb9eba9e-6169-4e87-9fc1-3c0b940c32da')
+    def test_sextant_cloud_promise_terminate_nova_console(self):
+        """Terminate and audit on a console opened through Nova; its Nova
+        console token reused after the terminate.
+
+        The canonical walk up to Parked on a Nova server's console
+        (spice-direct, then /nova-console.vv); GET /session lists the
+        session under the cloud's source and the instance uuid; POST
+        /session/<id>/terminate cuts it within 6 s and a key after the
+        cut is refused; the same Nova token at /nova-console.vv again
+        (what Kerbside 0.8.0 answers is recorded and judged, §16.7); the
+        terminated session's Kerbside console token is refused; a fresh
+        Nova console shows the keypress chain of the cut and ends the
+        walk, the drain holding exactly the keys delivered; the audit
+        trail ends with the termination.
+        """
+        from kerbside_tempest_plugin.scenario import promise_cloud as pc
+        self._cloud_story(
+            pc.terminate_nova_console,
+            'promise-cloud-terminate-nova-console',
+            ['terminate', 'tokens', 'sessions', 'audit'],
+            boot_timeout=CONF.kerbside.boot_timeout,
+            step_timeout=CONF.kerbside.step_timeout,
+            paste_secret=CONF.sextant.paste_secret,
+            char_delay_ms=CONF.sextant.paste_char_delay_ms)
