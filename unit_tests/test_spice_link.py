@@ -1014,7 +1014,7 @@ def test_story_on_fakes_catches_each_fault(tmp_path, monkeypatch,
     assert not run.passed and run.error is None
     failed = [c.name for c in run.checks if c.verdict == 'FAIL']
     assert failed == [check], run.failure_message()
-    assert run.stopped == 'firewall/' + check
+    assert run.stopped == '%s/%s' % (pf.promise_of(check), check)
 
 
 def test_every_check_has_a_fault():
