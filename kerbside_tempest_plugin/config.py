@@ -58,6 +58,29 @@ KerbsideGroup = [
                help='Kerbside\'s CONSOLE_TOKEN_DURATION on the direct_qemu '
                     'lane: the minutes a console token (a .vv password) '
                     'stays usable. Unset means Kerbside\'s default (1).'),
+    cfg.StrOpt('api_url', default=None,
+               help='Kerbside\'s REST API in front of a cloud (e.g. '
+                    'http://kerbside.example.com:13002), for the promise '
+                    'tests there (provider nova): sessions, audit and '
+                    'terminate. Unset: those tests skip. The direct_qemu '
+                    'lane runs a Kerbside of its own and ignores this.'),
+    cfg.StrOpt('metrics_url', default=None,
+               help='The Kerbside proxy\'s Prometheus metrics (e.g. '
+                    'http://kerbside.example.com:13005/metrics): the cloud '
+                    'promise tests count refused links in '
+                    'kerbside_proxy_denied_total.'),
+    cfg.StrOpt('openstack_source', default=None,
+               help='The name of the Kerbside source (type openstack) that '
+                    'serves this cloud\'s consoles: a Nova server\'s '
+                    'console is <source>/<server id> in Kerbside\'s '
+                    'sessions and audit trail.'),
+    cfg.StrOpt('api_username', default=None,
+               help='The Keystone user the cloud promise tests log in to '
+                    'Kerbside\'s API as (POST /auth): Kerbside checks the '
+                    'password with Keystone, scoped to project admin, and '
+                    'wants the user in its KEYSTONE_ACCESS_GROUP.'),
+    cfg.StrOpt('api_password', default=None, secret=True,
+               help='The password of api_username. Never logged.'),
     cfg.StrOpt('artifact_dir', default=None,
                help='Where each test writes its artifacts (screenshots, '
                     'digests, serial log, process logs, report). Unset '

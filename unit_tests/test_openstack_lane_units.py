@@ -419,3 +419,156 @@ def test_cloud_kerbside_trusts_the_lane_ca_or_the_one_it_is_given(
     assert source()['ca_cert'] == lane_ca.read_text()
     assert source(hypervisor_ca=str(other))['ca_cert'] == other.read_text()
     assert source()['type'] == 'openstack'
+
+
+def test_tempest_conf_names_kerbside_api_and_its_login(tmp_path):
+    from kerbside_tempest_plugin.lane.openstack import tempest_conf
+    state = {'auth_url': 'http://127.0.0.1:5000/v3', 'flavor': 'flv-1',
+             'kerbside_url': 'http://127.0.0.1:13002',
+             'kerbside_metrics_url': 'http://127.0.0.1:13005/metrics',
+             'kerbside_source_name': 'ktp-openstack',
+             'kerbside_api_user': 'admin'}
+    conf = _parse_ini(tempest_conf.render(state, 'pw', 'kerbside', '/ws',
+                                          'img-1'))
+    k = conf['kerbside']
+    assert (k['api_url'], k['metrics_url'], k['openstack_source'],
+            k['api_username'], k['api_password']) == (
+        'http://127.0.0.1:13002', 'http://127.0.0.1:13005/metrics',
+        'ktp-openstack', 'admin', 'pw')
+    assert conf['nova_provider']['image_ref'] == 'img-1'
+    red = _parse_ini(tempest_conf.render(state, tempest_conf.REDACTED,
+                                         'kerbside', '/ws', 'img-1'))
+    assert red['kerbside']['api_password'] == '<redacted>'
+    assert red['auth']['admin_password'] == '<redacted>'
+    # No Kerbside in front: no API options.
+    state['kerbside_url'] = None
+    conf = _parse_ini(tempest_conf.render(state, 'pw', 'kerbside', '/ws',
+                                          'img-1'))
+    assert 'api_url' not in conf['kerbside']
+    assert 'api_password' not in conf['kerbside']
+
+
+def _cloud_kerbside(tmp_path, redactor=None):
+    from kerbside_tempest_plugin.lane.openstack import kerbside as os_kb
+    lay = _layout(tmp_path)
+    store = secrets.SecretStore(str(tmp_path / 'secrets'),
+                                redactor or secrets.Redactor())
+    ca = tmp_path / 'ca-cert.pem'
+    ca.write_text('-----BEGIN CERTIFICATE-----\nQUJD\n'
+                  '-----END CERTIFICATE-----\n')
+    tls = types.SimpleNamespace(ca_cert=str(ca), cert='c', key='k',
+                                host_subject='CN=x')
+    venv = types.SimpleNamespace(path=str(tmp_path / 'kvenv'))
+    return os_kb.CloudKerbside(venv, lay, store, None, tls, 'mysql://x')
+
+
+def test_cloud_kerbside_logs_api_users_in_against_the_lane_keystone(
+        tmp_path):
+    kb = _cloud_kerbside(tmp_path)
+    env = kb.env()
+    lay = kb.layout
+    assert env['KERBSIDE_KEYSTONE_AUTH_URL'] == lay.auth_url
+    assert env['KERBSIDE_KEYSTONE_SERVICE_AUTH_USER'] == 'kerbside'
+    assert env['KERBSIDE_KEYSTONE_SERVICE_AUTH_PASSWORD'] == \
+        lay.passwords['kerbside']
+    assert env['KERBSIDE_KEYSTONE_SERVICE_AUTH_PROJECT'] == \
+        config.SERVICE_PROJECT
+    assert env['KERBSIDE_KEYSTONE_SERVICE_AUTH_USER_DOMAIN_ID'] == \
+        'default'
+    assert env['KERBSIDE_KEYSTONE_SERVICE_AUTH_PROJECT_DOMAIN_ID'] == \
+        'default'
+    assert env['KERBSIDE_KEYSTONE_ACCESS_GROUP'] == \
+        config.KERBSIDE_ACCESS_GROUP
+    # The rest of Kerbside's environment is the lane's, as before.
+    assert env['KERBSIDE_SQL_URL'] == 'mysql://x'
+    assert env['KERBSIDE_AUTH_SECRET_SEED']
+
+
+class _Auth(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+    def do_POST(self):
+        import base64
+        length = int(self.headers.get('Content-Length') or 0)
+        body = json.loads(self.rfile.read(length))
+        self.server.logins.append((self.path, body['username']))
+        ok = body['password'] == self.server.password
+        claims = {'sub': body['username'], 'openstack_token': 'gAAAA-ks-' +
+                  'z' * 30, 'exp': int(time.time()) + self.server.life}
+        payload = base64.urlsafe_b64encode(json.dumps(claims).encode())
+        token = 'eyJhbGciOiJIUzI1NiJ9.%s.c2ln%d' % (
+            payload.decode().rstrip('='), len(self.server.logins))
+        out = json.dumps({'access_token': token, 'expires_in': 3600,
+                          'token_type': 'Bearer'} if ok else
+                         {'error': 'unauthorized', 'status': 401}).encode()
+        self.send_response(200 if ok else 401)
+        self.send_header('Content-Type', 'application/json')
+        self.send_header('Content-Length', str(len(out)))
+        self.end_headers()
+        self.wfile.write(out)
+
+
+def test_cloud_kerbside_token_is_a_login_kept_until_near_its_expiry(
+        tmp_path):
+    from kerbside_tempest_plugin.lane.openstack import kerbside as os_kb
+    red = secrets.Redactor()
+    kb = _cloud_kerbside(tmp_path, red)
+    srv = http.server.HTTPServer(('127.0.0.1', 0), _Auth)
+    srv.logins, srv.life = [], 3600
+    srv.password = kb.layout.passwords[config.KERBSIDE_OPERATOR]
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        kb.api_port = srv.server_port
+        first = kb.token()
+        assert kb.token() == first
+        assert srv.logins == [('/auth', config.KERBSIDE_OPERATOR)]
+        assert kb.secrets.get('api-token') == first
+        assert red.redact(first) == '<redacted>'
+        assert red.redact('gAAAA-ks-' + 'z' * 30) == '<redacted>'
+        # A JWT near its expiry is replaced by a fresh login.
+        srv.life = os_kb.TOKEN_MARGIN_S - 5
+        kb.secrets.put('api-token', 'not-a-jwt-at-all')
+        second = kb.token()
+        assert second != first and len(srv.logins) == 2
+        third = kb.token()
+        assert third != second and len(srv.logins) == 3
+        srv.password = 'changed-password'
+        kb.secrets.put('api-token', 'not-a-jwt-at-all')
+        with pytest.raises(os_kb.LoginError) as e:
+            kb.token()
+        assert e.value.status == 401 and 'unauthorized' in str(e.value)
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_keystone_makes_kerbsides_access_group_with_the_operator():
+    from kerbside_tempest_plugin.lane.openstack import keystone
+
+    class Client:
+        def __init__(self, groups):
+            self.groups = groups
+            self.calls = []
+
+        def find(self, service, collection, key, name):
+            self.calls.append(('find', collection, name))
+            return self.groups.get(name)
+
+        def call(self, method, service, path, body=None, expect=(200,)):
+            self.calls.append((method, path, body, expect))
+            if method == 'POST':
+                return {'group': dict(body['group'], id='g-new')}
+            return None
+
+    c = Client({})
+    group = keystone.kerbside_access(c, {'id': 'u-admin', 'name': 'admin'})
+    assert group['id'] == 'g-new'
+    post = [x for x in c.calls if x[0] == 'POST'][0]
+    assert post[1] == '/groups' and post[2]['group']['name'] == \
+        config.KERBSIDE_ACCESS_GROUP
+    assert ('PUT', '/groups/g-new/users/u-admin', None, (204,)) in c.calls
+    # Idempotent: an existing group is reused, the membership put again.
+    c = Client({config.KERBSIDE_ACCESS_GROUP: {'id': 'g-1'}})
+    keystone.kerbside_access(c, {'id': 'u-admin'})
+    assert [x[0] for x in c.calls] == ['find', 'PUT']

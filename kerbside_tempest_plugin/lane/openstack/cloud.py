@@ -31,12 +31,12 @@ import random
 import shutil
 import signal
 import subprocess
-import tempfile
 import time
 
 from kerbside_tempest_plugin.common import atomic
 from kerbside_tempest_plugin.common import errors
 from kerbside_tempest_plugin.common import ports as common_ports
+from kerbside_tempest_plugin.common import rundir
 from kerbside_tempest_plugin.common import secrets as common_secrets
 from kerbside_tempest_plugin.common import tls as common_tls
 from kerbside_tempest_plugin.lane import kerbside as lane_kerbside
@@ -145,6 +145,14 @@ class OpenStackCloud:
             'compute_url': lay.url('nova_api', '/v2.1') if lay else None,
             'kerbside_url': lay.url('kerbside_api')
             if lay and self.with_kerbside else None,
+            # What a Kerbside API client needs beside the URL (the
+            # password is the admin's, in admin_password_file).
+            'kerbside_metrics_url': lay.url('kerbside_metrics', '/metrics')
+            if lay and self.with_kerbside else None,
+            'kerbside_source_name': os_kerbside.SOURCE_NAME
+            if self.with_kerbside else None,
+            'kerbside_api_user': config.KERBSIDE_OPERATOR
+            if self.with_kerbside else None,
             'kerbside_venv': self.kerbside_venv.path
             if self.with_kerbside else None,
             'kerbside_source': self.kerbside_source,
@@ -190,7 +198,7 @@ class OpenStackCloud:
         # removed by teardown through the saved layout.
         run = os.path.join(self.workdir, 'run')
         if len(run) > 50:  # unix socket paths are limited to 108 bytes
-            run = tempfile.mkdtemp(prefix='ktp-run-')
+            run = rundir.make()
         os.makedirs(run, mode=0o700, exist_ok=True)
         passwords = {
             'admin': self.secrets.get_or_create('admin-password'),

@@ -21,6 +21,13 @@ SERVICE_PROJECT = 'service'
 # kerbside: the user of Kerbside's `openstack` source (it looks console
 # tokens up, which is admin-only).
 SERVICE_USERS = ('nova', 'placement', 'glance', 'neutron', 'kerbside')
+# Kerbside's API login (POST /auth, docs/contracts/kerbside.md §16.6):
+# Kerbside checks a user's password against Keystone, scoped to project
+# `admin`, and wants the user in its KEYSTONE_ACCESS_GROUP. The lane
+# makes the group and puts the bootstrap admin in it: the cloud's
+# operator is Kerbside's operator.
+KERBSIDE_ACCESS_GROUP = 'kerbside'
+KERBSIDE_OPERATOR = 'admin'
 # One MariaDB database per service (Nova has three: API, cell0, cell1).
 # And one for Kerbside.
 DATABASES = ('keystone', 'placement', 'glance', 'neutron', 'nova_api',

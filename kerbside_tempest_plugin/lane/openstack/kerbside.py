@@ -11,12 +11,26 @@ the token resolves to (host, port, tls_port) on each request.
 0.8.0 imports openstacksdk, keystoneauth1 and keystoneclient for that
 route but lists only the first two, and only as a test extra: the lane's
 setup installs all three into the Kerbside venv (`ensure_clients`).
+
+Kerbside's API tokens come the way a deployer's operators get them:
+`POST /auth` with a Keystone user's name and password (`api_login`;
+docs/contracts/kerbside.md §16.6). Kerbside's environment names this
+Keystone, the `kerbside` service user (which lists groups and checks
+membership) and the access group the lane's Keystone bootstrap makes
+with the cloud's admin in it. `kerbside demo token` refuses here: it
+mints only when every source is static.
 """
 
+import base64
+import json
 import subprocess
+import time
+import urllib.error
+import urllib.request
 
 from kerbside_tempest_plugin.common import errors
 from kerbside_tempest_plugin.common import logtext
+from kerbside_tempest_plugin.common import secrets as common_secrets
 from kerbside_tempest_plugin.lane import kerbside as lane_kerbside
 from kerbside_tempest_plugin.lane.openstack import config
 
@@ -26,6 +40,93 @@ CLIENT_PACKAGES = ('keystoneauth1', 'openstacksdk>=4.5.0',
                    'python-keystoneclient')
 CLIENT_IMPORTS = 'import openstack, keystoneauth1.identity.v3, ' \
     'keystoneclient.v3.client'
+
+
+# A JWT this close to its expiry is replaced by a fresh login.
+TOKEN_MARGIN_S = 300
+# What Kerbside 0.8.0 says when a gunicorn worker that already served
+# GET /nova-console.vv is asked to log someone in (docs/contracts/
+# kerbside.md §16.6): NovaToken.get sets the module global KEYSTONE_V3,
+# Auth.post's "already imported" marker, but assigns KEYSTONE_CLIENT to a
+# local, so the worker's global client stays None.
+POISONED_WORKER = "'NoneType' object has no attribute 'Client'"
+POISONED_WORKER_WHY = (
+    'a known Kerbside 0.8.0 bug: this gunicorn worker already served GET '
+    '/nova-console.vv (any token, even an unknown one), which marks the '
+    'Keystone modules imported without importing keystoneclient, and it '
+    'can never log anyone in again (docs/contracts/kerbside.md §16.6); log '
+    'in before the first /nova-console.vv, or restart Kerbside\'s API')
+
+
+class LoginError(errors.HarnessError):
+    """POST /auth did not give a token: `status` (None: no answer) and
+    the body a user would see (redacted).
+    """
+
+    def __init__(self, message, status=None, body=''):
+        super().__init__(message)
+        self.status = status
+        self.body = body
+
+
+def jwt_claims(token):
+    """The claims of a JWT (its payload, not verified), {} when `token`
+    is not one.
+    """
+    try:
+        payload = token.split('.')[1]
+        payload += '=' * (-len(payload) % 4)
+        claims = json.loads(base64.urlsafe_b64decode(payload))
+    except (AttributeError, IndexError, ValueError, TypeError):
+        return {}
+    return claims if isinstance(claims, dict) else {}
+
+
+def api_login(api_url, username, password, redactor=None, timeout=30.0):
+    """Log in to Kerbside's API as a Keystone user: POST /auth with
+    {"username", "password"}. Returns {'access_token', 'token_type',
+    'expires_in', 'status', 'seconds'}. The password, the JWT and the
+    Keystone token Kerbside puts inside it (claim `openstack_token`) go
+    to `redactor` before anything can hold them. Anything but a 200 with
+    a token raises LoginError with the status and Kerbside's message.
+    """
+    redactor = redactor or common_secrets.Redactor()
+    redactor.add(password)
+    req = urllib.request.Request(
+        api_url.rstrip('/') + '/auth', method='POST',
+        data=json.dumps({'username': username,
+                         'password': password}).encode(),
+        headers={'Content-Type': 'application/json',
+                 'Accept': 'application/json'})
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    t0 = time.monotonic()
+    try:
+        with opener.open(req, timeout=timeout) as r:
+            status, text = r.status, r.read().decode('utf-8', 'replace')
+    except urllib.error.HTTPError as e:
+        status, text = e.code, e.read().decode('utf-8', 'replace')
+    except OSError as e:
+        raise LoginError('POST %s/auth as %s: Kerbside did not answer (%s)'
+                         % (api_url, username, e)) from None
+    seconds = time.monotonic() - t0
+    try:
+        body = json.loads(text)
+    except ValueError:
+        body = None
+    token = body.get('access_token') if isinstance(body, dict) else None
+    redactor.add(token)
+    redactor.add(jwt_claims(token).get('openstack_token'))
+    if status != 200 or not token:
+        shown = common_secrets.redact_patterns(redactor.redact(text))
+        raise LoginError('POST %s/auth as %s answered %d%s: %s%s' % (
+            api_url, username, status, '' if status != 200 else
+            ' without an access_token', ' '.join(shown.split())[:300],
+            ' (%s)' % POISONED_WORKER_WHY if status == 500 and
+            POISONED_WORKER in text else ''),
+            status=status, body=shown[:500])
+    return {'access_token': token, 'token_type': body.get('token_type'),
+            'expires_in': body.get('expires_in'), 'status': status,
+            'seconds': round(seconds, 3)}
 
 
 def clients_problem(venv):
@@ -114,6 +215,45 @@ class CloudKerbside(lane_kerbside.Kerbside):
             text += '  ca_cert: |\n' + ''.join(
                 '    %s\n' % line for line in pem.splitlines())
         return text
+
+    def env(self):
+        """Kerbside's environment (lane.kerbside.Kerbside.env) plus the
+        Keystone it logs API users in against (POST /auth): the auth URL,
+        the `kerbside` service user that lists groups and checks
+        membership, and the access group.
+        """
+        env = super().env()
+        lay = self.layout
+        env.update({
+            'KERBSIDE_KEYSTONE_AUTH_URL': lay.auth_url,
+            'KERBSIDE_KEYSTONE_SERVICE_AUTH_USER': 'kerbside',
+            'KERBSIDE_KEYSTONE_SERVICE_AUTH_PASSWORD':
+                lay.passwords['kerbside'],
+            'KERBSIDE_KEYSTONE_SERVICE_AUTH_USER_DOMAIN_ID': 'default',
+            'KERBSIDE_KEYSTONE_SERVICE_AUTH_PROJECT': config.SERVICE_PROJECT,
+            'KERBSIDE_KEYSTONE_SERVICE_AUTH_PROJECT_DOMAIN_ID': 'default',
+            'KERBSIDE_KEYSTONE_ACCESS_GROUP': config.KERBSIDE_ACCESS_GROUP,
+        })
+        return env
+
+    def token(self):
+        """An API JWT from POST /auth as the cloud's operator
+        (config.KERBSIDE_OPERATOR, in the access group), kept among the
+        secrets and replaced by a fresh login when it is within
+        TOKEN_MARGIN_S of its expiry. Ask for it before the first GET
+        /nova-console.vv: Kerbside 0.8.0 cannot log anyone in on a
+        gunicorn worker that already served one (POISONED_WORKER).
+        """
+        token = (self.secrets.get('api-token') or '').strip()
+        exp = jwt_claims(token).get('exp') if token else None
+        if token and isinstance(exp, (int, float)) and \
+                exp - time.time() > TOKEN_MARGIN_S:
+            return token
+        info = api_login(self.api_url, config.KERBSIDE_OPERATOR,
+                         self.layout.passwords[config.KERBSIDE_OPERATOR],
+                         redactor=self.secrets.redactor)
+        self.secrets.put('api-token', info['access_token'])
+        return info['access_token']
 
     def start(self, timeout=60):
         problem = clients_problem(self.venv)

@@ -5,8 +5,9 @@ users, roles and the catalog through the API.
 admin/member/reader roles, RegionOne and the identity endpoint; its
 password comes through OS_BOOTSTRAP_PASSWORD, never the command line.
 The rest (the `service` project and role, one service user per service
-with admin + service roles there, and every other service's endpoints)
-goes through the Identity API, idempotently.
+with admin + service roles there, Kerbside's access group with the
+cloud's admin in it, and every other service's endpoints) goes through
+the Identity API, idempotently.
 """
 
 import os
@@ -57,6 +58,20 @@ def _ensure(client, collection, key, name, body):
                        {key[:-1]: body}, expect=(201,))[key[:-1]]
 
 
+def kerbside_access(client, user):
+    """Kerbside's access group (KEYSTONE_ACCESS_GROUP) with `user` (a
+    Keystone user dict) in it: who may log in to Kerbside's API with
+    POST /auth. Idempotent. Returns the group.
+    """
+    group = _ensure(client, 'groups', 'groups', config.KERBSIDE_ACCESS_GROUP,
+                    {'name': config.KERBSIDE_ACCESS_GROUP,
+                     'domain_id': 'default',
+                     'description': 'who may log in to Kerbside\'s API'})
+    client.call('PUT', 'identity', '/groups/%s/users/%s' % (
+        group['id'], user['id']), expect=(204,))
+    return group
+
+
 def register(layout, redactor, timings):
     """Service project, role, users and the catalog. Returns the admin
     client (authenticated).
@@ -90,6 +105,9 @@ def register(layout, redactor, timings):
             client.call('PUT', 'identity', '/projects/%s/users/%s/roles/%s'
                         % (project['id'], u['id'], roles[role]['id']),
                         expect=(201, 204))
+    kerbside_access(client, admin_user if config.KERBSIDE_OPERATOR ==
+                    'admin' else client.find('identity', 'users', 'users',
+                                             config.KERBSIDE_OPERATOR))
     existing = client.call('GET', 'identity', '/endpoints')['endpoints']
     for name, stype, url in layout.endpoints():
         service = _ensure(client, 'services', 'services', name,
