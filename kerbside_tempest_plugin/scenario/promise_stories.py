@@ -79,6 +79,35 @@ def check_drain_exact(run, promise, drain, seq, want, streams=()):
         run.check(promise, 'drain_chains', chains.passed, chains.summary)
 
 
+def resume_and_finish(run, promise, check, open_console, before, what,
+                      streams=()):
+    """The walk ends on a fresh connection: `open_console()` returns an
+    opened promises.Console on the same guest, whose first digest must
+    carry the keypress chain of `before` (the last digest of the previous
+    connection: nothing crossed in between), then the final Enter, and
+    the drain must hold exactly the canonical keys (check_drain_exact,
+    over `streams` and the new one). `what` names the gap in messages.
+    """
+    con = open_console()
+    try:
+        first = con.wait_digest()
+        k_before, k_new = pr.keypress_hash(before), pr.keypress_hash(first)
+        run.check(promise, check, k_new == k_before and
+                  first.frame_counter >= before.frame_counter,
+                  'keypress chain %08x %s (frame %d), %08x on the new '
+                  'connection (frame %d)' % (
+                      k_before, what, before.frame_counter, k_new,
+                      first.frame_counter))
+        con.walker.quiet('parked')
+        drain, seq = pr.finish_walk(run, con)
+        check_drain_exact(run, promise, drain, seq,
+                          canonical_keys(con.paste_secret),
+                          list(streams) + [con.stream])
+    finally:
+        con.close()
+    return con
+
+
 # ---------------------------------------------------------------- stories
 
 
@@ -178,24 +207,10 @@ def terminate(run, lane, image, how='session', boot_timeout=120,
                        'terminated_token_refused',
                        'the token of terminated session %s'
                        % con1.session_id)
-    con2 = pr.Console(run, lane, guest, 's2', **console_kw).open()
-    try:
-        first = con2.wait_digest()
-        k_new = pr.keypress_hash(first)
-        run.check('terminate', 'no_key_after_cut',
-                  k_new == k_cut and first.frame_counter >=
-                  cut_digest.frame_counter,
-                  'keypress chain %08x at the cut (frame %d), %08x on the '
-                  'new session (frame %d)' % (
-                      k_cut, cut_digest.frame_counter, k_new,
-                      first.frame_counter))
-        con2.walker.quiet('parked')
-        drain, seq = pr.finish_walk(run, con2)
-        check_drain_exact(run, 'terminate', drain, seq,
-                          canonical_keys(con2.paste_secret),
-                          [con1.stream, con2.stream])
-    finally:
-        con2.close()
+    resume_and_finish(
+        run, 'terminate', 'no_key_after_cut',
+        lambda: pr.Console(run, lane, guest, 's2', **console_kw).open(),
+        cut_digest, 'at the cut', [con1.stream])
     audit = run.api.audit(con1.source, con1.uuid)
     pr.check_audit_session(run, audit, con1.session_id, terminated=True)
 
@@ -245,21 +260,10 @@ def token_expiry(run, lane, image, duration_min=1, boot_timeout=120,
                        'expired_token_refused',
                        'a console token %.0f s past its expiry' % (
                            time.time() - expires))
-    con2 = pr.Console(run, lane, guest, 's2', **console_kw).open()
-    try:
-        first = con2.wait_digest()
-        run.check('tokens', 'no_key_while_refused',
-                  pr.keypress_hash(first) == pr.keypress_hash(last),
-                  'keypress chain %08x before the refused connection, '
-                  '%08x after it' % (pr.keypress_hash(last),
-                                     pr.keypress_hash(first)))
-        con2.walker.quiet('parked')
-        drain, seq = pr.finish_walk(run, con2)
-        check_drain_exact(run, 'tokens', drain, seq,
-                          canonical_keys(con2.paste_secret),
-                          [con1.stream, con2.stream])
-    finally:
-        con2.close()
+    resume_and_finish(
+        run, 'tokens', 'no_key_while_refused',
+        lambda: pr.Console(run, lane, guest, 's2', **console_kw).open(),
+        last, 'before the refused connection', [con1.stream])
 
 
 def token_scoped(run, lane, image, boot_timeout=120, cut_bound=None,
