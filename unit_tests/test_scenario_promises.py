@@ -329,3 +329,24 @@ def test_a_story_that_stops_leaves_no_guest_running(tmp_path):
     assert lane.guests[1].torn_down        # the story's own guest
     assert not old.torn_down               # not an earlier one
     assert run.checks[-1].verdict == 'NOT RUN'
+
+
+def test_the_termination_reason_is_read_from_the_lanes_database(tmp_path):
+    class DB:
+        def __init__(self):
+            self.asked = []
+
+        def query(self, sql):
+            self.asked.append(sql)
+            return [['session terminated by request']]
+    lane = FakeLane()
+    lane.mariadb = DB()
+    run = _run(tmp_path)
+    assert st.termination_reason(run, lane, 'AbC123xyz789') == \
+        'session terminated by request'
+    assert "session_id = 'AbC123xyz789'" in lane.mariadb.asked[0]
+    assert 'session terminated by request' in run.facts['finding']
+    # nothing odd is put into SQL, and a cloud lane has no database here
+    assert st.termination_reason(run, lane, "x' OR '1") is None
+    assert len(lane.mariadb.asked) == 1
+    assert st.termination_reason(run, FakeLane(), 'AbC123xyz789') is None

@@ -123,6 +123,22 @@ class PrivateMariaDB:
                 proc.stderr.decode(errors='replace'))
             raise errors.HarnessError('MariaDB SQL failed: %s' % err.strip())
 
+    def query(self, statement):
+        """Rows of one SELECT (as root over the socket), each a list of
+        strings: for looking at what Kerbside stored that its API does
+        not show. Raises HarnessError with MariaDB's words.
+        """
+        proc = subprocess.run(self._client('mariadb') + [
+            '-uroot', '--batch', '--skip-column-names', '-e', statement],
+            capture_output=True, timeout=30)
+        if proc.returncode != 0:
+            err = self.secrets.redactor.redact(
+                proc.stderr.decode(errors='replace'))
+            raise errors.HarnessError('MariaDB query failed: %s'
+                                      % err.strip())
+        return [line.split('\t') for line in
+                proc.stdout.decode(errors='replace').splitlines()]
+
     def start(self, timeout=60):
         self._install()
         t = time.monotonic()

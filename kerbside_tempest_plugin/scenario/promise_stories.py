@@ -213,6 +213,32 @@ def terminate(run, lane, image, how='session', boot_timeout=120,
         cut_digest, 'at the cut', [con1.stream])
     audit = run.api.audit(con1.source, con1.uuid)
     pr.check_audit_session(run, audit, con1.session_id, terminated=True)
+    termination_reason(run, lane, con1.session_id)
+
+
+def termination_reason(run, lane, session_id):
+    """Where Kerbside 0.8.0 keeps a terminate's reason: not in the audit
+    trail (its entry is the same for both endpoints) but in the
+    session_terminations table, which no API returns. Read from the
+    lane's own MariaDB when it has one, and recorded as the finding it
+    is (docs/contracts/kerbside.md §16.2).
+    """
+    db = getattr(lane, 'mariadb', None)
+    if db is None or not re.match(r'^[A-Za-z0-9]+$', session_id or ''):
+        return None
+    try:
+        rows = db.query("SELECT reason FROM kerbside.session_terminations "
+                        "WHERE session_id = '%s'" % session_id)
+    except Exception as e:
+        run.note('termination_reason_error', str(e)[:200])
+        return None
+    reason = rows[0][0] if rows and rows[0] else None
+    run.note('termination_reason', reason)
+    run.note('finding', 'the audit trail records the termination as %r '
+             'whichever endpoint was called; the reason (%r) is stored '
+             'only in the session_terminations table, which no API '
+             'returns' % (pr.AUDIT_TERMINATED, reason))
+    return reason
 
 
 def token_expiry(run, lane, image, duration_min=1, boot_timeout=120,
