@@ -12,8 +12,11 @@
 #      writes by hand from etc/tempest.conf.sample (no [sextant] image:
 #      the bundled guest is built from the installed package data into a
 #      fresh image cache), `tempest run --regex sextant`;
-#   4. count the passes in the subunit stream of each run: 4 a route, and
-#      nothing failed or skipped.
+#   4. count the passes in the subunit stream of each run: 4 a route and
+#      the 9 promise tests on the kerbside route, nothing failed; the
+#      classes that skip by design (the promise tests on the direct route,
+#      the cloud's promise test on this lane) may skip, but a skip is
+#      never a pass, so an unexpected one still misses the count.
 #
 # Uses the checkout's .venv only to build (BUILD_PYTHON); the venv under
 # test is made from PYTHON (default python3). Artifacts (dist/, logs,
@@ -140,7 +143,9 @@ with open(sys.argv[1], 'rb') as f:
 with open(sys.argv[2], 'w') as out:
     for test_id, status in sorted(results.items()):
         out.write('%s %s\n' % (status, test_id))
-bad = [i for i, s in results.items() if s not in ('success',)]
+# A class that skips by design (the cloud's promise tests on this
+# lane) is not a failure; the pass count must still reach its number.
+bad = [i for i, s in results.items() if s not in ('success', 'skip')]
 passed = [i for i, s in results.items() if s == 'success']
 print(len(passed) if not bad else -len(bad))
 EOF
