@@ -122,6 +122,38 @@ def direct_qemu(args, work, log):
         lane.down()
 
 
+def openstack(args, work, log):
+    """The same rounds on a single-box OpenStack of the benchmark's own,
+    each console opened as a cloud user opens it: a spice-direct console
+    from Nova, then Kerbside's /nova-console.vv.
+    """
+    from kerbside_tempest_plugin.lane.openstack import kerbside as os_kb
+    from kerbside_tempest_plugin.lane.openstack import lane as os_lane
+    from kerbside_tempest_plugin.scenario import promise_cloud as pc
+    lane = os_lane.OpenStackLane(os.path.join(work, 'lane'),
+                                 route='kerbside', image=args.image)
+    try:
+        lane.up()
+        kb = pr.kerbside_of(lane)
+        # Log in before the first /nova-console.vv (contracts §16.6).
+        kb.token()
+        api = pr.api_for(lane)
+        guest = lane.boot_guest(None, banner=contract.BANNER, timeout=300)
+
+        def open_vv():
+            token = pc.nova_token_of(guest._mint())
+            lane.redactor.add(token)
+            return api.nova_console_vv(token).text
+        rounds = []
+        for i in range(args.rounds):
+            how = ('session', 'console')[i % 2]
+            rounds.append(one_round(lane, guest, api, os_kb.SOURCE_NAME,
+                                    guest.ref, how, open_vv, log))
+        return rounds
+    finally:
+        lane.down()
+
+
 def summarise(rounds):
     rows = []
     for label, sel in (('session', 'session'), ('console', 'console'),
@@ -143,7 +175,7 @@ def summarise(rounds):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--rounds', type=int, default=20)
-    p.add_argument('--lane', choices=['direct-qemu'],
+    p.add_argument('--lane', choices=['direct-qemu', 'openstack'],
                    default='direct-qemu')
     p.add_argument('--image', default=None)
     p.add_argument('--out', default=None)
@@ -158,7 +190,8 @@ def main(argv=None):
     with open(LOCK, 'a') as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         load0 = report.loadavg()
-        rounds = direct_qemu(args, work, log)
+        rounds = (openstack if args.lane == 'openstack' else
+                  direct_qemu)(args, work, log)
         load1 = report.loadavg()
     table = summarise(rounds)
     print('\nterminate -> cut on the %s lane, %d rounds (load %s -> %s)'
