@@ -294,37 +294,8 @@ def _terminate_nova_console(run, lane, guest, cut_bound, console_kw,
         pr.check_session_listed(run, con1.session_id, con1.source,
                                 con1.uuid)
         pr.walk_to_parked(con1.walker, skip_awaiting=True)
-        cut_digest = con1.stream.last
+        cut_digest = st.terminate_and_probe(run, con1, 'session', cut_bound)
         k_cut = pr.keypress_hash(cut_digest)
-        run.note('at_cut', {'frame_counter': cut_digest.frame_counter,
-                            'keypress_hash': '%08x' % k_cut})
-        t0 = time.monotonic()
-        resp = run.api.terminate_session(con1.session_id, expect=None)
-        body = st._json_or_text(resp)
-        run.check('terminate', 'api', resp.status == 200 and isinstance(
-            body, dict) and body.get('result') == 'ok',
-            'POST /session/%s/terminate answered %d %s' % (
-                con1.session_id, resp.status, st._shown(body)))
-        cut = con1.wait_cut(cut_bound)
-        run.timings['terminate_to_cut'] = None if cut is None else \
-            round(cut, 3)
-        run.check('terminate', 'cut', cut is not None,
-                  'ryll\'s connection closed %.2f s after the POST '
-                  '(bound %.0f s)' % (cut, cut_bound) if cut is not None
-                  else 'ryll was still connected %.0f s after the POST '
-                  '(%s)' % (time.monotonic() - t0, con1.rp.describe()))
-        try:
-            con1.client.send_key('enter')
-            sent, why = True, 'ryll accepted the key'
-        except ryll_errors.RyllError as e:
-            sent, why = False, str(e).splitlines()[0]
-        deadline = time.monotonic() + 5
-        while con1.rp.alive and time.monotonic() < deadline:
-            time.sleep(0.05)
-        run.note('ryll_after_cut', con1.rp.describe())
-        run.check('terminate', 'keys_after_cut_refused', not sent,
-                  'a key sent after the cut: %s; %s' % (
-                      why, con1.rp.describe()))
     finally:
         con1.close()
 

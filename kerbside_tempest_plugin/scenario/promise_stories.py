@@ -136,12 +136,61 @@ def session_and_audit(run, lane, image, boot_timeout=120, **console_kw):
     pr.check_audit_session(run, audit, con.session_id)
 
 
+def terminate_and_probe(run, con, how, cut_bound):
+    """Terminate `con`'s session (`how`: 'session', POST
+    /session/<id>/terminate; 'console', POST /console/<s>/<u>/terminate)
+    and judge it: the API answer, the cut within `cut_bound` seconds, and
+    a key sent after the cut refused. Returns the last digest before the
+    cut (what the next connection's first digest must still show).
+    """
+    from kerbside_tempest_plugin.ryll import errors as ryll_errors
+    cut_digest = con.stream.last
+    k_cut = pr.keypress_hash(cut_digest)
+    run.note('at_cut', {'frame_counter': cut_digest.frame_counter,
+                        'keypress_hash': '%08x' % k_cut})
+    t0 = time.monotonic()
+    if how == 'session':
+        path = '/session/%s/terminate' % con.session_id
+        resp = run.api.terminate_session(con.session_id, expect=None)
+    else:
+        path = '/console/%s/%s/terminate' % (con.source, con.uuid)
+        resp = run.api.terminate_console(con.source, con.uuid, expect=None)
+    body = _json_or_text(resp)
+    ok = resp.status == 200 and isinstance(body, dict) and \
+        body.get('result') == 'ok'
+    detail = 'POST %s answered %d %s' % (path, resp.status, _shown(body))
+    if ok and how == 'console':
+        n = len(body.get('tokens') or ())
+        ok = n >= 1
+        detail += ' (%d token(s) of the console expired)' % n
+    run.check('terminate', 'api', ok, detail)
+    cut = con.wait_cut(cut_bound)
+    run.timings['terminate_to_cut'] = None if cut is None else \
+        round(cut, 3)
+    run.check('terminate', 'cut', cut is not None,
+              'ryll\'s connection closed %.2f s after the POST '
+              '(bound %.0f s)' % (cut, cut_bound) if cut is not None
+              else 'ryll was still connected %.0f s after the POST '
+              '(%s)' % (time.monotonic() - t0, con.rp.describe()))
+    try:
+        con.client.send_key('enter')
+        sent, why = True, 'ryll accepted the key'
+    except ryll_errors.RyllError as e:
+        sent, why = False, str(e).splitlines()[0]
+    deadline = time.monotonic() + 5
+    while con.rp.alive and time.monotonic() < deadline:
+        time.sleep(0.05)
+    run.note('ryll_after_cut', con.rp.describe())
+    run.check('terminate', 'keys_after_cut_refused', not sent,
+              'a key sent after the cut: %s; %s' % (why, con.rp.describe()))
+    return cut_digest
+
+
 def terminate(run, lane, image, how='session', boot_timeout=120,
               cut_bound=pr.CUT_BOUND_S, **console_kw):
     """Terminate mid-walk, through POST /session/<id>/terminate
     (`how='session'`) or POST /console/<s>/<u>/terminate ('console').
     """
-    from kerbside_tempest_plugin.ryll import errors as ryll_errors
     run.planned = [
         ('sessions', 'listed'), ('sessions', 'console'),
         ('sessions', 'channels'),
@@ -160,46 +209,7 @@ def terminate(run, lane, image, how='session', boot_timeout=120,
         pr.walk_to_parked(con1.walker)
         pr.check_session_listed(run, con1.session_id, con1.source,
                                 con1.uuid)
-        cut_digest = con1.stream.last
-        k_cut = pr.keypress_hash(cut_digest)
-        run.note('at_cut', {'frame_counter': cut_digest.frame_counter,
-                            'keypress_hash': '%08x' % k_cut})
-        t0 = time.monotonic()
-        if how == 'session':
-            resp = run.api.terminate_session(con1.session_id,
-                                             expect=None)
-        else:
-            resp = run.api.terminate_console(con1.source, con1.uuid,
-                                             expect=None)
-        body = _json_or_text(resp)
-        ok = resp.status == 200 and isinstance(body, dict) and \
-            body.get('result') == 'ok'
-        detail = 'POST answered %d %s' % (resp.status, _shown(body))
-        if ok and how == 'console':
-            n = len(body.get('tokens') or ())
-            ok = n >= 1
-            detail += ' (%d token(s) of the console expired)' % n
-        run.check('terminate', 'api', ok, detail)
-        cut = con1.wait_cut(cut_bound)
-        run.timings['terminate_to_cut'] = None if cut is None else \
-            round(cut, 3)
-        run.check('terminate', 'cut', cut is not None,
-                  'ryll\'s connection closed %.2f s after the POST '
-                  '(bound %.0f s)' % (cut, cut_bound) if cut is not None
-                  else 'ryll was still connected %.0f s after the POST '
-                  '(%s)' % (time.monotonic() - t0, con1.rp.describe()))
-        try:
-            con1.client.send_key('enter')
-            sent, why = True, 'ryll accepted the key'
-        except ryll_errors.RyllError as e:
-            sent, why = False, str(e).splitlines()[0]
-        deadline = time.monotonic() + 5
-        while con1.rp.alive and time.monotonic() < deadline:
-            time.sleep(0.05)
-        run.note('ryll_after_cut', con1.rp.describe())
-        run.check('terminate', 'keys_after_cut_refused', not sent,
-                  'a key sent after the cut: %s; %s' % (
-                      why, con1.rp.describe()))
+        cut_digest = terminate_and_probe(run, con1, how, cut_bound)
     finally:
         con1.close()
     pr.check_session_gone(run, con1.session_id)
