@@ -259,19 +259,12 @@ def terminate_nova_console(run, lane, image, boot_timeout=120,
     Nova token (see the module's docstring). `lane` is a NovaRouteLane.
     """
     from kerbside_tempest_plugin.ryll import errors as ryll_errors
-    run.planned = [
-        ('sessions', 'listed'), ('sessions', 'console'),
-        ('sessions', 'channels'),
-        ('terminate', 'api'), ('terminate', 'cut'),
-        ('terminate', 'keys_after_cut_refused'),
-        ('tokens', 'nova_token_reuse'), ('sessions', 'gone'),
-        ('tokens', 'terminated_token_refused'),
-        ('tokens', 'terminated_token_refused_counted'),
-        ('terminate', 'no_key_after_cut'),
-        ('terminate', 'drain_sequence'), ('terminate', 'drain_keys_exact'),
-        ('terminate', 'drain_chains'), ('audit', 'token_entry')] + [
-        ('audit', 'channel_%s' % c) for c in pr.RYLL_CHANNELS] + [
-        ('audit', 'fields'), ('audit', 'termination_entry')]
+    run.planned = (pr.LISTED_CHECKS + st.CUT_CHECKS +
+                   [('tokens', 'nova_token_reuse'), ('sessions', 'gone')] +
+                   pr.refused_checks('tokens', 'terminated_token_refused') +
+                   [('terminate', 'no_key_after_cut')] +
+                   st.drain_checks('terminate') +
+                   pr.audit_checks(terminated=True))
     guest = lane.boot_guest(image, name='promise-nova-terminate',
                             banner=st.BANNER, timeout=boot_timeout)
     try:

@@ -62,6 +62,17 @@ def _boot(holder, image, name, boot_timeout):
                              timeout=boot_timeout)
 
 
+def drain_checks(promise):
+    """The (promise, check) names check_drain_exact makes, in order."""
+    return [(promise, 'drain_sequence'), (promise, 'drain_keys_exact'),
+            (promise, 'drain_chains')]
+
+
+# The (promise, check) names terminate_and_probe makes, in order.
+CUT_CHECKS = [('terminate', 'api'), ('terminate', 'cut'),
+              ('terminate', 'keys_after_cut_refused')]
+
+
 def check_drain_exact(run, promise, drain, seq, want, streams=()):
     """The drain holds the walk's sequence and exactly the keys `want`,
     in order; the chains replayed from it match the last digest seen.
@@ -112,14 +123,8 @@ def resume_and_finish(run, promise, check, open_console, before, what,
 
 
 def session_and_audit(run, lane, image, boot_timeout=120, **console_kw):
-    run.planned = [('sessions', 'listed'), ('sessions', 'console'),
-                   ('sessions', 'channels'),
-                   ('sessions', 'drain_sequence'),
-                   ('sessions', 'drain_keys_exact'),
-                   ('sessions', 'drain_chains'), ('sessions', 'gone'),
-                   ('audit', 'token_entry')] + [
-        ('audit', 'channel_%s' % c) for c in pr.RYLL_CHANNELS] + [
-        ('audit', 'fields'), ('audit', 'no_termination_entry')]
+    run.planned = (pr.LISTED_CHECKS + drain_checks('sessions') +
+                   [('sessions', 'gone')] + pr.audit_checks())
     guest = _boot(lane, image, 'promise-session', boot_timeout)
     con = pr.Console(run, lane, guest, 's1', **console_kw).open()
     try:
@@ -191,18 +196,11 @@ def terminate(run, lane, image, how='session', boot_timeout=120,
     """Terminate mid-walk, through POST /session/<id>/terminate
     (`how='session'`) or POST /console/<s>/<u>/terminate ('console').
     """
-    run.planned = [
-        ('sessions', 'listed'), ('sessions', 'console'),
-        ('sessions', 'channels'),
-        ('terminate', 'api'), ('terminate', 'cut'),
-        ('terminate', 'keys_after_cut_refused'), ('sessions', 'gone'),
-        ('tokens', 'terminated_token_refused'),
-        ('tokens', 'terminated_token_refused_counted'),
-        ('terminate', 'no_key_after_cut'),
-        ('terminate', 'drain_sequence'), ('terminate', 'drain_keys_exact'),
-        ('terminate', 'drain_chains'), ('audit', 'token_entry')] + [
-        ('audit', 'channel_%s' % c) for c in pr.RYLL_CHANNELS] + [
-        ('audit', 'fields'), ('audit', 'termination_entry')]
+    run.planned = (pr.LISTED_CHECKS + CUT_CHECKS + [('sessions', 'gone')] +
+                   pr.refused_checks('tokens', 'terminated_token_refused') +
+                   [('terminate', 'no_key_after_cut')] +
+                   drain_checks('terminate') +
+                   pr.audit_checks(terminated=True))
     guest = _boot(lane, image, 'promise-terminate-%s' % how, boot_timeout)
     con1 = pr.Console(run, lane, guest, 's1', **console_kw).open()
     try:
@@ -253,13 +251,10 @@ def termination_reason(run, lane, session_id):
 
 def token_expiry(run, lane, image, duration_min=1, boot_timeout=120,
                  **console_kw):
-    run.planned = [('tokens', 'session_survives_expiry'),
-                   ('tokens', 'expired_token_refused'),
-                   ('tokens', 'expired_token_refused_counted'),
-                   ('tokens', 'no_key_while_refused'),
-                   ('tokens', 'drain_sequence'),
-                   ('tokens', 'drain_keys_exact'),
-                   ('tokens', 'drain_chains')]
+    run.planned = ([('tokens', 'session_survives_expiry')] +
+                   pr.refused_checks('tokens', 'expired_token_refused') +
+                   [('tokens', 'no_key_while_refused')] +
+                   drain_checks('tokens'))
     guest = _boot(lane, image, 'promise-token-expiry', boot_timeout)
     con1 = pr.Console(run, lane, guest, 's1', **console_kw)
     vv1 = con1.fetch_vv()
@@ -387,11 +382,10 @@ def firewall_refusal(run, lane, image, mode, permitted, boot_timeout=120):
         raise ValueError('firewall_refusal needs a channel of ryll\'s '
                          '(%s) left out of %s' % (pr.RYLL_CHANNELS,
                                                   permitted))
-    run.planned = [('firewall', 'channel_refused'),
-                   ('firewall', 'channel_refused_counted'),
-                   ('audit', 'firewall_refusal_audited'),
-                   ('firewall', 'no_key_reached_guest'),
-                   ('firewall', 'no_keypress_on_serial')]
+    run.planned = pr.refused_checks('firewall', 'channel_refused') + [
+        ('audit', 'firewall_refusal_audited'),
+        ('firewall', 'no_key_reached_guest'),
+        ('firewall', 'no_keypress_on_serial')]
     run.note('firewall', {'mode': mode, 'permitted': list(permitted),
                           'left_out': left_out})
     if mode == 'warn':

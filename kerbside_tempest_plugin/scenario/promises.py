@@ -444,6 +444,25 @@ def _strip_log(line):
     return re.sub(r'\x1b\[[0-9;]*m', '', line).strip()[:300]
 
 
+def audit_checks(terminated=False, channels=RYLL_CHANNELS):
+    """The (promise, check) names check_audit_session makes, in order."""
+    return ([('audit', 'token_entry')] +
+            [('audit', 'channel_%s' % c) for c in channels] +
+            [('audit', 'fields'), ('audit', 'termination_entry'
+                                   if terminated else
+                                   'no_termination_entry')])
+
+
+# The (promise, check) names check_session_listed makes, in order.
+LISTED_CHECKS = [('sessions', 'listed'), ('sessions', 'console'),
+                 ('sessions', 'channels')]
+
+
+def refused_checks(promise, check):
+    """The (promise, check) names attempt_refused makes."""
+    return [(promise, check), (promise, check + '_counted')]
+
+
 def check_audit_session(run, audit, session_id, channels=RYLL_CHANNELS,
                         terminated=False):
     """The audit trail of one session, against what Kerbside 0.8.0
