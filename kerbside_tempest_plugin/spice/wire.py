@@ -208,8 +208,8 @@ def read_link_header(data: bytes, what: str = 'link') -> int:
         raise WireError('%s: starts with %r, not the SPICE magic REDQ' % (
             what, bytes(magic)))
     if major != VERSION[0]:
-        raise WireError('%s: SPICE protocol %d, not %d' % (what, major,
-                                                          VERSION[0]))
+        raise WireError('%s: SPICE protocol %d, not %d' % (
+            what, major, VERSION[0]))
     if size > MAX_LINK:
         raise WireError('%s: a %d-byte link message (no link message is '
                         'over %d bytes)' % (what, size, MAX_LINK))
@@ -439,7 +439,8 @@ class Framer:
 def frame_stream(data: bytes, direction: str, negotiation: Negotiation
                  ) -> typing.Tuple[typing.List[Unit], int]:
     """Every complete unit of a whole captured direction, and how many
-    bytes were left over (a cut message)."""
+    bytes were left over (a cut message).
+    """
     framer = Framer(direction, negotiation)
     units = framer.feed(data)
     return units, framer.pending()
