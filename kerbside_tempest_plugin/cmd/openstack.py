@@ -120,6 +120,8 @@ def cmd_up(args):
         _err('torn down; logs kept in %s (leftover pids %s, busy ports %s)'
              % (workdir, report['leftover_pids'], report['busy_ports']))
         return 1
+    # Up on purpose after this process exits: `down` is the way down.
+    cloud.leave_running()
     out.update(cloud.info())
     out['memory'] = cloud.memory()
     print(json.dumps(out, sort_keys=True))

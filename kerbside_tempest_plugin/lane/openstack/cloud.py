@@ -13,6 +13,13 @@ virtlogd, any process still naming the workdir on its command line (a
 qemu whose libvirtd died), memcached, RabbitMQ, epmd and MariaDB; then
 every port is checked free and the logs are scrubbed of known secrets.
 
+A reaper (lane.reaper, with this module's teardown_workdir and
+cloud.json) starts in up() before any service does: should the process
+holding the cloud end without down() (SIGKILL, a signal nobody handles,
+a crash), it tears the cloud down. down() stops it after the teardown;
+`kerbside-openstack up`, which leaves its cloud running on purpose,
+stops it with leave_running().
+
 Workdir layout (everything but `secrets/` is an artifact)::
 
     cloud.json      state: ports, SPICE range, paths, timings (no secrets)
@@ -48,10 +55,13 @@ from kerbside_tempest_plugin.lane.openstack import keystone
 from kerbside_tempest_plugin.lane.openstack import services as svc
 from kerbside_tempest_plugin.lane.openstack import venv as os_venv
 from kerbside_tempest_plugin.lane import procs
+from kerbside_tempest_plugin.lane import reaper as lane_reaper
 
 LOG = logging.getLogger(__name__)
 
 STATE_FILE = 'cloud.json'
+# What the cloud's reaper runs once the cloud's owner is gone.
+TEARDOWN = __name__ + ':teardown_workdir'
 COMPUTE_HOST = 'ktp-compute'
 # Stopped first, newest first; then libvirt; then the infrastructure.
 # Kerbside (lane.kerbside's registry names) goes first: it calls Nova.
@@ -124,6 +134,7 @@ class OpenStackCloud:
         self.images = {}
         self.servers = []
         self._down_report = None
+        self._reaper = None
 
     # -- state -----------------------------------------------------------
     def info(self):
@@ -280,10 +291,16 @@ class OpenStackCloud:
     def up(self, timeout=240):
         """Bring every service up. Returns self; on failure the caller
         must still call down() (the CLI and the test do).
+
+        Before any service starts, a reaper (lane.reaper) starts watching
+        this process: should it end without down(), the reaper tears the
+        cloud down.
         """
         t0 = time.monotonic()
         self._prepare()
         self._save('starting')
+        self._reaper = lane_reaper.Reaper(
+            self.workdir, state_file=STATE_FILE, teardown=TEARDOWN).start()
         self._write_configs()
         self._tls()
         s = self.services
@@ -423,7 +440,20 @@ class OpenStackCloud:
                 self.workdir, redactor=self.redactor,
                 extra_ports=list(self.layout.ports.values())
                 if self.layout else ())
+        # Only now: had this process died during the teardown, the reaper
+        # would have finished it.
+        self.leave_running()
         return self._down_report
+
+    def leave_running(self):
+        """Stop the cloud's reaper: this process is about to exit and
+        leave the cloud up on purpose (`kerbside-openstack up`), so only
+        `kerbside-openstack down --workdir` takes it down. down() calls
+        it once the cloud is down. Idempotent; never raises.
+        """
+        reaper, self._reaper = self._reaper, None
+        if reaper is not None:
+            reaper.stop()
 
 
 # -- status, memory, teardown: from the workdir alone ---------------------
