@@ -136,3 +136,34 @@ def test_a_cut_stream_leaves_its_bytes_pending():
     units, left = wire.frame_stream(server_stream(msgs=[(304, b'y' * 9)])
                                     [:-3], wire.S2C, neg)
     assert units[-1].kind == 'link_result' and left == 6 + 6
+
+
+def test_what_a_framer_holds_of_a_cut_unit():
+    neg = wire.Negotiation()
+    c = wire.Framer(wire.C2S, neg)
+    assert c.partial() == '' and c.held() is None
+    c.feed(client_stream()[:10])
+    assert c.partial() == '10 of the 16 bytes of the link header'
+    c.feed(client_stream()[10:20])
+    assert c.partial() == '20 of the 38 bytes of the link'
+    c.feed(client_stream()[20:])
+    assert c.partial() == "132 bytes held until the server's link reply"
+    s = wire.Framer(wire.S2C, neg)
+    s.feed(reply()[:-2])
+    assert c.feed(b'') == [] and c.held() is None
+    s.feed(reply()[-2:] + b'\0\0')
+    assert [u.kind for u in c.feed(b'')] == ['auth', 'ticket']
+    full = wire.pack_message(101, b'\x1e\0\0\0')
+    c.feed(full[:3])
+    assert c.partial() == '3 of the 6 header bytes' and c.held() is None
+    c.feed(full[3:8])
+    assert c.held() == (101, 4)
+    assert c.partial() == '8 of the 10 bytes of message type 101 (key_down)'
+    assert [u.name for u in c.feed(full[8:])] == ['key_down']
+    assert c.partial() == '' and c.held() is None
+
+
+def test_a_link_reply_names_its_common_caps():
+    got = wire.parse_link_reply(reply()[wire.LINK_HEADER.size:])
+    assert got.has_common(wire.CAP_MINI_HEADER)
+    assert not got.has_common(wire.CAP_AUTH_SASL)

@@ -193,6 +193,9 @@ class LinkReply:
     common_caps: tuple
     channel_caps: tuple
 
+    def has_common(self, bit: int) -> bool:
+        return has_cap(self.common_caps, bit)
+
 
 def link_header(size: int) -> bytes:
     return LINK_HEADER.pack(MAGIC, VERSION[0], VERSION[1], size)
@@ -411,18 +414,67 @@ class Framer:
             self._mini = self.neg.mini_header
         return self._mini
 
-    def _message(self):
-        buf = self.buf
+    def _header_len(self):
         if self._mini is None and not self.neg.settled:
             return None             # the header depends on both sides
-        mini = self.mini()
-        hlen = MINI_HEADER.size if mini else FULL_HEADER.size
-        if len(buf) < hlen:
+        return MINI_HEADER.size if self.mini() else FULL_HEADER.size
+
+    def _header(self):
+        """(header length, type, body size) of the message at the front
+        of the buffer, once its header is known and whole, else None.
+        """
+        hlen = self._header_len()
+        if self.state != 'messages' or hlen is None or len(self.buf) < hlen:
             return None
-        if mini:
-            mtype, size = MINI_HEADER.unpack_from(buf, 0)
+        if hlen == MINI_HEADER.size:
+            mtype, size = MINI_HEADER.unpack_from(self.buf, 0)
         else:
-            _serial, mtype, size, _sub = FULL_HEADER.unpack_from(buf, 0)
+            _serial, mtype, size, _sub = FULL_HEADER.unpack_from(self.buf, 0)
+        return hlen, mtype, size
+
+    def held(self) -> typing.Optional[typing.Tuple[int, int]]:
+        """(type, body size) of the message whose header has arrived but
+        not all of its body; None when no message header is held.
+        """
+        head = self._header()
+        return head[1:] if head else None
+
+    def partial(self) -> str:
+        """What is held of a unit not yet whole, in words ('' when
+        nothing is): '16 of the 106 bytes of message type 103 (init)',
+        '3 of the 6 header bytes', '10 of the 182 bytes of the link', ...
+        """
+        n = len(self.buf)
+        if not n:
+            return ''
+        if self.state == 'messages':
+            head = self._header()
+            if head is None:
+                return '%d of the %s header bytes' % (
+                    n, self._header_len() or 'unknown')
+            hlen, mtype, size = head
+            return '%d of the %d bytes of message type %d (%s)' % (
+                n, hlen + size, mtype, message_name(
+                    self.neg.channel, self.direction, mtype))
+        if self.state == 'link':
+            if n < LINK_HEADER.size:
+                return '%d of the %d bytes of the link header' % (
+                    n, LINK_HEADER.size)
+            return '%d of the %d bytes of the link' % (
+                n, LINK_HEADER.size + LINK_HEADER.unpack_from(self.buf)[3])
+        if self.state in ('auth', 'ticket') and self.neg.reply is None:
+            return '%d bytes held until the server\'s link reply' % n
+        want = {'auth': AUTH_MECHANISM_BYTES, 'ticket': TICKET_BYTES,
+                'link_result': LINK_RESULT_BYTES}.get(self.state, n)
+        return '%d of the %d bytes of the %s' % (
+            n, want, self.state.replace('_', ' '))
+
+    def _message(self):
+        buf = self.buf
+        head = self._header()
+        if head is None:
+            return None
+        hlen, mtype, size = head
         if size > MAX_MESSAGE:
             raise WireError('%s: message type %d at stream byte %d says it '
                             'has %d bytes (over %d: not SPICE framing)' % (
