@@ -13,6 +13,7 @@ import pytest
 
 from kerbside_tempest_plugin.cmd import latency
 from kerbside_tempest_plugin.loadtest import packets
+from kerbside_tempest_plugin.spice import wire
 
 HERE = os.path.join(os.path.dirname(__file__), 'fixtures', 'packets')
 PCAPNG = os.path.join(HERE, 'kerbside-legs.pcapng.gz')
@@ -156,6 +157,48 @@ def test_garbled_spice_magic(tmp_path):
     data[_first_payload(data, QEMU)] ^= 0xFF
     with pytest.raises(packets.CaptureError, match='REDQ'):
         packets.analyse(_write(tmp_path, data), PROXY, QEMU)
+
+
+def _qemu_conn(channel='display'):
+    """The display connection of the qemu leg and its last message from
+    qemu.
+    """
+    conn = next(c for c in _conns(_raw()) if c.server[1] == QEMU and
+                packets.parse_spice(c).channel == channel)
+    last = max((m for m in packets.parse_spice(conn).messages
+                if m.direction == 'down'), key=lambda m: m.offset)
+    return conn, last
+
+
+def test_a_cut_plain_leg_keeps_its_messages_and_says_where():
+    conn, last = _qemu_conn()
+    whole = packets.parse_spice(conn).messages
+    del conn.down.data[last.offset + 10:]
+    cut = packets.parse_spice(conn)
+    assert cut.messages == [m for m in whole if m != last]
+    assert cut.truncated == (
+        'down: 10 of the %d bytes of message type %d (%s) cut at stream '
+        'byte %d' % (last.size, last.type, wire.message_name(
+            'display', wire.S2C, last.type), last.offset))
+
+
+def test_garbled_plain_framing_is_a_capture_error():
+    conn, last = _qemu_conn()
+    # Its mini header declares 1 GiB: not SPICE framing.
+    struct.pack_into('<I', conn.down.data, last.offset + 2, 1 << 30)
+    with pytest.raises(packets.CaptureError,
+                       match=r'spice 127\.0\.0\.1:\d+->127\.0\.0\.1:%d: '
+                             r'display channel, s2c: .*says it has '
+                             r'1073741824' % QEMU):
+        packets.parse_spice(conn)
+
+
+def test_a_link_not_captured_is_a_capture_error():
+    conn, _last = _qemu_conn()
+    del conn.down.data[100:]
+    with pytest.raises(packets.CaptureError,
+                       match=r'server link reply\): 100 of the \d+ bytes'):
+        packets.parse_spice(conn)
 
 
 def test_garbled_tls_record(tmp_path):

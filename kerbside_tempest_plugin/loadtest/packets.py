@@ -6,9 +6,10 @@ always TLS: the insecure port only redirects and ryll does not follow) and
 the hypervisor leg (kerbside-proxy <-> qemu's SPICE port, plain SPICE: the
 rig runs the lane with ``hypervisor_tls=False``). Then:
 
-- the plain leg is parsed as SPICE: each TCP connection's link (channel
-  type, whether the mini header was negotiated), then every message with
-  the capture time of the packet that completed it;
+- the plain leg is parsed as SPICE by spice.wire's framer: each TCP
+  connection's link (channel type, whether the mini header was
+  negotiated), then every message with the capture time of the packet
+  that completed it;
 - the TLS leg is parsed as TLS records: each record's length and the
   capture time of the packet that completed it (contents unreadable);
 - each plain connection is matched to the TLS connection the proxy relays
@@ -39,6 +40,7 @@ from kerbside_tempest_plugin.common import errors
 from kerbside_tempest_plugin.common import tools
 from kerbside_tempest_plugin.common import waiting
 from kerbside_tempest_plugin.loadtest import stats
+from kerbside_tempest_plugin.spice import wire
 
 LOG = logging.getLogger(__name__)
 
@@ -504,17 +506,11 @@ def tcp_connections(packets, path='capture'):
 
 
 # -- SPICE (the plain hypervisor leg) ----------------------------------
+# Framing is spice.wire's: a Framer per direction of each connection.
 
-SPICE_MAGIC = b'REDQ'
-CAP_AUTH_SELECTION = 0
-CAP_MINI_HEADER = 3
-CHANNELS = {1: 'main', 2: 'display', 3: 'inputs', 4: 'cursor',
-            5: 'playback', 6: 'record', 7: 'tunnel', 8: 'smartcard',
-            9: 'usbredir', 10: 'port', 11: 'webdav'}
-INPUTS_KEY_DOWN, INPUTS_KEY_UP = 101, 102
-# Display messages that draw: COPY_BITS, STREAM_DATA(_SIZED), DRAW_*.
-DISPLAY_DRAWS = frozenset([104, 123, 316, 318] + list(range(302, 314)))
-TICKET_BYTES = 128
+INPUTS_KEY_DOWN, INPUTS_KEY_UP = wire.INPUTS_KEY_DOWN, wire.INPUTS_KEY_UP
+TICKET_BYTES = wire.TICKET_BYTES
+_DIRECTIONS = {wire.C2S: 'up', wire.S2C: 'down'}
 
 
 @dataclasses.dataclass
@@ -540,98 +536,54 @@ class SpiceConn:
     linked_ns: int = None   # when qemu's link result passed
 
 
-def _caps(buf, off, n, where):
-    if off + 4 * n > len(buf):
-        raise CaptureError('%s: capability list runs past the link '
-                           'message' % where)
-    return [struct.unpack_from('<I', buf, off + 4 * k)[0] for k in range(n)]
-
-
-def _has_cap(words, bit):
-    return bool(words) and len(words) > bit // 32 and \
-        bool(words[bit // 32] & (1 << (bit % 32)))
-
-
-def _link_header(data, where):
-    if len(data) < 16:
-        raise CaptureError('%s: %d bytes, no SPICE link header' % (
-            where, len(data)))
-    if data[:4] != SPICE_MAGIC:
-        raise CaptureError('%s: starts with %r, not the SPICE magic REDQ'
-                           % (where, bytes(data[:4])))
-    size = struct.unpack_from('<I', data, 12)[0]
-    if 16 + size > len(data):
-        raise CaptureError('%s: link message of %d bytes, %d captured' % (
-            where, size, len(data) - 16))
-    return bytes(data[16:16 + size])
-
-
 def parse_spice(conn, where='spice'):
     """A plain SPICE connection: its link, then its messages. Raises
     CaptureError when the link cannot be read.
     """
     where = '%s %s:%d->%s:%d' % (where, conn.client[0], conn.client[1],
                                  conn.server[0], conn.server[1])
-    mess = _link_header(conn.up.data, where + ' (client link)')
-    if len(mess) < 18:
-        raise CaptureError('%s: client link message of %d bytes' % (
-            where, len(mess)))
-    _cid, ctype, cidx, ncommon, nchan, caps_off = struct.unpack_from(
-        '<IBBIII', mess, 0)
-    ccommon = _caps(mess, caps_off, ncommon, where)
-    reply = _link_header(conn.down.data, where + ' (server link reply)')
-    if len(reply) < 178:
-        raise CaptureError('%s: server link reply of %d bytes' % (
-            where, len(reply)))
-    err = struct.unpack_from('<I', reply, 0)[0]
-    if err:
-        raise CaptureError('%s: qemu refused the link (error %d)' % (where,
-                                                                     err))
-    sncommon, _snchan, scaps_off = struct.unpack_from('<III', reply, 166)
-    scommon = _caps(reply, scaps_off, sncommon, where)
-    mini = _has_cap(ccommon, CAP_MINI_HEADER) and \
-        _has_cap(scommon, CAP_MINI_HEADER)
-    auth_sel = _has_cap(ccommon, CAP_AUTH_SELECTION) and \
-        _has_cap(scommon, CAP_AUTH_SELECTION)
-    channel = CHANNELS.get(ctype, 'type-%d' % ctype)
-    up_start = 16 + len(mess) + (4 if auth_sel else 0) + TICKET_BYTES
-    down_start = 16 + len(reply) + 4
-    msgs = []
-    notes = []
-    for half, start, direction in ((conn.up, up_start, 'up'),
-                                   (conn.down, down_start, 'down')):
-        note = _messages(half, start, mini, channel, direction, msgs)
-        if note:
-            notes.append('%s: %s' % (direction, note))
+    neg = wire.Negotiation()
+    framers = {d: wire.Framer(d, neg) for d in _DIRECTIONS}
+    halves = {wire.C2S: conn.up, wire.S2C: conn.down}
+    try:
+        # The client's link, the server's reply (and its messages), then
+        # the client's auth, ticket and messages: a link's own order.
+        units = {d: framers[d].feed(bytes(halves[d].data))
+                 for d in (wire.C2S, wire.S2C)}
+        units[wire.C2S] += framers[wire.C2S].feed(b'')
+    except wire.WireError as e:
+        raise CaptureError('%s: %s' % (where, e)) from None
+    for got, d, what in ((neg.mess, wire.C2S, 'client link'),
+                         (neg.reply, wire.S2C, 'server link reply')):
+        if got is None:
+            raise CaptureError('%s (%s): %s captured' % (
+                where, what, framers[d].partial() or 'no bytes'))
+    if neg.reply.error:
+        raise CaptureError('%s: qemu refused the link (error %d)' % (
+            where, neg.reply.error))
+    msgs, notes, linked = [], [], None
+    for d, half in halves.items():
+        direction = _DIRECTIONS[d]
+        for u in units[d]:
+            end = u.offset + len(u.raw)
+            if u.kind == 'message':
+                msgs.append(Message(neg.channel, direction, u.type,
+                                    len(u.raw), half.time_of(end),
+                                    u.offset))
+            elif u.kind == 'link_result':
+                linked = half.time_of(end)
+        if framers[d].pending():
+            notes.append('%s: %s cut at stream byte %d' % (
+                direction, framers[d].partial(), framers[d].offset))
+        elif half.gap_at is not None:
+            notes.append('%s: capture lost bytes at stream byte %d' % (
+                direction, half.gap_at))
     msgs.sort(key=lambda m: m.end_ns)
-    linked = None
-    if len(conn.down.data) >= down_start:
-        linked = conn.down.time_of(down_start)
-    return SpiceConn(conn, channel, cidx, mini, msgs, '; '.join(notes),
-                     (up_start - TICKET_BYTES, up_start), linked)
-
-
-def _messages(half, off, mini, channel, direction, out):
-    data = half.data
-    hlen = 6 if mini else 18
-    while off < len(data):
-        if off + hlen > len(data):
-            return 'a %d-byte header cut at stream byte %d' % (hlen, off)
-        if mini:
-            mtype, size = struct.unpack_from('<HI', data, off)
-        else:
-            _serial, mtype, size, _sub = struct.unpack_from('<QHII', data,
-                                                            off)
-        end = off + hlen + size
-        if end > len(data):
-            return 'message type %d of %d bytes cut at stream byte %d' % (
-                mtype, size, off)
-        out.append(Message(channel, direction, mtype, hlen + size,
-                           half.time_of(end), off))
-        off = end
-    if half.gap_at is not None:
-        return 'capture lost bytes at stream byte %d' % half.gap_at
-    return ''
+    ticket = len(units[wire.C2S][0].raw) + (
+        wire.AUTH_MECHANISM_BYTES if neg.auth_selection else 0)
+    return SpiceConn(conn, neg.channel, neg.mess.channel_id,
+                     neg.mini_header, msgs, '; '.join(notes),
+                     (ticket, ticket + TICKET_BYTES), linked)
 
 
 # -- TLS (the client leg) ----------------------------------------------
@@ -885,7 +837,7 @@ def is_key(p):
 
 def is_draw(p):
     return p.channel == 'display' and p.direction == 'down' and \
-        p.type in DISPLAY_DRAWS
+        p.type in wire.DISPLAY_DRAWS
 
 
 def analyse(path, proxy_port, qemu_port, since_ns=None):
