@@ -304,18 +304,20 @@ def test_pack_message_declares_what_it_is_told():
 def test_link_header_not_spice():
     with pytest.raises(link.SpiceLinkError) as e:
         link.parse_link_header(b'HTTP/1.1 400 Bad', 'main')
-    assert 'not a SPICE server' in str(e.value)
+    assert 'not the SPICE magic REDQ' in str(e.value)
     assert e.value.code is None and e.value.channel == 'main'
     assert isinstance(e.value, errors.HarnessError)
 
 
 def test_link_header_other_major_and_huge_size():
-    with pytest.raises(link.SpiceLinkError, match='SPICE 1.3'):
+    with pytest.raises(link.SpiceLinkError, match='SPICE protocol 1, not 2'):
         link.parse_link_header(struct.pack('<4sIII', b'REDQ', 1, 3, 178))
-    with pytest.raises(link.SpiceLinkError, match='declares 99999 bytes'):
+    with pytest.raises(link.SpiceLinkError, match='a 99999-byte link'):
         link.parse_link_header(struct.pack('<4sIII', b'REDQ', 2, 2, 99999))
-    with pytest.raises(link.SpiceLinkError, match='16 bytes, got 3'):
+    with pytest.raises(link.SpiceLinkError, match='3 bytes, not a 16-byte'):
         link.parse_link_header(b'RED')
+    assert link.parse_link_header(struct.pack('<4sIII', b'REDQ', 2, 3,
+                                              178)) == (2, 3, 178)
 
 
 def test_link_reply_parsed():
@@ -326,13 +328,14 @@ def test_link_reply_parsed():
 
 
 def test_link_reply_garbled():
-    with pytest.raises(link.SpiceLinkError, match='too short'):
+    with pytest.raises(link.SpiceLinkError, match='no error code'):
         link.parse_link_reply(b'\0\0')
-    with pytest.raises(link.SpiceLinkError, match='a SpiceLinkReply is 178'):
+    with pytest.raises(link.SpiceLinkError,
+                       match='a SpiceLinkReply has at least 178'):
         link.parse_link_reply(b'\0' * 100)
     body = bytearray(link_reply()[16:])
     struct.pack_into('<I', body, 170, 5)     # 5 channel caps: past the end
-    with pytest.raises(link.SpiceLinkError, match='do not fit'):
+    with pytest.raises(link.SpiceLinkError, match='run past its 182 bytes'):
         link.parse_link_reply(bytes(body))
     # An error reply is returned for the caller to name, even if short.
     assert link.parse_link_reply(struct.pack('<I', 5)).error == 5
@@ -378,10 +381,14 @@ def test_parse_subject():
         link.parse_subject('CN=a,junk')
 
 
-def test_message_names():
-    assert link.message_name(1, 103) == '103 (MAIN_INIT)'
-    assert link.message_name(3, 4) == '4 (PING)'
-    assert link.message_name(3, 9999) == '9999'
+def test_message_names_are_the_wire_names():
+    assert link.message_name(1, 103) == '103 (init)'
+    assert link.message_name(3, 4) == '4 (ping)'
+    assert link.message_name(3, 101, 'c2s') == '101 (key_down)'
+    assert link.message_name(3, 9999) == '9999 (type-9999)'
+    assert link.MSG_MAIN_INIT == 103 and link.MSGC_PONG == 3
+    assert link.ChannelType.INPUTS == 3 and link.ChannelType(2).name == \
+        'DISPLAY'
 
 
 # ------------------------------------------------------- against the fake
@@ -459,9 +466,8 @@ def test_garbled_reply(server_factory):
         open_session(srv)
     assert time.monotonic() - t0 < 3
     assert str(e.value) == (
-        "main channel (127.0.0.1:%d): the peer is not a SPICE server: its "
-        "link reply starts b'HTTP/1.1 400 Bad', not the magic b'REDQ'"
-        % srv.port)
+        "main channel (127.0.0.1:%d): its link reply: starts with b'HTTP', "
+        "not the SPICE magic REDQ" % srv.port)
     assert e.value.channel == 'main'
 
 
@@ -502,8 +508,8 @@ def test_eof_mid_message(server_factory):
             ch.read_message(5)
     finally:
         ch.close()
-    assert 'the peer closed the connection after 16 of the 106 bytes of a ' \
-        'message of type 103 (MAIN_INIT)' in str(e.value)
+    assert 'the peer closed the connection after 16 of the 106 bytes of ' \
+        'message type 103 (init)' in str(e.value)
     assert e.value.partial.startswith('16 of the 106')
 
 
@@ -564,12 +570,41 @@ def test_read_message_deadline():
         b.sendall(struct.pack('<HI', 101, 2) + b'\0')
         with pytest.raises(link.SpiceTimeout) as e:
             ch.read_message(0.3)
-        assert 'arrived: 7 of the 8 bytes of a message of type 101 ' \
-            '(INPUTS_INIT)' in str(e.value)
+        assert 'arrived: 7 of the 8 bytes of message type 101 (init)' \
+            in str(e.value)
         b.sendall(b'\0')
         m = ch.read_message(1)
         assert (m.type, m.body) == (101, b'\0\0')
         assert ch.poll(0.1) is None
+    finally:
+        ch.close()
+        b.close()
+
+
+def test_messages_in_one_read_and_the_client_size_limit():
+    a, b = socket.socketpair()
+    ch = link.Channel(a, link.ChannelType.MAIN, max_message=100)
+    try:
+        b.sendall(msg(3, b'\1' * 8) + msg(4, b'\2' * 12) + msg(103, b'x' * 99)
+                  + struct.pack('<HI', 104, 101))
+        assert [(m.type, m.body) for m in (ch.read_message(1),
+                                           ch.read_message(1))] == [
+            (3, b'\1' * 8), (4, b'\2' * 12)]
+        assert ch.read_message(1).size == 99
+        # The header alone is enough: its 101 bytes are not awaited.
+        with pytest.raises(link.SpiceLinkError, match='message of type 104 '
+                           r'\(channels_list\) of 101 bytes, more than the '
+                           '100'):
+            ch.read_message(1)
+    finally:
+        ch.close()
+        b.close()
+    a, b = socket.socketpair()
+    ch = link.Channel(a, link.ChannelType.MAIN, max_message=100)
+    try:
+        b.sendall(msg(5, b'y' * 150))     # whole in one read: refused too
+        with pytest.raises(link.SpiceLinkError, match='of 150 bytes'):
+            ch.read_message(1)
     finally:
         ch.close()
         b.close()

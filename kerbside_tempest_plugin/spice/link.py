@@ -6,24 +6,16 @@ to qemu), answer the server's SET_ACK and PING, and put a message of our
 choosing on the wire: `Channel.send(msg_type, payload, declared_size=)`
 may declare a size other than the payload's, which no real client does.
 
-The wire, from the SPICE protocol (spice-protocol's spice/protocol.h and
-spice/enums.h; all integers little-endian):
+The wire (link header and message, link reply, ticket, mini headers) is
+spice.wire's; this module adds what a client does with it:
 
-- link header: magic `REDQ`, major 2, minor 2, size of what follows;
-- SpiceLinkMess: connection_id u32 (0 for main; the session id from
-  MAIN_INIT for the other channels), channel_type u8, channel_id u8,
-  num_common_caps u32, num_channel_caps u32, caps_offset u32 (18), then
-  the capability words;
-- SpiceLinkReply: error u32 (SpiceLinkErr), a 162-byte RSA public key
-  (DER SubjectPublicKeyInfo), num_common_caps, num_channel_caps,
-  caps_offset (from the start of the reply), then the words;
-- with AUTH_SELECTION on both sides the client names its mechanism (u32
-  AUTH_SPICE), then sends the ticket RSA-OAEP/SHA-1 encrypted with a
-  trailing NUL; the server answers a u32 SpiceLinkErr;
-- then messages, each behind a 6-byte mini header (type u16, size u32)
-  when both sides offer MINI_HEADER. Kerbside's proxy refuses a client
+- a SpiceLinkMess with connection_id 0 for main and, for the other
+  channels, the session id from MAIN_INIT;
+- with AUTH_SELECTION on both sides it names AUTH_SPICE, then sends the
+  ticket RSA-OAEP/SHA-1 encrypted with the reply's key and a trailing NUL;
+- it speaks mini headers only: Kerbside's proxy refuses a client
   without AUTH_SELECTION and MINI_HEADER (docs/contracts/kerbside.md
-  §7.3), and this layer speaks nothing else.
+  §7.3). What arrives is cut into messages by a `wire.Framer`.
 
 TLS is verified against the CA the caller gives (a .vv's `ca`): with a
 `host_subject` the certificate's subject is pinned attribute by attribute
@@ -37,6 +29,7 @@ awaited and what came instead; never a hang, never a bare socket error.
 The ticket never appears in an error or a log.
 """
 
+import collections
 import dataclasses
 import enum
 import socket
@@ -48,24 +41,19 @@ import typing
 
 from kerbside_tempest_plugin.common import errors
 from kerbside_tempest_plugin.common import vv as common_vv
+from kerbside_tempest_plugin.spice import wire
 
-MAGIC = b'REDQ'
-VERSION_MAJOR = 2
-VERSION_MINOR = 2
-# SPICE_TICKET_PUBKEY_BYTES: a 1024-bit RSA key as SubjectPublicKeyInfo.
-PUBKEY_BYTES = 162
+# The wire, as spice.wire has it.
+MAGIC = wire.MAGIC
+PUBKEY_BYTES = wire.PUBKEY_BYTES
+LINK_HEADER, LINK_MESS = wire.LINK_HEADER, wire.LINK_MESS
+LINK_REPLY, MINI_HEADER = wire.LINK_REPLY, wire.MINI_HEADER
+LinkReply = wire.LinkReply
+has_cap = wire.has_cap
+U32 = struct.Struct('<I')
 # SPICE_MAX_PASSWORD_LENGTH.
 MAX_TICKET = 60
 
-LINK_HEADER = struct.Struct('<4sIII')
-LINK_MESS = struct.Struct('<IBBIII')
-LINK_REPLY = struct.Struct('<I%dsIII' % PUBKEY_BYTES)
-MINI_HEADER = struct.Struct('<HI')
-U32 = struct.Struct('<I')
-
-# A link reply is 178 bytes and a few capability words; anything much
-# larger is not a SPICE server talking.
-MAX_LINK_REPLY = 4096
 # The largest message this client accepts from a server (main and inputs
 # carry small messages; Kerbside's relay guards at 16 MiB).
 MAX_MESSAGE = 16 * 1024 * 1024
@@ -77,18 +65,9 @@ POLL_S = 0.05
 RECV_CHUNK = 65536
 
 
-class ChannelType(enum.IntEnum):
-    MAIN = 1
-    DISPLAY = 2
-    INPUTS = 3
-    CURSOR = 4
-    PLAYBACK = 5
-    RECORD = 6
-    TUNNEL = 7
-    SMARTCARD = 8
-    USBREDIR = 9
-    PORT = 10
-    WEBDAV = 11
+ChannelType = enum.IntEnum('ChannelType', [
+    (name.upper(), number) for number, name in wire.CHANNELS.items()],
+    module=__name__)
 
 
 class LinkErr(enum.IntEnum):
@@ -105,10 +84,10 @@ class LinkErr(enum.IntEnum):
 
 
 class CommonCap(enum.IntEnum):
-    AUTH_SELECTION = 0
-    AUTH_SPICE = 1
-    AUTH_SASL = 2
-    MINI_HEADER = 3
+    AUTH_SELECTION = wire.CAP_AUTH_SELECTION
+    AUTH_SPICE = wire.CAP_AUTH_SPICE
+    AUTH_SASL = wire.CAP_AUTH_SASL
+    MINI_HEADER = wire.CAP_MINI_HEADER
 
 
 # What this client offers: ticket auth, chosen explicitly, and mini
@@ -116,43 +95,17 @@ class CommonCap(enum.IntEnum):
 CLIENT_COMMON_CAPS = (CommonCap.AUTH_SELECTION, CommonCap.AUTH_SPICE,
                       CommonCap.MINI_HEADER)
 
-# Server -> client messages every channel has.
-MSG_MIGRATE = 1
-MSG_MIGRATE_DATA = 2
-MSG_SET_ACK = 3
-MSG_PING = 4
-MSG_WAIT_FOR_CHANNELS = 5
-MSG_DISCONNECTING = 6
-MSG_NOTIFY = 7
-# Client -> server messages every channel has.
-MSGC_ACK_SYNC = 1
-MSGC_ACK = 2
-MSGC_PONG = 3
-MSGC_DISCONNECTING = 6
-# main
-MSG_MAIN_INIT = 103
-MSG_MAIN_CHANNELS_LIST = 104
-MSG_MAIN_MOUSE_MODE = 105
-# inputs
-MSG_INPUTS_INIT = 101
-MSG_INPUTS_KEY_MODIFIERS = 102
-MSGC_INPUTS_KEY_DOWN = 101
-MSGC_INPUTS_KEY_UP = 102
-MSGC_INPUTS_KEY_MODIFIERS = 103
-
-MESSAGE_NAMES = {
-    MSG_MIGRATE: 'MIGRATE', MSG_MIGRATE_DATA: 'MIGRATE_DATA',
-    MSG_SET_ACK: 'SET_ACK', MSG_PING: 'PING',
-    MSG_WAIT_FOR_CHANNELS: 'WAIT_FOR_CHANNELS',
-    MSG_DISCONNECTING: 'DISCONNECTING', MSG_NOTIFY: 'NOTIFY',
-}
-CHANNEL_MESSAGE_NAMES = {
-    ChannelType.MAIN: {MSG_MAIN_INIT: 'MAIN_INIT',
-                       MSG_MAIN_CHANNELS_LIST: 'MAIN_CHANNELS_LIST',
-                       MSG_MAIN_MOUSE_MODE: 'MAIN_MOUSE_MODE'},
-    ChannelType.INPUTS: {MSG_INPUTS_INIT: 'INPUTS_INIT',
-                         MSG_INPUTS_KEY_MODIFIERS: 'INPUTS_KEY_MODIFIERS'},
-}
+# The messages this client reads or answers (every channel has SET_ACK,
+# PING, ACK_SYNC, ACK and PONG).
+MSG_SET_ACK = wire.message_type('main', wire.S2C, 'set_ack')
+MSG_PING = wire.message_type('main', wire.S2C, 'ping')
+MSGC_ACK_SYNC = wire.message_type('main', wire.C2S, 'ack_sync')
+MSGC_ACK = wire.message_type('main', wire.C2S, 'ack')
+MSGC_PONG = wire.message_type('main', wire.C2S, 'pong')
+MSG_MAIN_INIT = wire.message_type('main', wire.S2C, 'init')
+MSG_INPUTS_INIT = wire.message_type('inputs', wire.S2C, 'init')
+MSGC_INPUTS_KEY_DOWN = wire.INPUTS_KEY_DOWN
+MSGC_INPUTS_KEY_UP = wire.INPUTS_KEY_UP
 
 
 def link_error_name(code: typing.Optional[int]) -> typing.Optional[str]:
@@ -165,10 +118,11 @@ def link_error_name(code: typing.Optional[int]) -> typing.Optional[str]:
         return 'unknown code %d' % code
 
 
-def message_name(channel_type: int, msg_type: int) -> str:
-    name = CHANNEL_MESSAGE_NAMES.get(channel_type, {}).get(msg_type) or \
-        MESSAGE_NAMES.get(msg_type)
-    return '%d (%s)' % (msg_type, name) if name else str(msg_type)
+def message_name(channel_type: int, msg_type: int,
+                 direction: str = wire.S2C) -> str:
+    """'103 (init)': the type and spice.wire's name for it."""
+    return '%d (%s)' % (msg_type, wire.message_name(
+        wire.channel_name(channel_type), direction, msg_type))
 
 
 # ----------------------------------------------------------------- errors
@@ -212,17 +166,6 @@ class SpiceTimeout(SpiceLinkError, errors.HarnessTimeout):
 
 
 @dataclasses.dataclass(frozen=True)
-class LinkReply:
-    error: int
-    pub_key: bytes
-    common_caps: typing.Tuple[int, ...]
-    channel_caps: typing.Tuple[int, ...]
-
-    def has_common(self, cap: int) -> bool:
-        return has_cap(self.common_caps, cap)
-
-
-@dataclasses.dataclass(frozen=True)
 class Message:
     """One message received: its type, body and when (time.monotonic)."""
     type: int
@@ -235,86 +178,51 @@ class Message:
 
 
 def caps_words(bits: typing.Iterable[int]) -> typing.Tuple[int, ...]:
-    """Capability bit numbers as the u32 words of a link message."""
+    """Capability bit numbers as the u32 words of a link message; no
+    words for no bits.
+    """
     bits = list(bits)
-    if not bits:
-        return ()
-    words = [0] * (max(bits) // 32 + 1)
-    for b in bits:
-        words[b // 32] |= 1 << (b % 32)
-    return tuple(words)
-
-
-def has_cap(words: typing.Sequence[int], bit: int) -> bool:
-    i = bit // 32
-    return i < len(words) and bool(words[i] & (1 << (bit % 32)))
+    return wire.caps_words(bits) if bits else ()
 
 
 def pack_link_mess(channel_type: int, connection_id: int = 0,
                    channel_id: int = 0,
                    common_caps: typing.Iterable[int] = CLIENT_COMMON_CAPS,
                    channel_caps: typing.Iterable[int] = ()) -> bytes:
-    """The link header and SpiceLinkMess a client opens a channel with."""
-    common = caps_words(common_caps)
-    chan = caps_words(channel_caps)
-    mess = LINK_MESS.pack(connection_id, channel_type, channel_id,
-                          len(common), len(chan), LINK_MESS.size)
-    mess += b''.join(U32.pack(w) for w in common + chan)
-    return LINK_HEADER.pack(MAGIC, VERSION_MAJOR, VERSION_MINOR,
-                            len(mess)) + mess
+    """The link header and SpiceLinkMess a client opens a channel with
+    (the caps as bit numbers).
+    """
+    return wire.pack_link_mess(channel_type, connection_id, channel_id,
+                               caps_words(common_caps),
+                               caps_words(channel_caps))
+
+
+def _framing(parse, data: bytes, what: str, channel: typing.Optional[str]):
+    try:
+        return parse(data, what)
+    except wire.WireError as e:
+        raise SpiceLinkError(str(e), channel=channel) from None
 
 
 def parse_link_header(data: bytes, channel: typing.Optional[str] = None
                       ) -> typing.Tuple[int, int, int]:
     """(major, minor, size) of a 16-byte link header; SpiceLinkError for
-    a peer that is not a SPICE server or speaks another major version.
+    a peer that is not a SPICE server, speaks another major version or
+    announces an absurd size.
     """
-    if len(data) != LINK_HEADER.size:
-        raise SpiceLinkError('a link header is %d bytes, got %d'
-                             % (LINK_HEADER.size, len(data)), channel=channel)
-    magic, major, minor, size = LINK_HEADER.unpack(data)
-    if magic != MAGIC:
-        raise SpiceLinkError(
-            'the peer is not a SPICE server: its link reply starts %r, not '
-            'the magic %r' % (data[:16], MAGIC), channel=channel)
-    if major != VERSION_MAJOR:
-        raise SpiceLinkError('the peer speaks SPICE %d.%d; this client '
-                             'speaks %d.x' % (major, minor, VERSION_MAJOR),
-                             channel=channel)
-    if size > MAX_LINK_REPLY:
-        raise SpiceLinkError('garbled link reply: its header declares %d '
-                             'bytes (a reply is about %d)'
-                             % (size, LINK_REPLY.size), channel=channel)
+    size = _framing(wire.read_link_header, data, 'its link reply', channel)
+    _magic, major, minor, _size = LINK_HEADER.unpack_from(data)
     return major, minor, size
 
 
 def parse_link_reply(body: bytes, channel: typing.Optional[str] = None
                      ) -> LinkReply:
     """The SpiceLinkReply after the header. A reply whose error is not OK
-    is returned as parsed as far as it goes (the caller raises with the
-    code); a truncated or inconsistent OK reply is a SpiceLinkError.
+    is returned with the error alone (the caller raises with the code);
+    a truncated or inconsistent OK reply is a SpiceLinkError.
     """
-    if len(body) < U32.size:
-        raise SpiceLinkError('garbled link reply: %d bytes, too short to '
-                             'hold even an error code' % len(body),
-                             channel=channel)
-    error = U32.unpack_from(body)[0]
-    if error != LinkErr.OK:
-        return LinkReply(error, b'', (), ())
-    if len(body) < LINK_REPLY.size:
-        raise SpiceLinkError('garbled link reply: %d bytes, a SpiceLinkReply'
-                             ' is %d' % (len(body), LINK_REPLY.size),
-                             channel=channel)
-    error, key, n_common, n_chan, offset = LINK_REPLY.unpack_from(body)
-    end = offset + 4 * (n_common + n_chan)
-    if offset < LINK_REPLY.size or end > len(body):
-        raise SpiceLinkError(
-            'garbled link reply: %d+%d capability words at offset %d do not '
-            'fit its %d bytes' % (n_common, n_chan, offset, len(body)),
-            channel=channel)
-    words = struct.unpack_from('<%dI' % (n_common + n_chan), body, offset)
-    return LinkReply(error, key, tuple(words[:n_common]),
-                     tuple(words[n_common:]))
+    return _framing(wire.parse_link_reply, body, 'garbled link reply',
+                    channel)
 
 
 def encrypt_ticket(pub_key_der: bytes, ticket: str,
@@ -350,8 +258,7 @@ def pack_message(msg_type: int, payload: bytes = b'',
     """A mini-header message. `declared_size` (default: the payload's
     length) is what the header claims, whatever the payload is.
     """
-    size = len(payload) if declared_size is None else declared_size
-    return MINI_HEADER.pack(msg_type, size) + payload
+    return wire.pack_message(msg_type, payload, declared_size=declared_size)
 
 
 # -------------------------------------------------------------------- TLS
@@ -444,11 +351,15 @@ class Channel:
                  peer: str = '', max_message: int = MAX_MESSAGE):
         self._sock = sock
         self.channel_type = channel_type
-        self.name = _type_name(channel_type)
+        self.name = wire.channel_name(channel_type)
         self.peer = peer
         self.max_message = max_message
         self._lock = threading.RLock()
-        self._buf = bytearray()
+        self._buf = bytearray()     # read, not yet framed (or the link's)
+        neg = wire.Negotiation()
+        neg.mess = wire.LinkMess(0, channel_type, 0, (), ())
+        self._framer = wire.Framer(wire.S2C, neg, skip_link=True)
+        self._units: typing.Deque[wire.Unit] = collections.deque()
         self._closed = False
         self.bytes_in = 0
         self.bytes_out = 0
@@ -474,7 +385,7 @@ class Channel:
         """
         deadline = time.monotonic() + timeout
         peer = '%s:%s%s' % (host, port, ' TLS' if tls else '')
-        name = _type_name(channel_type)
+        name = wire.channel_name(channel_type)
         try:
             raw = socket.create_connection((host, port), timeout=timeout)
         except socket.timeout:
@@ -540,15 +451,7 @@ class Channel:
     # -- low-level I/O ---------------------------------------------------
     def _pending(self) -> str:
         """What of the next message has arrived, for an error message."""
-        n = len(self._buf)
-        if n == 0:
-            return ''
-        if n < MINI_HEADER.size:
-            return '%d of the %d header bytes' % (n, MINI_HEADER.size)
-        t, size = MINI_HEADER.unpack_from(self._buf)
-        return '%d of the %d bytes of a message of type %s' % (
-            n, MINI_HEADER.size + size,
-            message_name(self.channel_type, t))
+        return self._framer.partial()
 
     def _recv_some(self, timeout: float) -> bool:
         """Read what arrives within `timeout` into the buffer: True if
@@ -626,21 +529,29 @@ class Channel:
 
     # -- messages --------------------------------------------------------
     def _take(self) -> typing.Optional[Message]:
-        if len(self._buf) < MINI_HEADER.size:
-            return None
-        msg_type, size = MINI_HEADER.unpack_from(self._buf)
+        if self._buf:
+            try:
+                self._units.extend(self._framer.feed(bytes(self._buf)))
+            except wire.WireError as e:
+                raise SpiceLinkError('%s: garbled stream: %s' % (
+                    self.label, e), channel=self.name) from None
+            self._buf.clear()
+        if self._units:
+            unit = self._units.popleft()
+            self._check_size(unit.type, len(unit.body))
+            return Message(unit.type, unit.body, time.monotonic())
+        held = self._framer.held()
+        if held is not None:
+            self._check_size(*held)
+        return None
+
+    def _check_size(self, msg_type: int, size: int) -> None:
         if size > self.max_message:
             raise SpiceLinkError(
                 '%s: garbled stream: a header declares a message of type %s '
                 'of %d bytes, more than the %d this client accepts' % (
                     self.label, message_name(self.channel_type, msg_type),
                     size, self.max_message), channel=self.name)
-        end = MINI_HEADER.size + size
-        if len(self._buf) < end:
-            return None
-        body = bytes(self._buf[MINI_HEADER.size:end])
-        del self._buf[:end]
-        return Message(msg_type, body, time.monotonic())
 
     def poll(self, timeout: float) -> typing.Optional[Message]:
         """The next message if one is whole within `timeout`, else None.
@@ -677,7 +588,7 @@ class Channel:
         data = pack_message(msg_type, payload, declared_size)
         self._sendall(data, time.monotonic() + timeout,
                       'a message of type %s' % message_name(
-                          self.channel_type, msg_type))
+                          self.channel_type, msg_type, wire.C2S))
         return len(data)
 
     def close(self) -> None:
@@ -686,13 +597,6 @@ class Channel:
                 return
             self._closed = True
             _close_quietly(self._sock)
-
-
-def _type_name(channel_type: int) -> str:
-    try:
-        return ChannelType(channel_type).name.lower()
-    except ValueError:
-        return 'channel type %d' % channel_type
 
 
 def _tls_wrap(raw: socket.socket, host: str, tls: TLSConfig,
