@@ -561,13 +561,13 @@ def parse_spice(conn, where='spice'):
     if neg.reply.error:
         raise CaptureError('%s: qemu refused the link (error %d)' % (
             where, neg.reply.error))
-    msgs, notes, linked = [], [], None
+    msgs, notes, linked, channel = [], [], None, neg.channel
     for d, half in halves.items():
         direction = _DIRECTIONS[d]
         for u in units[d]:
             end = u.offset + len(u.raw)
             if u.kind == 'message':
-                msgs.append(Message(neg.channel, direction, u.type,
+                msgs.append(Message(channel, direction, u.type,
                                     len(u.raw), half.time_of(end),
                                     u.offset))
             elif u.kind == 'link_result':
@@ -581,7 +581,7 @@ def parse_spice(conn, where='spice'):
     msgs.sort(key=lambda m: m.end_ns)
     ticket = len(units[wire.C2S][0].raw) + (
         wire.AUTH_MECHANISM_BYTES if neg.auth_selection else 0)
-    return SpiceConn(conn, neg.channel, neg.mess.channel_id,
+    return SpiceConn(conn, channel, neg.mess.channel_id,
                      neg.mini_header, msgs, '; '.join(notes),
                      (ticket, ticket + TICKET_BYTES), linked)
 
