@@ -24,9 +24,17 @@ lane.reaper, then finishes the teardown). `shielded()` defers the
 signals around a piece of work that must not be interrupted, from any
 thread (signal.signal itself works only in the main thread).
 
-For processes the harness does not own (a tempest worker under
-`tox -e direct-qemu`, whatever stestr does with signals), the lane's
-reaper is what guarantees the teardown.
+A process whose main loop the harness does not own (a tempest worker:
+testtools, unittest and stestr decide what an exception raised in a
+test does, and a class's cleanups run only when the next class starts)
+uses `tear_down_on()` instead: the signal runs the registered teardowns
+in the handler itself, then ends the process as the signal ends it by
+default (a parent sees it killed by SIGTERM or SIGINT, as before), and
+`forget()` once the owner's own teardown has run puts Python's handlers
+back. The teardown has a deadline (`TEARDOWN_DEADLINE`, after which the
+process exits anyway). For a SIGKILL, or an owner that never registered
+(not the main thread), the lane's reaper is what guarantees the
+teardown.
 """
 
 import contextlib
@@ -35,12 +43,15 @@ import signal
 import sys
 import threading
 import time
+import traceback
 
 # The signals a lane-owning command turns into its teardown path; an
 # interactive console keeps Ctrl-C for itself.
 TEARDOWN_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 # ... and a batch command (a benchmark), where Ctrl-C means stop.
 BATCH_SIGNALS = TEARDOWN_SIGNALS + (signal.SIGINT,)
+# ... and a process the harness does not own (tear_down_on()).
+WORKER_SIGNALS = BATCH_SIGNALS
 # A repeat within this many seconds of the first is ignored: the
 # lane's teardown takes up to about a minute (lane.lane.teardown_workdir's
 # per-process deadlines).
@@ -49,6 +60,11 @@ GRACE = 90.0
 _lock = threading.Lock()
 _state = {'first': None, 'installed': (), 'shield': 0, 'pending': None,
           'grace': GRACE}
+# tear_down_on(): key -> (label, teardown), in registration order; the
+# handlers it replaced, to put back; the teardown's deadline.
+TEARDOWN_DEADLINE = 150.0
+_owners = {}
+_previous = {}
 
 
 def exception_for(signum):
@@ -155,3 +171,124 @@ def shielded():
                 _state['pending'] = None
         if pending is not None:
             signal.raise_signal(pending)
+
+
+# -- a process the harness does not own: tear down, then die of it ---------
+
+def tear_down_on(key, teardown, label, signals=WORKER_SIGNALS,
+                 deadline=TEARDOWN_DEADLINE):
+    """Run `teardown()` (with every other registered one) when one of
+    `signals` arrives, then end the process as that signal does by default
+    (killed by it: the status a parent expects of a SIGTERM or Ctrl-C).
+    `label` names what it tears down in the message on standard error.
+    For a process whose main loop is not the harness's (a tempest worker:
+    see the module docstring). A repeat within the grace is ignored, the
+    signals are deferred under `shielded()` (the owner's own teardown),
+    and after `deadline` seconds of teardown the process exits anyway
+    (status 128 + signum; the lane's reaper then finishes).
+
+    Main thread only: elsewhere it registers nothing and returns False
+    (the signal keeps Python's behaviour; the reaper remains). Returns
+    True once registered. `forget(key)` undoes it.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    with _lock:
+        _state['deadline'] = deadline
+        _owners[key] = (label, teardown)
+    for sig in signals:
+        if sig in _previous:
+            continue
+        try:
+            _previous[sig] = signal.signal(sig, _teardown_handler)
+        except (ValueError, OSError):
+            continue
+    return True
+
+
+def forget(key):
+    """Drop `key`'s teardown (its owner has torn down itself). Once none
+    is left, the handlers tear_down_on() replaced are put back. Returns
+    whether `key` was registered; never raises.
+    """
+    with _lock:
+        known = _owners.pop(key, None) is not None
+        restore = {} if _owners else dict(_previous)
+        if restore:
+            _previous.clear()
+    for sig, handler in restore.items():
+        try:
+            signal.signal(sig, handler if handler is not None
+                          else signal.SIG_DFL)
+        except (ValueError, OSError):
+            pass
+    return known
+
+
+def owners():
+    """The labels of the teardowns registered with tear_down_on()."""
+    with _lock:
+        return [label for label, _ in _owners.values()]
+
+
+def _teardown_handler(signum, frame):
+    now = time.monotonic()
+    with _lock:
+        what = decide(signum, now, _state['first'], _state['shield'],
+                      _state['grace'])
+        if what == 'defer':
+            _state['pending'] = signum
+        elif what == 'raise':
+            _state['first'] = now
+        todo = list(_owners.values())
+        deadline = _state.get('deadline', TEARDOWN_DEADLINE)
+    name = signal.Signals(signum).name
+    if what == 'defer':
+        _say('%s received; deferred until the current teardown ends' % name)
+        return
+    if what == 'ignore':
+        _say('%s received again; the teardown is already running '
+             '(SIGKILL ends this process; the lane reaper then finishes '
+             'the teardown)' % name)
+        return
+    # The reader of our standard output may be gone (stestr killed by the
+    # same signal): a write to it must fail, not end us mid-teardown.
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    _say('%s received: tearing down %s before exit' % (
+        name, ', '.join(label for label, _ in todo) or 'nothing'))
+    watchdog = threading.Timer(deadline, _give_up, (signum, deadline))
+    watchdog.daemon = True
+    watchdog.start()
+    for label, teardown in todo:
+        try:
+            teardown()
+        except BaseException:
+            _say('tearing down %s failed:\n%s' % (
+                label, traceback.format_exc()))
+    _say('torn down; exiting on %s' % name)
+    die_of(signum)
+
+
+def _give_up(signum, deadline):
+    _say('the teardown did not end within %.0f s; exiting (the lane '
+         'reaper finishes it)' % deadline)
+    os._exit(128 + signum)
+
+
+def die_of(signum):
+    """End this process as `signum` does by default (killed by it), after
+    flushing standard output and error; exit status 128 + signum should
+    the signal not end it.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+    try:
+        signal.signal(signum, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, [signum])
+        os.kill(os.getpid(), signum)
+        time.sleep(5)
+    finally:
+        os._exit(128 + signum)

@@ -126,6 +126,10 @@ class SextantScenarioBase(test.BaseTestCase):
         # Registered before up(): a lane that fails half-way is still
         # torn down (tempest runs class cleanups from tearDownClass).
         cls.addClassResourceCleanup(cls._lane_down)
+        # On a signal, the crash-safe teardown (what the lane's reaper
+        # runs), not lane.down(): the signal may have stopped this worker
+        # anywhere, holding any lock of the lane's.
+        cls._down_on_signal(lambda: lane_mod.teardown_workdir(workdir))
         LOG.info('bringing the %s lane up in %s', cls.route, workdir)
         cls.lane.up()
         # [sextant] image, else SEXTANT_IMAGE, else the bundled guest.
@@ -150,18 +154,39 @@ class SextantScenarioBase(test.BaseTestCase):
             provider, workdir, route=cls.route,
             ryll_binary=CONF.kerbside.ryll_binary)
         cls.addClassResourceCleanup(cls._lane_down)
+        cls._down_on_signal(cls.lane.down)
         # None lets the provider use its configured image reference.
         cls.image = CONF.sextant.image
 
     @classmethod
+    def _down_on_signal(cls, teardown):
+        """A SIGTERM, SIGINT or SIGHUP to this worker (a CI job's timeout,
+        Ctrl-C, tools/direct-qemu-job.sh passing one on) runs `teardown`
+        and drops the lane's secrets, then the worker dies of the signal
+        (common.signals.tear_down_on). Only from the main thread, where
+        tempest sets classes up; elsewhere the signal does what it always
+        did and the lane's reaper tears a direct-qemu lane down.
+        _lane_down() undoes it.
+        """
+        from kerbside_tempest_plugin.common import signals
+        workdir = cls.lane.workdir
+
+        def down():
+            teardown()
+            _drop_secrets(workdir)
+        signals.tear_down_on(cls, down, 'the %s lane of %s in %s' % (
+            cls.route, cls.__name__, workdir))
+
+    @classmethod
     def _lane_down(cls):
-        report = cls.lane.down()
+        from kerbside_tempest_plugin.common import signals
+        # A signal during the teardown waits for its end; then, the
+        # handlers put back, it does what it does by default.
+        with signals.shielded():
+            report = cls.lane.down()
+            _drop_secrets(cls.lane.workdir)
+            signals.forget(cls)
         LOG.info('lane down: %s', report)
-        # The lane's secrets (ticket, JWT, DB datadir) must not outlive it
-        # inside the artifact tree.
-        import shutil
-        shutil.rmtree(os.path.join(cls.lane.workdir, 'secrets'),
-                      ignore_errors=True)
 
     def _walk(self, walk):
         from kerbside_tempest_plugin.scenario import evidence
@@ -240,6 +265,14 @@ class SextantScenarioVariantsTest(SextantScenarioBase):
         1280x720, with keypress `4` and the mode_switch first in the drain.
         """
         self._walk('mode_switch')
+
+
+def _drop_secrets(workdir):
+    """The lane's secrets (ticket, JWT, DB datadir) must not outlive it
+    inside the artifact tree.
+    """
+    import shutil
+    shutil.rmtree(os.path.join(workdir, 'secrets'), ignore_errors=True)
 
 
 def _text(text):
