@@ -18,6 +18,12 @@
 #   5. the verdicts and the artifact directory; non-zero exit on failure,
 #      including when the tests were skipped.
 #
+# SIGTERM, SIGINT or SIGHUP to the job (a CI job's timeout, Ctrl-C, tox
+# passing one on; tools/job-signals.sh) reaches tempest and its workers,
+# each of which tears its lane down before it exits; the job waits for
+# them (KTP_STOP_TIMEOUT s, then SIGKILL), runs the safety net (4) and
+# exits 128 + the signal without verdicts.
+#
 # Extra arguments go to `tempest run` (e.g. --regex to narrow further).
 #
 # Nothing is taken from PATH: the job runs the python environment that
@@ -42,6 +48,9 @@ die() { log "ERROR: $*"; exit 2; }
 
 # shellcheck source=tools/job-lib.sh
 . "$ROOT/tools/job-lib.sh"
+# shellcheck source=tools/job-signals.sh
+. "$ROOT/tools/job-signals.sh"
+ktp_traps
 # shellcheck disable=SC2086
 ktp_check_routes $ROUTES
 case $RUNNER in tempest|stestr) ;; *)
@@ -111,8 +120,25 @@ ${KERBSIDE_VENV:+kerbside_venv = $KERBSIDE_VENV}
 EOF
 }
 
+run_tests() {  # workspace [tempest run arguments]
+    local ws=$1
+    shift
+    cd "$ws" || return 2
+    if [ "$RUNNER" = tempest ]; then
+        "$TEMPEST" run "${WORKERS[@]}" --regex "$REGEX" "$@"
+    else
+        # The group_regex tempest writes into its workspaces: one class,
+        # one worker (and one lane).
+        TEMPEST_CONFIG_DIR=$ws/etc TEMPEST_CONFIG=tempest.conf "$STESTR" \
+            --test-path "$ROOT/kerbside_tempest_plugin/tests" \
+            --top-dir "$ROOT" --group-regex '([^\.]*\.)*' run \
+            "${WORKERS[@]}" "$REGEX"
+    fi
+}
+
 declare -A rc
 for route in $ROUTES; do
+    ktp_stopping && break
     ws=$OUT/$route
     "$TEMPEST" init --name "ktp-$STAMP-$route" \
         --workspace-path "$OUT/workspace.yaml" "$ws" \
@@ -122,16 +148,7 @@ for route in $ROUTES; do
     mkdir -p "$ws/lock" "$ws/artifacts"
     log "route $route: $RUNNER ${WORKERS[*]}, workspace $ws"
     t0=$SECONDS
-    if [ "$RUNNER" = tempest ]; then
-        (cd "$ws" && "$TEMPEST" run "${WORKERS[@]}" --regex "$REGEX" "$@")
-    else
-        # The group_regex tempest writes into its workspaces: one class,
-        # one worker (and one lane).
-        (cd "$ws" && TEMPEST_CONFIG_DIR=$ws/etc \
-            TEMPEST_CONFIG=tempest.conf "$STESTR" --test-path \
-            "$ROOT/kerbside_tempest_plugin/tests" --top-dir "$ROOT" \
-            --group-regex '([^\.]*\.)*' run "${WORKERS[@]}" "$REGEX")
-    fi
+    ktp_run run_tests "$ws" "$@"
     rc[$route]=$?
     log "route $route: $RUNNER exited ${rc[$route]} after $((SECONDS - t0)) s"
 done
@@ -145,6 +162,11 @@ for lane in "$OUT"/*/artifacts/lanes/*/; do
         log "teardown safety net failed for $lane (see $lane/job-down.log)"
     rm -rf "$lane/secrets"
 done
+
+if ktp_stopping; then
+    log "stopped by signal $KTP_SIGNAL (safety net done); artifacts: $OUT"
+    exit "$(ktp_signal_status)"
+fi
 
 # -- 5. verdicts -------------------------------------------------------
 rcs=()

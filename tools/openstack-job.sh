@@ -19,7 +19,9 @@
 #      Kerbside's /nova-console.vv, ryll through the proxy, and the cloud
 #      promise test, which logs in to Kerbside's API with POST /auth;
 #      direct: the token's host and port straight to the hypervisor);
-#   5. the cloud down (always, also on failure or Ctrl-C);
+#   5. the cloud down (always, also on failure, Ctrl-C or SIGTERM: the
+#      signal first reaches `up` or tempest and its workers, each of
+#      which deletes its guests before it exits; tools/job-signals.sh);
 #   6. the verdicts and the artifact directory; non-zero exit on failure,
 #      including when the tests were skipped.
 #
@@ -44,6 +46,9 @@ die() { log "ERROR: $*"; exit 2; }
 
 # shellcheck source=tools/job-lib.sh
 . "$ROOT/tools/job-lib.sh"
+# shellcheck source=tools/job-signals.sh
+. "$ROOT/tools/job-signals.sh"
+ktp_traps
 # shellcheck disable=SC2086
 ktp_check_routes $ROUTES
 mkdir -p "$OUT"
@@ -73,12 +78,20 @@ teardown() {
     rm -rf "$CLOUD/secrets"
 }
 trap teardown EXIT
-trap 'exit 130' INT TERM
+stopped() {
+    log "stopped by signal $KTP_SIGNAL; artifacts: $OUT"
+    exit "$(ktp_signal_status)"     # the EXIT trap takes the cloud down
+}
+cloud_up() {
+    openstack up --workdir "$CLOUD" --image "$IMAGE" --no-boot --upload \
+        >"$OUT/cloud-up.json" 2>"$OUT/cloud-up.log"
+}
 t0=$SECONDS
 log "cloud up in $CLOUD"
-openstack up --workdir "$CLOUD" --image "$IMAGE" --no-boot --upload \
-    >"$OUT/cloud-up.json" 2>"$OUT/cloud-up.log" \
-    || { tail -20 "$OUT/cloud-up.log"; die "the cloud did not come up"; }
+ktp_run cloud_up; up=$?
+ktp_stopping && stopped
+[ "$up" = 0 ] || { tail -20 "$OUT/cloud-up.log"; die "the cloud did not \
+come up"; }
 GLANCE_IMAGE=$("$PY" -c 'import json,sys; print(json.load(sys.stdin)
 ["image"])' <"$OUT/cloud-up.json") || die "no image id in cloud-up.json"
 log "cloud up after $((SECONDS - t0)) s; Glance image $GLANCE_IMAGE"
@@ -91,6 +104,11 @@ print("Kerbside under test: kerbside %s from %s; kerbside-proxy %s (sha256 "
     | while read -r line; do log "$line"; done
 
 # -- 4. tempest, once per route ----------------------------------------
+run_tempest() {  # workspace [tempest run arguments]
+    local ws=$1
+    shift
+    cd "$ws" && "$TEMPEST" run --serial --regex "$REGEX" "$@"
+}
 declare -A rc
 for route in $ROUTES; do
     ws=$OUT/$route
@@ -104,11 +122,12 @@ for route in $ROUTES; do
     mkdir -p "$ws/lock" "$ws/artifacts"
     log "route $route: tempest, workspace $ws"
     t1=$SECONDS
-    (cd "$ws" && "$TEMPEST" run --serial --regex "$REGEX" "$@")
+    ktp_run run_tempest "$ws" "$@"
     rc[$route]=$?
     # The conf holds the admin password: only the redacted copy stays.
     mv -f "$ws/etc/tempest.redacted.conf" "$ws/etc/tempest.conf"
     log "route $route: tempest exited ${rc[$route]} after $((SECONDS - t1)) s"
+    ktp_stopping && stopped
 done
 
 # -- 5. teardown (also the EXIT trap) ----------------------------------
