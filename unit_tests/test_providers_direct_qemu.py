@@ -46,7 +46,8 @@ def test_argv_spice_ticket_comes_from_a_file_not_the_command_line():
     assert _opt(argv, '-object') == [
         'secret,id=spice-ticket,format=raw,file=/s/spice-ticket']
     spice = _opt(argv, '-spice')[0]
-    assert spice == 'port=41000,addr=127.0.0.1,password-secret=spice-ticket'
+    assert spice == ('port=41000,addr=127.0.0.1,image-compression=off,'
+                     'streaming-video=off,password-secret=spice-ticket')
     assert 'data=' not in ' '.join(argv) and 'password=' not in spice
 
 
@@ -151,7 +152,8 @@ def test_argv_without_spice_or_without_a_ticket():
     assert _opt(bare, '-qmp') == ['unix:/r/qmp.sock,server=on,wait=off']
     open_ = _argv(ticket_file=None)
     assert _opt(open_, '-spice') == [
-        'port=41000,addr=127.0.0.1,disable-ticketing=on']
+        'port=41000,addr=127.0.0.1,image-compression=off,'
+        'streaming-video=off,disable-ticketing=on']
     assert '-object' not in open_
 
 

@@ -47,6 +47,11 @@ OVMF_CANDIDATES = [
 ]
 
 SPICE_HOST = '127.0.0.1'
+# A lossless, replayable display: uncompressed bitmaps (unless the client
+# asks for a compression of its own) and no lossy video streams, so the
+# wire's draws can be replayed pixel-exact (spice.draw, the per-frame
+# check; docs/plans/frame-verification.md).
+SPICE_DISPLAY = ('image-compression=off', 'streaming-video=off')
 QEMU_HOST_SUBJECT = 'CN=qemu-hv'
 
 _ACCEL_CACHE = {}
@@ -177,6 +182,7 @@ def build_argv(qemu_binary, name, accel, memory_mb, ovmf_code, vars_copy,
              '-serial', 'file:%s' % serial_path]
     if spice_port is not None:
         spice = ['port=%d' % spice_port, 'addr=%s' % SPICE_HOST]
+        spice += SPICE_DISPLAY
         if ticket_file:
             spice.append('password-secret=spice-ticket')
             argv += ['-object', 'secret,id=spice-ticket,format=raw,file=%s'

@@ -331,7 +331,13 @@ def nova_conf(layout, host='ktp-compute'):
         # With SPICE TLS on, libvirt's graphics get defaultMode='secure':
         # qemu refuses plain channels (NEED_SECURED), the only thing that
         # moves Kerbside's proxy to the tls_port (contracts §15.2).
-        'require_secure': bool(layout.spice_tls)}
+        'require_secure': bool(layout.spice_tls),
+        # A lossless, replayable display (libvirt's <image
+        # compression='off'/> and <streaming mode='off'/>): the per-frame
+        # check replays the wire's draws (docs/plans/
+        # frame-verification.md).
+        'image_compression': 'off',
+        'streaming_mode': 'off'}
     # Nova's privsep helper is started with `sudo privsep-helper` unless
     # told otherwise; the lane runs as root from a venv without sudo.
     helper = '%s --config-file %s' % (
