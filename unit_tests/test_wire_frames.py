@@ -1,7 +1,8 @@
 """benchmarks/wire_frames.py: replaying a display-channel pcap and
 decoding the Sextant QR after each record. The pcap is built the way
 ryll writes one (Ethernet/IPv4/TCP frames around the SPICE data, mini
-headers); the frames are rendered and decoded for real.
+headers); the draws are spice.draw's, the frames rendered and decoded
+for real.
 """
 
 import importlib.util
@@ -12,6 +13,8 @@ import numpy as np
 import pytest
 
 from kerbside_tempest_plugin.digest import render
+from kerbside_tempest_plugin.spice import draw
+from kerbside_tempest_plugin.spice import wire
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 W, H = 320, 240
@@ -47,31 +50,16 @@ def pcap(records):
     return out
 
 
-def msg(mtype, body):
-    return struct.pack('<HI', mtype, len(body)) + body
-
-
 def surface_create(w=W, h=H):
-    return msg(wf.MSG_SURFACE_CREATE, struct.pack('<IIIII', 0, w, h, 32, 1))
+    return draw.pack_surface_create(w, h)
 
 
-def draw_copy(rgb, top, left, itype=wf.IMAGE_BITMAP):
-    """A DRAW_COPY of `rgb` at (top, left): no clip, an uncompressed
+def draw_copy(rgb, top, left, itype=draw.IMAGE_BITMAP):
+    """A draw_copy of `rgb` at (top, left): no clip, an uncompressed
     top-down 32-bit bitmap (or another image type, with no data).
     """
-    h, w = rgb.shape[:2]
-    base = struct.pack('<Iiiii', 0, top, left, top + h, left + w) + b'\0'
-    image_at = len(base) + 4 + 16 + 2 + 1 + 1 + 8 + 4
-    copy = struct.pack('<I', image_at) + struct.pack('<iiii', 0, 0, h, w) \
-        + struct.pack('<HBB', 8, 0, 0) + struct.pack('<iiI', 0, 0, 0)
-    desc = struct.pack('<QBBII', 1, itype, 0, w, h)
-    if itype != wf.IMAGE_BITMAP:
-        return msg(wf.MSG_DRAW_COPY, base + copy + desc)
-    bgrx = np.zeros((h, w, 4), np.uint8)
-    bgrx[:, :, :3] = rgb[:, :, ::-1]
-    bm = struct.pack('<BBIII', wf.BITMAP_32BIT, wf.BITMAP_TOP_DOWN, w, h,
-                     w * 4) + struct.pack('<I', 0)
-    return msg(wf.MSG_DRAW_COPY, base + copy + desc + bm + bgrx.tobytes())
+    return draw.pack_draw_copy(draw.bgrx_of(rgb), left, top,
+                               image_type=itype)
 
 
 def guest_frame(fc):
@@ -142,6 +130,118 @@ def test_compressed_images_are_counted_not_replayed(tmp_path):
 def test_a_short_bitmap_is_a_readable_error(tmp_path):
     good = draw_copy(guest_frame(1), 0, 0)
     body = good[6:-50]
-    records = [(1.0, surface_create() + msg(wf.MSG_DRAW_COPY, body))]
-    with pytest.raises(wf.WireError, match='bitmap data short'):
+    records = [(1.0, surface_create() + wire.pack_message(
+        draw.MSG['draw_copy'], body))]
+    with pytest.raises(wire.WireError, match='draw_copy at stream byte '
+                       r'\d+: \d+ bytes at offset \d+ run past its'):
         wf.analyse(write_run(tmp_path, records, 1))
+
+
+# -- spice.draw, message by message ------------------------------------------
+
+
+def units(*messages):
+    """The wire.Units of display messages (server to client, after the
+    link, mini headers).
+    """
+    neg = wire.Negotiation()
+    neg.mess = wire.LinkMess(0, wire.CHANNEL_TYPES['display'], 0, (), ())
+    return wire.Framer(wire.S2C, neg, skip_link=True).feed(b''.join(
+        messages))
+
+
+def replayed(*messages):
+    rp = draw.Replay()
+    done = [rp.apply(u) for u in units(*messages)]
+    return rp, done
+
+
+def solid(h, w, bgr):
+    px = np.zeros((h, w, 4), np.uint8)
+    px[:, :, :3] = bgr
+    return px
+
+
+def test_draw_copy_paints_bgrx_and_names_what_it_changed():
+    rp, done = replayed(draw.pack_surface_create(64, 32),
+                        draw.pack_draw_copy(solid(4, 8, (1, 2, 3)), 10, 5))
+    assert [d.name for d in done] == ['surface_create', 'draw_copy']
+    assert done[0].created is rp.primary and done[0].rect == draw.Rect(
+        0, 0, 64, 32)
+    assert done[1].rect == draw.Rect(10, 5, 8, 4)
+    px = rp.primary.pixels
+    assert (px[5:9, 10:18, :3] == (1, 2, 3)).all()
+    assert px[:5].sum() == 0 and px[9:].sum() == 0
+    assert (rp.primary.rgb()[5, 10] == (3, 2, 1)).all()
+    assert rp.counts == {'surface_create': 1, 'draw_copy': 1}
+    assert rp.images == {'bitmap': 1}
+
+
+def test_clip_rects_limit_a_draw_and_the_surface_edge_too():
+    clips = [draw.Rect(0, 0, 4, 100), draw.Rect(6, 0, 100, 1)]
+    rp, done = replayed(draw.pack_surface_create(8, 8),
+                        draw.pack_draw_copy(solid(4, 8, (9, 9, 9)), 2, 6,
+                                            clips=clips))
+    px = rp.primary.pixels[:, :, 0]
+    # box (2, 6)-(10, 10), inside the 8x8 surface: rows 6..7, cols 2..7;
+    # clip 1 keeps cols 2..3; clip 2 keeps row 0 only (none of the box).
+    assert np.argwhere(px).tolist() == [[6, 2], [6, 3], [7, 2], [7, 3]]
+    assert done[1].rect == draw.Rect(2, 6, 2, 2)
+
+
+def test_compressed_images_streams_and_rops_are_unreplayable_by_name():
+    for msg, what in (
+            (draw.pack_draw_copy(solid(2, 2, 0), 0, 0, image_type=102),
+             'draw_copy with a glz_rgb (102) image'),
+            (draw.pack_draw_copy(solid(2, 2, 0), 0, 0, image_type=1),
+             'draw_copy with a quic (1) image'),
+            (draw.pack_draw_copy(solid(2, 2, 0), 0, 0, rop=1 << 6),
+             'draw_copy with ROP descriptor 0x40'),
+            (wire.pack_message(draw.MSG['stream_create'], b'\0' * 40),
+             'a video stream (stream_create, lossy)'),
+            (wire.pack_message(wire.message_type(
+                'display', wire.S2C, 'draw_text'), b'\0' * 40),
+             'draw_text (not replayed)')):
+        rp = draw.Replay()
+        us = units(draw.pack_surface_create(8, 8), msg)
+        rp.apply(us[0])
+        with pytest.raises(draw.Unreplayable) as e:
+            rp.apply(us[1])
+        assert e.value.what.startswith(what), e.value.what
+
+
+def test_a_draw_on_no_surface_or_garbage_is_a_draw_error():
+    rp = draw.Replay()
+    with pytest.raises(draw.DrawError, match='surface 0, which was never '
+                       'created'):
+        rp.apply(units(draw.pack_draw_copy(solid(2, 2, 0), 0, 0))[0])
+    with pytest.raises(draw.DrawError, match='a 0x9 surface'):
+        rp.apply(units(draw.pack_surface_create(0, 9))[0])
+    assert isinstance(draw.DrawError('x'), wire.WireError)
+
+
+def test_fill_blackness_copy_bits_and_the_image_cache():
+    fill = wire.pack_message(draw.MSG['draw_fill'], struct.pack(
+        '<IiiiiB', 0, 0, 0, 2, 4, 0) + struct.pack('<BI', 1, 0x00aabbcc) +
+        struct.pack('<HBiiI', draw.ROPD_OP_PUT, 0, 0, 0, 0))
+    black = wire.pack_message(draw.MSG['draw_blackness'], struct.pack(
+        '<IiiiiB', 0, 0, 0, 1, 1, 0) + struct.pack('<BiiI', 0, 0, 0, 0))
+    bits = wire.pack_message(draw.MSG['copy_bits'], struct.pack(
+        '<IiiiiB', 0, 2, 4, 4, 8, 0) + struct.pack('<ii', 0, 0))
+    cached = bytearray(draw.pack_draw_copy(solid(1, 1, (7, 7, 7)), 7, 3,
+                                           image_id=42))
+    # descriptor flags: cache me (the image sits after 6 + 21 + 36 bytes)
+    cached[6 + 21 + 36 + 9] = draw.IMAGE_CACHE_ME
+    again = draw.pack_draw_copy(solid(1, 1, 0), 6, 3, image_id=42,
+                                image_type=draw.IMAGE_FROM_CACHE)
+    rp, done = replayed(draw.pack_surface_create(8, 4), fill, black, bits,
+                        bytes(cached), again)
+    px = rp.primary.pixels
+    assert (px[0, 1, :3] == (0xcc, 0xbb, 0xaa)).all()     # filled
+    assert px[0, 0, :3].sum() == 0                          # blackness
+    assert (px[2, 4:8] == px[0, 0:4]).all()                 # copy_bits
+    assert (px[3, 4:6] == px[1, 0:2]).all()
+    assert (px[3, 6, :3] == 7).all() and (px[3, 7, :3] == 7).all()
+    assert rp.images == {'bitmap': 1, 'from_cache': 1}
+    assert [d.rect for d in done[1:4]] == [
+        draw.Rect(0, 0, 4, 2), draw.Rect(0, 0, 1, 1), draw.Rect(4, 2, 4, 2)]
