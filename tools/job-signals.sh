@@ -49,6 +49,9 @@ ktp_on_signal() {
         return
     fi
     KTP_SIGNAL=$2
+    # Our output may have no reader any more (tox gone): a write must not
+    # end the job before the teardown.
+    trap '' PIPE
     if [ -n "$KTP_STEP" ]; then
         log "SIG$1: passing SIGTERM on to the running step (pid $KTP_STEP)" \
             "and its processes; then the teardown"
@@ -119,6 +122,7 @@ ktp_run() {
     KTP_STEP=$!
     while :; do
         if ! ktp_stopping && ktp_parent_gone; then
+            trap '' PIPE
             log "tox (pid $KTP_PARENT) has exited: stopping as on SIGTERM"
             ktp_on_signal TERM 15
         fi
