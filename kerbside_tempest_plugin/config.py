@@ -54,6 +54,22 @@ KerbsideGroup = [
                      'record, tunnel, smartcard, usbredir, port, webdav. '
                      'Unset or empty means Kerbside\'s default (every '
                      'channel).'),
+    cfg.BoolOpt('hypervisor_tls', default=None,
+                help='Whether the direct_qemu lane\'s hypervisor leg '
+                     '(Kerbside to qemu, and the direct route) is TLS. '
+                     'Unset: $KTP_HYPERVISOR_TLS, else on. A fault relay '
+                     'turns it off.'),
+    cfg.StrOpt('fault', default=None,
+               help='A fault for the direct_qemu lane\'s fault relay on the '
+                    'hypervisor leg (spice.faults: for example '
+                    '"drop,channel=inputs,type=key_down,after_keys=5"; '
+                    '";" joins several). Unset: $KTP_FAULT, else none. '
+                    'Every test of the class then runs with it: a test run '
+                    'that should fail.'),
+    cfg.BoolOpt('fault_relay', default=None,
+                help='Put the fault relay on the hypervisor leg without a '
+                     'fault (faults can be armed later). Unset: '
+                     '$KTP_RELAY, else off.'),
     cfg.IntOpt('console_token_duration', default=None, min=0,
                help='Kerbside\'s CONSOLE_TOKEN_DURATION on the direct_qemu '
                     'lane: the minutes a console token (a .vv password) '
@@ -128,8 +144,9 @@ direct_qemu_group = cfg.OptGroup(
     name='direct_qemu', title='Direct qemu guest provider options')
 
 DirectQemuGroup = [
-    cfg.StrOpt('qemu_binary', default='qemu-system-x86_64',
-               help='The qemu system emulator.'),
+    cfg.StrOpt('qemu_binary', default=None,
+               help='The qemu system emulator (unset: $KTP_QEMU_BINARY, '
+                    'else qemu-system-x86_64).'),
     cfg.StrOpt('accel', default='auto', choices=['auto', 'kvm', 'tcg'],
                help='Accelerator. auto probes KVM with a real OVMF boot and '
                     'falls back to TCG, saying which it chose.'),

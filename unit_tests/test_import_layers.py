@@ -35,8 +35,9 @@ ALLOWED = {
     'providers': {'common', 'config'},
     'guest_images': {'common'},
     'guests': {'common'},
+    # lane puts the fault relay (spice) on a hypervisor leg
     'lane': {'common', 'config', 'providers', 'ryll', 'guest_images',
-             'kerbside_api'},
+             'kerbside_api', 'spice'},
     'scenario': BELOW_SCENARIO,
     'loadtest': BELOW_SCENARIO,
     # the live console and MCP server drive the scenario's walks

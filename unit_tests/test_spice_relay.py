@@ -325,6 +325,26 @@ def test_malformed_control_lines(rig, line, match):
     assert r.status()['port'] == r.port
 
 
+def test_triggers_count_from_arming(rig):
+    server, make, tmp = rig
+    r = make()
+    c = Client(r.port)
+    for sc in (0x10, 0x11, 0x12):
+        c.key(sc)
+    wait_for(lambda: len(keys_seen(server)) == 3, 'three keys')
+    r.arm('drop,channel=inputs,type=key_down,after_keys=1')
+    for sc in (0x13, 0x14, 0x15):
+        c.key(sc)
+    wait_for(lambda: len(keys_seen(server)) == 5, 'five keys')
+    assert keys_seen(server) == [0x10, 0x11, 0x12, 0x13, 0x15]
+    r.arm('drop,channel=inputs,type=key_down,after=0.3')
+    c.key(0x16)                     # the clock started at arming: open
+    time.sleep(0.4)
+    c.key(0x17)
+    wait_for(lambda: len(keys_seen(server)) == 6, 'six keys')
+    assert keys_seen(server)[-1] == 0x16
+
+
 def test_control_on_a_dead_relay_is_a_typed_error(tmp_path):
     from kerbside_tempest_plugin.common import errors
     with pytest.raises(errors.HarnessError, match='cannot reach'):
@@ -389,8 +409,15 @@ def test_fault_spec_defaults_and_triggers():
     assert not f.take('inputs', 'c2s', 101, 2, 0)
     assert f.take('inputs', 'c2s', 101, 3, 0)
     assert not f.take('inputs', 'c2s', 101, 4, 0)      # fired once
-    assert not g.take('display', 's2c', 304, 0, 7.9)
-    assert g.take('display', 's2c', 304, 0, 8.0)
+    assert not g.take('display', 's2c', 304, 0, 100)   # no link yet
+    g.linked(100.0)
+    g.linked(105.0)                                    # the first counts
+    assert not g.take('display', 's2c', 304, 0, 107.9)
+    assert g.take('display', 's2c', 304, 0, 108.0)
+    k = faults.parse_one('drop,channel=inputs,type=key_down,after_keys=2')
+    k.arm(keys=40)                                     # counted from arming
+    assert not k.take('inputs', 'c2s', 101, 41, 0)
+    assert k.take('inputs', 'c2s', 101, 42, 0)
     h = faults.parse_one('corrupt,channel=display,type=draw_copy,nth=3,'
                          'count=all')
     assert [h.take('display', 's2c', 304, 0, 0) for _ in range(5)] == \

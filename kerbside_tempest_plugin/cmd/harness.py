@@ -7,6 +7,9 @@
                         [--proxy-bin PATH] [--firewall-mode enforce|warn]
                         [--firewall-permitted-channels main,display,...]
                         [--console-token-duration MINUTES]
+                        [--qemu-binary PATH] [--[no-]hypervisor-tls]
+                        [--relay] [--fault SPEC]
+    kerbside-harness fault [SPEC | --clear] [--console N] [--workdir DIR]
     kerbside-harness status [--workdir DIR]
     kerbside-harness down [--workdir DIR]
     kerbside-harness console [--attach DIR | --provider P --route R]
@@ -23,6 +26,11 @@ theirs, SIGTERM and SIGHUP tear the lane down before the command exits
 (common.signals), and the lane's reaper (lane.reaper) does it when the
 command dies any other way (SIGKILL, a crash); `up` stops the reaper once
 the lane is up, since it leaves the lane running on purpose.
+
+A fault by hand: `up --fault SPEC` (or `up --relay`, then `fault SPEC`
+while the lane runs) puts a SPICE-aware relay (spice.relay) on the
+hypervisor leg; it logs every injection to logs/fault-relay.jsonl.
+`fault` alone prints what the relay armed, fired and saw.
 
 A Kerbside developer's own build: `--kerbside-source` (or
 $KERBSIDE_SOURCE) for the Python side, installed into the Kerbside venv
@@ -138,7 +146,10 @@ def cmd_up(args):
             kerbside_source=args.kerbside_source,
             proxy_bin=args.proxy_bin, firewall_mode=args.firewall_mode,
             firewall_permitted_channels=args.firewall_permitted_channels,
-            console_token_duration=args.console_token_duration)
+            console_token_duration=args.console_token_duration,
+            qemu_binary=args.qemu_binary,
+            hypervisor_tls=args.hypervisor_tls, relay=args.relay,
+            fault=args.fault)
     except ValueError as e:
         _err(str(e))
         return 2
@@ -182,9 +193,43 @@ def cmd_up(args):
         'timings': info['timings'],
         'kerbside_settings': info['kerbside_settings'],
         'kerbside_build': info['kerbside_build'],
+        'hypervisor_tls': info['hypervisor_tls'],
+        'relay': info['relay'],
+        'relay_note': info['relay_note'],
     }
     print(json.dumps(out, sort_keys=True))
     return 0
+
+
+def cmd_fault(args):
+    """Arm, clear or show the faults of a running lane's relays."""
+    from kerbside_tempest_plugin.spice import relay as spice_relay
+    workdir = os.path.abspath(args.workdir or lane_mod.default_workdir())
+    state = lane_mod.load_state(workdir) or {}
+    relays = state.get('relay') or []
+    if not relays:
+        _err('the lane in %s has no fault relay; bring it up with '
+             '`kerbside-harness up --relay` (or --fault SPEC)' % workdir)
+        return 1
+    if args.console:
+        if not 1 <= args.console <= len(relays):
+            _err('the lane has %d relay(s), not %d' % (len(relays),
+                                                       args.console))
+            return 2
+        relays = [relays[args.console - 1]]
+    if args.clear:
+        op, spec = 'clear', None
+    elif args.spec:
+        op, spec = 'arm', args.spec
+    else:
+        op, spec = 'status', None
+    answers = []
+    for r in relays:
+        answer = spice_relay.control(r['control'], op, spec)
+        answers.append(dict(answer, relay=r['name']))
+    print(json.dumps(answers if len(answers) > 1 else answers[0],
+                     sort_keys=True))
+    return 0 if all(a.get('ok') for a in answers) else 1
 
 
 def cmd_status(args):
@@ -242,6 +287,24 @@ def build_parser():
     u.add_argument('--accel', choices=['auto', 'kvm', 'tcg'], default='auto')
     u.add_argument('--guest-tls', action='store_true',
                    help='give qemu a SPICE TLS port too')
+    u.add_argument('--qemu-binary', help='the qemu system emulator '
+                   '(default $KTP_QEMU_BINARY, else qemu-system-x86_64)')
+    tls = u.add_mutually_exclusive_group()
+    tls.add_argument('--hypervisor-tls', dest='hypervisor_tls',
+                     action='store_true', default=None,
+                     help='TLS on the hypervisor leg (the default; '
+                     '$KTP_HYPERVISOR_TLS)')
+    tls.add_argument('--no-hypervisor-tls', dest='hypervisor_tls',
+                     action='store_false',
+                     help='plain SPICE on the hypervisor leg')
+    u.add_argument('--relay', action='store_true', default=None,
+                   help='put the fault relay on the hypervisor leg (then '
+                   'plain); arm faults later with `kerbside-harness fault` '
+                   '($KTP_RELAY)')
+    u.add_argument('--fault', metavar='SPEC',
+                   help='a fault for the relay from the start (implies '
+                   '--relay; $KTP_FAULT), e.g. '
+                   '"stall,channel=display,after=8,duration=20"')
     u.add_argument('--venv', help='Kerbside venv')
     kerbside_arguments(u)
     u.add_argument('--ryll', default='ryll', help='ryll binary')
@@ -250,6 +313,16 @@ def build_parser():
     u.add_argument('--boot-timeout', type=float, default=120,
                    help='deadline for the serial banner')
     u.set_defaults(func=cmd_up)
+
+    f = sub.add_parser('fault', help='arm a fault on a running lane\'s '
+                       'relay (SPEC), --clear them, or show them')
+    f.add_argument('spec', nargs='?', help='a fault spec (spice.faults), '
+                   'e.g. "drop,channel=inputs,type=key_down,after_keys=3"')
+    f.add_argument('--clear', action='store_true')
+    f.add_argument('--console', type=int, help='only this console\'s relay '
+                   '(1-based; default all)')
+    f.add_argument('--workdir')
+    f.set_defaults(func=cmd_fault)
 
     st = sub.add_parser('status', help='show what runs')
     st.add_argument('--workdir')

@@ -56,6 +56,16 @@ def direct_vv(host, port, password, tls_port=None, ca=None,
     return render_vv(fields)
 
 
+def with_port(text, port):
+    """The .vv `text` pointing at plain `port` instead (a relay in front
+    of the server); a `tls-port` is dropped, since the relay speaks plain.
+    """
+    fields = parse_vv(text)
+    fields['port'] = str(port)
+    fields.pop('tls-port', None)
+    return render_vv(fields)
+
+
 def redact_vv(text, mask='<redacted>'):
     """The .vv with every secret value replaced, line by line (works on
     text that does not parse, too).

@@ -33,6 +33,7 @@ Workdir layout (everything but `secrets/` is an artifact)::
                        private keys, sources.yaml, the MariaDB datadir
 """
 
+import dataclasses
 import json
 import logging
 import os
@@ -49,13 +50,16 @@ from kerbside_tempest_plugin.common import ports as common_ports
 from kerbside_tempest_plugin.common import rundir
 from kerbside_tempest_plugin.common import secrets as common_secrets
 from kerbside_tempest_plugin.common import tls as common_tls
+from kerbside_tempest_plugin.common import vv as common_vv
 from kerbside_tempest_plugin.lane import base as lane_base
 from kerbside_tempest_plugin.lane import kerbside as lane_kerbside
 from kerbside_tempest_plugin.lane import mariadb as lane_mariadb
 from kerbside_tempest_plugin.lane import procs
 from kerbside_tempest_plugin.lane import reaper as lane_reaper
+from kerbside_tempest_plugin.lane import relay as lane_relay
 from kerbside_tempest_plugin.providers import base
 from kerbside_tempest_plugin.providers import direct_qemu
+from kerbside_tempest_plugin.spice import faults as spice_faults
 
 LOG = logging.getLogger(__name__)
 
@@ -93,6 +97,30 @@ class _Registry(procs.ProcessRegistry):
             return super().spawn(*args, **kwargs)
 
 
+# Settings every entry point (tempest, kerbside-harness, the tox jobs, the
+# benchmarks) reaches through the environment when it does not set them.
+QEMU_BINARY_ENV = 'KTP_QEMU_BINARY'
+HYPERVISOR_TLS_ENV = 'KTP_HYPERVISOR_TLS'
+FAULT_ENV = 'KTP_FAULT'
+RELAY_ENV = 'KTP_RELAY'
+
+
+def env_flag(name, default, environ=None):
+    """A yes/no environment setting (1/0, true/false, yes/no, on/off);
+    unset or empty gives `default`; anything else is a ValueError naming it.
+    """
+    text = (environ if environ is not None else os.environ).get(name, '')
+    text = text.strip().lower()
+    if not text:
+        return default
+    if text in ('1', 'true', 'yes', 'on'):
+        return True
+    if text in ('0', 'false', 'no', 'off'):
+        return False
+    raise ValueError('%s=%s: say 1 or 0 (true/false, yes/no, on/off)' % (
+        name, text))
+
+
 def default_workdir():
     return os.environ.get('KERBSIDE_HARNESS_WORKDIR') or \
         '/tmp/kerbside-harness'
@@ -113,6 +141,17 @@ class Lane(lane_base.Lane):
     route). `hypervisor_ca` replaces the CA file Kerbside verifies qemu
     with (a wrong one makes the console fail; a negative test).
 
+    Unset (None) `qemu_binary`, `hypervisor_tls`, `fault` and `relay` come
+    from $KTP_QEMU_BINARY, $KTP_HYPERVISOR_TLS, $KTP_FAULT and $KTP_RELAY
+    (else qemu-system-x86_64, TLS on, no fault, no relay).
+
+    `relay` (or a `fault` spec of spice.faults, which implies it): every
+    console's hypervisor leg runs through a fault relay (lane.relay):
+    Kerbside's static source and the direct route dial the relay, the
+    relay dials qemu. The leg is then plain (hypervisor TLS off).
+    `arm_fault(spec)` arms one while the lane runs; `fault_log(since)`
+    reads what the relays injected.
+
     `consoles` (default 1): how many consoles the lane holds at once
     (see the module docstring and console_slots()).
 
@@ -131,10 +170,11 @@ class Lane(lane_base.Lane):
                  kerbside_venv=None, ryll_binary='ryll', qemu_binary=None,
                  accel='auto', ovmf_code=None, ovmf_vars=None, memory_mb=256,
                  guest_tls=False, kerbside_verbose=True,
-                 hypervisor_tls=True, hypervisor_ca=None, consoles=1,
+                 hypervisor_tls=None, hypervisor_ca=None, consoles=1,
                  kerbside_source=None, firewall_mode=None,
                  firewall_permitted_channels=None,
-                 console_token_duration=None, proxy_bin=None):
+                 console_token_duration=None, proxy_bin=None, relay=False,
+                 fault=None):
         if route not in ROUTES:
             raise ValueError('route must be one of %s' % (ROUTES,))
         if route == 'kerbside' and not kerbside:
@@ -159,11 +199,29 @@ class Lane(lane_base.Lane):
             self.kerbside_source = checkout_path(kerbside_source)
         self._kerbside_build = None
         self.qemu_options = dict(
-            qemu_binary=qemu_binary or 'qemu-system-x86_64', accel=accel,
+            qemu_binary=qemu_binary or os.environ.get(QEMU_BINARY_ENV) or
+            'qemu-system-x86_64', accel=accel,
             ovmf_code=ovmf_code, ovmf_vars=ovmf_vars, memory_mb=memory_mb,
             tls=guest_tls)
         self.kerbside_verbose = kerbside_verbose
-        self.hypervisor_tls = bool(hypervisor_tls and kerbside)
+        environ = os.environ
+        if hypervisor_tls is None:
+            hypervisor_tls = env_flag(HYPERVISOR_TLS_ENV, True, environ)
+        if fault is None:
+            fault = environ.get(FAULT_ENV) or None
+        relay = relay or env_flag(RELAY_ENV, False, environ)
+        # A fault relay reads the hypervisor leg, so that leg is plain.
+        self.relay = bool(relay or fault)
+        self.fault = fault or None
+        if self.fault:
+            spice_faults.parse(self.fault)     # a typo fails before up()
+        self.relay_note = None
+        if self.relay and hypervisor_tls and kerbside:
+            self.relay_note = ('the fault relay reads the hypervisor leg, '
+                               'so it is plain SPICE (hypervisor TLS off)')
+        self.hypervisor_tls = bool(hypervisor_tls and kerbside and
+                                   not self.relay)
+        self.relays = []
         self.hypervisor_ca = hypervisor_ca
         self.consoles = consoles
         self.console_uuids = []
@@ -199,6 +257,9 @@ class Lane(lane_base.Lane):
                           kb.firewall_permitted_channels or None)
         kwargs.setdefault('console_token_duration',
                           kb.console_token_duration)
+        kwargs.setdefault('hypervisor_tls', kb.hypervisor_tls)
+        kwargs.setdefault('fault', kb.fault)
+        kwargs.setdefault('relay', kb.fault_relay)
         return cls(workdir=workdir, kerbside_venv=kb.kerbside_venv,
                    ryll_binary=kb.ryll_binary, qemu_binary=dq.qemu_binary,
                    accel=dq.accel, ovmf_code=dq.ovmf_code,
@@ -218,6 +279,8 @@ class Lane(lane_base.Lane):
             'route': self.route,
             'kerbside': self.with_kerbside,
             'hypervisor_tls': self.hypervisor_tls,
+            'relay': [r.info() for r in self.relays] or None,
+            'relay_note': self.relay_note,
             'ports': dict(self.ports),
             'spice_port': self.ports.get('guest_spice'),
             'api_port': self.ports.get('api'),
@@ -291,6 +354,9 @@ class Lane(lane_base.Lane):
         names = list(PORT_NAMES)
         for i in range(1, self.consoles):
             names += console_port_names(i)
+        if self.relay:
+            names += [lane_relay.relay_port_name(i)
+                      for i in range(self.consoles)]
         allocated = common_ports.free_ports(len(names))
         self.ports = dict(zip(names, allocated))
         self.console_uuid = str(uuid.uuid4())  # noqa: T113
@@ -315,6 +381,17 @@ class Lane(lane_base.Lane):
         self._prepare()
         self.save_state(state='starting')
         self._reaper = lane_reaper.Reaper(self.workdir).start()
+        if self.relay_note:
+            LOG.info('%s', self.relay_note)
+        if self.relay:
+            t = time.monotonic()
+            for i in range(self.consoles):
+                self.relays.append(lane_relay.FaultRelay(
+                    self.registry, self.log_dir, self.run_dir, i,
+                    self.ports[lane_relay.relay_port_name(i)],
+                    self.ports[console_port_names(i)[0]],
+                    fault=self.fault).start())
+            self.timings['fault_relay'] = time.monotonic() - t
         if self.with_kerbside:
             if self.kerbside_source:
                 t = time.monotonic()
@@ -344,7 +421,7 @@ class Lane(lane_base.Lane):
                 self.registry, self.tls, self.mariadb.sql_url,
                 self.ports['api'], self.ports['proxy_secure'],
                 self.ports['proxy_insecure'], self.ports['metrics'],
-                self.console_uuid, self.ports['guest_spice'], self.ticket,
+                self.console_uuid, self.hypervisor_port(0), self.ticket,
                 verbose=self.kerbside_verbose,
                 extra_consoles=self._extra_consoles(),
                 **self._hypervisor_leg(), **self._kerbside_options())
@@ -394,13 +471,48 @@ class Lane(lane_base.Lane):
             registry=self.registry, secrets=self.secrets,
             run_dir=self.run_dir, **qemu_options)
 
+    def hypervisor_port(self, index):
+        """The plain SPICE port a console's hypervisor leg dials: its
+        fault relay's when the lane has relays, else qemu's.
+        """
+        if self.relay:
+            return self.ports[lane_relay.relay_port_name(index)]
+        return self.ports[console_port_names(index)[0]]
+
+    def arm_fault(self, spec, console=None):
+        """Arm the fault `spec` (spice.faults) on every console's relay,
+        or on console `console` (1-based). Returns the specs armed.
+        """
+        if not self.relays:
+            raise errors.HarnessError(
+                'this lane has no fault relay; bring it up with relay=True '
+                '(kerbside-harness up --relay, or --fault SPEC)')
+        relays = self.relays if console is None else \
+            [self.relays[console - 1]]
+        armed = []
+        for r in relays:
+            armed += r.arm(spec)
+        return armed
+
+    def clear_faults(self):
+        return sum(r.clear() for r in self.relays)
+
+    def fault_log(self, since=None):
+        """Every relay's log records at or after wall time `since`."""
+        out = []
+        for r in self.relays:
+            for rec in r.injections(since):
+                rec.setdefault('relay', r.index + 1)
+                out.append(rec)
+        return sorted(out, key=lambda rec: rec.get('t', 0))
+
     def _extra_consoles(self):
         """Consoles 2..N for the static source (none with one)."""
         out = []
         for i in range(1, self.consoles):
             spice, tls = console_port_names(i)
             out.append(dict(
-                uuid=self.console_uuids[i], port=self.ports[spice],
+                uuid=self.console_uuids[i], port=self.hypervisor_port(i),
                 tls_port=self.ports[tls] if self.hypervisor_tls else None,
                 ticket=self.tickets[i]))
         return out
@@ -455,7 +567,11 @@ class Lane(lane_base.Lane):
         """
         route = route or self.route
         if route == 'direct':
-            return guest.console_route('direct')
+            r = guest.console_route('direct')
+            if self.relay:      # the direct route dials the relay too
+                r = dataclasses.replace(r, port=self.hypervisor_port(
+                    self.console_index(guest)))
+            return r
         if route != 'kerbside':
             raise errors.ProviderError('unknown route %r' % route)
         self._need_kerbside()
@@ -471,7 +587,11 @@ class Lane(lane_base.Lane):
         """A fresh .vv: qemu's own (direct) or Kerbside's (kerbside)."""
         route = route or self.route
         if route == 'direct':
-            return guest.console_vv('direct')
+            text = guest.console_vv('direct')
+            if self.relay:
+                text = common_vv.with_port(text, self.hypervisor_port(
+                    self.console_index(guest)))
+            return text
         if route != 'kerbside':
             raise errors.ProviderError('unknown route %r' % route)
         self._need_kerbside()

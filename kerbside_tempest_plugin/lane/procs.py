@@ -30,6 +30,7 @@ STOP_RANK = {
     'kerbside-daemon': 10,
     'kerbside-proxy': 11,
     'gunicorn': 20,
+    'fault-relay': 25,
     'qemu': 30,
     'mariadbd': 40,
 }

@@ -31,10 +31,12 @@ Which messages match: `channel=` main|display|inputs|cursor|... or `*`
 (default: c2s on inputs, both on `*`, s2c elsewhere); `type=` a message
 name of spice.wire (`draw_copy`, `key_down`, `type-N`) or any message.
 
-When it fires (the trigger; all given must hold, default: at once):
-`nth=N` the Nth matching message (1-based, counted from the first link);
-`after_keys=K` once K key_down messages went to the hypervisor;
-`after=T` once T seconds passed since the relay's first link.
+When it fires (the trigger; all given must hold, default: at once), all
+counted from when the fault was armed: `nth=N` the Nth matching message
+(1-based); `after_keys=K` once K key_down messages went to the
+hypervisor; `after=T` once T seconds passed since the clock started: at
+arming when a channel is open then, else at the next channel's link (so a
+fault armed before a test's client connects counts from its connection).
 `count=M` messages are affected from the trigger on (default 1; `all`:
 every later match). A fault fires once per relay unless `count=all`.
 
@@ -97,9 +99,11 @@ class Fault:
     length: typing.Optional[int] = None
     hold_s: float = 2.0
     spec: str = ''
-    # bookkeeping (relay side)
+    # bookkeeping (relay side): counted from arming
     matched: int = 0
     fired: int = 0
+    base_keys: int = 0
+    t_start: typing.Optional[float] = None      # monotonic; None: not yet
 
     def text(self):
         return self.spec
@@ -119,19 +123,36 @@ class Fault:
     def exhausted(self):
         return self.count is not None and self.fired >= self.count
 
-    def armed(self, keys, elapsed_s):
+    def arm(self, keys, now=None):
+        """Start counting: `keys` have crossed so far; `now` (monotonic)
+        starts the clock, None leaves it for the next link (`linked`).
+        """
+        self.base_keys = keys
+        self.t_start = now
+
+    def linked(self, now):
+        if self.t_start is None:
+            self.t_start = now
+
+    def armed(self, keys, now):
         """Whether the time and key triggers hold (the message one is
         counted in `take`).
         """
-        if self.after_keys is not None and keys < self.after_keys:
+        if self.after_keys is not None and \
+                keys - self.base_keys < self.after_keys:
             return False
-        return self.after_s is None or elapsed_s >= self.after_s
+        if self.after_s is None:
+            return True
+        return self.t_start is not None and now - self.t_start >= \
+            self.after_s
 
-    def take(self, channel, direction, msg_type, keys, elapsed_s):
-        """Whether this message is one the fault acts on; counts it."""
+    def take(self, channel, direction, msg_type, keys, now):
+        """Whether this message is one the fault acts on; counts it.
+        `keys` is the relay's key count, `now` a monotonic time.
+        """
         if self.exhausted or not self.matches(channel, direction, msg_type):
             return False
-        if not self.armed(keys, elapsed_s):
+        if not self.armed(keys, now):
             return False
         self.matched += 1
         if self.nth is not None and self.matched < self.nth:

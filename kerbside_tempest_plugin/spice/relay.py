@@ -247,9 +247,12 @@ class Relay:
         return 0.0 if self.t0 is None else time.monotonic() - self.t0
 
     def linked(self, conn):
+        now = time.monotonic()
         with self._lock:
             if self.t0 is None:
-                self.t0 = time.monotonic()
+                self.t0 = now
+            for f in self.faults:
+                f.linked(now)
         self.event('link', channel=conn.channel, channel_id=conn.channel_id,
                    conn=conn.number)
 
@@ -262,9 +265,9 @@ class Relay:
         that had crossed before it.
         """
         with self._lock:
-            elapsed = self.elapsed()
+            now = time.monotonic()
             for f in self.faults:
-                if f.take(channel, direction, msg_type, self.keys, elapsed):
+                if f.take(channel, direction, msg_type, self.keys, now):
                     self.injections += 1
                     return f, self.keys
             return None, self.keys
@@ -282,8 +285,15 @@ class Relay:
 
     # -- control ---------------------------------------------------------
     def arm(self, spec):
+        """Arm `spec`'s faults; their triggers count from now (the clock
+        from the next link when no channel is open).
+        """
         new = spice_faults.parse(spec)
         with self._lock:
+            open_now = any(not c.closed.is_set() and c.neg.mess is not None
+                           for c in self.conns)
+            for f in new:
+                f.arm(self.keys, time.monotonic() if open_now else None)
             self.faults.extend(new)
         for f in new:
             self.event('arm', fault=f.spec)
