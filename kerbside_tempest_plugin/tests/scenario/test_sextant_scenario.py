@@ -22,6 +22,7 @@ serially, the two lanes follow each other (docs/plans/
 soak-and-concurrency.md).
 """
 
+import functools
 import os
 import tempfile
 
@@ -126,10 +127,7 @@ class SextantScenarioBase(test.BaseTestCase):
         # Registered before up(): a lane that fails half-way is still
         # torn down (tempest runs class cleanups from tearDownClass).
         cls.addClassResourceCleanup(cls._lane_down)
-        # On a signal, the crash-safe teardown (what the lane's reaper
-        # runs), not lane.down(): the signal may have stopped this worker
-        # anywhere, holding any lock of the lane's.
-        cls._down_on_signal(lambda: lane_mod.teardown_workdir(workdir))
+        cls._down_on_signal(functools.partial(_crash_safe_down, cls.lane))
         LOG.info('bringing the %s lane up in %s', cls.route, workdir)
         cls.lane.up()
         # [sextant] image, else SEXTANT_IMAGE, else the bundled guest.
@@ -265,6 +263,18 @@ class SextantScenarioVariantsTest(SextantScenarioBase):
         1280x720, with keypress `4` and the mode_switch first in the drain.
         """
         self._walk('mode_switch')
+
+
+def _crash_safe_down(lane):
+    """A direct-qemu lane's teardown on a signal: the crash-safe one (what
+    its reaper would run), not lane.down(), since the signal may have
+    stopped this worker anywhere, holding any lock of the lane's; then
+    the reaper is stopped, as down() stops it, so none outlives the
+    worker.
+    """
+    from kerbside_tempest_plugin.lane import lane as lane_mod
+    lane_mod.teardown_workdir(lane.workdir)
+    lane.leave_running()
 
 
 def _drop_secrets(workdir):
