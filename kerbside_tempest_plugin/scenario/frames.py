@@ -1,0 +1,840 @@
+"""Every frame state that reached the client, verified (issue 18 §2).
+
+The framebuffer-hash check (checks.check_framebuffer_hash) judges the
+harness's screenshots on the quiet Awaiting and Parked screens only, so
+a damaged draw that a later draw covers passes, and lasting damage is
+told as "no early match on the quiescent screen(s)". This check replays
+ryll's display capture of the test (``ryll/capture-display.pcap``) with
+spice.draw and judges every frame whose QR reached the wire.
+
+A *wire state* is the client's screen after one pcap record of the
+server's direction (one read of ryll's). For each state that changed,
+the QR region is decoded (contract §2) and the screen outside it hashed
+(§1.6, digest.fbhash). Frame N is:
+
+- **verified** when some state showing QR N hashes to N's trailer;
+- **torn** (explained, not damage) when one state showing QR N does so
+  once one connected change is undone with the pixels of the last
+  verified state before it, and the pixels the wire showed there are
+  ones a later verified frame holds: the guest's own next drawing, which
+  a QEMU refresh caught before the guest redrew its QR;
+- **trailing** (explained) when a state showing QR N does so once one
+  connected change takes a later verified state's pixels, and the
+  pixels the wire showed there were new (not the ones before frame N)
+  and a later verified frame holds them: drawn by the guest after its
+  refresh (the mode toast, the cursor redrawn after a repaint, the Retry
+  text; contract §7 pitfall 7);
+- **damaged** when such a change explains the hash but the wire's pixels
+  there are in no later verified frame (a corrupted draw), or are the
+  pixels from before frame N where the guest drew new ones (a missing
+  draw);
+- **unexplained** otherwise. One unexplained frame alone is
+  *unverifiable*; unexplained frames in a row, up to the end of the
+  capture or until a verified frame, are *lasting damage*, reported from
+  the first of them with the draws that reached the wire just before it
+  (docs/plans/frame-verification.md has the rule and the measurements).
+
+The check fails on damage with one message naming the frame counter,
+its time in the walk, the beat it fell in and the rectangle. A capture
+it cannot replay (none kept, compressed images, a cut or garbled file)
+makes it NOT RUN with the reason, never FAIL.
+"""
+
+import collections
+import dataclasses
+import logging
+import os
+import time
+import typing
+
+import numpy as np
+
+from kerbside_tempest_plugin.common import errors
+from kerbside_tempest_plugin.digest import errors as digest_errors
+from kerbside_tempest_plugin.digest import fbhash
+from kerbside_tempest_plugin.digest import payload as pl
+from kerbside_tempest_plugin.digest import qr
+from kerbside_tempest_plugin.scenario import checks
+from kerbside_tempest_plugin.scenario import evidence
+from kerbside_tempest_plugin.spice import draw
+from kerbside_tempest_plugin.spice import wire
+
+LOG = logging.getLogger(__name__)
+
+NAME = 'frame_states'
+CAPTURE = os.path.join(evidence.EVIDENCE_DIR, 'capture-display.pcap')
+SPICE_SERVER_PORT = 5900
+# ryll asks spice-server for auto-glz unless told otherwise, and that
+# overrides qemu's image-compression=off: the replay needs bitmaps.
+RYLL_ARGS = ('--preferred-compression', 'off')
+
+GAP = 0.002                 # s: records closer than this are one state
+CELL = 8                    # px: the grid changes are grouped on
+MAX_COMPONENTS = 16         # connected changes tried per comparison
+LATER_TRIES = 6             # later verified states tried per state
+MAX_PENDING = 16            # unverified frames examined in detail
+STATES_KEPT = 3             # ... and states of each: the first, the last
+HASH_BUDGET = 200           # candidate hashes per capture, at most
+LASTING = 2                 # unexplained frames in a row: damage
+TORN_LIFETIME = 0.1         # s: new pixels drawn over this soon: torn
+
+VERIFIED, TORN, TRAILING = 'verified', 'torn', 'trailing'
+DAMAGED, UNVERIFIABLE, LASTING_DAMAGE = ('damaged', 'unverifiable',
+                                         'lasting damage')
+EXPLAINED = (TORN, TRAILING)
+
+
+class CaptureUnreadable(errors.HarnessError):
+    """A display capture the check cannot replay; `why` is short."""
+
+    def __init__(self, why):
+        self.why = why
+        super().__init__(why)
+
+
+# ----------------------------------------------------------------- input
+
+
+def display_records(data, server_port=SPICE_SERVER_PORT):
+    """[(time, [wire.Unit])] for each pcap record of the server's
+    direction of a display channel captured after its link (ryll's
+    ``--capture``), and the bytes left over in a message cut at the end.
+    Raises CaptureUnreadable for a file that is not such a capture.
+    """
+    try:
+        _, packets = evidence.read_pcap(data)
+    except evidence.EvidenceError as e:
+        raise CaptureUnreadable('the display capture is unreadable: %s'
+                                % e) from None
+    negotiation = wire.Negotiation()
+    # The capture starts after the link: name its messages as display's.
+    negotiation.mess = wire.LinkMess(0, wire.CHANNEL_TYPES['display'], 0,
+                                     (), ())
+    framer = wire.Framer(wire.S2C, negotiation, skip_link=True, mini=True)
+    out = []
+    for p in packets:
+        parsed = evidence.tcp_payload(p.data)
+        if not parsed or parsed[0] != server_port or not parsed[2]:
+            continue
+        try:
+            units = framer.feed(parsed[2])
+        except wire.WireError as e:
+            raise CaptureUnreadable('the display capture is not SPICE '
+                                    'framing: %s' % e) from None
+        out.append((p.ts, units))
+    return out, framer.pending()
+
+
+# ------------------------------------------------------------- the replay
+
+
+@dataclasses.dataclass
+class State:
+    """One wire state that showed a decodable QR."""
+    index: int
+    t: float
+    frame: int
+    size: typing.Tuple[int, int]
+    hash: int                           # of the screen outside the QR
+    hash_ok: bool
+    # the draws outside the QR since the last verified state
+    window: typing.Optional[draw.Rect]
+
+
+@dataclasses.dataclass
+class Snapshot:
+    """A verified state's screen, kept while an unverified one needs it."""
+    frame: int
+    t: float
+    pixels: np.ndarray = dataclasses.field(repr=False)
+
+
+@dataclasses.dataclass
+class Finding:
+    """The one change that makes an unverified state hash as the guest's
+    frame: `rect` and `mask` (of that rectangle) where the wire differed,
+    and the snapshot whose pixels there give the hash (`later`: after the
+    state, else the last verified one before it).
+    """
+    rect: draw.Rect
+    mask: np.ndarray = dataclasses.field(repr=False)
+    source: Snapshot = dataclasses.field(repr=False)
+    later: bool = False
+
+
+@dataclasses.dataclass
+class Pending:
+    """A state whose hash did not match, with what explaining it needs."""
+    state: State
+    pixels: np.ndarray = dataclasses.field(repr=False)
+    earlier: typing.Optional[Snapshot]
+    expected: int
+    later: typing.List[Snapshot] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
+class FrameVerdict:
+    frame: int
+    status: str
+    t: float                         # first state showing it (pcap time)
+    states: int
+    rect: typing.Optional[draw.Rect] = None
+    how: str = ''
+
+    def to_json(self):
+        out = dataclasses.asdict(self)
+        out['rect'] = self.rect.to_json() if self.rect else None
+        return out
+
+
+@dataclasses.dataclass
+class FrameReport:
+    frames: typing.List[FrameVerdict]
+    states: int                      # wire states that changed
+    undecodable: int                 # ... whose QR did not decode
+    messages: typing.Dict[str, int]
+    images: typing.Dict[str, int]
+    hashes: int                      # framebuffer hashes computed
+    cut_bytes: int
+    seconds: float = 0.0
+    unreplayable: typing.Optional[str] = None
+    budget_spent: bool = False
+
+    def counts(self):
+        c = collections.Counter(f.status for f in self.frames)
+        return {k: c.get(k, 0) for k in (VERIFIED, TORN, TRAILING,
+                                         UNVERIFIABLE, DAMAGED,
+                                         LASTING_DAMAGE)}
+
+    @property
+    def damaged(self):
+        return [f for f in self.frames if f.status in (DAMAGED,
+                                                       LASTING_DAMAGE)]
+
+
+def qr_rect(width, height):
+    """The digest region of a WxH screen (contract §2.3)."""
+    ox, oy = fbhash.digest_origin(width, height)
+    return draw.Rect(ox, oy, fbhash.REGION_PX, fbhash.REGION_PX)
+
+
+def decode_qr(surface):
+    """The digest (payload.Digest) in a draw.Surface's QR region, or
+    None when it does not decode.
+    """
+    try:
+        hit = qr.find_digest(surface.rgb(), full_frame=False)
+        return pl.decode(hit.payload)
+    except digest_errors.DigestError:
+        return None
+
+
+def _hash(pixels):
+    return fbhash.framebuffer_hash(pixels[:, :, 2::-1])
+
+
+def _rgb_diff(a, b):
+    """HxW bool: where two BGRX screens differ in B, G or R."""
+    x = a.view('<u4')[:, :, 0] ^ b.view('<u4')[:, :, 0]
+    return (x & 0x00ffffff) != 0
+
+
+def components(a, b, qr_rect, limit=MAX_COMPONENTS):
+    """The connected changes between two same-sized BGRX screens outside
+    the QR region: [(bounding Rect, mask of that rectangle)], smallest
+    first, grouped on a CELL-pixel grid with 8-connectivity; then each
+    band of changes whose rows overlap (a line of text: its words are
+    apart), as one.
+    """
+    diff = _rgb_diff(a, b)
+    diff[qr_rect.slices] = False
+    h, w = diff.shape
+    gh, gw = -(-h // CELL), -(-w // CELL)
+    padded = np.zeros((gh * CELL, gw * CELL), dtype=bool)
+    padded[:h, :w] = diff
+    grid = padded.reshape(gh, CELL, gw, CELL).any(axis=(1, 3))
+    seen = np.zeros_like(grid)
+    found = []
+    for gy, gx in zip(*np.nonzero(grid)):
+        if seen[gy, gx]:
+            continue
+        seen[gy, gx] = True
+        stack = [(gy, gx)]
+        cells = []
+        while stack:
+            cy, cx = stack.pop()
+            cells.append((cy, cx))
+            for ny in (cy - 1, cy, cy + 1):
+                for nx in (cx - 1, cx, cx + 1):
+                    if 0 <= ny < gh and 0 <= nx < gw and grid[ny, nx] \
+                            and not seen[ny, nx]:
+                        seen[ny, nx] = True
+                        stack.append((ny, nx))
+        found.append(cells)
+    out = []
+    for cells in found:
+        ys = np.array([c[0] for c in cells])
+        xs = np.array([c[1] for c in cells])
+        y0, x0 = int(ys.min()), int(xs.min())
+        cmask = np.zeros((int(ys.max()) - y0 + 1, int(xs.max()) - x0 + 1),
+                         dtype=bool)
+        cmask[ys - y0, xs - x0] = True
+        cell_rect = draw.Rect(x0 * CELL, y0 * CELL, cmask.shape[1] * CELL,
+                              cmask.shape[0] * CELL).intersect(
+                                  draw.Rect(0, 0, w, h))
+        local = np.kron(cmask, np.ones((CELL, CELL), dtype=bool))[
+            :cell_rect.h, :cell_rect.w] & diff[cell_rect.slices]
+        py, px = np.nonzero(local)
+        rect = draw.Rect.from_ltrb(
+            cell_rect.x + int(px.min()), cell_rect.y + int(py.min()),
+            cell_rect.x + int(px.max()) + 1,
+            cell_rect.y + int(py.max()) + 1)
+        out.append((rect, local[rect.y - cell_rect.y:rect.bottom -
+                                cell_rect.y, rect.x - cell_rect.x:
+                                rect.right - cell_rect.x]))
+    out.sort(key=lambda c: c[0].w * c[0].h)
+    out = out[:limit]
+    # A line of text is several components (the spaces between words):
+    # components whose rows overlap also go together, as one band.
+    bands = []
+    for rect, mask in sorted(out, key=lambda c: c[0].y):
+        if bands and rect.y < bands[-1][1].bottom:
+            bands[-1][0].append((rect, mask))
+            bands[-1][1] = bands[-1][1].union(rect)
+        else:
+            bands.append([[(rect, mask)], rect])
+    for parts, rect in bands:
+        if len(parts) > 1:
+            mask = np.zeros((rect.h, rect.w), dtype=bool)
+            for r, m in parts:
+                mask[r.y - rect.y:r.bottom - rect.y,
+                     r.x - rect.x:r.right - rect.x] |= m
+            out.append((rect, mask))
+    return out
+
+
+class Verifier:
+    """Feeds a display capture's records through a draw.Replay, judging
+    each changed wire state; `finish()` explains the frames no state
+    verified and gives the FrameReport.
+    """
+
+    def __init__(self, hash_budget=HASH_BUDGET, gap=GAP):
+        self.replay = draw.Replay()
+        self.gap = gap
+        self._last_t = None
+        self.states = 0
+        self.undecodable = 0
+        self.hashes = 0
+        self.budget = hash_budget
+        self.budget_spent = False
+        self.by_frame: typing.Dict[int, typing.List[State]] = {}
+        self.expected: typing.Dict[int, int] = {}
+        self.verified = set()
+        self.pending: typing.List[Pending] = []
+        self.draw_log: typing.List[typing.Tuple[float, draw.Rect]] = []
+        self.last_verified: typing.Optional[Snapshot] = None
+        self._qr_touched = self._other_touched = False
+        self._window = None
+        self._digest = None
+        self._hash = None
+
+    # -- one record ------------------------------------------------------
+    def feed(self, t, units):
+        if self._last_t is not None and t - self._last_t >= self.gap:
+            self.settle()
+        self._last_t = t
+        for unit in units:
+            drawn = self.replay.apply(unit)
+            surface = self.replay.primary
+            if surface is None:
+                continue
+            if drawn.created is not None and drawn.created.primary:
+                self._new_geometry()
+                continue
+            if drawn.rect is None or drawn.surface_id != \
+                    surface.surface_id:
+                continue
+            region = qr_rect(surface.width, surface.height)
+            if drawn.rect.overlaps(region):
+                self._qr_touched = True
+            if drawn.rect.intersect(region) != drawn.rect:
+                self._other_touched = True
+                self.draw_log.append((t, drawn.rect))
+                self._window = drawn.rect.union(self._window) \
+                    if self._window else drawn.rect
+
+    def settle(self):
+        """Judge the screen as the records so far left it (feed() does so
+        once the next record comes GAP or more later; finish() at the end).
+        """
+        if self._qr_touched or self._other_touched:
+            self._checkpoint(self._last_t)
+
+    def _new_geometry(self):
+        self._qr_touched = self._other_touched = True
+        self._window = None
+        self._digest = None
+        self._hash = None
+        self.last_verified = None
+
+    def _checkpoint(self, t):
+        surface = self.replay.primary
+        self.states += 1
+        if self._qr_touched:
+            self._digest = decode_qr(surface)
+        if self._other_touched:
+            self._hash = None           # the screen outside the QR moved
+        self._qr_touched = self._other_touched = False
+        if self._digest is None:
+            self.undecodable += 1
+            return
+        digest = self._digest
+        n = digest.frame_counter
+        if n in self.verified:
+            return          # a later state of a verified frame: not needed
+        if self._hash is None:
+            self._hash = _hash(surface.pixels)
+            self.hashes += 1
+        state = State(self.states, t, n, (surface.width, surface.height),
+                      self._hash, self._hash == digest.framebuffer_hash,
+                      self._window)
+        if state.hash_ok:
+            self._window = None
+        self.by_frame.setdefault(n, []).append(state)
+        self.expected[n] = digest.framebuffer_hash
+        if state.hash_ok:
+            self._verified(state, surface)
+        elif n not in self.verified:
+            self._unverified(state, surface)
+
+    def _unverified(self, state, surface):
+        """Keep the state for finish(): the first and the last
+        STATES_KEPT - 1 of a frame, for at most MAX_PENDING frames.
+        """
+        mine = [p for p in self.pending if p.state.frame == state.frame]
+        if not mine and len({p.state.frame for p in self.pending}) >= \
+                MAX_PENDING:
+            return
+        if len(mine) >= STATES_KEPT:
+            self.pending.remove(mine[1])
+        self.pending.append(Pending(state, surface.pixels.copy(),
+                                    self.last_verified,
+                                    self.expected[state.frame]))
+
+    def _verified(self, state, surface):
+        self.verified.add(state.frame)
+        snap = Snapshot(state.frame, state.t, surface.pixels.copy())
+        keep = []
+        for p in self.pending:
+            if p.state.frame == state.frame:
+                continue                    # that frame is verified now
+            keep.append(p)
+            if p.state.size == state.size and len(p.later) < LATER_TRIES:
+                p.later.append(snap)
+        self.pending = keep
+        self.last_verified = snap
+
+    # -- the verdicts ----------------------------------------------------
+    def finish(self, cut_bytes=0):
+        self.settle()
+        verdicts = []
+        pending = collections.defaultdict(list)
+        for p in self.pending:
+            pending[p.state.frame].append(p)
+        run = 0                 # unexplained frames in a row so far
+        for n in sorted(self.by_frame):
+            states = self.by_frame[n]
+            v = FrameVerdict(n, VERIFIED, states[0].t, len(states))
+            if n in self.verified:
+                run = 0
+            elif run > LASTING:
+                # Lasting damage already: no search for the rest of it.
+                v.status = UNVERIFIABLE
+                v.how = 'not examined (frames before it did not match)'
+            else:
+                self._classify(v, pending.get(n, []))
+                run = run + 1 if v.status == UNVERIFIABLE else 0
+            verdicts.append(v)
+        _lasting(verdicts, self.by_frame)
+        return FrameReport(
+            verdicts, self.states, self.undecodable,
+            dict(self.replay.counts), dict(self.replay.images),
+            self.hashes, cut_bytes, budget_spent=self.budget_spent)
+
+    def _classify(self, v, pendings):
+        """The frame's verdict from its unverified states: damaged if any
+        state shows damage, explained if any state is explained, else
+        unexplained (UNVERIFIABLE, maybe LASTING_DAMAGE later).
+        """
+        explained = None
+        for p in pendings:
+            verdict = self._explain(p)
+            if verdict is None:
+                continue
+            if verdict[0] == DAMAGED:
+                v.status, v.rect, v.how = verdict
+                return
+            explained = explained or verdict
+        if explained is not None:
+            v.status, v.rect, v.how = explained
+            return
+        v.status = UNVERIFIABLE
+        if not pendings:
+            v.how = 'not examined (over %d unverified frames)' % MAX_PENDING
+        elif self.budget_spent:
+            v.how = 'the hash budget ran out'
+        else:
+            v.how = 'no single change explains the hash'
+
+    def _explain(self, p):
+        """(status, rect, how) for one unverified state, or None."""
+        n = p.state.frame
+        later = sorted(m for m, h in self.expected.items()
+                       if h == p.state.hash and m > n)
+        if later:
+            return (TORN, p.state.window, 'the wire showed frame %d\'s '
+                    'screen under QR %d: drawn after the refresh, caught '
+                    'before the QR was redrawn' % (later[0], n))
+        e = p.earlier
+        if e is not None and self.expected.get(e.frame) == p.state.hash:
+            return (DAMAGED, p.state.window, 'the wire still showed frame '
+                    '%d\'s screen under QR %d: the drawing of frame %d did '
+                    'not arrive (a missing draw)' % (e.frame, n, n))
+        f = None
+        if e is not None and e.pixels.shape == p.pixels.shape:
+            f = self._try(p, e, False)
+        for snap in p.later:
+            if f is not None:
+                break
+            f = self._try(p, snap, True)
+        if f is None:
+            return None
+        r = f.rect.slices
+        if f.later and e is not None and e.pixels.shape == p.pixels.shape \
+                and not _rgb_diff(p.pixels[r], e.pixels[r])[f.mask].any():
+            # The wire kept its pixels there; the guest hashed others. A
+            # dropped draw looks so, and so does the cursor the guest
+            # redraws without a refresh after a repaint (contract §7
+            # pitfall 7): not told apart, so not called damage.
+            return (TRAILING, f.rect, 'the wire kept the pixels from '
+                    'before frame %d at %s where the guest hashed others '
+                    '(frame %d shows them): redrawn after the refresh, or '
+                    'a draw that did not arrive (not told apart)' % (
+                        n, f.rect, f.source.frame))
+        seen = np.zeros(f.mask.shape, dtype=bool)
+        for snap in p.later:
+            seen |= ~_rgb_diff(p.pixels[r], snap.pixels[r])
+        if not seen[f.mask].all():
+            life = self._lifetime(p.state.t, f.rect, f.mask & ~seen)
+            if life is not None and life <= TORN_LIFETIME:
+                return (TORN, f.rect, 'the wire showed pixels at %s that '
+                        'no verified frame holds, for %.3f s until drawn '
+                        'over: the guest was still drawing there' % (
+                            f.rect, life))
+            return (DAMAGED, f.rect, 'the wire showed pixels at %s that no '
+                    'verified frame holds, for %s; with frame %d\'s pixels '
+                    'there the hash matches: a corrupted draw' % (
+                        f.rect, 'the rest of the capture' if life is None
+                        else '%.3f s' % life, f.source.frame))
+        if not f.later:
+            return (TORN, f.rect, 'drawn after the refresh at %s, caught '
+                    'before the QR was redrawn (with frame %d\'s pixels '
+                    'there the hash matches; a later frame shows them)' % (
+                        f.rect, f.source.frame))
+        return (TRAILING, f.rect, 'drawn after the refresh at %s (with '
+                'frame %d\'s pixels there the hash matches; a later frame '
+                'shows them)' % (f.rect, f.source.frame))
+
+    def _lifetime(self, t, rect, mask):
+        """How long the pixels of `mask` (of `rect`), on the wire at `t`,
+        stayed there: from the last draw over them at or before `t` until
+        later draws have covered every one; None if they never are.
+        """
+        ys, xs = np.nonzero(mask)
+        box = draw.Rect.from_ltrb(rect.x + int(xs.min()),
+                                  rect.y + int(ys.min()),
+                                  rect.x + int(xs.max()) + 1,
+                                  rect.y + int(ys.max()) + 1)
+        painted = max((at for at, drawn in self.draw_log
+                       if at <= t and drawn.overlaps(box)), default=t)
+        left = mask.copy()
+        for at, drawn in self.draw_log:
+            if at <= t or not drawn.overlaps(box):
+                continue
+            a = drawn.intersect(rect)
+            left[a.y - rect.y:a.bottom - rect.y,
+                 a.x - rect.x:a.right - rect.x] = False
+            if not left.any():
+                return at - painted
+        return None
+
+    def _spend(self):
+        if self.budget <= 0:
+            self.budget_spent = True
+            return False
+        self.budget -= 1
+        return True
+
+    def _try(self, p, snap, later):
+        """The Finding if taking `snap`'s pixels for one connected change
+        of `p` (or a line of them, or all of them, or all but one) gives
+        the guest's hash; else None.
+        """
+        source = snap.pixels
+        parts = components(p.pixels, source, qr_rect(*p.state.size))
+        candidates = list(parts)
+        if len(parts) > 1:
+            everything = np.zeros(p.pixels.shape[:2], dtype=bool)
+            for rect, mask in parts:
+                everything[rect.slices] |= mask
+            box = parts[0][0]
+            for rect, _ in parts[1:]:
+                box = box.union(rect)
+            candidates.append((box, everything[box.slices]))
+            if len(parts) > 2:
+                for rect, mask in parts:
+                    rest = everything[box.slices].copy()
+                    rest[rect.y - box.y:rect.bottom - box.y,
+                         rect.x - box.x:rect.right - box.x] &= ~mask
+                    candidates.append((box, rest))
+        for rect, mask in candidates:
+            if not mask.any() or not self._spend():
+                continue
+            area = p.pixels[rect.slices]
+            kept = area.copy()
+            area[mask] = source[rect.slices][mask]
+            self.hashes += 1
+            matched = _hash(p.pixels) == p.expected
+            area[...] = kept
+            if matched:
+                ys, xs = np.nonzero(mask)
+                tight = draw.Rect.from_ltrb(
+                    rect.x + int(xs.min()), rect.y + int(ys.min()),
+                    rect.x + int(xs.max()) + 1, rect.y + int(ys.max()) + 1)
+                return Finding(tight, mask[
+                    tight.y - rect.y:tight.bottom - rect.y,
+                    tight.x - rect.x:tight.right - rect.x], snap, later)
+        return None
+
+
+def _lasting(verdicts, by_frame):
+    """Unexplained frames in a row (LASTING or more, or running to the
+    end of the capture) are lasting damage, told at the first of them
+    with the non-QR draws that reached the wire just before it.
+    """
+    runs = []
+    run = []
+    for v in verdicts:
+        if v.status == UNVERIFIABLE:
+            run.append(v)
+            continue
+        if run:
+            runs.append((run, False))
+        run = []
+    if run:
+        runs.append((run, True))
+    for run, to_end in runs:
+        if len(run) < LASTING and not to_end:
+            continue
+        first = run[0]
+        window = next((s.window for s in by_frame[first.frame]
+                       if s.window), None)
+        for v in run:
+            v.status = LASTING_DAMAGE
+            v.rect = window
+        first.how = ('frames %d to %d (%d frame(s)%s) never match their '
+                     'hash; %s' % (
+                         run[0].frame, run[-1].frame, len(run),
+                         ', to the end of the capture' if to_end else '',
+                         'the damage is within %s, the draws outside the '
+                         'QR that reached the wire with frame %d' % (
+                             window, first.frame) if window else
+                         'no draw outside the QR came with frame %d' %
+                         first.frame))
+
+
+def verify(data):
+    """FrameReport of a display capture's bytes. Raises CaptureUnreadable
+    (unreadable, not SPICE, a garbled draw) or draw.Unreplayable.
+    """
+    t0 = time.monotonic()
+    records, cut = display_records(data)
+    v = Verifier()
+    try:
+        for t, units in records:
+            v.feed(t, units)
+    except draw.DrawError as e:
+        raise CaptureUnreadable('a display message does not hold what its '
+                                'type says: %s' % e) from None
+    report = v.finish(cut)
+    report.seconds = time.monotonic() - t0
+    return report
+
+
+# ----------------------------------------------------------------- check
+
+
+def _beat_at(beats, at):
+    """The name of the beat that was running at stream time `at`."""
+    name = None
+    for b in beats or ():
+        started = getattr(b, 'started', None)
+        if started is None:
+            started = b.get('started') if isinstance(b, dict) else None
+        if started is not None and started <= at:
+            name = getattr(b, 'name', None) or (
+                b.get('name') if isinstance(b, dict) else None)
+    return name
+
+
+def clock_offset(report, seen):
+    """Seconds to add to a capture time (ryll's pcap clock starts at its
+    own origin) to get the walk's stream clock, from `seen`: (frame
+    counter, stream time) of the frames the harness saw. The harness sees
+    a frame only after the wire delivered it, so the smallest lag between
+    the two is the offset (plus the shortest grab, a few ms). None
+    without a frame in common.
+    """
+    first = {f.frame: f.t for f in report.frames}
+    lags = [at - first[n] for n, at in seen or () if n in first]
+    return min(lags) if lags else None
+
+
+def _where(v, offset, beats):
+    if offset is None:
+        return 'at %.3f s of the capture' % v.t
+    at = v.t + offset
+    beat = _beat_at(beats, at)
+    return '%.2f s into the walk%s' % (at, ', beat %s' % beat if beat
+                                       else '')
+
+
+def judge(report, seen=(), beats=(), name=NAME):
+    """The CheckResult of a FrameReport: fails on damage, naming the
+    first damaged frame, its time in the walk and the beat (`seen`: the
+    frames the harness saw, as (frame counter, stream time), to put the
+    capture on the walk's clock; `beats`: the walk's beats) and its
+    rectangle.
+    """
+    offset = clock_offset(report, seen)
+    counts = report.counts()
+    explained = counts[TORN] + counts[TRAILING]
+    data = {'frames_on_wire': len(report.frames), 'counts': counts,
+            'wire_states': report.states,
+            'undecodable_states': report.undecodable,
+            'hashes': report.hashes, 'seconds': round(report.seconds, 3),
+            'messages': report.messages, 'images': report.images,
+            'cut_bytes': report.cut_bytes, 'clock_offset_s': offset,
+            'frames': [f.to_json() for f in report.frames
+                       if f.status != VERIFIED]}
+    for f in data['frames']:
+        at = None if offset is None else f['t'] + offset
+        f['at_s'] = None if at is None else round(at, 3)
+        f['beat'] = None if at is None else _beat_at(beats, at)
+    summary = ('%d frames on the wire: %d verified, %d explained (torn '
+               '%d, trailing %d), %d unverifiable, %d damaged' % (
+                   len(report.frames), counts[VERIFIED], explained,
+                   counts[TORN], counts[TRAILING], counts[UNVERIFIABLE],
+                   counts[DAMAGED] + counts[LASTING_DAMAGE]))
+    details = ['frame %d %s (%s): %s%s' % (
+        f.frame, f.status, _where(f, offset, beats),
+        f.how, '' if f.rect is None else ' [rect %s]' % f.rect)
+        for f in report.frames if f.status != VERIFIED and f.how]
+    if not report.frames:
+        if not report.states:
+            return checks.CheckResult.not_run(
+                name, 'the display capture holds no draw', data=data)
+        return checks.CheckResult(
+            name, False, 'no QR decoded on the wire in %d states that drew '
+            '(%d messages replayed): the client never showed a digest' % (
+                report.states, sum(report.messages.values())),
+            details=[summary], data=data)
+    damaged = report.damaged
+    if damaged:
+        first = damaged[0]
+        message = 'frame %d damaged %s: %s' % (
+            first.frame, _where(first, offset, beats), first.how)
+        if first.rect is not None:
+            message += '; rect (x, y, w, h) = (%d, %d, %d, %d)' % (
+                first.rect.x, first.rect.y, first.rect.w, first.rect.h)
+        if len(damaged) > 1:
+            message += ' (%d damaged frames in all)' % len(damaged)
+        return checks.CheckResult(name, False, message,
+                                  details=[summary] + details, data=data)
+    return checks.CheckResult(name, True, summary, details=details,
+                              data=data)
+
+
+def check_capture(path, seen=(), beats=(), name=NAME):
+    """The per-frame check on the display capture at `path` (a test's
+    ``ryll/capture-display.pcap``). NOT RUN, with the reason, when there
+    is none or it cannot be replayed; never raises for a bad capture.
+    """
+    if not path or not os.path.exists(path):
+        withheld = path and os.path.exists(path + '.withheld.txt')
+        return checks.CheckResult.not_run(
+            name, 'no display capture%s' % (
+                ' (withheld by the secret scan)' if withheld else
+                ': ryll kept none ([kerbside] ryll_capture off?)'))
+    try:
+        with open(path, 'rb') as f:
+            data = f.read()
+        report = verify(data)
+    except CaptureUnreadable as e:
+        return checks.CheckResult.not_run(name, e.why)
+    except draw.Unreplayable as e:
+        return checks.CheckResult.not_run(
+            name, 'the display capture holds %s: only uncompressed draws '
+            'replay exactly (qemu image-compression=off and ryll %s)' % (
+                e.what, ' '.join(RYLL_ARGS)), data={'unreplayable': e.what})
+    except OSError as e:
+        return checks.CheckResult.not_run(name, 'cannot read the display '
+                                          'capture: %s' % e)
+    except Exception as e:      # a bug here must not cost the run's report
+        LOG.exception('the frame check failed on %s', path)
+        return checks.CheckResult.not_run(name, 'the check raised %s: %s' % (
+            type(e).__name__, e))
+    return judge(report, seen=seen, beats=beats, name=name)
+
+
+def report_section(results):
+    """What report.md and report.html show of this check: None without
+    it, else {'verdict', 'summary', 'counts', 'seconds', 'rows'} with a row
+    (frame, status, s into the walk, beat, rect, how) per frame that did
+    not verify. `results`: CheckResults or their JSON form.
+    """
+    for r in results or ():
+        j = r.to_json() if isinstance(r, checks.CheckResult) else r
+        if j.get('name') != NAME:
+            continue
+        data = j.get('data') or {}
+        rows = [(f.get('frame'), f.get('status'), f.get('at_s'),
+                 f.get('beat'), tuple(f['rect']) if f.get('rect') else None,
+                 f.get('how')) for f in data.get('frames') or ()]
+        return {'verdict': checks.verdict_of(j), 'summary': j.get('summary'),
+                'counts': data.get('counts'), 'seconds': data.get('seconds'),
+                'rows': rows}
+    return None
+
+
+def ryll_args(options):
+    """ryll arguments for a replayable display capture (none when ryll
+    keeps no capture: evidence.EvidenceOptions.capture off).
+    """
+    return list(RYLL_ARGS) if options.capture else []
+
+
+def kept(path):
+    """Did ryll keep a display capture at `path` (or the secret scan
+    withhold it)?
+    """
+    return os.path.exists(path) or os.path.exists(path + '.withheld.txt')
+
+
+def advisory(result):
+    """True for this check NOT RUN: a capture that cannot be replayed (none
+    kept, compressed images) says nothing about the proxy, so it does not
+    fail the run; the reason is in the report.
+    """
+    return result.name == NAME and result.passed is None
