@@ -798,23 +798,33 @@ def check_capture(path, seen=(), beats=(), name=NAME):
     return judge(report, seen=seen, beats=beats, name=name)
 
 
+REPORT_COLUMNS = ('frame', 'verdict', 's into the walk', 'beat',
+                  'rect (x, y, w, h)', 'why')
+
+
 def report_section(results):
     """What report.md and report.html show of this check: None without
-    it, else {'verdict', 'summary', 'counts', 'seconds', 'rows'} with a row
-    (frame, status, s into the walk, beat, rect, how) per frame that did
-    not verify. `results`: CheckResults or their JSON form.
+    it, else {'verdict', 'headline', 'rows'}: the verdict, one line with
+    the counts and the check's time, and per frame that did not verify a
+    row of REPORT_COLUMNS as text. `results`: CheckResults or their JSON.
     """
     for r in results or ():
         j = r.to_json() if isinstance(r, checks.CheckResult) else r
         if j.get('name') != NAME:
             continue
         data = j.get('data') or {}
-        rows = [(f.get('frame'), f.get('status'), f.get('at_s'),
-                 f.get('beat'), tuple(f['rect']) if f.get('rect') else None,
-                 f.get('how')) for f in data.get('frames') or ()]
-        return {'verdict': checks.verdict_of(j), 'summary': j.get('summary'),
-                'counts': data.get('counts'), 'seconds': data.get('seconds'),
-                'rows': rows}
+        seconds = data.get('seconds')
+        verdict = checks.verdict_of(j)
+        rows = [(str(f.get('frame')), f.get('status') or '',
+                 '-' if f.get('at_s') is None else '%.3f' % f['at_s'],
+                 f.get('beat') or '-',
+                 '(%d, %d, %d, %d)' % tuple(f['rect']) if f.get('rect')
+                 else '-', f.get('how') or '')
+                for f in data.get('frames') or ()]
+        return {'verdict': verdict, 'rows': rows,
+                'headline': '%s: %s%s' % (
+                    verdict, j.get('summary'), '' if seconds is None else
+                    ' (checked in %.2f s)' % seconds)}
     return None
 
 

@@ -478,6 +478,27 @@ def _missed(evidence):
     return '\n'.join(out)
 
 
+def _frame_states(results):
+    """The per-frame check (scenario.frames): its counts and a row per
+    frame that did not verify.
+    """
+    from kerbside_tempest_plugin.scenario import frames as frames_mod
+    section = frames_mod.report_section(results)
+    if section is None:
+        return ''
+    out = ['<section id="frame-states"><h2>Frames on the wire</h2>',
+           '<p class="%s">%s</p>' % (ROW_CLASS.get(section['verdict'], ''),
+                                     _e(section['headline']))]
+    if section['rows']:
+        out.append('<table id="frame-rows"><tr>%s</tr>' % ''.join(
+            '<th>%s</th>' % _e(c) for c in frames_mod.REPORT_COLUMNS))
+        out += ['<tr>%s</tr>' % ''.join('<td>%s</td>' % _e(c) for c in row)
+                for row in section['rows']]
+        out.append('</table>')
+    out.append('</section>')
+    return '\n'.join(out)
+
+
 def _dash(value):
     return '-' if value is None else value
 
@@ -520,6 +541,7 @@ def build(path):
                time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())),
            '<h2>Checks</h2>', _check_rows(result.get('results', [])),
            _missed(_load(path, 'missed_frames.json', None)),
+           _frame_states(result.get('results', [])),
            '<h2>Timeline</h2><p class="meta">Seconds since the capture '
            'started. Drain events sit at the first digest whose channel '
            'hashes prove them. Hover a mark for its text.</p>',

@@ -10,6 +10,7 @@ import time
 
 from kerbside_tempest_plugin.scenario import capture as cap
 from kerbside_tempest_plugin.scenario import checks as checks_mod
+from kerbside_tempest_plugin.scenario import frames as frames_mod
 
 
 def _md_escape(text):
@@ -117,6 +118,23 @@ def missed_frames_md(evidence):
     return out
 
 
+def frame_states_md(results):
+    """The per-frame check (scenario.frames) as Markdown lines: the
+    counts, then one row per frame that did not verify.
+    """
+    section = frames_mod.report_section(results)
+    if section is None:
+        return []
+    out = ['### Frames on the wire', '', section['headline'], '']
+    if section['rows']:
+        out += ['| %s |' % ' | '.join(frames_mod.REPORT_COLUMNS),
+                '|---' * len(frames_mod.REPORT_COLUMNS) + '|']
+        out += ['| %s |' % ' | '.join(_md_escape(c) for c in row)
+                for row in section['rows']]
+        out.append('')
+    return out
+
+
 def _at(frame, at):
     return '-' if frame is None else '%d @ %.3f' % (frame, at)
 
@@ -133,7 +151,8 @@ def render(title, meta, results=(), walker=None, stream=None,
     not_run = [r for r in results if not r.ran]
     beats_failed = walker is not None and any(not b.ok for b in
                                               walker.beats)
-    passed = not failed and not not_run and error is None and \
+    blocking = [r for r in not_run if not frames_mod.advisory(r)]
+    passed = not failed and not blocking and error is None and \
         not beats_failed
     out = ['# %s' % title, '',
            '**Verdict: %s**' % ('PASS' if passed else 'FAIL'), '']
@@ -184,6 +203,7 @@ def render(title, meta, results=(), walker=None, stream=None,
                     fb['matched'], fb['checked']),
                 '- decode errors by kind: %s' % (s['errors'] or 'none'), '']
         out += missed_frames_md(cap.fidelity_evidence(stream, results))
+    out += frame_states_md(results)
 
     if walker is not None:
         out += ['## Beats', '']
