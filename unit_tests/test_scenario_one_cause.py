@@ -184,7 +184,7 @@ class OneDigestStream:
     def snapshot(self):
         return [self.cd] if self.cd else []
 
-    def wait_for(self, predicate, timeout, what, since=0):
+    def wait_for(self, predicate, timeout, what, since=0, health=None):
         if self.cd is not None and predicate(self.cd):
             return self.cd
         cls = cap.StreamClosed if self.closed else cap.CaptureTimeout

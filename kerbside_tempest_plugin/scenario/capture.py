@@ -742,13 +742,15 @@ class DigestStream:
         with self._cond:
             return list(self.digests)
 
-    def wait_for(self, predicate, timeout, what, since=0):
+    def wait_for(self, predicate, timeout, what, since=0, health=None):
         """Return the first digest (index >= `since`) matching `predicate`.
 
         Scans what was already captured, then waits for new digests until
         `timeout` seconds have passed. Raises CaptureTimeout saying what it
         waited for and what it saw, or StreamClosed when the connection
-        closed first.
+        closed first. `health()`, asked at least twice a second, may return
+        an exception to raise at once (scenario.liveness: a frozen display,
+        a key never registered, a lost channel).
         """
         start = self._clock()
         deadline = start + timeout
@@ -766,6 +768,10 @@ class DigestStream:
                         raise AssertionError(
                             'predicate for %s failed on frame %d: %r'
                             % (what, cd.frame_counter, e)) from e
+                if health is not None:
+                    failure = health()
+                    if failure is not None:
+                        raise failure
                 remaining = deadline - self._clock()
                 stopped = (self.closed_reason is not None
                            or self._stop.is_set())

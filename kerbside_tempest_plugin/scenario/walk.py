@@ -36,6 +36,7 @@ import typing
 
 from kerbside_tempest_plugin.scenario import capture as cap
 from kerbside_tempest_plugin.scenario import checks
+from kerbside_tempest_plugin.scenario import liveness as liveness_mod
 from kerbside_tempest_plugin.sextant import contract
 
 LOG = logging.getLogger(__name__)
@@ -205,7 +206,8 @@ class Walker:
     def __init__(self, client, stream, artifacts=None, step_timeout=90.0,
                  paste_secret=PASTE_SECRET,
                  char_delay_ms=contract.PASTE_CHAR_DELAY_MS, log=None,
-                 on_beat=None):
+                 on_beat=None, key_bound_s=liveness_mod.DEFAULT_BOUND_S,
+                 ryll_log=None, probe=None):
         self.client = client
         self.stream = stream
         self.artifacts = artifacts
@@ -220,6 +222,11 @@ class Walker:
         # console's `walk NAME` prints them step by step.
         self._on_beat = on_beat
         self.powered_off = False
+        # Judges every wait: a frozen display, a key never registered, a
+        # lost channel (scenario.liveness); None: key_bound_s=0.
+        self.liveness = liveness_mod.Liveness(
+            stream, bound_s=key_bound_s, ryll_log=ryll_log,
+            probe=probe) if key_bound_s else None
 
     # -- primitives
 
@@ -236,11 +243,15 @@ class Walker:
     def press(self, key):
         """Explicit down, then up with the release code."""
         self.keys.append((self.stream.now(), key))
+        if self.liveness is not None:
+            self.liveness.key_sent(key)
         self.client.send_key(key)
 
     def paste(self, text):
         """Type `text`; return only after paste_completed."""
         self.keys.append((self.stream.now(), 'paste(%d chars)' % len(text)))
+        if self.liveness is not None:
+            self.liveness.key_sent('paste(%d chars)' % len(text))
         sent = self.client.paste(text, char_delay_ms=self.char_delay_ms)
         if sent != len(text):
             raise AssertionError('ryll typed %r of the %d characters pasted'
@@ -266,10 +277,16 @@ class Walker:
         def accept(cd):
             return ok(cd) or (fail_on is not None and fail_on(cd))
         t0 = time.monotonic()
+        health = None
+        if self.liveness is not None:
+            self.liveness.beat_started(name)
+            health = self.liveness.check
         try:
             try:
                 cd = self.stream.wait_for(accept, timeout, what,
-                                          since=since)
+                                          since=since, health=health)
+            except liveness_mod.LivenessFailure:
+                raise           # its message is already the one cause
             except cap.CaptureTimeout as e:
                 raise type(e)(timeout_message(e, what,
                                               time.monotonic() - t0),
@@ -340,6 +357,9 @@ class Walker:
         self.beats.append(beat)
         try:
             self.press('enter')
+            if self.liveness is not None:
+                self.liveness.beat_started('power-off')
+                self.liveness.forget_pending()  # no redraw is owed
         except ryll_client.RyllConnectionClosed as e:
             # Expected: the guest powers off, qemu exits, ryll exits and
             # the control connection reaches EOF, maybe before the key-up.
