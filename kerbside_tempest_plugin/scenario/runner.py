@@ -34,6 +34,7 @@ from kerbside_tempest_plugin.scenario import checks
 from kerbside_tempest_plugin.scenario import evidence as evidence_mod
 from kerbside_tempest_plugin.scenario import frames as frames_mod
 from kerbside_tempest_plugin.scenario import html_report
+from kerbside_tempest_plugin.scenario import liveness as liveness_mod
 from kerbside_tempest_plugin.scenario import report as report_mod
 from kerbside_tempest_plugin.scenario import walk as walk_mod
 from kerbside_tempest_plugin.sextant import contract
@@ -253,8 +254,12 @@ def run_scenario(lane, walk_name, route, image, artifact_root,
                  step_timeout=90, boot_timeout=120, drain_timeout=60,
                  paste_secret=walk_mod.PASTE_SECRET,
                  char_delay_ms=contract.PASTE_CHAR_DELAY_MS,
-                 name=None, log=None, evidence=None):
-    """Run walk `walk_name` on a fresh guest of `lane` over `route`."""
+                 name=None, log=None, evidence=None,
+                 key_bound_s=liveness_mod.DEFAULT_BOUND_S):
+    """Run walk `walk_name` on a fresh guest of `lane` over `route`.
+    `key_bound_s` bounds each key's first redraw and registration
+    (scenario.liveness; 0 turns the judge off).
+    """
     log = log or LOG.info
     name = name or 'sextant-%s-%s' % (walk_name.replace('_', '-'), route)
     art = art_mod.ArtifactDir(artifact_root, name,
@@ -283,10 +288,13 @@ def run_scenario(lane, walk_name, route, image, artifact_root,
                                  ev.options))
         client, stream = attach(rp, art)
         phases['ryll_to_surface'] = time.monotonic() - t
-        walker = walk_mod.Walker(client, stream, art,
-                                 step_timeout=step_timeout,
-                                 paste_secret=paste_secret,
-                                 char_delay_ms=char_delay_ms, log=log)
+        walker = walk_mod.Walker(
+            client, stream, art, step_timeout=step_timeout,
+            paste_secret=paste_secret, char_delay_ms=char_delay_ms, log=log,
+            key_bound_s=key_bound_s, ryll_log=getattr(rp, 'stdout_path',
+                                                      None),
+            probe=liveness_mod.screendump_probe(
+                guest, os.path.join(art.path, 'liveness-screendump.png')))
         t = time.monotonic()
         walk_mod.run_walk(walk_name, walker)
         phases['walk'] = time.monotonic() - t
@@ -341,6 +349,13 @@ def run_scenario(lane, walk_name, route, image, artifact_root,
                 capture, beats=walker.beats, seen=[
                     (cd.frame_counter, cd.at) for cd in stream.snapshot()]))
             result.stats['frame_check_s'] = round(time.monotonic() - t, 3)
+        if walker.liveness is not None:
+            live = walker.liveness.evidence()
+            art.write_json('liveness.json', live)
+            reg = [k['registered_s'] for k in live['keys']
+                   if k['registered_s'] is not None]
+            if reg:
+                result.stats['key_registered_max_s'] = round(max(reg), 3)
         result.beats = [b.to_json() for b in walker.beats]
         pacing = guest_pacing(drain)
         if pacing is not None and walker.keys:
