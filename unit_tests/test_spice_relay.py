@@ -220,6 +220,33 @@ def test_key_faults(rig, spec, expect):
     assert keys_seen(server) == expect
 
 
+def test_duplicate_a_whole_keystroke(rig):
+    server, make, tmp = rig
+    # after key 1, skip its key_up, then repeat key 2's down and up
+    r = make('duplicate,channel=inputs,after_keys=1,nth=2,span=2')
+    c = Client(r.port)
+    for sc in (0x10, 0x11, 0x12):
+        c.key(sc)
+    wait_for(lambda: len(server.got) == 8, 'eight messages')
+    assert [(t, struct.unpack('<I', b)[0]) for t, b, _ in server.got] == [
+        (101, 0x10), (102, 0x90), (101, 0x11), (102, 0x91), (101, 0x11),
+        (102, 0x91), (101, 0x12), (102, 0x92)]
+    inj = [e for e in log(tmp) if e['event'] == 'inject']
+    assert len(inj) == 1 and inj[0]['span'] == 2
+
+
+def test_a_timed_cut_fires_on_a_quiet_channel(rig):
+    server, make, tmp = rig
+    r = make('cut,channel=main,after=0.3')
+    c = Client(r.port, 'main')
+    t0 = time.monotonic()
+    with pytest.raises((ConnectionError, OSError)):
+        c.read_until(lambda: False, deadline=3)
+    assert time.monotonic() - t0 < 2
+    inj = [e for e in log(tmp) if e['event'] == 'inject']
+    assert inj[0]['channel'] == 'main' and inj[0]['action'] == 'cut'
+
+
 def test_reorder_releases_alone_when_no_second_comes(rig):
     server, make, tmp = rig
     r = make('reorder,channel=inputs,type=key_down,nth=1,hold=0.3')
@@ -248,7 +275,7 @@ def test_corrupt_a_draw_names_its_rectangle(rig):
 
 def test_cut_resets_both_legs(rig):
     server, make, tmp = rig
-    r = make('cut,channel=display,after=0')
+    r = make('cut,channel=display,type=draw_copy')
     c = Client(r.port, 'display')
     server.send(304, b'x' * 40)
     with pytest.raises((ConnectionError, OSError)):

@@ -17,14 +17,19 @@ Actions, each on the messages that match `channel`, `dir` and `type`:
   bytes (a key's scancode);
   `offset=`/`length=` choose other bytes of the body;
 - drop: not forwarded;
-- duplicate: forwarded twice;
+- duplicate: forwarded twice; with `span=N` the next N matching
+  messages are forwarded as a block, then the block again (a keystroke
+  is a key_down and its key_up: `span=2` on the inputs channel repeats
+  it; qemu takes a second key_down of a key already down as nothing);
 - reorder: held, then forwarded after the next matching message (released
   alone after `hold=` seconds, 2 by default, when none comes);
 - delay: forwarded `ms=` milliseconds late (and so is what follows it);
 - stall: nothing more in that direction of that connection is forwarded
   for `duration=` seconds, then all of it is released in order;
 - fragment: forwarded in writes of `size=` bytes (1 by default);
-- cut: the connection is reset (both legs) instead of forwarding it.
+- cut: the connection is reset (both legs) instead of forwarding it;
+  a cut without `type=` or `nth=` fires as soon as its trigger holds,
+  even on a channel that sends nothing (main is quiet for seconds).
 
 Which messages match: `channel=` main|display|inputs|cursor|... or `*`
 (default `*`); `dir=` s2c (from the hypervisor), c2s (to it) or both
@@ -61,7 +66,7 @@ CORRUPT_XOR = 0x5A
 CORRUPT_MAX = 4096
 SMALL_BODY = 8
 _KEYS = {'channel', 'dir', 'type', 'nth', 'after_keys', 'after', 'count',
-         'ms', 'duration', 'size', 'offset', 'length', 'hold'}
+         'ms', 'duration', 'size', 'offset', 'length', 'hold', 'span'}
 
 
 class FaultSpecError(errors.HarnessError, ValueError):
@@ -98,6 +103,7 @@ class Fault:
     offset: typing.Optional[int] = None
     length: typing.Optional[int] = None
     hold_s: float = 2.0
+    span: int = 1
     spec: str = ''
     # bookkeeping (relay side): counted from arming
     matched: int = 0
@@ -246,6 +252,10 @@ def parse_one(spec: str) -> Fault:
         f.length = _number(kv['length'], 'length', text, int, 1)
     if 'hold' in kv:
         f.hold_s = _number(kv['hold'], 'hold', text)
+    if 'span' in kv:
+        f.span = _number(kv['span'], 'span', text, int, 1)
+        if 'count' not in kv:
+            f.count = f.span            # the whole block, once
     needs = {'delay': ('ms', f.delay_ms),
              'stall': ('duration', f.duration_s)}
     if action in needs and not needs[action][1]:

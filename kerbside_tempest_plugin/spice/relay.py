@@ -66,6 +66,7 @@ class _Conn:
         self.framer = {d: wire.Framer(d, self.neg) for d in wire.DIRECTIONS}
         self.closed = threading.Event()
         self.close_reason = None
+        self.dup_block = {d: [] for d in wire.DIRECTIONS}
         self.held = {d: [] for d in wire.DIRECTIONS}   # reorder: (fault,
         self._close_lock = threading.Lock()            # unit, until)
 
@@ -130,6 +131,10 @@ class _Conn:
                     self._forward(direction, unit)
                     if self.closed.is_set():
                         return
+                if direction == wire.C2S and self.neg.settled:
+                    self._timed_cut()
+                    if self.closed.is_set():
+                        return
                 self._release_expired(direction)
         except wire.WireError as e:
             self.close('not SPICE: %s' % e)
@@ -166,9 +171,12 @@ class _Conn:
         if action == 'drop':
             relay.event('inject', **record)
         elif action == 'duplicate':
-            relay.event('inject', **record)
-            self._send(direction, unit.raw)
-            self._send(direction, unit.raw)
+            block = self.dup_block[direction]
+            block.append(unit.raw)
+            if len(block) >= fault.span:
+                relay.event('inject', span=len(block), **record)
+                self._send(direction, b''.join(block) * 2)
+                del block[:]
         elif action == 'corrupt':
             body, off, n = fault.corrupt(unit.body)
             relay.event('inject', bytes_at=off, bytes=n, **record)
@@ -195,6 +203,21 @@ class _Conn:
             self.close('fault %s cut the %s channel' % (fault.spec,
                                                         self.channel),
                        reset=True)
+
+    def _timed_cut(self):
+        """A cut without a message type fires once its trigger holds,
+        even on a channel that sends nothing then (main is quiet for
+        seconds): looked at on every pump tick.
+        """
+        fault, keys = self.relay.due_cut(self.channel)
+        if fault is None:
+            return
+        self.relay.event('inject', fault=fault.spec, action='cut',
+                         channel=self.channel, channel_id=self.channel_id,
+                         conn=self.number, keys=keys, index=fault.fired)
+        self.close('fault %s cut the %s channel' % (fault.spec,
+                                                    self.channel),
+                   reset=True)
 
     def _after_match(self, direction, unit, held):
         """A reorder fault's held message goes out after the next one of
@@ -268,6 +291,24 @@ class Relay:
             now = time.monotonic()
             for f in self.faults:
                 if f.take(channel, direction, msg_type, self.keys, now):
+                    self.injections += 1
+                    return f, self.keys
+            return None, self.keys
+
+    def due_cut(self, channel):
+        """A type-less cut fault on `channel` whose trigger holds now
+        (counted as fired), and the keys crossed; (None, keys) else.
+        """
+        with self._lock:
+            now = time.monotonic()
+            for f in self.faults:
+                if f.action != 'cut' or f.msg_type is not None or \
+                        f.exhausted or f.nth is not None:
+                    continue
+                if f.channel not in ('*', channel):
+                    continue
+                if f.armed(self.keys, now):
+                    f.fired += 1
                     self.injections += 1
                     return f, self.keys
             return None, self.keys
