@@ -110,3 +110,57 @@ def test_harness_up_takes_the_fault_flags():
     assert (args.fault, args.hypervisor_tls, args.qemu_binary) == \
         ('drop,channel=inputs', False, '/q')
     assert harness.build_parser().parse_args(['up']).hypervisor_tls is None
+
+
+@pytest.fixture
+def running_relay(tmp_path):
+    """A real relay (in this process) recorded in a lane.json."""
+    import json
+    import socket
+
+    from kerbside_tempest_plugin.spice import relay as spice_relay
+    s = socket.socket()
+    s.bind(('127.0.0.1', 0))
+    s.listen(1)
+    sock = str(tmp_path / 'r.sock')
+    r = spice_relay.Relay(s.getsockname()[1], control_path=sock).start()
+    (tmp_path / 'lane.json').write_text(json.dumps({
+        'state': 'up', 'relay': [{'name': 'fault-relay:1', 'control': sock,
+                                  'port': r.port}]}))
+    yield r
+    r.stop()
+    s.close()
+
+
+def test_harness_fault_arms_shows_and_clears(running_relay, tmp_path,
+                                             capsys):
+    import json
+    wd = ['--workdir', str(tmp_path)]
+    assert harness.main(['fault', 'drop,channel=inputs,type=key_down'] +
+                        wd) == 0
+    assert json.loads(capsys.readouterr().out)['armed'] == [
+        'drop,channel=inputs,type=key_down']
+    assert harness.main(['fault'] + wd) == 0
+    st = json.loads(capsys.readouterr().out)
+    assert st['faults'][0]['fired'] == 0 and st['relay'] == 'fault-relay:1'
+    assert harness.main(['fault', 'melt'] + wd) == 1
+    assert 'no action' in capsys.readouterr().out
+    assert harness.main(['fault', '--clear'] + wd) == 0
+    assert harness.main(['fault', '--console', '2'] + wd) == 1
+    assert 'not 2' in capsys.readouterr().err
+
+
+def test_the_console_verb_and_its_errors(running_relay, tmp_path):
+    import types
+
+    from kerbside_tempest_plugin.console import session as session_mod
+    from kerbside_tempest_plugin.console import verbs
+    s = session_mod.Session(types.SimpleNamespace(
+        workdir=str(tmp_path), route='kerbside', redactor=None))
+    out = verbs.run(s, 'fault stall,channel=display,after=2,duration=20')
+    assert out['armed'] == ['stall,channel=display,after=2,duration=20']
+    assert verbs.run(s, 'fault')['faults'][0]['spec'].startswith('stall')
+    with pytest.raises(session_mod.ConsoleError, match='no action'):
+        s.fault('melt')
+    assert verbs.run(s, 'fault --clear')['cleared'] == 1
+    assert 'fault [SPEC' in verbs.help_text('fault')

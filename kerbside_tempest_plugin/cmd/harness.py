@@ -203,30 +203,13 @@ def cmd_up(args):
 
 def cmd_fault(args):
     """Arm, clear or show the faults of a running lane's relays."""
-    from kerbside_tempest_plugin.spice import relay as spice_relay
+    from kerbside_tempest_plugin.lane import relay as lane_relay
     workdir = os.path.abspath(args.workdir or lane_mod.default_workdir())
-    state = lane_mod.load_state(workdir) or {}
-    relays = state.get('relay') or []
-    if not relays:
-        _err('the lane in %s has no fault relay; bring it up with '
-             '`kerbside-harness up --relay` (or --fault SPEC)' % workdir)
-        return 1
-    if args.console:
-        if not 1 <= args.console <= len(relays):
-            _err('the lane has %d relay(s), not %d' % (len(relays),
-                                                       args.console))
-            return 2
-        relays = [relays[args.console - 1]]
     if args.clear:
-        op, spec = 'clear', None
-    elif args.spec:
-        op, spec = 'arm', args.spec
+        op = 'clear'
     else:
-        op, spec = 'status', None
-    answers = []
-    for r in relays:
-        answer = spice_relay.control(r['control'], op, spec)
-        answers.append(dict(answer, relay=r['name']))
+        op = 'arm' if args.spec else 'status'
+    answers = lane_relay.command(workdir, op, args.spec, args.console)
     print(json.dumps(answers if len(answers) > 1 else answers[0],
                      sort_keys=True))
     return 0 if all(a.get('ok') for a in answers) else 1

@@ -271,6 +271,16 @@ def build_server(defaults=None, guardian=None):
         return holder.call('drain', lambda s: s.drain(timeout, walk))
 
     @server.tool()
+    def fault(spec: typing.Optional[str] = None, clear: bool = False,
+              console: typing.Optional[int] = None) -> dict[str, Any]:
+        """Arm a fault on the lane's SPICE fault relay (a lane brought up
+        with a relay), e.g. "drop,channel=inputs,type=key_down,nth=2" or
+        "stall,channel=display,after=2,duration=20"; clear drops them;
+        neither: what the relay armed, fired and saw.
+        """
+        return holder.call('fault', lambda s: s.fault(spec, clear, console))
+
+    @server.tool()
     def status() -> dict[str, Any]:
         """ryll, the guest, the control connection, capture and scene."""
         return holder.call('status', lambda s: s.status())

@@ -707,6 +707,18 @@ class Session:
         }
 
     # -- status --------------------------------------------------------
+    def fault(self, spec=None, clear=False, console=None):
+        """Arm `spec` (spice.faults) on the lane's fault relay, clear its
+        faults, or (neither) show what it armed, fired and saw.
+        """
+        from kerbside_tempest_plugin.lane import relay as lane_relay
+        op = 'clear' if clear else ('arm' if spec else 'status')
+        answers = lane_relay.command(self.target.workdir, op, spec, console)
+        bad = [a for a in answers if not a.get('ok')]
+        if bad:
+            raise ConsoleError('fault: %s' % bad[0].get('error'))
+        return answers[0] if len(answers) == 1 else {'relays': answers}
+
     def status(self):
         out = {'workdir': self.target.workdir, 'route': self.target.route,
                'owned': self.owned, 'ryll': self.target.ryll(),

@@ -49,10 +49,14 @@ HELP = {
              'the drain'),
     'boot': ('boot', 'a fresh guest and ryll on the lane this console '
              'started'),
+    'fault': ('fault [SPEC | --clear] [--console N]', 'arm a fault on '
+              "the lane's fault relay (a lane up with --relay or --fault), "
+              'e.g. "stall,channel=display,after=2,duration=20"; --clear '
+              'drops them; alone: what it armed, fired and saw'),
     'help': ('help [VERB]', 'this list, or one verb'),
 }
 ORDER = ('key', 'type', 'paste', 'shot', 'digest', 'watch', 'wait',
-         'serial', 'drain', 'status', 'walk', 'boot', 'help')
+         'serial', 'drain', 'status', 'walk', 'boot', 'fault', 'help')
 
 
 class _Parser(argparse.ArgumentParser):
@@ -214,6 +218,13 @@ def run(session, line, emit=None, stop=None, stream_timeout=None):
     if verb == 'boot':
         p.parse_args(argv)
         return _call(session, verb, session.boot)
+    if verb == 'fault':
+        p.add_argument('spec', nargs='?')
+        p.add_argument('--clear', action='store_true')
+        p.add_argument('--console', type=int)
+        a = p.parse_args(argv)
+        return _call(session, verb, session.fault, a.spec, a.clear,
+                     a.console)
     p.add_argument('verb', nargs='?')
     return {'help': help_text(p.parse_args(argv).verb)}
 

@@ -116,6 +116,32 @@ class FaultRelay:
         return read_log(self.log_path, since)
 
 
+def command(workdir, op, spec=None, console=None, state_file='lane.json'):
+    """Send `op` (arm with `spec`, clear, status) to the relays of the
+    lane in `workdir` (as its state file records them; `console`: only
+    that one, 1-based). A list of answers, each with its relay's name.
+    HarnessError names a lane without a relay or a console it lacks.
+    """
+    path = os.path.join(workdir, state_file)
+    try:
+        with open(path) as f:
+            state = json.load(f)
+    except (OSError, ValueError) as e:
+        raise errors.HarnessError('no lane state in %s (%s)' % (path, e))
+    relays = (state.get('relay') or []) if isinstance(state, dict) else []
+    if not relays:
+        raise errors.HarnessError(
+            'the lane in %s has no fault relay; bring it up with '
+            '`kerbside-harness up --relay` (or --fault SPEC)' % workdir)
+    if console is not None:
+        if not 1 <= console <= len(relays):
+            raise errors.HarnessError('the lane has %d relay(s), not %d' % (
+                len(relays), console))
+        relays = [relays[console - 1]]
+    return [dict(spice_relay.control(r['control'], op, spec),
+                 relay=r['name']) for r in relays]
+
+
 def read_log(path, since=None):
     out, bad = [], 0
     try:
