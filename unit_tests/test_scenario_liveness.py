@@ -184,3 +184,22 @@ def test_wait_for_raises_what_health_returns():
     with pytest.raises(liveness.DisplayFrozen, match='frozen for 6.0'):
         stream.wait_for(lambda cd: False, 90, 'anything',
                         health=lambda: boom)
+
+
+def test_a_paste_that_never_completes_names_the_keys(st):
+    live = liveness.Liveness(st, bound_s=6)
+    s = live.key_sent('paste(23 chars)')
+    st.t = 7.5
+    st.frame(11, 0xAAAA)
+    e = live.paste_failed(s, RuntimeError('timed out after 7.44 s; hint'))
+    assert isinstance(e, liveness.KeyNotRegistered)
+    assert 'never completed, and the guest registered none' in str(e)
+    assert 'timed out after 7.44 s' in str(e) and 'hint' not in str(e)
+
+
+def test_a_paste_whose_keys_arrived_keeps_ryll_error(st):
+    live = liveness.Liveness(st, bound_s=6)
+    s = live.key_sent('paste(23 chars)')
+    st.t = 0.5
+    st.frame(11, 0xBBBB)
+    assert live.paste_failed(s, RuntimeError('x')) is None

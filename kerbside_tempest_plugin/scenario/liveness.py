@@ -237,6 +237,30 @@ class Liveness:
                 what=self.beat)
         return None
 
+    def paste_failed(self, sample, error):
+        """ryll's paste ended in `error` (no paste_completed): a lost
+        channel in ryll's log, or none of the paste's keys registered by
+        the guest, is the cause to report instead; None keeps `error`.
+        """
+        if sample is None:
+            return None
+        found = self._channel_lost()
+        if found:
+            return ChannelLost(
+                'the %s channel was lost while pasting (%.1f s into the '
+                'walk): ryll logged "%s"' % (found[0], self._clock(),
+                                             found[1][-300:]), what=self.beat)
+        self._absorb()
+        if sample.registered_s is None:
+            return KeyNotRegistered(
+                'the paste (%s) never completed, and the guest registered '
+                'none of its keys in %.1f s (frames kept coming: %s): the '
+                'keys do not reach the guest; ryll: %s' % (
+                    sample.key, self._clock() - sample.sent_at,
+                    'yes' if sample.first_frame_s is not None else 'no',
+                    str(error).split(';')[0][:200]), what=self.beat)
+        return None
+
     def _probe(self, last):
         """(the guest's own frame counter or None, a sentence)."""
         if self.probe is None:

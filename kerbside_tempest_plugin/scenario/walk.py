@@ -250,9 +250,16 @@ class Walker:
     def paste(self, text):
         """Type `text`; return only after paste_completed."""
         self.keys.append((self.stream.now(), 'paste(%d chars)' % len(text)))
+        sample = None
         if self.liveness is not None:
-            self.liveness.key_sent('paste(%d chars)' % len(text))
-        sent = self.client.paste(text, char_delay_ms=self.char_delay_ms)
+            sample = self.liveness.key_sent('paste(%d chars)' % len(text))
+        try:
+            sent = self.client.paste(text, char_delay_ms=self.char_delay_ms)
+        except Exception as e:
+            found = self.liveness and self.liveness.paste_failed(sample, e)
+            if found is not None:
+                raise found from e
+            raise
         if sent != len(text):
             raise AssertionError('ryll typed %r of the %d characters pasted'
                                  % (sent, len(text)))
