@@ -98,7 +98,11 @@ def _say(text):
         pass
 
 
-def _handler(signum, frame):
+def _received(signum, work='step'):
+    """Record `signum` as decide() says; say so and return False when it
+    is deferred (until the current `work` ends) or a repeat, True when
+    the handler is to act on it.
+    """
     now = time.monotonic()
     with _lock:
         what = decide(signum, now, _state['first'], _state['shield'],
@@ -109,14 +113,20 @@ def _handler(signum, frame):
             _state['first'] = now
     name = signal.Signals(signum).name
     if what == 'defer':
-        _say('%s received; deferred until the current step ends' % name)
-        return
-    if what == 'ignore':
+        _say('%s received; deferred until the current %s ends'
+             % (name, work))
+    elif what == 'ignore':
         _say('%s received again; the teardown is already running '
              '(SIGKILL ends this process; the lane reaper then finishes '
              'the teardown)' % name)
+    return what == 'raise'
+
+
+def _handler(signum, frame):
+    if not _received(signum):
         return
-    _say('%s received: tearing down before exit' % name)
+    _say('%s received: tearing down before exit'
+         % signal.Signals(signum).name)
     raise exception_for(signum)
 
 
@@ -232,25 +242,12 @@ def owners():
 
 
 def _teardown_handler(signum, frame):
-    now = time.monotonic()
+    if not _received(signum, 'teardown'):
+        return
     with _lock:
-        what = decide(signum, now, _state['first'], _state['shield'],
-                      _state['grace'])
-        if what == 'defer':
-            _state['pending'] = signum
-        elif what == 'raise':
-            _state['first'] = now
         todo = list(_owners.values())
         deadline = _state.get('deadline', TEARDOWN_DEADLINE)
     name = signal.Signals(signum).name
-    if what == 'defer':
-        _say('%s received; deferred until the current teardown ends' % name)
-        return
-    if what == 'ignore':
-        _say('%s received again; the teardown is already running '
-             '(SIGKILL ends this process; the lane reaper then finishes '
-             'the teardown)' % name)
-        return
     # The reader of our standard output may be gone (stestr killed by the
     # same signal): a write to it must fail, not end us mid-teardown.
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)

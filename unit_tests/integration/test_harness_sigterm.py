@@ -117,6 +117,14 @@ def _wait_for_lane(pattern, names, proc, log_path, timeout=UP_DEADLINE):
         time.sleep(0.2)
 
 
+def _when_lane_runs(pattern, proc, log_path):
+    """(workdir, its ports, `proc`'s process tree) once the lane of
+    `proc` runs MariaDB, Kerbside, the guest and ryll (_wait_for_lane).
+    """
+    workdir = _wait_for_lane(pattern, LANE_NAMES, proc, log_path)
+    return workdir, _lane_ports(workdir), _tree(proc.pid)
+
+
 def _wait_exit(proc, timeout, what, log_path):
     """Seconds until `proc` exits, within `timeout`."""
     t = time.monotonic()
@@ -169,6 +177,17 @@ def _tree(root):
 def _still_running(tree):
     return sorted(p for p, t in tree.items() if procs.pid_alive(p, t)
                   and (procs.proc_info(p) or 'Z')[0] != 'Z')
+
+
+def _gone_in(pid, timeout):
+    """Whether `pid` (not a child of ours) is gone within `timeout` s."""
+    tree = {pid: procs.proc_start_ticks(pid)}
+    deadline = time.monotonic() + timeout
+    while _still_running(tree):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def _assert_none_left(tree):
@@ -236,8 +255,8 @@ def teardown():
 
 signals.tear_down_on('lane', teardown, 'the test lane', deadline=%(deadline)s)
 %(then)s
-print('ready', flush=True)
 try:
+    print('ready', flush=True)
     time.sleep(30)
 except KeyboardInterrupt:
     print('KeyboardInterrupt', flush=True)
@@ -356,10 +375,8 @@ def test_a_tempest_worker_tears_its_lane_down_before_it_dies(tmp_path, sig):
             stdout=out, stderr=errf, stdin=subprocess.DEVNULL, cwd=ws,
             env=_tempest_env(ws))
     try:
-        workdir = _wait_for_lane(lanes, LANE_NAMES, worker, err)
-        ports = _lane_ports(workdir)
+        workdir, ports, tree = _when_lane_runs(lanes, worker, err)
         assert common_ports.busy_ports(ports), ports
-        tree = _tree(worker.pid)
         worker.send_signal(sig)
         took = _wait_exit(worker, EXIT_DEADLINE, 'the worker', err)
         # Judged at its exit, before anything else could tear down.
@@ -389,8 +406,9 @@ def _job(tmp_path, how):
     """Start the job as `how` says: 'script' (bash tools/direct-qemu-job.sh,
     as tox runs it) or 'tox' (`tox -e direct-qemu`, its env under the
     test's directory). In a session of its own: its process group is the
-    job's alone. Returns (Popen, log path, artifacts directory).
+    job's alone. Returns (Popen, log path, the glob of its lanes).
     """
+    lane_signals._need_lane()
     out = str(tmp_path / 'job')
     log = str(tmp_path / 'job.log')
     env = dict(os.environ, KTP_ROUTE='kerbside', KTP_REGEX=CANONICAL,
@@ -408,7 +426,7 @@ def _job(tmp_path, how):
         job = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT,
                                stdin=subprocess.DEVNULL, cwd=str(REPO_ROOT),
                                env=env, start_new_session=True)
-    return job, log, out
+    return job, log, os.path.join(out, 'kerbside', 'artifacts', 'lanes', '*')
 
 
 @pytest.mark.parametrize('sig,group', [(signal.SIGTERM, False),
@@ -416,13 +434,9 @@ def _job(tmp_path, how):
                          ids=['SIGTERM-to-the-script',
                               'SIGINT-to-its-group'])
 def test_the_job_tears_its_lanes_down_before_it_exits(tmp_path, sig, group):
-    lane_signals._need_lane()
-    job, log, out = _job(tmp_path, 'script')
-    lanes = os.path.join(out, 'kerbside', 'artifacts', 'lanes', '*')
+    job, log, lanes = _job(tmp_path, 'script')
     try:
-        workdir = _wait_for_lane(lanes, LANE_NAMES, job, log)
-        ports = _lane_ports(workdir)
-        tree = _tree(job.pid)
+        workdir, ports, tree = _when_lane_runs(lanes, job, log)
         if group:
             os.killpg(job.pid, sig)
         else:
@@ -456,13 +470,9 @@ def test_tox_sigterm_to_tox_alone_still_takes_the_lane_down(tmp_path):
     within the deadline nothing of tox's process tree runs, the lane is
     down (torn down by its worker, not its reaper) and its ports free.
     """
-    lane_signals._need_lane()
-    job, log, out = _job(tmp_path, 'tox')
-    lanes = os.path.join(out, 'kerbside', 'artifacts', 'lanes', '*')
+    job, log, lanes = _job(tmp_path, 'tox')
     try:
-        workdir = _wait_for_lane(lanes, LANE_NAMES, job, log)
-        ports = _lane_ports(workdir)
-        tree = _tree(job.pid)
+        workdir, ports, tree = _when_lane_runs(lanes, job, log)
         t = time.monotonic()
         job.send_signal(signal.SIGTERM)
         _wait_exit(job, 10, 'tox', log)
@@ -520,9 +530,7 @@ def test_the_terminate_benchmark_tears_its_lane_down_on_sigterm(tmp_path):
              out], stdout=logf, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, cwd=str(REPO_ROOT))
     try:
-        workdir = _wait_for_lane(lanes, LANE_NAMES, bench, log)
-        ports = _lane_ports(workdir)
-        tree = _tree(bench.pid)
+        workdir, ports, tree = _when_lane_runs(lanes, bench, log)
         bench.send_signal(signal.SIGTERM)
         took = _wait_exit(bench, EXIT_DEADLINE, 'the benchmark', log)
         _assert_none_left(tree)
@@ -617,21 +625,17 @@ def test_a_killed_cloud_owner_leaves_nothing_behind(tmp_path, sig):
         for name in ('mariadbd', 'memcached', 'nova-compute'):
             assert name in log, (name, log)
         assert 'leftover pids [], busy ports []' in log, log
-        deadline = time.monotonic() + 5
-        while procs.pid_alive(info['reaper']) and \
-                time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert not procs.pid_alive(info['reaper']), 'the reaper lingers'
+        assert _gone_in(info['reaper'], 5), \
+            'the reaper still runs 5 s after its teardown'
         assert bystander.poll() is None
         print('stand-in cloud, %s: every process gone and the port free '
               '%.2f s after the owner died' % (signal.Signals(sig).name,
                                                took))
     finally:
-        bystander.kill()
-        bystander.wait(5)
-        if owner.poll() is None:
-            owner.kill()
-            owner.wait(10)
+        for proc in (bystander, owner):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
         down = subprocess.run(
             [sys.executable, '-m', 'kerbside_tempest_plugin.cmd.openstack',
              'down', '--workdir', workdir], capture_output=True, text=True,
