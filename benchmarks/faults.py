@@ -65,8 +65,8 @@ FAULTS = {
     'key-corrupted': ('corrupt,channel=inputs,type=key_down,nth=12',
                       'paste', r'paste_received|never registered'),
     'inputs-cut': ('cut,channel=inputs,after_keys=3', 'input',
-                   r'input channel|inputs channel|never registered|'
-                   r'not taken'),
+                   r'input channel|inputs channel|inputs path|'
+                   r'never registered|not taken'),
     'display-cut': ('cut,channel=display,after_keys=3', 'display',
                     r'display (frozen|channel)'),
     'display-stalled': ('stall,channel=display,after_keys=2,duration=20',

@@ -197,9 +197,20 @@ def test_a_paste_that_never_completes_names_the_keys(st):
     assert 'timed out after 7.44 s' in str(e) and 'hint' not in str(e)
 
 
-def test_a_paste_whose_keys_arrived_keeps_ryll_error(st):
+def test_a_paste_that_stalls_midway_says_when_keys_stopped(st):
     live = liveness.Liveness(st, bound_s=6)
     s = live.key_sent('paste(23 chars)')
     st.t = 0.5
     st.frame(11, 0xBBBB)
-    assert live.paste_failed(s, RuntimeError('x')) is None
+    st.t = 0.6
+    st.frame(12, 0xCCCC)
+    st.t = 8.0
+    st.frame(13, 0xCCCC)
+    e = live.paste_failed(s, RuntimeError('timed out; hint'))
+    assert isinstance(e, liveness.InputsStalled)
+    assert 'stopped moving 0.6 s into the walk (7.4 s before' in str(e)
+
+
+def test_without_a_sample_ryll_error_stands(st):
+    live = liveness.Liveness(st, bound_s=6)
+    assert live.paste_failed(None, RuntimeError('x')) is None

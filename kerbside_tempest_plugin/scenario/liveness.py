@@ -74,6 +74,10 @@ class ChannelLost(cap.StreamClosed, LivenessFailure):
     pass
 
 
+class InputsStalled(LivenessFailure):
+    pass
+
+
 @dataclasses.dataclass
 class KeySample:
     index: int
@@ -106,6 +110,8 @@ class Liveness:
         self.samples: typing.List[KeySample] = []
         self._pending: typing.List[KeySample] = []
         self._scan_from = 0             # digests already looked at
+        self._last_chain = None
+        self.last_key_change = None     # stream time the chain last moved
         self._log_offset = self._log_size()
         self.beat = None
 
@@ -143,6 +149,10 @@ class Liveness:
         while self._scan_from < len(digests):
             cd = digests[self._scan_from]
             self._scan_from += 1
+            chain = cd.hashes.get('keypress')
+            if self._last_chain is not None and chain != self._last_chain:
+                self.last_key_change = cd.at
+            self._last_chain = chain
             for s in list(self._pending):
                 if cd.at <= s.sent_at:
                     continue
@@ -251,6 +261,7 @@ class Liveness:
                 'walk): ryll logged "%s"' % (found[0], self._clock(),
                                              found[1][-300:]), what=self.beat)
         self._absorb()
+        ryll = str(error).split(';')[0][:200]
         if sample.registered_s is None:
             return KeyNotRegistered(
                 'the paste (%s) never completed, and the guest registered '
@@ -258,7 +269,16 @@ class Liveness:
                 'keys do not reach the guest; ryll: %s' % (
                     sample.key, self._clock() - sample.sent_at,
                     'yes' if sample.first_frame_s is not None else 'no',
-                    str(error).split(';')[0][:200]), what=self.beat)
+                    ryll), what=self.beat)
+        if self.last_key_change is not None:
+            quiet = self._clock() - self.last_key_change
+            return InputsStalled(
+                'the paste (%s) never completed: the guest registered its '
+                'first keys, then its keypress chain stopped moving %.1f s '
+                'into the walk (%.1f s before ryll gave up): the inputs '
+                'path stopped taking keys mid-paste; ryll: %s' % (
+                    sample.key, self.last_key_change, quiet, ryll),
+                what=self.beat)
         return None
 
     def _probe(self, last):
