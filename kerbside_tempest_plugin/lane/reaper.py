@@ -25,9 +25,10 @@ they left in their own process groups). It is not in the registry, so
 owner killed halfway through its own teardown still has it finished) and
 then stops the reaper (SIGTERM, which it obeys unless it is tearing down
 itself; SIGKILL after 5 s). A process that means to leave its lane
-running after it exits (`kerbside-harness up`) calls
-`Lane.leave_running()`, which stops the reaper; `kerbside-harness down
---workdir` is then the way down.
+running after it exits (`kerbside-harness up`; `kerbside-openstack up`
+for a cloud) calls `Lane.leave_running()` (`OpenStackCloud.
+leave_running()`), which stops the reaper; `kerbside-harness down
+--workdir` (`kerbside-openstack down`) is then the way down.
 
 Every wait has a deadline: a teardown's own (teardown_workdir's per
 process), the owner's wait for a reaper to stop (5 s, then SIGKILL), and
@@ -39,8 +40,9 @@ left alone and the log says so).
         [--teardown kerbside_tempest_plugin.lane.lane:teardown_workdir]
 
 `--teardown` and `--state-file` let another lane of this package use the
-same reaper (the OpenStack cloud: its teardown_workdir and cloud.json);
-only a function of this package is accepted.
+same reaper: `OpenStackCloud.up()` starts one with
+lane.openstack.cloud:teardown_workdir and cloud.json. Only a function of
+this package is accepted.
 """
 
 import argparse
