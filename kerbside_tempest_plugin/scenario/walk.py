@@ -266,7 +266,7 @@ class Walker:
         return sent
 
     def beat(self, name, what, predicate, implied_by=None, since=None,
-             timeout=None, fail_on=None):
+             timeout=None, fail_on=None, meaning=None):
         """Wait for a digest (index >= since) showing what `predicate`
         tests; `implied_by` accepts a later digest that proves it;
         `fail_on` ends the wait at once with a failure (a digest proving
@@ -300,10 +300,11 @@ class Walker:
                               what=e.what, summary=e.summary) from e
             if not ok(cd):
                 raise AssertionError(
-                    'waiting for %s, the guest showed %s instead (frame %d '
-                    'at %.2f s: %s)' % (
+                    'waiting for %s, the guest showed %s instead%s (frame '
+                    '%d at %.2f s: %s)' % (
                         what, ' and '.join(held(fail_on, cd)) or
-                        'a failure', cd.frame_counter, cd.at,
+                        'a failure', ': %s' % meaning if meaning else '',
+                        cd.frame_counter, cd.at,
                         '; '.join(cd.records_text())))
         except AssertionError as e:
             beat.ended = self.stream.now()
@@ -484,7 +485,9 @@ def paste_and_submit(w, text, correct):
             since=since, fail_on=_any(
                 _shows('paste_received', correct=False),
                 _shows('paste_received', len=lambda n: n != len(text)),
-                _shows('bootloader_timeout')))
+                _shows('bootloader_timeout')),
+            meaning='the keys the guest took over the inputs channel are '
+            'not the %d typed' % len(text))
     cd = w.beat('paste-rejected', 'paste_received correct=false len=%d'
                 % len(text), cap.shows('paste_received', correct=False,
                                        len=len(text)), implied_by=proof,
