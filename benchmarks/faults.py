@@ -229,7 +229,7 @@ def main():
                         rows.append(run_one(lane, route, name, spec, out,
                                             image, log))
             finally:
-                lane.down()
+                signals.down_shielded(lane)
     finally:
         figures = summarise(rows)
         with open(os.path.join(out, 'faults.json'), 'w') as f:

@@ -398,7 +398,7 @@ def run_route(route, args, out):
                 print('  %s: 0 of %d passed; not going further' % (route, n))
                 break
     finally:
-        down = lane.down()
+        down = signals.down_shielded(lane)
         shutil.rmtree(os.path.join(workdir, 'secrets'), ignore_errors=True)
     return {'lane_up_s': lane_up, 'workdir': workdir, 'points': points,
             'teardown': {k: down.get(k)

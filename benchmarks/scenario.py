@@ -114,7 +114,7 @@ def run_route(label, args, out, lane_factory=direct_qemu_lane,
                     label, i + 1, args.runs, r.artifact_dir))
             results.append(r)
     finally:
-        down = lane.down() or {}
+        down = signals.down_shielded(lane) or {}
         shutil.rmtree(os.path.join(workdir, 'secrets'), ignore_errors=True)
     return {'lane_up_s': lane_up, 'lane_error': lane_error,
             'lane_workdir': workdir, 'results': results,

@@ -101,15 +101,6 @@ def one_round(lane, guest, api, source, uuid, how, open_vv, log):
     return out
 
 
-def _down(lane):
-    """lane.down(), which a signal does not cut short: SIGTERM, SIGHUP or
-    SIGINT during it is deferred to its end, and then ends the benchmark
-    (common.signals).
-    """
-    with signals.shielded():
-        lane.down()
-
-
 def direct_qemu(args, work, log):
     from kerbside_tempest_plugin import guest_images
     from kerbside_tempest_plugin.lane import lane as lane_mod
@@ -128,7 +119,7 @@ def direct_qemu(args, work, log):
                 lambda: api.console_vv(route.source, route.uuid), log))
         return rounds
     finally:
-        _down(lane)
+        signals.down_shielded(lane)
 
 
 def openstack(args, work, log):
@@ -160,7 +151,7 @@ def openstack(args, work, log):
                                     guest.ref, how, open_vv, log))
         return rounds
     finally:
-        _down(lane)
+        signals.down_shielded(lane)
 
 
 def summarise(rounds):

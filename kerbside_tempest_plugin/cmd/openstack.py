@@ -37,6 +37,7 @@ from kerbside_tempest_plugin.cmd import _lane_cli
 from kerbside_tempest_plugin.cmd import harness
 from kerbside_tempest_plugin.common import errors
 from kerbside_tempest_plugin.common import secrets as common_secrets
+from kerbside_tempest_plugin.common import signals
 from kerbside_tempest_plugin import guest_images
 from kerbside_tempest_plugin.lane import kerbside as lane_kerbside
 from kerbside_tempest_plugin.lane.openstack import cloud as os_cloud
@@ -221,6 +222,11 @@ def main(argv=None):
         level=logging.DEBUG if args.verbose else logging.INFO,
         stream=sys.stderr, format='%(asctime)s %(levelname)s %(name)s: '
                                   '%(message)s')
+    if args.command == 'up':
+        # SIGTERM/SIGHUP while the cloud comes up take the Ctrl-C path:
+        # cmd_up's handler tears it down before the command exits (its
+        # reaper would otherwise race the job's own `down`).
+        signals.install()
     try:
         return args.func(args)
     except errors.HarnessError as e:

@@ -183,6 +183,15 @@ def shielded():
             signal.raise_signal(pending)
 
 
+def down_shielded(lane):
+    """`lane.down()`, which a signal does not cut short: one that arrives
+    during it is deferred to its end (then raises as usual). Returns the
+    down report.
+    """
+    with shielded():
+        return lane.down()
+
+
 # -- a process the harness does not own: tear down, then die of it ---------
 
 def tear_down_on(key, teardown, label, signals=WORKER_SIGNALS,

@@ -20,6 +20,7 @@ import subprocess
 import time
 
 from kerbside_tempest_plugin.common import atomic
+from kerbside_tempest_plugin.common import signals
 
 LOG = logging.getLogger(__name__)
 
@@ -154,17 +155,21 @@ class ProcessRegistry:
         """
         out = open(stdout_path, 'ab')
         err = open(stderr_path, 'ab') if stderr_path else subprocess.STDOUT
-        try:
-            proc = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                env=env, cwd=cwd, start_new_session=True, close_fds=True)
-        finally:
-            out.close()
-            if stderr_path:
-                err.close()
-        self._popen[proc.pid] = proc
-        self.add(name, proc.pid, argv=argv,
-                 logs=[p for p in (stdout_path, stderr_path) if p])
+        # A signal between the start and the record would leave a process
+        # the teardown cannot find: it waits until both are done.
+        with signals.shielded():
+            try:
+                proc = subprocess.Popen(
+                    argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                    env=env, cwd=cwd, start_new_session=True,
+                    close_fds=True)
+            finally:
+                out.close()
+                if stderr_path:
+                    err.close()
+            self._popen[proc.pid] = proc
+            self.add(name, proc.pid, argv=argv,
+                     logs=[p for p in (stdout_path, stderr_path) if p])
         return proc
 
     def add(self, name, pid, argv=None, logs=None, scratch=None):
