@@ -380,6 +380,12 @@ def _lane_args(p):
     p.add_argument('--accel', choices=['auto', 'kvm', 'tcg'],
                    default='auto')
     p.add_argument('--boot-timeout', type=float, default=120)
+    p.add_argument('--relay', action='store_true', default=None,
+                   help='direct_qemu: the fault relay on the hypervisor '
+                   'leg (then plain); the `fault` verb arms faults')
+    p.add_argument('--fault', metavar='SPEC',
+                   help='direct_qemu: a fault for the relay from the start '
+                   '(implies --relay)')
 
 
 def cmd_console(args):

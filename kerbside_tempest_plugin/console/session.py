@@ -168,7 +168,8 @@ class _Attached:
 
 def make_lane(provider='direct_qemu', route='kerbside', workdir=None,
               config_file=None, ryll_binary='ryll', accel='auto',
-              cloud_workdir=None, flavor=None, environ=None):
+              cloud_workdir=None, flavor=None, environ=None, relay=None,
+              fault=None):
     """A lane.base.Lane for `provider` (not up yet). Nova: credentials
     from `cloud_workdir` (a `kerbside-openstack up` workdir) or the OS_*
     environment (console.nova_cloud).
@@ -188,7 +189,8 @@ def make_lane(provider='direct_qemu', route='kerbside', workdir=None,
         workdir = workdir or tempfile.mkdtemp(prefix='kerbside-console-')
         return lane_mod.Lane(workdir, route=route,
                              kerbside=route == 'kerbside',
-                             ryll_binary=ryll_binary, accel=accel)
+                             ryll_binary=ryll_binary, accel=accel,
+                             relay=relay, fault=fault)
     from kerbside_tempest_plugin import config
     from kerbside_tempest_plugin.lane import provider_lane
     from kerbside_tempest_plugin.providers import factory

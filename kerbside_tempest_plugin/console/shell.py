@@ -44,7 +44,9 @@ def open_session(args):
         accel=args.accel, image=args.image,
         boot_timeout=args.boot_timeout,
         cloud_workdir=getattr(args, 'os_cloud_workdir', None),
-        flavor=getattr(args, 'flavor', None))
+        flavor=getattr(args, 'flavor', None),
+        relay=getattr(args, 'relay', None), fault=getattr(args, 'fault',
+                                                          None))
 
 
 def lane_line(session, started):
