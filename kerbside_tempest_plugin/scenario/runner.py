@@ -269,6 +269,7 @@ def run_scenario(lane, walk_name, route, image, artifact_root,
     guest = rp = client = stream = walker = drain = ev = None
     drain_text = None
     t_start = time.monotonic()
+    t_wall = time.time()
     phases = result.phases
     try:
         t = time.monotonic()
@@ -349,6 +350,11 @@ def run_scenario(lane, walk_name, route, image, artifact_root,
                 capture, beats=walker.beats, seen=[
                     (cd.frame_counter, cd.at) for cd in stream.snapshot()]))
             result.stats['frame_check_s'] = round(time.monotonic() - t, 3)
+        faults = _fault_log(lane, t_wall)
+        if faults is not None:
+            art.write_text('fault-relay.jsonl', ''.join(
+                json.dumps(e, sort_keys=True) + '\n' for e in faults))
+            result.stats['faults_injected'] = fault_summary(faults)
         if walker.liveness is not None:
             live = walker.liveness.evidence()
             art.write_json('liveness.json', live)
@@ -505,6 +511,11 @@ def _write(art, result, walker, stream, drain, drain_text, route, image,
         build = result.stats.get('kerbside_build')
         if build:
             meta['kerbside under test'] = build_line(build)
+        if 'faults_injected' in result.stats:
+            meta['faults injected (relay)'] = result.stats['faults_injected']
+        if walker is not None and walker.liveness is not None:
+            meta['key to registration (s)'] = key_response_line(
+                walker.liveness.evidence())
         phases = dict(result.phases)
         for k in ('guest_pacing_s', 'overhead_s'):
             if k in result.stats:
@@ -525,6 +536,40 @@ def _write(art, result, walker, stream, drain, drain_text, route, image,
         art.write_text('report-error.txt', traceback.format_exc())
     finally:
         art.finish()
+
+
+def _fault_log(lane, since):
+    """The lane's fault relay log since wall time `since` (None for a
+    lane without a relay).
+    """
+    if not getattr(lane, 'relays', None):
+        return None
+    try:
+        return lane.fault_log(since=since)
+    except Exception as e:      # the log is evidence, never a failure
+        return [{'event': 'unreadable', 'error': str(e)}]
+
+
+def fault_summary(events):
+    """One line: how many injections, and the first (when, where)."""
+    inj = [e for e in events if e.get('event') == 'inject']
+    if not inj:
+        return 'none (a relay on the hypervisor leg, nothing injected)'
+    e = inj[0]
+    return '%d: first %s on %s %s %s at %.2f s since the first link%s' % (
+        len(inj), e.get('action'), e.get('channel'), e.get('direction'),
+        e.get('name') or '', e.get('t_rel', 0),
+        ', rect %s' % (e['rect'],) if e.get('rect') else '')
+
+
+def key_response_line(evidence):
+    """Per beat: keys, median and max seconds from key to registration."""
+    parts = ['%s %d key(s) median %.2f max %.2f' % (
+        beat, v['n'], v['median_s'], v['max_s'])
+        for beat, v in evidence['per_beat'].items()]
+    return '; '.join(parts) + ' (bound %.1f s)' % evidence['bound_s'] \
+        if parts else 'no key registered (bound %.1f s)' % \
+        evidence['bound_s']
 
 
 def _drain_only(drain):
