@@ -41,6 +41,19 @@ def repo_root():
     return REPO_ROOT
 
 
+def require_kerbside_lane():
+    """Fail (as require_tools) when a direct-qemu lane with Kerbside
+    cannot come up here: its tools, and a usable Kerbside venv.
+    """
+    require_tools('qemu-system-x86_64', 'qemu-img', 'openssl', 'ryll',
+                  'mariadb-install-db')
+    from kerbside_tempest_plugin.lane import kerbside as lane_kerbside
+    problems = lane_kerbside.KerbsideVenv().check()
+    if problems:
+        pytest.fail('Kerbside venv unusable (%s); run kerbside-harness '
+                    'setup' % '; '.join(problems))
+
+
 def require_tools(*names):
     """Fail (not skip) when a tool an integration test needs is missing.
 

@@ -15,22 +15,16 @@ import time
 
 import pytest
 
-from kerbside_tempest_plugin.lane import kerbside as lane_kerbside
 from kerbside_tempest_plugin.lane import lane as lane_mod
 from kerbside_tempest_plugin.scenario import runner
-from unit_tests.conftest import require_tools
+from unit_tests.conftest import require_kerbside_lane
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope='module')
 def lane(tmp_path_factory):
-    require_tools('qemu-system-x86_64', 'qemu-img', 'openssl', 'ryll',
-                  'mariadb-install-db')
-    problems = lane_kerbside.KerbsideVenv().check()
-    if problems:
-        pytest.fail('Kerbside venv unusable (%s); run kerbside-harness '
-                    'setup' % '; '.join(problems))
+    require_kerbside_lane()
     the_lane = lane_mod.Lane(str(tmp_path_factory.mktemp('lane')),
                              route='kerbside', relay=True)
     try:

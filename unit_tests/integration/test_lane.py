@@ -26,11 +26,10 @@ from kerbside_tempest_plugin.common import errors
 from kerbside_tempest_plugin.common import ports as common_ports
 from kerbside_tempest_plugin.common import vv as common_vv
 from kerbside_tempest_plugin.common import waiting
-from kerbside_tempest_plugin.lane import kerbside as lane_kerbside
 from kerbside_tempest_plugin.lane import lane as lane_mod
 from kerbside_tempest_plugin.lane import procs
 from kerbside_tempest_plugin.sextant import keys
-from unit_tests.conftest import require_tools
+from unit_tests.conftest import require_kerbside_lane
 
 pytestmark = pytest.mark.integration
 
@@ -52,13 +51,7 @@ def image():
 
 @pytest.fixture(scope='module')
 def lane(tmp_path_factory):
-    require_tools('qemu-system-x86_64', 'qemu-img', 'openssl', 'ryll',
-                  'mariadb-install-db')
-    venv = lane_kerbside.KerbsideVenv()
-    problems = venv.check()
-    if problems:
-        pytest.fail('Kerbside venv unusable (%s); run kerbside-harness '
-                    'setup' % '; '.join(problems))
+    require_kerbside_lane()
     # A short workdir: unix socket paths must stay under ~100 bytes.
     workdir = str(tmp_path_factory.mktemp('lane'))
     the_lane = lane_mod.Lane(workdir, route='kerbside')

@@ -29,12 +29,11 @@ import pytest
 
 from kerbside_tempest_plugin.common import atomic
 from kerbside_tempest_plugin.common import ports as common_ports
-from kerbside_tempest_plugin.lane import kerbside as lane_kerbside
 from kerbside_tempest_plugin.lane import lane as lane_mod
 from kerbside_tempest_plugin.lane import procs
 from kerbside_tempest_plugin.lane import reaper
 from unit_tests.conftest import REPO_ROOT
-from unit_tests.conftest import require_tools
+from unit_tests.conftest import require_kerbside_lane
 
 pytestmark = pytest.mark.integration
 
@@ -62,12 +61,7 @@ finally:
 
 
 def _need_lane():
-    require_tools('qemu-system-x86_64', 'qemu-img', 'openssl', 'ryll',
-                  'mariadb-install-db')
-    problems = lane_kerbside.KerbsideVenv().check()
-    if problems:
-        pytest.fail('Kerbside venv unusable (%s); run kerbside-harness '
-                    'setup' % '; '.join(problems))
+    require_kerbside_lane()
 
 
 def _registry(workdir):

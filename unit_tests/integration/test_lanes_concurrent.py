@@ -18,10 +18,9 @@ import threading
 import pytest
 
 from kerbside_tempest_plugin.common import ports as common_ports
-from kerbside_tempest_plugin.lane import kerbside as lane_kerbside
 from kerbside_tempest_plugin.lane import lane as lane_mod
 from kerbside_tempest_plugin.scenario import runner
-from unit_tests.conftest import require_tools
+from unit_tests.conftest import require_kerbside_lane
 
 pytestmark = pytest.mark.integration
 
@@ -64,12 +63,7 @@ def _control_sockets(lane):
 
 @pytest.fixture
 def two_lanes(tmp_path):
-    require_tools('qemu-system-x86_64', 'qemu-img', 'openssl', 'ryll',
-                  'mariadb-install-db')
-    problems = lane_kerbside.KerbsideVenv().check()
-    if problems:
-        pytest.fail('Kerbside venv unusable (%s); run kerbside-harness '
-                    'setup' % '; '.join(problems))
+    require_kerbside_lane()
     lanes = [lane_mod.Lane(str(tmp_path / ('w%d' % i)), route='kerbside')
              for i in (1, 2)]
     try:
