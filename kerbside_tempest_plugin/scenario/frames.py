@@ -7,32 +7,34 @@ told as "no early match on the quiescent screen(s)". This check replays
 ryll's display capture of the test (``ryll/capture-display.pcap``) with
 spice.draw and judges every frame whose QR reached the wire.
 
-A *wire state* is the client's screen after one pcap record of the
-server's direction (one read of ryll's). For each state that changed,
-the QR region is decoded (contract §2) and the screen outside it hashed
-(§1.6, digest.fbhash). Frame N is:
+A *wire state* is the client's screen after the pcap records of the
+server's direction that came less than GAP apart (one qemu refresh; ryll
+reads it in pieces). For each state that changed, the QR region is
+decoded (contract §2) and the screen outside it hashed (§1.6,
+digest.fbhash). Frame N is **verified** when some state showing QR N
+hashes to N's trailer. A frame no state verifies is, by the first rule
+that holds for a state showing its QR:
 
-- **verified** when some state showing QR N hashes to N's trailer;
-- **torn** (explained, not damage) when one state showing QR N does so
-  once one connected change is undone with the pixels of the last
-  verified state before it, and the pixels the wire showed there are
-  ones a later verified frame holds: the guest's own next drawing, which
-  a QEMU refresh caught before the guest redrew its QR;
-- **trailing** (explained) when a state showing QR N does so once one
-  connected change takes a later verified state's pixels, and the
-  pixels the wire showed there were new (not the ones before frame N)
-  and a later verified frame holds them: drawn by the guest after its
-  refresh (the mode toast, the cursor redrawn after a repaint, the Retry
-  text; contract §7 pitfall 7);
-- **damaged** when such a change explains the hash but the wire's pixels
-  there are in no later verified frame (a corrupted draw), or are the
-  pixels from before frame N where the guest drew new ones (a missing
-  draw);
-- **unexplained** otherwise. One unexplained frame alone is
-  *unverifiable*; unexplained frames in a row, up to the end of the
-  capture or until a verified frame, are *lasting damage*, reported from
-  the first of them with the draws that reached the wire just before it
-  (docs/plans/frame-verification.md has the rule and the measurements).
+- **torn** (explained) when the state hashes as a later frame: the
+  guest's next drawing arrived before its QR;
+- **damaged** when it hashes as the last verified frame: none of N's
+  drawing arrived (a missing draw);
+- else one connected change (or a line of them, all, all but one) taken
+  from the last verified screen before it, or from one of the next
+  verified screens, makes it hash as N. Then it is **torn** (taken from
+  before, and a later verified frame shows what the wire showed),
+  **trailing** (taken from after, and a later frame shows it: the mode
+  toast, the Retry text; or the wire kept its old pixels there, which is
+  how the cursor redrawn after a repaint looks, and a dropped cursor
+  draw too: contract §7 pitfall 7), torn again when the wire's pixels
+  there are in no verified frame but were drawn over within
+  TORN_LIFETIME (the guest was still drawing), and **damaged** when they
+  stayed longer (a corrupted draw, located to the pixel);
+- **unexplained** otherwise: alone, *unverifiable*; LASTING or more in a
+  row, or up to the end of the capture, **lasting damage**, told from
+  the first with the draws that came with it.
+
+docs/plans/frame-verification.md has the rule and the measurements.
 
 The check fails on damage with one message naming the frame counter,
 its time in the walk, the beat it fell in and the rectangle. A capture
