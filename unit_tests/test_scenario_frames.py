@@ -392,6 +392,36 @@ def test_pixels_drawn_after_the_refresh_and_hashed_later_are_trailing():
     assert report.counts()['damaged'] == 0
 
 
+def test_the_cursor_kept_through_a_repaint_is_trailing_not_damage():
+    # frame 2 is the repaint when the toast expires: hashed with the
+    # toast gone and the cursor cell cleared; the cursor is drawn again
+    # after the refresh, so the wire kept it. Frame 3 writes text there:
+    # only black (the cleared screen) gives frame 2's hash.
+    cursor, toast = (16, 112, 8, 16), (16, 200, 64, 16)
+    s1 = screen(A, cursor, toast)
+    s3 = screen(A, (16, 112, 40, 16), B)
+    report = frames.verify(capture(
+        with_qr(1, s1), with_qr(2, screen(A), screen(A, cursor)),
+        with_qr(3, s3), gap=0.3))
+    assert status(report) == {1: 'verified', 2: 'trailing', 3: 'verified'}
+    assert 'black there (a cleared screen)' in report.frames[1].how
+    assert report.frames[1].rect == draw.Rect(16, 112, 8, 16)
+
+
+def test_one_frame_no_change_explains_is_damage():
+    # the wire showed B two pixels off; the guest's B never reaches the
+    # wire again (frame 3 clears it)
+    s1 = screen(A)
+    off = screen(A, (18, 50, 40, 16))
+    report = frames.verify(capture(
+        with_qr(1, s1), with_qr(2, screen(A, B), off),
+        with_qr(3, screen(C)), gap=0.3))
+    assert status(report) == {1: 'verified', 2: 'damaged', 3: 'verified'}
+    assert report.frames[1].how.startswith(
+        'no one change explains the hash: the wire showed a screen the '
+        'guest never hashed; the damage is within (x=0, y=0, w=320, h=240)')
+
+
 def test_unexplained_frames_in_a_row_are_lasting_damage():
     s1 = screen(A)
     bad = screen(A, (100, 100, 3, 3))

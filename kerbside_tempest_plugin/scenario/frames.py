@@ -76,14 +76,17 @@ MAX_COMPONENTS = 16         # connected changes tried per comparison
 LATER_TRIES = 6             # later verified states tried per state
 MAX_PENDING = 16            # unverified frames examined in detail
 STATES_KEPT = 3             # ... and states of each: the first, the last
-HASH_BUDGET = 200           # candidate hashes per capture, at most
+HASH_BUDGET = 600           # candidate hashes per capture, at most
+FRAME_BUDGET = 250          # ... and per unverified frame (clean: <= 95)
 LASTING = 2                 # unexplained frames in a row: damage
 TORN_LIFETIME = 0.1         # s: new pixels drawn over this soon: torn
 
 VERIFIED, TORN, TRAILING = 'verified', 'torn', 'trailing'
 DAMAGED, UNVERIFIABLE, LASTING_DAMAGE = ('damaged', 'unverifiable',
                                          'lasting damage')
+UNEXPLAINED = 'unexplained'     # while classifying; DAMAGED in the end
 EXPLAINED = (TORN, TRAILING)
+BLANK = -1                  # Snapshot.frame of a cleared (black) screen
 
 
 class CaptureUnreadable(errors.HarnessError):
@@ -172,6 +175,7 @@ class Pending:
     earlier: typing.Optional[Snapshot]
     expected: int
     later: typing.List[Snapshot] = dataclasses.field(default_factory=list)
+    tried: set = dataclasses.field(default_factory=set, repr=False)
 
 
 @dataclasses.dataclass
@@ -329,7 +333,8 @@ class Verifier:
         self.undecodable = 0
         self.hashes = 0
         self.budget = hash_budget
-        self.budget_spent = False
+        self.frame_budget = FRAME_BUDGET
+        self.budget_spent = self.ran_out = False
         self.by_frame: typing.Dict[int, typing.List[State]] = {}
         self.expected: typing.Dict[int, int] = {}
         self.verified = set()
@@ -456,13 +461,14 @@ class Verifier:
                 v.how = 'not examined (frames before it did not match)'
             else:
                 self._classify(v, pending.get(n, []))
-                run = run + 1 if v.status == UNVERIFIABLE else 0
+                run = run + 1 if v.status in (UNVERIFIABLE, UNEXPLAINED) \
+                    else 0
             verdicts.append(v)
         _lasting(verdicts, self.by_frame)
         return FrameReport(
             verdicts, self.states, self.undecodable,
             dict(self.replay.counts), dict(self.replay.images),
-            self.hashes, cut_bytes, budget_spent=self.budget_spent)
+            self.hashes, cut_bytes, budget_spent=self.ran_out)
 
     def _classify(self, v, pendings):
         """The frame's verdict from its unverified states: damaged if any
@@ -470,6 +476,8 @@ class Verifier:
         unexplained (UNVERIFIABLE, maybe LASTING_DAMAGE later).
         """
         explained = None
+        self.frame_budget = FRAME_BUDGET
+        self.budget_spent = False
         for p in pendings:
             verdict = self._explain(p)
             if verdict is None:
@@ -487,7 +495,9 @@ class Verifier:
         elif self.budget_spent:
             v.how = 'the hash budget ran out'
         else:
-            v.how = 'no single change explains the hash'
+            v.status = UNEXPLAINED
+            v.how = ('no one change explains the hash: the wire showed a '
+                     'screen the guest never hashed')
 
     def _explain(self, p):
         """(status, rect, how) for one unverified state, or None."""
@@ -511,6 +521,12 @@ class Verifier:
                 break
             f = self._try(p, snap, True)
         if f is None:
+            # A repaint clears to black: what the guest hashed there may
+            # be the cleared screen, not any frame's (the cursor redrawn
+            # after the toast's repaint).
+            f = self._try(p, Snapshot(BLANK, p.state.t, np.zeros_like(
+                p.pixels)), True)
+        if f is None:
             return None
         r = f.rect.slices
         if f.later and e is not None and e.pixels.shape == p.pixels.shape \
@@ -521,9 +537,9 @@ class Verifier:
             # pitfall 7): not told apart, so not called damage.
             return (TRAILING, f.rect, 'the wire kept the pixels from '
                     'before frame %d at %s where the guest hashed others '
-                    '(frame %d shows them): redrawn after the refresh, or '
-                    'a draw that did not arrive (not told apart)' % (
-                        n, f.rect, f.source.frame))
+                    '(%s): redrawn after the refresh, or a draw that did '
+                    'not arrive (not told apart)' % (
+                        n, f.rect, _source(f)))
         seen = np.zeros(f.mask.shape, dtype=bool)
         for snap in p.later:
             seen |= ~_rgb_diff(p.pixels[r], snap.pixels[r])
@@ -535,18 +551,17 @@ class Verifier:
                         'over: the guest was still drawing there' % (
                             f.rect, life))
             return (DAMAGED, f.rect, 'the wire showed pixels at %s that no '
-                    'verified frame holds, for %s; with frame %d\'s pixels '
-                    'there the hash matches: a corrupted draw' % (
+                    'verified frame holds, for %s; with %s the hash '
+                    'matches: a corrupted draw' % (
                         f.rect, 'the rest of the capture' if life is None
-                        else '%.3f s' % life, f.source.frame))
+                        else '%.3f s' % life, _source(f)))
         if not f.later:
             return (TORN, f.rect, 'drawn after the refresh at %s, caught '
-                    'before the QR was redrawn (with frame %d\'s pixels '
-                    'there the hash matches; a later frame shows them)' % (
-                        f.rect, f.source.frame))
-        return (TRAILING, f.rect, 'drawn after the refresh at %s (with '
-                'frame %d\'s pixels there the hash matches; a later frame '
-                'shows them)' % (f.rect, f.source.frame))
+                    'before the QR was redrawn (with %s the hash matches; '
+                    'a later frame shows them)' % (f.rect, _source(f)))
+        return (TRAILING, f.rect, 'drawn after the refresh at %s (with %s '
+                'the hash matches; a later frame shows them)' % (
+                    f.rect, _source(f)))
 
     def _lifetime(self, t, rect, mask):
         """How long the pixels of `mask` (of `rect`), on the wire at `t`,
@@ -572,10 +587,11 @@ class Verifier:
         return None
 
     def _spend(self):
-        if self.budget <= 0:
-            self.budget_spent = True
+        if self.budget <= 0 or self.frame_budget <= 0:
+            self.budget_spent = self.ran_out = True
             return False
         self.budget -= 1
+        self.frame_budget -= 1
         return True
 
     def _try(self, p, snap, later):
@@ -601,11 +617,18 @@ class Verifier:
                          rect.x - box.x:rect.right - box.x] &= ~mask
                     candidates.append((box, rest))
         for rect, mask in candidates:
-            if not mask.any() or not self._spend():
+            if not mask.any():
+                continue
+            new = source[rect.slices][mask]
+            key = (rect, mask.tobytes(), new.tobytes())
+            if key in p.tried:          # the same screen from another one
+                continue
+            p.tried.add(key)
+            if not self._spend():
                 continue
             area = p.pixels[rect.slices]
             kept = area.copy()
-            area[mask] = source[rect.slices][mask]
+            area[mask] = new
             self.hashes += 1
             matched = _hash(p.pixels) == p.expected
             area[...] = kept
@@ -620,15 +643,25 @@ class Verifier:
         return None
 
 
+def _source(finding):
+    """Whose pixels, taken where the wire differed, give the hash."""
+    if finding.source.frame == BLANK:
+        return 'black there (a cleared screen)'
+    return "frame %d's pixels there" % finding.source.frame
+
+
 def _lasting(verdicts, by_frame):
-    """Unexplained frames in a row (LASTING or more, or running to the
-    end of the capture) are lasting damage, told at the first of them
-    with the non-QR draws that reached the wire just before it.
+    """Frames no search explained, alone or in a row, are damage: one
+    alone is DAMAGED, LASTING or more in a row (or any running to the end
+    of the capture) LASTING_DAMAGE, told at the first of them. Either way
+    the rectangle is that of the draws outside the QR that reached the
+    wire between the last verified state and it. A frame the search did
+    not reach (UNVERIFIABLE) counts in a row, not alone.
     """
     runs = []
     run = []
     for v in verdicts:
-        if v.status == UNVERIFIABLE:
+        if v.status in (UNVERIFIABLE, UNEXPLAINED):
             run.append(v)
             continue
         if run:
@@ -637,11 +670,18 @@ def _lasting(verdicts, by_frame):
     if run:
         runs.append((run, True))
     for run, to_end in runs:
-        if len(run) < LASTING and not to_end:
-            continue
         first = run[0]
         window = next((s.window for s in by_frame[first.frame]
                        if s.window), None)
+        where = ('the damage is within %s, the draws outside the QR that '
+                 'reached the wire with frame %d' % (window, first.frame)
+                 if window else 'no draw outside the QR came with frame '
+                 '%d' % first.frame)
+        if len(run) < LASTING and not to_end:
+            if first.status == UNEXPLAINED:
+                first.status, first.rect = DAMAGED, window
+                first.how = '%s; %s' % (first.how, where)
+            continue
         for v in run:
             v.status = LASTING_DAMAGE
             v.rect = window
@@ -649,11 +689,7 @@ def _lasting(verdicts, by_frame):
                      'hash; %s' % (
                          run[0].frame, run[-1].frame, len(run),
                          ', to the end of the capture' if to_end else '',
-                         'the damage is within %s, the draws outside the '
-                         'QR that reached the wire with frame %d' % (
-                             window, first.frame) if window else
-                         'no draw outside the QR came with frame %d' %
-                         first.frame))
+                         where))
 
 
 def verify(data):
