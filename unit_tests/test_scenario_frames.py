@@ -28,6 +28,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 FIXTURE = os.path.join(HERE, 'fixtures', 'display', 'canonical-direct')
 PARKED_CURSOR = draw.Rect(320, 400, 32, 16)      # text cell (38, 24)
 BOOT_LINE_11 = 194                               # y of row 11's glyphs
+PROMPT_ROW = 354                                 # y of row 21's glyphs
 
 
 @pytest.fixture(scope='module')
@@ -211,6 +212,23 @@ def test_a_corrupted_boot_line_is_lasting_damage_from_its_frame(
         '15; rect (x, y, w, h) = (32, 194, 352, 13)')
     # the line's draws: the corrupted one among them
     assert draw.Rect(32, 194, 352, 13).intersect(rect) == rect
+
+
+def test_a_damaged_prompt_the_next_key_redraws_fails_at_its_frame(
+        clean, walk, tmp_path):
+    # The R/I/A prompt (row 21) waits for a key with no refresh; `i` then
+    # draws the intro sentence over it. The damage was on the screen for
+    # the whole wait, in one frame that nothing explains.
+    i, t, rect = [d for d in draws(clean) if d[2].y == PROMPT_ROW][3]
+    for broken in (corrupt(clean, i), drop(clean, i)):
+        result = check(broken, walk, tmp_path)
+        assert result.verdict == checks.FAIL
+        assert result.summary.startswith(
+            'frame 25 damaged 4.8') and 'beat bootloader-prompt: no one ' \
+            'change explains the hash' in result.summary
+        assert result.summary.endswith('rect (x, y, w, h) = (0, 354, 608, '
+                                       '13)')
+        assert draw.Rect(0, 354, 608, 13).intersect(rect) == rect
 
 
 def test_a_dropped_draw_fails(clean, walk, tmp_path):

@@ -76,8 +76,8 @@ MAX_COMPONENTS = 16         # connected changes tried per comparison
 LATER_TRIES = 6             # later verified states tried per state
 MAX_PENDING = 16            # unverified frames examined in detail
 STATES_KEPT = 3             # ... and states of each: the first, the last
-HASH_BUDGET = 600           # candidate hashes per capture, at most
-FRAME_BUDGET = 250          # ... and per unverified frame (clean: <= 95)
+HASH_BUDGET = 800           # candidate hashes per capture, at most
+FRAME_BUDGET = 400          # ... and per unverified frame (clean: <= 95)
 LASTING = 2                 # unexplained frames in a row: damage
 TORN_LIFETIME = 0.1         # s: new pixels drawn over this soon: torn
 
