@@ -27,9 +27,10 @@ that holds for a state showing its QR:
   toast, the Retry text; or the wire kept its old pixels there, which is
   how the cursor redrawn after a repaint looks, and a dropped cursor
   draw too: contract §7 pitfall 7), torn again when the wire's pixels
-  there are in no verified frame but were drawn over within
-  TORN_LIFETIME (the guest was still drawing), and **damaged** when they
-  stayed longer (a corrupted draw, located to the pixel);
+  there are in no verified frame but were drawn over while the wire
+  kept drawing with no pause over DRAWING_PAUSE (the
+  guest was still drawing), and **damaged** otherwise (a corrupted draw,
+  located to the pixel);
 - **unexplained** otherwise: alone, *unverifiable*; LASTING or more in a
   row, or up to the end of the capture, **lasting damage**, told from
   the first with the draws that came with it.
@@ -79,7 +80,8 @@ STATES_KEPT = 3             # ... and states of each: the first, the last
 HASH_BUDGET = 800           # candidate hashes per capture, at most
 FRAME_BUDGET = 400          # ... and per unverified frame (clean: <= 95)
 LASTING = 2                 # unexplained frames in a row: damage
-TORN_LIFETIME = 0.1         # s: new pixels drawn over this soon: torn
+# s: new pixels drawn over with no longer pause between draws: torn
+DRAWING_PAUSE = 0.1
 
 VERIFIED, TORN, TRAILING = 'verified', 'torn', 'trailing'
 DAMAGED, UNVERIFIABLE, LASTING_DAMAGE = ('damaged', 'unverifiable',
@@ -545,16 +547,18 @@ class Verifier:
             seen |= ~_rgb_diff(p.pixels[r], snap.pixels[r])
         if not seen[f.mask].all():
             life = self._lifetime(p.state.t, f.rect, f.mask & ~seen)
-            if life is not None and life <= TORN_LIFETIME:
+            if life is not None and life[1] <= DRAWING_PAUSE:
                 return (TORN, f.rect, 'the wire showed pixels at %s that '
                         'no verified frame holds, for %.3f s until drawn '
-                        'over: the guest was still drawing there' % (
-                            f.rect, life))
+                        'over, with draws at most %.3f s apart: the guest '
+                        'was still drawing there' % (f.rect, life[0],
+                                                     life[1]))
             return (DAMAGED, f.rect, 'the wire showed pixels at %s that no '
                     'verified frame holds, for %s; with %s the hash '
                     'matches: a corrupted draw' % (
                         f.rect, 'the rest of the capture' if life is None
-                        else '%.3f s' % life, _source(f)))
+                        else '%.3f s (a pause of %.3f s without a draw)' %
+                        life, _source(f)))
         if not f.later:
             return (TORN, f.rect, 'drawn after the refresh at %s, caught '
                     'before the QR was redrawn (with %s the hash matches; '
@@ -565,8 +569,10 @@ class Verifier:
 
     def _lifetime(self, t, rect, mask):
         """How long the pixels of `mask` (of `rect`), on the wire at `t`,
-        stayed there: from the last draw over them at or before `t` until
-        later draws have covered every one; None if they never are.
+        stayed there: (seconds from the last draw over them at or before
+        `t` until later draws have covered every one, the longest pause
+        between two draws outside the QR in that time), or None if they
+        are never covered.
         """
         ys, xs = np.nonzero(mask)
         box = draw.Rect.from_ltrb(rect.x + int(xs.min()),
@@ -576,14 +582,19 @@ class Verifier:
         painted = max((at for at, drawn in self.draw_log
                        if at <= t and drawn.overlaps(box)), default=t)
         left = mask.copy()
+        last, pause = painted, 0.0
         for at, drawn in self.draw_log:
+            if at <= painted:
+                continue
+            pause = max(pause, at - last)
+            last = at
             if at <= t or not drawn.overlaps(box):
                 continue
             a = drawn.intersect(rect)
             left[a.y - rect.y:a.bottom - rect.y,
                  a.x - rect.x:a.right - rect.x] = False
             if not left.any():
-                return at - painted
+                return at - painted, pause
         return None
 
     def _spend(self):
