@@ -106,7 +106,8 @@ def judge(name, expected_reason, channel_word, result):
     right = caught and re.search(expected_reason, cause, re.I) is not None
     return {
         'caught': caught, 'right_reason': right,
-        'names_beat': caught and cause.startswith('beat '),
+        'names_beat': caught and re.search(r'\bbeat [\w-]+', cause)
+        is not None,
         'names_channel': caught and channel_word.lower() in cause.lower(),
         'cause': cause[:400],
     }

@@ -193,7 +193,8 @@ def test_a_paste_that_never_completes_names_the_keys(st):
     st.frame(11, 0xAAAA)
     e = live.paste_failed(s, RuntimeError('timed out after 7.44 s; hint'))
     assert isinstance(e, liveness.KeyNotRegistered)
-    assert 'never completed, and the guest registered none' in str(e)
+    assert str(e).startswith('the keys of the paste do not reach the guest')
+    assert 'the guest registered none' in str(e)
     assert 'timed out after 7.44 s' in str(e) and 'hint' not in str(e)
 
 
@@ -206,8 +207,11 @@ def test_a_paste_that_stalls_midway_says_when_keys_stopped(st):
     st.frame(12, 0xCCCC)
     st.t = 8.0
     st.frame(13, 0xCCCC)
+    live.beat_started('ignore')
     e = live.paste_failed(s, RuntimeError('timed out; hint'))
     assert isinstance(e, liveness.InputsStalled)
+    assert str(e).startswith('the inputs path stopped taking keys '
+                             'mid-paste after beat ignore')
     assert 'stopped moving 0.6 s into the walk (7.4 s before' in str(e)
 
 

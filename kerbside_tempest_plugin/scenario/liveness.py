@@ -254,30 +254,31 @@ class Liveness:
         """
         if sample is None:
             return None
+        after = ' after beat %s' % self.beat if self.beat else ''
         found = self._channel_lost()
         if found:
             return ChannelLost(
-                'the %s channel was lost while pasting (%.1f s into the '
-                'walk): ryll logged "%s"' % (found[0], self._clock(),
+                'the %s channel was lost while pasting%s (%.1f s into the '
+                'walk): ryll logged "%s"' % (found[0], after, self._clock(),
                                              found[1][-300:]), what=self.beat)
         self._absorb()
         ryll = str(error).split(';')[0][:200]
         if sample.registered_s is None:
             return KeyNotRegistered(
-                'the paste (%s) never completed, and the guest registered '
-                'none of its keys in %.1f s (frames kept coming: %s): the '
-                'keys do not reach the guest; ryll: %s' % (
-                    sample.key, self._clock() - sample.sent_at,
+                'the keys of the paste%s do not reach the guest: it never '
+                'completed, and the guest registered none of its keys in '
+                '%.1f s (frames kept coming: %s); ryll: %s' % (
+                    after, self._clock() - sample.sent_at,
                     'yes' if sample.first_frame_s is not None else 'no',
                     ryll), what=self.beat)
         if self.last_key_change is not None:
             quiet = self._clock() - self.last_key_change
             return InputsStalled(
-                'the paste (%s) never completed: the guest registered its '
-                'first keys, then its keypress chain stopped moving %.1f s '
-                'into the walk (%.1f s before ryll gave up): the inputs '
-                'path stopped taking keys mid-paste; ryll: %s' % (
-                    sample.key, self.last_key_change, quiet, ryll),
+                'the inputs path stopped taking keys mid-paste%s: the paste '
+                '(%s) never completed; the guest registered its first '
+                'keys, then its keypress chain stopped moving %.1f s into '
+                'the walk (%.1f s before ryll gave up); ryll: %s' % (
+                    after, sample.key, self.last_key_change, quiet, ryll),
                 what=self.beat)
         return None
 
