@@ -449,3 +449,67 @@ def test_fault_spec_defaults_and_triggers():
                          'count=all')
     assert [h.take('display', 's2c', 304, 0, 0) for _ in range(5)] == \
         [False, False, True, True, True]
+
+
+# -- a recorded real capture through the relay ------------------------------
+
+DRAW_COPY = wire.message_type('display', wire.S2C, 'draw_copy')
+
+
+def _recorded_display():
+    """The server's messages of a real clean canonical walk's display
+    channel (ryll's capture, unit_tests/fixtures/display), in the pieces
+    the pcap holds them.
+    """
+    import gzip
+
+    from kerbside_tempest_plugin.scenario import frames
+    here = os.path.dirname(os.path.abspath(__file__))
+    with gzip.open(os.path.join(here, 'fixtures', 'display',
+                                'canonical-direct.pcap.gz')) as f:
+        records, _left = frames.display_records(f.read())
+    return [b''.join(u.raw for u in units) for _t, units in records
+            if units]
+
+
+def _replay_through(rig, spec):
+    server, make, tmp = rig
+    chunks = _recorded_display()
+    sent = wire.Framer(wire.S2C, wire.Negotiation(), skip_link=True).feed(
+        b''.join(chunks))
+    r = make(spec)
+    c = Client(r.port, 'display')
+    for chunk in chunks:
+        server.conns[-1].sendall(chunk)
+    want = len(sent) - (1 if spec and spec.startswith('drop') else 0)
+    c.read_until(lambda: len(c.messages()) >= want, deadline=20)
+    return sent, c.messages(), [e for e in log(tmp)
+                                if e['event'] == 'inject']
+
+
+def test_a_recorded_display_stream_crosses_a_clean_relay_unchanged(rig):
+    sent, got, inj = _replay_through(rig, None)
+    assert len(sent) > 1000 and not inj
+    assert [u.raw for u in got] == [u.raw for u in sent]
+
+
+def test_a_recorded_draw_corrupted_in_its_pixels_only(rig):
+    sent, got, inj = _replay_through(
+        rig, 'corrupt,channel=display,type=draw_copy,nth=40')
+    diff = [i for i, (a, b) in enumerate(zip(sent, got)) if a.raw != b.raw]
+    assert len(got) == len(sent) and len(diff) == 1
+    a, b = sent[diff[0]], got[diff[0]]
+    assert a.type == DRAW_COPY and len(a.raw) == len(b.raw)
+    assert [u.type for u in sent[:diff[0] + 1]].count(DRAW_COPY) == 40
+    assert inj[0]['rect'] == faults.draw_rect(a.type, a.body)
+    # only the last quarter changed: the draw's header and box are intact
+    first = next(i for i, (x, y) in enumerate(zip(a.raw, b.raw)) if x != y)
+    assert first >= len(a.raw) - len(a.body) // 4 - 1
+
+
+def test_a_recorded_draw_dropped(rig):
+    sent, got, inj = _replay_through(
+        rig, 'drop,channel=display,type=draw_copy,nth=40')
+    k = [i for i, u in enumerate(sent) if u.type == DRAW_COPY][39]
+    assert [u.raw for u in got] == [u.raw for u in sent[:k] + sent[k + 1:]]
+    assert inj[0]['index'] == 40
