@@ -178,3 +178,13 @@ def test_a_guest_without_spice_has_no_console(tmp_path):
         with pytest.raises(errors.ProviderError) as e:
             call()
         assert 'no SPICE server' in str(e.value)
+
+
+@pytest.mark.parametrize('rc,note', [
+    (None, ''), (0, '; qemu had exited with status 0'),
+    (-11, '; qemu had died of SIGSEGV (qemu crashed)'),
+    (-15, '; qemu had died of SIGTERM')])
+def test_exit_note_names_a_crash(rc, note):
+    import types
+    guest = types.SimpleNamespace(returncode=rc)
+    assert direct_qemu.DirectQemuGuest.exit_note(guest) == note

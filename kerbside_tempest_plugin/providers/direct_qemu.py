@@ -281,6 +281,24 @@ class DirectQemuGuest(base.Guest):
     def returncode(self):
         return self.proc.poll() if self.proc else None
 
+    def exit_note(self):
+        """'' while qemu runs; else how it ended, said plainly (a
+        signal by name: a SIGSEGV is the hypervisor crashing, not the
+        proxy or the guest).
+        """
+        rc = self.returncode
+        if rc is None:
+            return ''
+        if rc < 0:
+            try:
+                name = signal.Signals(-rc).name
+            except ValueError:
+                name = 'signal %d' % -rc
+            crash = ' (qemu crashed)' if name in (
+                'SIGSEGV', 'SIGABRT', 'SIGBUS', 'SIGILL', 'SIGFPE') else ''
+            return '; qemu had died of %s%s' % (name, crash)
+        return '; qemu had exited with status %d' % rc
+
     def status(self):
         """QMP query-status (e.g. {'status': 'running', 'running': True})."""
         return self.qmp.cmd('query-status')
@@ -335,7 +353,8 @@ class DirectQemuGuest(base.Guest):
             self.qmp.cmd('screendump', filename=path, format='png')
         except Exception as e:
             if 'format' not in str(e) and 'png' not in str(e).lower():
-                raise errors.ProviderError('screendump failed: %s' % e) from e
+                raise errors.ProviderError('screendump failed: %s%s' % (
+                    e, self.exit_note())) from e
             # qemu without PNG support: take PPM and convert.
             ppm = path + '.ppm'
             self.qmp.cmd('screendump', filename=ppm)
