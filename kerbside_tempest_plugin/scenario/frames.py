@@ -667,8 +667,7 @@ def _lasting(verdicts, by_frame):
     of the capture) LASTING_DAMAGE, told at the first of them. Either way
     the rectangle is that of the draws outside the QR that reached the
     wire between the last verified state and it. A frame the search did
-    not reach (UNVERIFIABLE) counts in a row with one it explained none
-    of, not alone.
+    not reach (UNVERIFIABLE) counts in a row, not alone.
     """
     runs = []
     run = []
@@ -682,8 +681,6 @@ def _lasting(verdicts, by_frame):
     if run:
         runs.append((run, True))
     for run, to_end in runs:
-        if not any(v.status == UNEXPLAINED for v in run):
-            continue                # only frames the search did not reach
         first = run[0]
         window = next((s.window for s in by_frame[first.frame]
                        if s.window), None)
