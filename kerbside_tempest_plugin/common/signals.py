@@ -250,9 +250,44 @@ def owners():
         return [label for label, _ in _owners.values()]
 
 
+def _fresh_streams():
+    """Standard output and error as new line-buffered writers on copies
+    of their descriptors, and logging's stream handlers moved to them.
+
+    The handler runs where the signal found the main thread, which may be
+    inside a write to a buffered stream (the worker printing a result when
+    stestr's SIGTERM came): writing to that same stream from the handler
+    raises "reentrant call inside <_io.BufferedWriter>", and the teardown
+    fails. New stream objects hold no lock the interrupted code holds.
+    """
+    import logging
+    swapped = {}
+    for name in ('stdout', 'stderr'):
+        old = getattr(sys, name)
+        try:
+            fd = old.fileno()
+            new = os.fdopen(os.dup(fd), 'w', buffering=1,
+                            encoding=getattr(old, 'encoding', None) or
+                            'utf-8', errors='backslashreplace')
+        except Exception:
+            continue
+        setattr(sys, name, new)
+        swapped[id(old)] = new
+    for logger in [logging.getLogger()] + [
+            lg for lg in logging.Logger.manager.loggerDict.values()
+            if isinstance(lg, logging.Logger)]:
+        for h in logger.handlers:
+            stream = getattr(h, 'stream', None)
+            if isinstance(h, logging.StreamHandler) and \
+                    id(stream) in swapped:
+                h.stream = swapped[id(stream)]
+                h.lock = threading.RLock()   # the old one may be held
+
+
 def _teardown_handler(signum, frame):
     if not _received(signum, 'teardown'):
         return
+    _fresh_streams()
     with _lock:
         todo = list(_owners.values())
         deadline = _state.get('deadline', TEARDOWN_DEADLINE)
