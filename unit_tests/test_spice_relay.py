@@ -513,3 +513,19 @@ def test_a_recorded_draw_dropped(rig):
     k = [i for i, u in enumerate(sent) if u.type == DRAW_COPY][39]
     assert [u.raw for u in got] == [u.raw for u in sent[:k] + sent[k + 1:]]
     assert inj[0]['index'] == 40
+
+
+def test_outside_skips_draws_that_touch_the_rectangle(rig):
+    server, make, tmp = rig
+    r = make('drop,channel=display,type=draw_copy,outside=0:0:100:100')
+    c = Client(r.port, 'display')
+    inside = struct.pack('<Iiiii', 0, 10, 10, 20, 20) + b'\0' * 20
+    away = struct.pack('<Iiiii', 0, 200, 200, 210, 210) + b'\0' * 20
+    for body in (inside, away, away):
+        server.send(304, body)
+    c.read_until(lambda: len(c.messages()) == 2)
+    assert [u.body for u in c.messages()] == [inside, away]
+    inj = [e for e in log(tmp) if e['event'] == 'inject']
+    assert inj[0]['rect'] == [200, 200, 10, 10]
+    with pytest.raises(faults.FaultSpecError, match='outside=X:Y:W:H'):
+        faults.parse('drop,channel=display,outside=1:2')

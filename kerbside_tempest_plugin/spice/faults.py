@@ -42,7 +42,10 @@ counted from when the fault was armed: `nth=N` the Nth matching message
 hypervisor; `after=T` once T seconds passed since the clock started: at
 arming when a channel is open then, else at the next channel's link (so a
 fault armed before a test's client connects counts from its connection).
-`count=M` messages are affected from the trigger on (default 1; `all`:
+`outside=X:Y:W:H` only display draws that paint nothing of that
+rectangle (a fault away from the digest's QR, whose error correction
+would hide it). `count=M` messages are affected from the trigger on
+(default 1; `all`:
 every later match). A fault fires once per relay unless `count=all`.
 
 Everything here is pure: parsing and the trigger's bookkeeping. A spec
@@ -66,7 +69,8 @@ CORRUPT_XOR = 0x5A
 CORRUPT_MAX = 4096
 SMALL_BODY = 8
 _KEYS = {'channel', 'dir', 'type', 'nth', 'after_keys', 'after', 'count',
-         'ms', 'duration', 'size', 'offset', 'length', 'hold', 'span'}
+         'ms', 'duration', 'size', 'offset', 'length', 'hold', 'span',
+         'outside'}
 
 
 class FaultSpecError(errors.HarnessError, ValueError):
@@ -104,6 +108,7 @@ class Fault:
     length: typing.Optional[int] = None
     hold_s: float = 2.0
     span: int = 1
+    outside: typing.Optional[tuple] = None     # x, y, w, h
     spec: str = ''
     # bookkeeping (relay side): counted from arming
     matched: int = 0
@@ -152,11 +157,15 @@ class Fault:
         return self.t_start is not None and now - self.t_start >= \
             self.after_s
 
-    def take(self, channel, direction, msg_type, keys, now):
+    def take(self, channel, direction, msg_type, keys, now, rect=None):
         """Whether this message is one the fault acts on; counts it.
-        `keys` is the relay's key count, `now` a monotonic time.
+        `keys` is the relay's key count, `now` a monotonic time, `rect`
+        what a draw paints (for `outside=`).
         """
         if self.exhausted or not self.matches(channel, direction, msg_type):
+            return False
+        if self.outside is not None and (
+                rect is None or _overlap(rect, self.outside)):
             return False
         if not self.armed(keys, now):
             return False
@@ -252,6 +261,12 @@ def parse_one(spec: str) -> Fault:
         f.length = _number(kv['length'], 'length', text, int, 1)
     if 'hold' in kv:
         f.hold_s = _number(kv['hold'], 'hold', text)
+    if 'outside' in kv:
+        parts = kv['outside'].split(':')
+        if len(parts) != 4:
+            raise FaultSpecError('fault %r: outside=X:Y:W:H (a rectangle '
+                                 'draws must not touch)' % text)
+        f.outside = tuple(_number(v, 'outside', text, int) for v in parts)
     if 'span' in kv:
         f.span = _number(kv['span'], 'span', text, int, 1)
         if 'count' not in kv:
@@ -269,6 +284,12 @@ def parse(spec: typing.Optional[str]) -> typing.List[Fault]:
     if not spec or not spec.strip():
         return []
     return [parse_one(s) for s in spec.split(';') if s.strip()]
+
+
+def _overlap(a, b):
+    ax, ay, aw, ah = a
+    bx, by, bw, bh = b
+    return ax < bx + bw and bx < ax + aw and ay < by + bh and by < ay + ah
 
 
 def draw_rect(msg_type: int, body: bytes):

@@ -152,7 +152,9 @@ class _Conn:
             # by its own pump at its next tick (TICK_S): one thread per
             # framer.
             return
-        fault, keys = relay.decide(self.channel, direction, unit.type)
+        rect = spice_faults.draw_rect(unit.type, unit.body) \
+            if self.channel == 'display' else None
+        fault, keys = relay.decide(self.channel, direction, unit.type, rect)
         if unit.type == wire.INPUTS_KEY_DOWN and self.channel == 'inputs' \
                 and direction == wire.C2S:
             relay.key_crossed()
@@ -165,8 +167,7 @@ class _Conn:
                       channel=self.channel, channel_id=self.channel_id,
                       conn=self.number, direction=direction, type=unit.type,
                       name=unit.name, index=fault.matched,
-                      size=len(unit.raw), keys=keys,
-                      rect=spice_faults.draw_rect(unit.type, unit.body))
+                      size=len(unit.raw), keys=keys, rect=rect)
         action = fault.action
         if action == 'drop':
             relay.event('inject', **record)
@@ -283,14 +284,15 @@ class Relay:
         with self._lock:
             self.keys += 1
 
-    def decide(self, channel, direction, msg_type):
+    def decide(self, channel, direction, msg_type, rect=None):
         """The first armed fault that takes this message, and the keys
         that had crossed before it.
         """
         with self._lock:
             now = time.monotonic()
             for f in self.faults:
-                if f.take(channel, direction, msg_type, self.keys, now):
+                if f.take(channel, direction, msg_type, self.keys, now,
+                          rect):
                     self.injections += 1
                     return f, self.keys
             return None, self.keys

@@ -64,7 +64,8 @@ def test_a_clean_walk_through_the_relay_passes(lane, image, tmp_path):
     ('drop,channel=inputs,type=key_down,nth=2',
      r'^beat ignore: key 2 \(i\) at beat ignore (was not taken|never '
      r'registered)'),
-    ('drop,channel=display,type=draw_copy,after_keys=3',
+    ('drop,channel=display,type=draw_copy,after_keys=3,'
+     'outside=828:556:180:180',
      r'^frame_states: frame \d+ damaged'),
     ('stall,channel=display,after_keys=2,duration=20',
      r'^beat ignore: display frozen for \d+\.\d s after key 2 \(i\)'),
