@@ -202,15 +202,24 @@ class Liveness:
                 return m.group(1).lower(), line
         return None
 
+    def _lost(self, when):
+        """A ChannelLost for a channel error new in ryll's log, said to
+        have happened `when`, or None.
+        """
+        found = self._channel_lost()
+        if not found:
+            return None
+        channel, line = found
+        return ChannelLost(
+            'the %s channel was lost %s (%.1f s into the walk): ryll logged '
+            '"%s"' % (channel, when, self._clock(), line[-300:]),
+            what=self.beat)
+
     def check(self):
         """An exception for the waiting beat to raise, or None."""
-        lost = self._channel_lost()
+        lost = self._lost('at beat %s' % self.beat)
         if lost:
-            channel, line = lost
-            return ChannelLost(
-                'the %s channel was lost at beat %s (%.1f s into the walk): '
-                'ryll logged "%s"' % (channel, self.beat, self._clock(),
-                                      line[-300:]), what=self.beat)
+            return lost
         self._absorb()
         now = self._clock()
         for s in self._pending:
@@ -255,12 +264,9 @@ class Liveness:
         if sample is None:
             return None
         after = ' after beat %s' % self.beat if self.beat else ''
-        found = self._channel_lost()
-        if found:
-            return ChannelLost(
-                'the %s channel was lost while pasting%s (%.1f s into the '
-                'walk): ryll logged "%s"' % (found[0], after, self._clock(),
-                                             found[1][-300:]), what=self.beat)
+        lost = self._lost('while pasting' + after)
+        if lost:
+            return lost
         self._absorb()
         ryll = str(error).split(';')[0][:200]
         if sample.registered_s is None:
