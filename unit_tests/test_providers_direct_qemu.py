@@ -37,6 +37,19 @@ def test_argv_machine_firmware_and_disk():
     assert '-no-reboot' in argv and '-nodefaults' not in argv
 
 
+def test_argv_ps2_trace_one_trace_option_per_event():
+    # a second enable= in one -trace replaces the first (qemu 7.2 traced
+    # only the last event so): one -trace each, to a file, timed
+    argv = _argv(trace_path='/a/ps2-trace.log')
+    assert _opt(argv, '-trace') == [
+        'enable=%s' % e for e in direct_qemu.PS2_TRACE_EVENTS]
+    assert 'ps2_put_keycode' in direct_qemu.PS2_TRACE_EVENTS
+    assert _opt(argv, '-D') == ['/a/ps2-trace.log']
+    assert _opt(argv, '-msg') == ['timestamp=on']
+    plain = _argv()
+    assert '-trace' not in plain and '-D' not in plain
+
+
 def test_argv_diskless_has_only_the_firmware():
     assert len(_opt(_argv(overlay=None), '-drive')) == 2
 

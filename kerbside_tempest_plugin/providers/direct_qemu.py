@@ -53,6 +53,14 @@ SPICE_HOST = '127.0.0.1'
 # check; docs/plans/frame-verification.md).
 SPICE_DISPLAY = ('image-compression=off', 'streaming-video=off')
 QEMU_HOST_SUBJECT = 'CN=qemu-hv'
+# qemu 7.2's trace events of a key's path from SPICE to the guest
+# (scenario.keyhops): the PS/2 keyboard took a key and put its scancode
+# byte(s) in its 16-byte queue; the guest's poll took a byte off the
+# queue (ps2_read_data) and read its value from port 0x60
+# (pckbd_kbd_read_data).
+PS2_TRACE_EVENTS = ('ps2_keyboard_event', 'ps2_put_keycode',
+                    'ps2_read_data', 'pckbd_kbd_read_data')
+PS2_TRACE_FILE = 'ps2-trace.log'
 
 _ACCEL_CACHE = {}
 _ACCEL_LOCK = threading.Lock()
@@ -161,7 +169,8 @@ def image_format(path):
 
 def build_argv(qemu_binary, name, accel, memory_mb, ovmf_code, vars_copy,
                serial_path, ticket_file, spice_port, qmp_path, overlay=None,
-               tls_port=None, x509_dir=None, extra_args=(), tls_only=False):
+               tls_port=None, x509_dir=None, extra_args=(), tls_only=False,
+               trace_path=None):
     """The qemu command line. It holds paths and ports, never the ticket.
 
     The one qemu launcher's command line (the integration tests' guests
@@ -169,6 +178,8 @@ def build_argv(qemu_binary, name, accel, memory_mb, ovmf_code, vars_copy,
     `ticket_file=None` an unticketed one (disable-ticketing). `tls_only`
     forces TLS on every channel (`tls-channel=default`): a plain link gets
     NEED_SECURED, which is what sends Kerbside to the TLS port.
+    `trace_path` writes qemu's PS/2 trace (PS2_TRACE_EVENTS, each line
+    with its wall-clock time) there.
     """
     argv = [qemu_binary, '-name', name, '-accel', accel, '-machine', 'q35',
             '-m', str(memory_mb),
@@ -195,6 +206,12 @@ def build_argv(qemu_binary, name, accel, memory_mb, ovmf_code, vars_copy,
                 spice.append('tls-channel=default')
         argv += ['-spice', ','.join(spice)]
     argv += ['-qmp', 'unix:%s,server=on,wait=off' % qmp_path]
+    if trace_path:
+        # one -trace per event: a second enable= in one option replaces
+        # the first (only the last event was traced)
+        for event in PS2_TRACE_EVENTS:
+            argv += ['-trace', 'enable=%s' % event]
+        argv += ['-D', trace_path, '-msg', 'timestamp=on']
     return argv + list(extra_args)
 
 
@@ -255,6 +272,7 @@ class DirectQemuGuest(base.Guest):
         self.serial = base.FileSerialSource(self.serial_path,
                                             running=self.is_running)
         self.run_dir = None
+        self.trace_path = None          # qemu's PS/2 trace, when on
         self.qmp_path = None
         self.qmp = None
         self.argv = None
@@ -461,8 +479,13 @@ class DirectQemuProvider(base.GuestProvider):
                  secrets=None, run_dir=None, route='direct',
                  boot_timeout=60, extra_args=(), spice=True,
                  ticketing=True, tls_port=None, x509_dir=None,
-                 tls_only=False, display_refresh_hz=None):
+                 tls_only=False, display_refresh_hz=None, ps2_trace=None):
         DirectQemuGuest._direct_only(route)
+        # None: on unless $KTP_PS2_TRACE is 0 (scenario.keyhops reads it)
+        if ps2_trace is None:
+            ps2_trace = os.environ.get('KTP_PS2_TRACE', '1').strip() not in (
+                '0', 'off', 'no', 'false')
+        self.ps2_trace = ps2_trace
         # None: $KTP_DISPLAY_REFRESH_HZ, else off (qemu's 30 ms refresh)
         if display_refresh_hz is None:
             display_refresh_hz = refresh_display.hz_from_env()
@@ -615,12 +638,19 @@ class DirectQemuProvider(base.GuestProvider):
                 raise errors.ProviderError('qemu-img create overlay failed: %s'
                                            % proc.stderr.strip()[-500:])
             guest._scratch.append(overlay)
+        trace_path = None
+        if self.ps2_trace:
+            trace_path = os.path.join(guest.artifact_dir, PS2_TRACE_FILE)
+            if os.path.exists(trace_path):      # an earlier boot's
+                os.unlink(trace_path)
+        guest.trace_path = trace_path
         argv = build_argv(
             qemu, guest.name, guest.accel, self.memory_mb,
             self.ovmf_code, vars_copy, guest.serial_path, guest.ticket_file,
             guest.spice_port, guest.qmp_path, overlay=overlay,
             tls_port=guest.tls_port, x509_dir=guest.x509_dir,
-            extra_args=self.extra_args, tls_only=self.tls_only)
+            extra_args=self.extra_args, tls_only=self.tls_only,
+            trace_path=trace_path)
         env = None
         if self.display_refresh_hz:
             # qemu's GTK display on a private fast monitor: every display
