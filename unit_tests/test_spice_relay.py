@@ -184,8 +184,14 @@ def test_a_clean_relay_forwards_everything(rig):
     server.send(101, b'\0\0')
     c.read_until(lambda: len(c.messages()) == 1)
     assert r.status()['keys'] == 3
-    events = [e['event'] for e in log(tmp)]
+    events = [e['event'] for e in log(tmp) if e['event'] != 'key']
     assert events == ['link']
+    # one compact record per key message forwarded, no bytes
+    keys = [(e['key'], e['code']) for e in log(tmp) if e['event'] == 'key']
+    assert keys == [('down', 0x10), ('up', 0x90), ('down', 0x11),
+                    ('up', 0x91), ('down', 0x12), ('up', 0x92)]
+    assert all(set(e) == {'t', 't_rel', 'event', 'channel', 'conn', 'key',
+                          'code'} for e in log(tmp) if e['event'] == 'key')
     assert 'SSSS' not in (tmp / 'faults.jsonl').read_text()
 
 
@@ -200,6 +206,11 @@ def test_drop_the_key_after_the_second(rig):
     inj = [e for e in log(tmp) if e['event'] == 'inject']
     assert len(inj) == 1 and inj[0]['name'] == 'key_down' and \
         inj[0]['keys'] == 2 and inj[0]['channel'] == 'inputs'
+    # the dropped key names its scancode, and has no `key` record
+    assert inj[0]['code'] == 0x12
+    downs = [e['code'] for e in log(tmp)
+             if e['event'] == 'key' and e['key'] == 'down']
+    assert downs == [0x10, 0x11, 0x13]
 
 
 @pytest.mark.parametrize('spec,expect', [

@@ -12,7 +12,11 @@ the relay's log (`log_path`): wall time `t`, seconds since the first link
 `t_rel`, `event` (`inject`, `release`, `link`, `close`), the fault's
 spec, channel, channel id, direction, message type and name, which
 matching message it was, its size, the rectangle a draw paints, and how
-many keys had crossed. Bytes are never logged: the ticket crosses here.
+many keys had crossed. Every key message the client sends on the inputs
+channel and the relay forwards is a compact `key` record (time,
+connection, `key` down or up, `code` the scancode), and a key message a
+fault acts on names its `code` too: scenario.keyhops puts each key on its
+hop with them. Bytes are never logged: the ticket crosses here.
 
 A control socket (unix, one JSON object per line) arms and clears faults
 while the relay runs: {"op": "arm", "spec": "..."}, {"op": "clear"},
@@ -155,20 +159,26 @@ class _Conn:
         rect = spice_faults.draw_rect(unit.type, unit.body) \
             if self.channel == 'display' else None
         fault, keys = relay.decide(self.channel, direction, unit.type, rect)
+        code = key_code(self.channel, direction, unit)
         if unit.type == wire.INPUTS_KEY_DOWN and self.channel == 'inputs' \
                 and direction == wire.C2S:
             relay.key_crossed()
         held = self.held[direction]
         if fault is None:
             self._send(direction, unit.raw)
+            if code is not None:
+                relay.key_event(self.number, unit, code)
             self._after_match(direction, unit, held)
             return
         record = dict(fault=fault.spec, action=fault.action,
                       channel=self.channel, channel_id=self.channel_id,
                       conn=self.number, direction=direction, type=unit.type,
                       name=unit.name, index=fault.matched,
-                      size=len(unit.raw), keys=keys, rect=rect)
+                      size=len(unit.raw), keys=keys, rect=rect, code=code)
         action = fault.action
+        if code is not None and action not in ('drop', 'cut', 'corrupt'):
+            # it crosses (late, twice, in pieces): one record per key
+            relay.key_event(self.number, unit, code)
         if action == 'drop':
             relay.event('inject', **record)
         elif action == 'duplicate':
@@ -181,6 +191,9 @@ class _Conn:
         elif action == 'corrupt':
             body, off, n = fault.corrupt(unit.body)
             relay.event('inject', bytes_at=off, bytes=n, **record)
+            if code is not None and len(body) >= 4:
+                relay.key_event(self.number, unit,
+                                struct.unpack_from('<I', body)[0])
             self._send(direction, unit.raw[:unit.header_len] + body)
         elif action == 'delay':
             relay.event('inject', ms=fault.delay_ms, **record)
@@ -244,6 +257,16 @@ class _Conn:
                 self._send(direction, item[1].raw)
 
 
+def key_code(channel, direction, unit):
+    """The scancode of a key_down or key_up the client sends on the
+    inputs channel (SpiceMsgcKeyDown/Up: u32 code), else None.
+    """
+    if channel != 'inputs' or direction != wire.C2S or unit.type not in (
+            wire.INPUTS_KEY_DOWN, wire.INPUTS_KEY_UP) or len(unit.body) < 4:
+        return None
+    return struct.unpack_from('<I', unit.body)[0]
+
+
 class Relay:
     """The relay in this process: `start()`, `stop()`, `arm(spec)`."""
 
@@ -283,6 +306,14 @@ class Relay:
     def key_crossed(self):
         with self._lock:
             self.keys += 1
+
+    def key_event(self, conn, unit, code):
+        """One compact record per key message forwarded on the inputs
+        channel (scenario.keyhops): when, which connection, down or up,
+        the scancode. No bytes.
+        """
+        self.event('key', channel='inputs', conn=conn, code=code,
+                   key='down' if unit.type == wire.INPUTS_KEY_DOWN else 'up')
 
     def decide(self, channel, direction, msg_type, rect=None):
         """The first armed fault that takes this message, and the keys
