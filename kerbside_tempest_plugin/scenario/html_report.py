@@ -499,6 +499,44 @@ def _frame_states(results):
     return '\n'.join(out)
 
 
+def _key_hops(data):
+    """Where every key went (scenario.keyhops, keyhops.json): the
+    headline, each lost key on its hop, the PS/2 queue's figures and a
+    row per key.
+    """
+    from kerbside_tempest_plugin.scenario import keyhops as keyhops_mod
+    section = keyhops_mod.report_section(data)
+    if section is None:
+        return ''
+    out = ['<section id="key-hops"><h2>Where the keys went</h2>',
+           '<p class="%s">%s</p>' % (ROW_CLASS.get(section['verdict'], ''),
+                                     _e(section['headline']))]
+    if section['lost']:
+        out.append('<ul id="keys-lost">%s</ul>' % ''.join(
+            '<li class="fail">%s</li>' % _e(line)
+            for line in section['lost']))
+    unseen = ['%s: %s' % (hop, how) for hop, how in
+              section['observed'].items() if how != 'yes']
+    queue = section['ps2_queue']
+    facts = unseen + ([
+        'PS/2 queue: at most %d of %d bytes held, %d byte(s) dropped, the '
+        'slowest read %.3f s after its byte was queued' % (
+            queue['max_depth'], queue['size'], queue['bytes_dropped'],
+            queue['slowest_read_s'])] if queue else [])
+    if facts:
+        out.append('<p class="meta">%s</p>' % _e('; '.join(facts)))
+    if section['rows']:
+        out.append('<table id="key-rows"><tr>%s</tr>' % ''.join(
+            '<th>%s</th>' % _e(c) for c in keyhops_mod.REPORT_COLUMNS))
+        out += ['<tr%s>%s</tr>' % (' class="fail"' if row[-1] else '',
+                                   ''.join('<td>%s</td>' % _e(c)
+                                           for c in row))
+                for row in section['rows']]
+        out.append('</table>')
+    out.append('</section>')
+    return '\n'.join(out)
+
+
 def _dash(value):
     return '-' if value is None else value
 
@@ -542,6 +580,7 @@ def build(path):
            '<h2>Checks</h2>', _check_rows(result.get('results', [])),
            _missed(_load(path, 'missed_frames.json', None)),
            _frame_states(result.get('results', [])),
+           _key_hops(_load(path, 'keyhops.json', None)),
            '<h2>Timeline</h2><p class="meta">Seconds since the capture '
            'started. Drain events sit at the first digest whose channel '
            'hashes prove them. Hover a mark for its text.</p>',

@@ -34,6 +34,7 @@ from kerbside_tempest_plugin.scenario import checks
 from kerbside_tempest_plugin.scenario import evidence as evidence_mod
 from kerbside_tempest_plugin.scenario import frames as frames_mod
 from kerbside_tempest_plugin.scenario import html_report
+from kerbside_tempest_plugin.scenario import keyhops as keyhops_mod
 from kerbside_tempest_plugin.scenario import liveness as liveness_mod
 from kerbside_tempest_plugin.scenario import report as report_mod
 from kerbside_tempest_plugin.scenario import walk as walk_mod
@@ -62,6 +63,8 @@ class RunResult:
     # Why the walk stopped before the power-off (stop_reason), or None
     # when it completed: the checks it left without input are NOT RUN.
     stopped: str = None
+    # Where the first lost key of a failed walk was lost (keyhops.json).
+    keys_lost: str = None
 
     def verdicts(self):
         """{check: True (pass), False (fail) or None (not run)}."""
@@ -77,11 +80,12 @@ class RunResult:
         if self.passed:
             return None
         beat = self._failed_beat()
+        where = ' | %s' % self.keys_lost if self.keys_lost else ''
         if beat is not None:
-            return 'beat %s: %s' % (beat.get('name'),
-                                    _first_line(beat.get('error')))
+            return 'beat %s: %s%s' % (beat.get('name'),
+                                      _first_line(beat.get('error')), where)
         if self.error:
-            return _first_line(self.error)
+            return _first_line(self.error) + where
         failed = [r for r in self.results if r.failed]
         if failed:
             return '%s: %s' % (failed[0].name, failed[0].summary)
@@ -112,6 +116,8 @@ class RunResult:
             failed = [r for r in failed if r.name != 'beats']
         elif self.error:
             lines.append('error: %s' % self.error)
+        if self.keys_lost and (beat is not None or self.error):
+            lines.append('where the key went: %s' % self.keys_lost)
         if failed:
             if len(lines) > 1:
                 lines.append('also failed:')
@@ -337,6 +343,9 @@ def run_scenario(lane, walk_name, route, image, artifact_root,
             drain_error = 'serial drain unparsable: %s' % e
             result.error = (result.error + '; ' if result.error else '') + \
                 drain_error
+    faults = _fault_log(lane, t_wall)
+    if walker is not None:
+        _key_hops(art, result, walker, stream, faults, drain)
     if walker is not None and stream is not None:
         result.stopped = stop_reason(walker, result.error)
         result.results = judge(walk_name, walker, stream, drain,
@@ -350,7 +359,6 @@ def run_scenario(lane, walk_name, route, image, artifact_root,
                 capture, beats=walker.beats, seen=[
                     (cd.frame_counter, cd.at) for cd in stream.snapshot()]))
             result.stats['frame_check_s'] = round(time.monotonic() - t, 3)
-        faults = _fault_log(lane, t_wall)
         if faults is not None:
             art.write_text('fault-relay.jsonl', ''.join(
                 json.dumps(e, sort_keys=True) + '\n' for e in faults))
@@ -513,6 +521,8 @@ def _write(art, result, walker, stream, drain, drain_text, route, image,
             meta['kerbside under test'] = build_line(build)
         if 'faults_injected' in result.stats:
             meta['faults injected (relay)'] = result.stats['faults_injected']
+        if result.stats.get('keyhops'):
+            meta['keys, hop by hop'] = result.stats['keyhops']
         if walker is not None and walker.liveness is not None:
             meta['key to registration (s)'] = key_response_line(
                 walker.liveness.evidence())
@@ -536,6 +546,30 @@ def _write(art, result, walker, stream, drain, drain_text, route, image,
         art.write_text('report-error.txt', traceback.format_exc())
     finally:
         art.finish()
+
+
+def _key_hops(art, result, walker, stream, faults, drain):
+    """keyhops.json: every key of the walk on the last hop it reached
+    (scenario.keyhops); a failed walk names where its first lost key was
+    lost. Evidence, never a failure by itself; never raises.
+    """
+    t = time.monotonic()
+    try:
+        relay = None if faults is None else [
+            e for e in faults if e.get('channel') in (None, 'inputs')]
+        hops, data = keyhops_mod.for_walk(
+            art.path, relay_events=relay, drain=drain,
+            digests=stream.snapshot() if stream is not None else (),
+            sent=[k for _, k in walker.keys], load=keyhops_mod.loadavg())
+        art.write_json(keyhops_mod.NAME, data)
+        result.stats['keyhops'] = data.get('headline')
+        stopped = any(not b.ok for b in walker.beats) or result.error
+        if hops is not None and stopped:
+            result.keys_lost = hops.first_lost_line()
+    except Exception as e:
+        LOG.exception('key hops')
+        result.stats['keyhops'] = 'not run: %r' % e
+    result.stats['keyhops_s'] = round(time.monotonic() - t, 3)
 
 
 def _fault_log(lane, since):
