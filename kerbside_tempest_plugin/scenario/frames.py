@@ -59,6 +59,7 @@ from kerbside_tempest_plugin.digest import payload as pl
 from kerbside_tempest_plugin.digest import qr
 from kerbside_tempest_plugin.scenario import checks
 from kerbside_tempest_plugin.scenario import evidence
+from kerbside_tempest_plugin.scenario import qr_tiles
 from kerbside_tempest_plugin.spice import draw
 from kerbside_tempest_plugin.spice import wire
 
@@ -207,6 +208,10 @@ class FrameReport:
     seconds: float = 0.0
     unreplayable: typing.Optional[str] = None
     budget_spent: bool = False
+    # the QR region's states, module by module (qr_tiles): whole,
+    # painting, overtaken, damaged, unjudged
+    qr_states: typing.Dict[str, int] = dataclasses.field(
+        default_factory=dict)
 
     def counts(self):
         c = collections.Counter(f.status for f in self.frames)
@@ -230,11 +235,18 @@ def decode_qr(surface):
     """The digest (payload.Digest) in a draw.Surface's QR region, or
     None when it does not decode.
     """
+    return decode_qr_payload(surface)[0]
+
+
+def decode_qr_payload(surface):
+    """(payload.Digest, its bytes) of a draw.Surface's QR region, or
+    (None, None) when it does not decode.
+    """
     try:
         hit = qr.find_digest(surface.rgb(), full_frame=False)
-        return pl.decode(hit.payload)
+        return pl.decode(hit.payload), hit.payload
     except digest_errors.DigestError:
-        return None
+        return None, None
 
 
 def _hash(pixels):
@@ -347,6 +359,7 @@ class Verifier:
         self._window = None
         self._digest = None
         self._hash = None
+        self.tiles = qr_tiles.Judge()
 
     # -- one record ------------------------------------------------------
     def feed(self, t, units):
@@ -386,12 +399,15 @@ class Verifier:
         self._digest = None
         self._hash = None
         self.last_verified = None
+        self.tiles.new_geometry()
 
     def _checkpoint(self, t):
         surface = self.replay.primary
         self.states += 1
         if self._qr_touched:
-            self._digest = decode_qr(surface)
+            self._digest, payload = decode_qr_payload(surface)
+            self.tiles.observe(t, None if self._digest is None else
+                               self._digest.frame_counter, payload, surface)
         if self._other_touched:
             self._hash = None           # the screen outside the QR moved
         self._qr_touched = self._other_touched = False
@@ -467,10 +483,16 @@ class Verifier:
                     else 0
             verdicts.append(v)
         _lasting(verdicts, self.by_frame)
+        by_number = {v.frame: v for v in verdicts}
+        for d in self.tiles.finish():
+            v = by_number.get(d.frame)
+            if v is not None and v.status not in (DAMAGED, LASTING_DAMAGE):
+                v.status, v.rect, v.how = DAMAGED, d.rect, d.how
         return FrameReport(
             verdicts, self.states, self.undecodable,
             dict(self.replay.counts), dict(self.replay.images),
-            self.hashes, cut_bytes, budget_spent=self.ran_out)
+            self.hashes, cut_bytes, budget_spent=self.ran_out,
+            qr_states=dict(self.tiles.counts))
 
     def _classify(self, v, pendings):
         """The frame's verdict from its unverified states: damaged if any
@@ -775,6 +797,7 @@ def judge(report, seen=(), beats=(), name=NAME):
             'hashes': report.hashes, 'seconds': round(report.seconds, 3),
             'messages': report.messages, 'images': report.images,
             'cut_bytes': report.cut_bytes, 'clock_offset_s': offset,
+            'qr_states': report.qr_states,
             'frames': [f.to_json() for f in report.frames
                        if f.status != VERIFIED]}
     for f in data['frames']:

@@ -1,0 +1,228 @@
+"""scenario.qr_tiles: the digest's own region, checked module by module.
+
+The QR's error correction decodes past a damaged tile and the
+framebuffer hash skips the region, so before this a draw lost or
+corrupted inside the QR passed (faults run 3's two misses). The real
+capture of test_scenario_frames gets a tile corrupted and a tile dropped
+the way the relay does it; small synthetic captures show each rule.
+"""
+
+import numpy as np
+import pytest
+
+from kerbside_tempest_plugin.digest import fbhash
+from kerbside_tempest_plugin.digest import payload as pl
+from kerbside_tempest_plugin.digest import render
+from kerbside_tempest_plugin.scenario import checks
+from kerbside_tempest_plugin.scenario import frames
+from kerbside_tempest_plugin.scenario import qr_tiles
+from kerbside_tempest_plugin.spice import draw
+
+from unit_tests import test_scenario_frames as tf
+
+clean = tf.clean
+walk = tf.walk
+
+
+def qr_draws(data):
+    """[(index, time, Rect)] of the draws inside the 1024x768 QR."""
+    region = frames.qr_rect(1024, 768)
+    return [d for d in tf.draws(data)
+            if d[2].intersect(region) == d[2]]
+
+
+# -- the real capture -------------------------------------------------------
+
+
+def test_the_clean_capture_has_every_qr_state_whole_or_mid_drawing(
+        clean, walk, tmp_path):
+    result = tf.check(clean, walk, tmp_path)
+    assert result.verdict == checks.PASS, result.message()
+    states = result.data['qr_states']
+    assert states['damaged'] == 0
+    assert states['whole'] > 50
+    assert sum(states.values()) >= result.data['frames_on_wire']
+
+
+def test_a_corrupted_qr_tile_fails_at_its_frame(clean, walk, tmp_path):
+    # A tile of the QR the next frame covers: the QR still decodes (its
+    # error correction) and the hash skips the region.
+    i, t, rect = qr_draws(clean)[30]
+    result = tf.check(tf.corrupt(clean, i, row=2, col=2, pixels=4), walk,
+                      tmp_path)
+    assert result.verdict == checks.FAIL, result.summary
+    assert 'held colours the guest never paints there' in result.summary
+    bad = [f for f in result.data['frames'] if f['status'] == 'damaged']
+    x, y, w, h = bad[0]['rect']
+    assert rect.intersect(draw.Rect(x, y, w, h)) == draw.Rect(x, y, w, h)
+    assert (w, h) == (4, 1)
+
+
+def test_the_last_qr_tile_dropped_stays_and_fails(clean, walk, tmp_path):
+    # The parked screen's last QR draw never arrives: the wire keeps the
+    # older frame's modules there for the rest of the capture.
+    last = qr_draws(clean)[-1]
+    result = tf.check(tf.drop(clean, last[0]), walk, tmp_path)
+    assert result.verdict == checks.FAIL, result.summary
+    assert 'stayed to the end of the capture with' in result.summary
+    assert 'a draw in the QR that did not arrive' in result.summary
+    x, y, w, h = [f for f in result.data['frames']
+                  if f['status'] == 'damaged'][0]['rect']
+    assert last[2].intersect(draw.Rect(x, y, w, h)) == draw.Rect(x, y, w, h)
+
+
+# -- the rules on synthetic captures ----------------------------------------
+
+W, H = tf.W, tf.H
+
+
+def qr_screen(counter):
+    """Frame `counter` over a screen of its own (so its trailer, and
+    much of its QR, differ from its neighbours').
+    """
+    box = (80, 16 + 8 * counter, 8, 8)
+    return tf.with_qr(counter, tf.screen(tf.A, box))
+
+
+def grid(screen):
+    ox, oy = fbhash.digest_origin(W, H)
+    region = screen[oy:oy + fbhash.REGION_PX, ox:ox + fbhash.REGION_PX]
+    return qr_tiles.grid_of(region[:, :, ::-1]).dark
+
+
+def tile_where(old, *others):
+    """A 5x4 tile of the symbol's data area holding a module where `old`
+    differs from every one of `others`.
+    """
+    differs = np.ones((qr_tiles.GRID, qr_tiles.GRID), dtype=bool)
+    for o in others:
+        differs &= grid(old) != grid(o)
+    for my in range(14, 30):
+        for mx in range(14, 30):
+            if differs[my:my + 4, mx:mx + 5].any():
+                return (mx, my, 5, 4)
+    raise AssertionError('no such tile')
+
+
+def mixed(base, other, modules):
+    """`base` with the modules (mx, my, mw, mh) of the QR grid (quiet zone
+    included) taken from `other`.
+    """
+    out = base.copy()
+    ox, oy = fbhash.digest_origin(W, H)
+    mx, my, mw, mh = modules
+    px = fbhash.MODULE_PX
+    ys = slice(oy + my * px, oy + (my + mh) * px)
+    xs = slice(ox + mx * px, ox + (mx + mw) * px)
+    out[ys, xs] = other[ys, xs]
+    return out
+
+
+def verdicts(*screens, gap):
+    report = frames.verify(tf.capture(*screens, gap=gap))
+    return tf.status(report), report
+
+
+BOTTOM = (4, 38, 37, 3)     # the last three rows of the symbol
+
+
+def test_a_qr_wholly_drawn_is_whole_and_the_frames_verify():
+    status, report = verdicts(qr_screen(1), qr_screen(2), qr_screen(3),
+                              gap=0.3)
+    assert status == {1: 'verified', 2: 'verified', 3: 'verified'}
+    assert report.qr_states['whole'] == 3
+
+
+def test_a_tile_two_frames_old_that_stays_is_damage():
+    s1, s2, s3, s4 = (qr_screen(n) for n in (1, 2, 3, 4))
+    tile = tile_where(s1, s2, s3, s4)
+    status, report = verdicts(s1, s2, s3, mixed(s3, s1, tile), s4,
+                              gap=0.3)
+    assert status[3] == 'damaged', status
+    how = [f for f in report.frames if f.frame == 3][0].how
+    assert 'stayed for 0.300 s with modules at' in how
+    assert "neither its own nor frame 2's or 4's" in how
+
+
+def test_drawing_caught_in_order_is_not_damage():
+    # A guest drawing module by module, caught with its last rows still
+    # the older frame's, then whole: painting.
+    s1, s2, s3 = (qr_screen(n) for n in (1, 2, 3))
+    status, report = verdicts(s1, mixed(s2, s1, BOTTOM), s2, s3, gap=0.05)
+    assert status == {1: 'verified', 2: 'verified', 3: 'verified'}
+    assert report.qr_states['painting'] == 1
+    # ... and never whole on the wire before the next frame: still
+    # where a guest drawing in order would be, so not damage
+    status, report = verdicts(s1, mixed(s2, s1, BOTTOM), s3, gap=0.05)
+    assert 'damaged' not in status.values(), status
+
+
+def test_a_tile_that_never_arrived_before_the_next_frame_is_damage():
+    s1, s2, s3 = (qr_screen(n) for n in (1, 2, 3))
+    status, report = verdicts(s1, mixed(s2, s1, tile_where(s1, s2)), s3,
+                              gap=0.05)
+    assert status[2] == 'damaged', status
+    how = [f for f in report.frames if f.frame == 2][0].how
+    assert how.startswith('the QR of frame 2 was never whole on the wire')
+
+
+def test_a_mid_drawing_state_that_stays_is_damage():
+    s1, s2, s3 = (qr_screen(n) for n in (1, 2, 3))
+    status, report = verdicts(s1, mixed(s2, s1, BOTTOM), s3, gap=0.3)
+    assert status[2] == 'damaged'
+    assert "with frame 1's modules at" in [
+        f for f in report.frames if f.frame == 2][0].how
+
+
+def test_a_foreign_colour_in_the_region_is_damage_at_once():
+    s1, s2, s3 = (qr_screen(n) for n in (1, 2, 3))
+    bad = s2.copy()
+    ox, oy = fbhash.digest_origin(W, H)
+    bad[oy + 90, ox + 90:ox + 93] = (200, 10, 10)
+    status, report = verdicts(s1, bad, s2, s3, gap=0.02)
+    assert status[2] == 'damaged'
+    assert [f for f in report.frames if f.frame == 2][0].rect == \
+        draw.Rect(ox + 90, oy + 90, 3, 1)
+
+
+# -- the pieces -------------------------------------------------------------
+
+
+def payload(counter):
+    return pl.encode(counter, {}, [], 0)
+
+
+@pytest.mark.parametrize('mask', range(8))
+def test_the_mask_is_read_from_the_format_modules(mask):
+    grid = qr_tiles.expected(payload(7), mask)
+    assert qr_tiles.read_mask(grid, np.zeros_like(grid)) == mask
+    # a few format modules lost still read
+    broken = grid.copy()
+    broken[qr_tiles.FORMAT[0][:2], qr_tiles.FORMAT[1][:2]] ^= True
+    assert qr_tiles.read_mask(broken, np.zeros_like(grid)) == mask
+    assert qr_tiles.read_mask(~grid, np.zeros_like(grid)) is None
+
+
+def test_the_expected_grid_is_what_the_guest_renders():
+    data = payload(11)
+    region = render.render_region(data)
+    grid = qr_tiles.grid_of(region[:, :, ::-1])
+    assert grid.foreign is None and not grid.mixed.any()
+    mask = qr_tiles.read_mask(grid.dark, grid.mixed)
+    assert np.array_equal(grid.dark, qr_tiles.expected(data, mask))
+
+
+def test_text_under_the_qr_waiting_for_the_redraw_is_not_damage():
+    # A glyph drawn in a text cell under the QR (contract §2.3) stays
+    # until the guest has hashed the screen and redraws the QR; a
+    # starved guest takes longer than a refresh for that.
+    s1, s2 = (qr_screen(n) for n in (1, 2))
+    ox, oy = fbhash.digest_origin(W, H)
+    text = s1.copy()
+    text[oy + 150:oy + 160, ox + 10:ox + 13] = fbhash.FG
+    status, report = verdicts(s1, text, s2, gap=0.3)
+    assert 'damaged' not in status.values(), status
+    assert report.qr_states['unjudged'] == 1
+    # ... but left so to the end of the capture, it is
+    status, report = verdicts(s1, s2, text, gap=0.3)
+    assert status[1] == 'damaged'
