@@ -73,14 +73,22 @@ FAULTS = {
                         'display', r'display frozen'),
     'display-delayed-10s': ('delay,channel=display,after_keys=2,ms=10000',
                             'display', r'display frozen'),
-    # away from the digest's QR (1024x768), whose error correction hides a
-    # tile (a gap of the frame check: plan faults.md, Left alone)
+    # away from the digest's QR (1024x768): the frame hash's part
     'draw-corrupted': ('corrupt,channel=display,type=draw_copy,'
                        'after_keys=3,outside=828:556:180:180', 'frame',
                        r'frame_states|frame \d+'),
     'draw-dropped': ('drop,channel=display,type=draw_copy,after_keys=3,'
                      'outside=828:556:180:180', 'frame',
                      r'frame_states|frame \d+'),
+    # a tile of the digest's own QR: its error correction decodes past
+    # it and the hash skips the region; qr_tiles judges it module by
+    # module
+    'qr-tile-corrupted': ('corrupt,channel=display,type=draw_copy,'
+                          'after_keys=3,inside=828:556:180:180', 'frame',
+                          r'frame_states|frame \d+'),
+    'qr-tile-dropped': ('drop,channel=display,type=draw_copy,'
+                        'after_keys=3,inside=828:556:180:180', 'frame',
+                        r'frame_states|frame \d+'),
     'main-cut': ('cut,channel=main,after_keys=3', 'main',
                  r'main channel|connection closed|display frozen|ryll'),
 }

@@ -540,3 +540,19 @@ def test_outside_skips_draws_that_touch_the_rectangle(rig):
     assert inj[0]['rect'] == [200, 200, 10, 10]
     with pytest.raises(faults.FaultSpecError, match='outside=X:Y:W:H'):
         faults.parse('drop,channel=display,outside=1:2')
+
+
+def test_inside_takes_only_draws_within_the_rectangle(rig):
+    server, make, tmp = rig
+    r = make('drop,channel=display,type=draw_copy,inside=0:0:100:100')
+    c = Client(r.port, 'display')
+    across = struct.pack('<Iiiii', 0, 90, 90, 110, 110) + b'\0' * 20
+    within = struct.pack('<Iiiii', 0, 10, 10, 20, 20) + b'\0' * 20
+    for body in (across, within, within):
+        server.send(304, body)
+    c.read_until(lambda: len(c.messages()) == 2)
+    assert [u.body for u in c.messages()] == [across, within]
+    inj = [e for e in log(tmp) if e['event'] == 'inject']
+    assert inj[0]['rect'] == [10, 10, 10, 10]
+    with pytest.raises(faults.FaultSpecError, match='inside=X:Y:W:H'):
+        faults.parse('drop,channel=display,inside=1:2:3')

@@ -44,7 +44,8 @@ arming when a channel is open then, else at the next channel's link (so a
 fault armed before a test's client connects counts from its connection).
 `outside=X:Y:W:H` only display draws that paint nothing of that
 rectangle (a fault away from the digest's QR, whose error correction
-would hide it). `count=M` messages are affected from the trigger on
+would hide it); `inside=X:Y:W:H` only draws that paint within it (a
+tile of that QR). `count=M` messages are affected from the trigger on
 (default 1; `all`:
 every later match). A fault fires once per relay unless `count=all`.
 
@@ -70,7 +71,7 @@ CORRUPT_MAX = 4096
 SMALL_BODY = 8
 _KEYS = {'channel', 'dir', 'type', 'nth', 'after_keys', 'after', 'count',
          'ms', 'duration', 'size', 'offset', 'length', 'hold', 'span',
-         'outside'}
+         'outside', 'inside'}
 
 
 class FaultSpecError(errors.HarnessError, ValueError):
@@ -109,6 +110,7 @@ class Fault:
     hold_s: float = 2.0
     span: int = 1
     outside: typing.Optional[tuple] = None     # x, y, w, h
+    inside: typing.Optional[tuple] = None      # x, y, w, h
     spec: str = ''
     # bookkeeping (relay side): counted from arming
     matched: int = 0
@@ -166,6 +168,9 @@ class Fault:
             return False
         if self.outside is not None and (
                 rect is None or _overlap(rect, self.outside)):
+            return False
+        if self.inside is not None and (
+                rect is None or not _within(rect, self.inside)):
             return False
         if not self.armed(keys, now):
             return False
@@ -261,12 +266,15 @@ def parse_one(spec: str) -> Fault:
         f.length = _number(kv['length'], 'length', text, int, 1)
     if 'hold' in kv:
         f.hold_s = _number(kv['hold'], 'hold', text)
-    if 'outside' in kv:
-        parts = kv['outside'].split(':')
+    for key, what in (('outside', 'draws must not touch'),
+                      ('inside', 'draws must lie within')):
+        if key not in kv:
+            continue
+        parts = kv[key].split(':')
         if len(parts) != 4:
-            raise FaultSpecError('fault %r: outside=X:Y:W:H (a rectangle '
-                                 'draws must not touch)' % text)
-        f.outside = tuple(_number(v, 'outside', text, int) for v in parts)
+            raise FaultSpecError('fault %r: %s=X:Y:W:H (a rectangle %s)'
+                                 % (text, key, what))
+        setattr(f, key, tuple(_number(v, key, text, int) for v in parts))
     if 'span' in kv:
         f.span = _number(kv['span'], 'span', text, int, 1)
         if 'count' not in kv:
@@ -290,6 +298,13 @@ def _overlap(a, b):
     ax, ay, aw, ah = a
     bx, by, bw, bh = b
     return ax < bx + bw and bx < ax + aw and ay < by + bh and by < ay + ah
+
+
+def _within(a, b):
+    ax, ay, aw, ah = a
+    bx, by, bw, bh = b
+    return bx <= ax and by <= ay and ax + aw <= bx + bw and \
+        ay + ah <= by + bh
 
 
 def draw_rect(msg_type: int, body: bytes):

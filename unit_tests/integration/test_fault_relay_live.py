@@ -67,13 +67,18 @@ def test_a_clean_walk_through_the_relay_passes(lane, image, tmp_path):
     ('drop,channel=display,type=draw_copy,after_keys=3,'
      'outside=828:556:180:180',
      r'^frame_states: frame \d+ damaged'),
+    # a tile of the digest's own QR: its error correction decodes past it
+    ('corrupt,channel=display,type=draw_copy,after_keys=3,'
+     'inside=828:556:180:180',
+     r'^frame_states: frame \d+ damaged.*QR region'),
     ('stall,channel=display,after_keys=2,duration=20',
      r'^beat ignore: display frozen for \d+\.\d s after key 2 \(i\)'),
     ('cut,channel=display,after_keys=3',
      r'display (frozen|channel was lost)'),
     ('duplicate,channel=inputs,after_keys=4,nth=2,span=2',
      r'^beat paste-accepted: .*paste_received.*correct=false'),
-], ids=['key-lost', 'draw-dropped', 'display-stalled', 'display-cut',
+], ids=['key-lost', 'draw-dropped', 'qr-tile-corrupted',
+        'display-stalled', 'display-cut',
         'keystroke-repeated'])
 def test_a_fault_fails_the_walk_for_its_reason(lane, image, tmp_path, spec,
                                                cause):
