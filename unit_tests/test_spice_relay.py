@@ -229,6 +229,13 @@ def test_key_faults(rig, spec, expect):
     wait_for(lambda: len(keys_seen(server)) == len(expect),
              '%d key_downs' % len(expect))
     assert keys_seen(server) == expect
+    # the relay's key records are what the hypervisor got, in its order
+    wait_for(lambda: len([e for e in log(tmp) if e['event'] == 'key']) == 6
+             + len(expect) - 3, 'the key records')
+    assert [e['code'] for e in log(tmp)
+            if e['event'] == 'key' and e['key'] == 'down'] == expect
+    inj = [e for e in log(tmp) if e['event'] == 'inject']
+    assert inj and inj[0]['code'] in (0x10, 0x11, 0x12)
 
 
 def test_duplicate_a_whole_keystroke(rig):
@@ -264,7 +271,10 @@ def test_reorder_releases_alone_when_no_second_comes(rig):
     c = Client(r.port)
     c.key(0x10)
     wait_for(lambda: keys_seen(server) == [0x10], 'the held key')
-    assert [e['event'] for e in log(tmp)][-1] == 'release'
+    wait_for(lambda: [e['event'] for e in log(tmp)][-1] == 'key',
+             'the held key\'s record')
+    # the release, then the held key's record as it is sent
+    assert [e['event'] for e in log(tmp)][-2:] == ['release', 'key']
 
 
 def test_corrupt_a_draw_names_its_rectangle(rig):

@@ -176,17 +176,21 @@ class _Conn:
                       name=unit.name, index=fault.matched,
                       size=len(unit.raw), keys=keys, rect=rect, code=code)
         action = fault.action
-        if code is not None and action not in ('drop', 'cut', 'corrupt'):
-            # it crosses (late, twice, in pieces): one record per key
+        if code is not None and action not in ('drop', 'cut', 'corrupt',
+                                               'duplicate', 'reorder'):
+            # it crosses late or in pieces: its record now; a duplicated
+            # or reordered key's when (and as often as) it is sent
             relay.key_event(self.number, unit, code)
         if action == 'drop':
             relay.event('inject', **record)
         elif action == 'duplicate':
             block = self.dup_block[direction]
-            block.append(unit.raw)
+            block.append(unit)
             if len(block) >= fault.span:
                 relay.event('inject', span=len(block), **record)
-                self._send(direction, b''.join(block) * 2)
+                self._send(direction, b''.join(u.raw for u in block) * 2)
+                for u in block * 2:
+                    self._key_sent(direction, u)
                 del block[:]
         elif action == 'corrupt':
             body, off, n = fault.corrupt(unit.body)
@@ -242,6 +246,12 @@ class _Conn:
             if fault.matches(self.channel, direction, unit.type):
                 held.remove(item)
                 self._send(direction, item[1].raw)
+                self._key_sent(direction, item[1])
+
+    def _key_sent(self, direction, unit):
+        code = key_code(self.channel, direction, unit)
+        if code is not None:
+            self.relay.key_event(self.number, unit, code)
 
     def _release_expired(self, direction):
         held = self.held[direction]
@@ -255,6 +265,7 @@ class _Conn:
                                  note='no second message came in %.1f s; '
                                  'sent alone' % item[0].hold_s)
                 self._send(direction, item[1].raw)
+                self._key_sent(direction, item[1])
 
 
 def key_code(channel, direction, unit):
