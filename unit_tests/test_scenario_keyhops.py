@@ -362,3 +362,68 @@ def test_the_report_shows_lost_keys_and_a_row_per_key(recorded, tmp_path):
     assert 'Where the keys went' in html
     assert 'key 3 of the paste (`x`) left ryll but never crossed' in html
     assert html.count('<tr') >= 28
+
+
+def _records(order, msgs):
+    """`key` records for msgs in `order` (indexes into msgs)."""
+    out = []
+    for n, i in enumerate(order):
+        m = msgs[i]
+        out.append({'event': 'key', 'channel': 'inputs', 'conn': 4,
+                    'key': 'down' if m.down else 'up',
+                    'code': m.make | (0 if m.down else 0x80),
+                    't': 1.0 + n})
+    return out
+
+
+def test_a_key_the_relay_reordered_says_so_before_its_loss(recorded):
+    # reorder,channel=inputs,type=key_down,nth=12: H's Shift goes after H
+    pcap, _, keys = recorded
+    msgs = keyhops.sent_messages(pcap)
+    shift = [m for m in msgs if m.down][11]
+    assert shift.make == 0x2A
+    h = msgs[shift.index + 1]
+    order = list(range(len(msgs)))
+    order[shift.index], order[h.index] = h.index, shift.index
+    spec = 'reorder,channel=inputs,type=key_down,nth=12'
+    relay = _records(order, msgs) + [{
+        'event': 'inject', 'action': 'reorder', 'fault': spec,
+        'channel': 'inputs', 'name': 'key_down', 'code': 0x2A, 't': 1.0}]
+    steps = []
+    for i in order:
+        m = msgs[i]
+        steps += [('key', m.make, m.down),
+                  ('read', m.make | (0 if m.down else 0x80))]
+    registered = list(keys)
+    registered[registered.index(ord('H'))] = ord('h')
+    hops = keyhops.build(pcap, relay, _trace(steps), registered, None, SENT)
+    assert hops.first_lost_line() == (
+        'key 9 of the paste (`H`) crossed the proxy out of order: the relay '
+        'reordered its Shift press (fault %s); then it was read by the '
+        'guest but never registered (not in the drain\'s keypress records)'
+        % spec)
+    assert [k.pos for k in hops.lost()] == [9]
+
+
+def test_a_key_the_relay_duplicated_is_named_when_nothing_was_lost(
+        recorded):
+    pcap, _, keys = recorded
+    msgs = keyhops.sent_messages(pcap)
+    x = [m for m in msgs if m.down][4]
+    order = list(range(len(msgs)))
+    order[x.index + 2:x.index + 2] = [x.index, x.index + 1]
+    spec = 'duplicate,channel=inputs,after_keys=4,nth=2,span=2'
+    relay = _records(order, msgs) + [{
+        'event': 'inject', 'action': 'duplicate', 'fault': spec,
+        'channel': 'inputs', 'name': 'key_up', 'code': 0xAD, 't': 1.0,
+        'span': 2}, {
+        'event': 'inject', 'action': 'duplicate', 'fault': spec,
+        'channel': 'inputs', 'name': 'key_down', 'code': 0x2D, 't': 1.0}]
+    registered = list(keys)
+    registered.insert(registered.index(ord('x')), ord('x'))
+    hops = keyhops.build(pcap, relay, None, registered, None, SENT)
+    assert hops.lost() == []
+    assert hops.first_lost_line() == (
+        'key 3 of the paste (`x`) crossed the proxy twice: the relay sent 2 '
+        'key message(s) ryll did not send (fault %s)' % spec)
+    assert hops.to_json()['extra'] == hops.first_lost_line()

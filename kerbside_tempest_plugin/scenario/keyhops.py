@@ -155,6 +155,8 @@ class Msg:
     relay: typing.Optional[str] = None   # 'crossed', 'dropped', 'lost'
     t_relay: typing.Optional[float] = None
     relay_fault: typing.Optional[str] = None
+    relay_order: typing.Optional[int] = None   # its place in what crossed
+    reordered: typing.Optional[str] = None     # the reorder fault's spec
     qemu: typing.Optional[bool] = None
     t_qemu: typing.Optional[float] = None
     bytes_put: int = 0
@@ -215,11 +217,12 @@ def sent_messages(data, what=INPUTS_CAPTURE, server_port=SPICE_SERVER_PORT):
 
 
 def relay_records(events):
-    """(crossed, dropped): the relay's `key` records [(t, make, down)] in
-    order, and the key messages a fault dropped, corrupted or cut at
-    [(t, make, down, spec, what it did)].
+    """(crossed, dropped, moved): the relay's `key` records [(t, make,
+    down)] in the order it sent them, the key messages a fault dropped,
+    corrupted or cut at [(t, make, down, spec, what it did)], and those a
+    fault reordered or duplicated [(t, make, down, spec, action)].
     """
-    crossed, dropped = [], []
+    crossed, dropped, moved = [], [], []
     for e in events or ():
         if e.get('channel') not in (None, 'inputs'):
             continue
@@ -231,7 +234,12 @@ def relay_records(events):
             make, down = split_code(int(e['code']))
             dropped.append((e.get('t'), make, down, e.get('fault'),
                             LOSING[e['action']]))
-    return crossed, dropped
+        elif e.get('event') == 'inject' and e.get('action') in (
+                'reorder', 'duplicate') and 'code' in e:
+            make, down = split_code(int(e['code']))
+            moved.append((e.get('t'), make, down, e.get('fault'),
+                          e['action']))
+    return crossed, dropped, moved
 
 
 # a relay fault's action on a key message -> what became of the key
@@ -516,6 +524,9 @@ class KeyHops:
     trace: typing.Optional[Trace] = None
     load: typing.Optional[str] = None
     notes: typing.List[str] = dataclasses.field(default_factory=list)
+    # key records the relay sent that ryll did not: [((t, make, down),
+    # the duplicate fault's spec or None)]
+    extra: list = dataclasses.field(default_factory=list)
 
     def lost(self):
         return [k for k in self.keys if k.lost]
@@ -539,10 +550,27 @@ class KeyHops:
                                            '%d lost' % len(lost))
         return '%s (last hop: %s)' % (head, reached)
 
+    def extra_line(self):
+        """One line for key messages the relay sent that ryll did not (a
+        duplicated key), naming the key; None when there were none.
+        """
+        downs = [x for x in self.extra if x[0][2]] or self.extra
+        if not downs:
+            return None
+        (_, make, down), spec = downs[0]
+        stroke = next((k for k in self.keys if k.main.key == (make, down)),
+                      None)
+        what = stroke.label() if stroke else 'a key (`%s`)' % char_of(
+            make, False)
+        return '%s crossed the proxy %s: the relay sent %d key message(s) ' \
+            'ryll did not send%s' % (
+                what, 'twice' if spec else 'again', len(self.extra),
+                ' (fault %s)' % spec if spec else '')
+
     def first_lost_line(self):
         lost = self.lost()
         if not lost:
-            return None
+            return self.extra_line()
         more = ' (and %d more lost)' % (len(lost) - 1) if len(lost) > 1 \
             else ''
         return '%s %s%s' % (lost[0].label(), lost[0].lost, more)
@@ -552,6 +580,7 @@ class KeyHops:
         return {
             'headline': self.headline(),
             'lost': [('%s %s' % (k.label(), k.lost)) for k in self.lost()],
+            'extra': self.extra_line(),
             'observed': {h: ('yes' if why is None else 'no: %s' % why)
                          for h, why in self.observed.items()},
             'ps2_queue': None if tr is None else {
@@ -608,7 +637,7 @@ def build(inputs_pcap=None, relay_events=None, trace_text=None,
     if relay_events is None:
         observed[RELAY] = 'no plain leg (no relay on the hypervisor leg)'
     else:
-        crossed, dropped = relay_records(relay_events)
+        crossed, dropped, moved = relay_records(relay_events)
         if not crossed and not dropped and msgs:
             observed[RELAY] = 'the relay logged no key (a relay older ' \
                 'than its per-key records)'
@@ -621,13 +650,38 @@ def build(inputs_pcap=None, relay_events=None, trace_text=None,
             for i, m in enumerate(msgs):
                 if i in got:
                     m.relay, m.t_relay = 'crossed', crossed[got[i]][0]
+                    m.relay_order = got[i]
+            used = set(got.values())
+            reorders = [x for x in moved if x[4] == 'reorder']
             for i, m in enumerate(rest):
                 if i in drops:
                     d = dropped[drops[i]]
                     m.relay, m.t_relay = 'dropped', d[0]
                     m.relay_fault = '%s|%s' % (d[4], d[3])
-                elif m.relay is None:
+                    continue
+                # crossed, out of order: the same key later or earlier
+                j = next((j for j in range(len(crossed)) if j not in used
+                          and (crossed[j][1], crossed[j][2]) == m.key),
+                         None)
+                if j is None:
                     m.relay = 'lost'
+                    continue
+                used.add(j)
+                m.relay, m.t_relay, m.relay_order = 'crossed', \
+                    crossed[j][0], j
+            # the message a reorder fault held went out after the next
+            for x in reorders:
+                m = next((m for m, n in zip(msgs, msgs[1:])
+                          if m.key == (x[1], x[2]) and not m.reordered and
+                          m.relay_order is not None and
+                          n.relay_order is not None and
+                          m.relay_order > n.relay_order), None)
+                if m is not None:
+                    m.reordered = x[3]
+            result.extra = [(crossed[j], next(
+                (x[3] for x in moved if x[4] == 'duplicate' and
+                 (x[1], x[2]) == (crossed[j][1], crossed[j][2])), None))
+                for j in range(len(crossed)) if j not in used]
 
     # 3, 4. qemu
     trace = None
@@ -637,6 +691,9 @@ def build(inputs_pcap=None, relay_events=None, trace_text=None,
         trace = parse_trace(trace_text)
         result.trace = trace
         upstream = [m for m in msgs if m.relay in (None, 'crossed')]
+        if observed[RELAY] is None:     # qemu got them in the relay's order
+            upstream.sort(key=lambda m: (m.relay_order is None,
+                                         m.relay_order or 0))
         got = align(upstream, trace.keys, lambda m: m.key,
                     lambda q: (q.make(trace.learned), q.down))
         for i, m in enumerate(upstream):
@@ -689,7 +746,18 @@ def _reached_guest(stroke, trace):
 
 
 def _place(stroke, observed, trace, load):
-    """The last hop the keystroke reached and, when lost, why."""
+    """The last hop the keystroke reached and, when lost, why; a key the
+    relay reordered that was then lost says so first.
+    """
+    _place_hop(stroke, observed, trace, load)
+    moved = next((m for m in stroke.msgs if m.reordered), None)
+    if stroke.lost and moved is not None:
+        stroke.lost = 'crossed the proxy out of order: the relay reordered ' \
+            'its %s (fault %s); then it %s' % (
+                _what(moved, stroke), moved.reordered, stroke.lost)
+
+
+def _place_hop(stroke, observed, trace, load):
     downs = [m for m in stroke.msgs if m.down] or stroke.msgs
     stroke.hop = SENT
     relay_seen = observed[RELAY] is None
