@@ -493,3 +493,20 @@ def test_the_display_stream_is_cut_by_spice_wire(clean):
     names = {u.name for _, units in records for u in units}
     assert 'draw_copy' in names and 'surface_create' in names
     assert all(isinstance(u, wire.Unit) for _, us in records for u in us)
+
+
+def test_a_corrupted_draw_the_guest_redraws_at_once_is_still_damage(
+        clean, walk, tmp_path):
+    # A block of the prompt line that the next refresh redraws 0.063 s
+    # later, while the guest keeps drawing: its pixels in no verified
+    # frame look like drawing in progress, but their colours are ones no
+    # verified screen around them holds.
+    i, t, rect = [d for d in draws(clean)
+                  if d[2] == draw.Rect(96, PROMPT_ROW, 32, 10)][0]
+    result = check(corrupt(clean, i, row=2, col=2, pixels=4), walk,
+                   tmp_path)
+    assert result.verdict == checks.FAIL
+    assert result.summary.startswith('frame 25 damaged 4.')
+    assert 'the wire showed 4 pixel(s) at (x=98, y=356, w=4, h=1) in ' \
+        'colours that no verified frame around it holds (a corrupted ' \
+        'draw)' in result.summary

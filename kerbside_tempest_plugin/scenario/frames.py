@@ -503,7 +503,7 @@ class Verifier:
         self.frame_budget = FRAME_BUDGET
         self.budget_spent = False
         for p in pendings:
-            verdict = self._explain(p)
+            verdict = self._explain(p) or _foreign(p)
             if verdict is None:
                 continue
             if verdict[0] == DAMAGED:
@@ -674,6 +674,37 @@ class Verifier:
                     tight.y - rect.y:tight.bottom - rect.y,
                     tight.x - rect.x:tight.right - rect.x], snap, later)
         return None
+
+
+def _foreign(p):
+    """(DAMAGED, rect, how) when a state no rule explains shows, where it
+    differs from the verified screen before it, colours that none of the
+    verified screens around it holds: a corrupted draw, however soon the
+    guest's drawing covered it (in 105 clean captures no state was left
+    unexplained; a corrupted paste-echo draw covered 0.03 s later was).
+    Else None.
+    """
+    snaps = [s for s in [p.earlier] + p.later
+             if s is not None and s.pixels.shape == p.pixels.shape]
+    if not snaps:
+        return None
+    diff = _rgb_diff(p.pixels, snaps[0].pixels)
+    diff[qr_rect(*p.state.size).slices] = False     # qr_tiles' part
+    if not diff.any():
+        return None
+    palette = np.zeros(1 << 24, dtype=bool)
+    for snap in snaps:
+        palette[snap.pixels.view('<u4')[:, :, 0].ravel() & 0xffffff] = True
+    colours = p.pixels.view('<u4')[:, :, 0] & 0xffffff
+    odd = diff & ~palette[colours]
+    if not odd.any():
+        return None
+    ys, xs = np.nonzero(odd)
+    rect = draw.Rect.from_ltrb(int(xs.min()), int(ys.min()),
+                               int(xs.max()) + 1, int(ys.max()) + 1)
+    return (DAMAGED, rect, 'the wire showed %d pixel(s) at %s in colours '
+            'that no verified frame around it holds (a corrupted draw)' % (
+                int(odd.sum()), rect))
 
 
 def _source(finding):
