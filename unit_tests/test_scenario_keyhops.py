@@ -427,3 +427,21 @@ def test_a_key_the_relay_duplicated_is_named_when_nothing_was_lost(
         'key 3 of the paste (`x`) crossed the proxy twice: the relay sent 2 '
         'key message(s) ryll did not send (fault %s)' % spec)
     assert hops.to_json()['extra'] == hops.first_lost_line()
+
+
+def test_a_paste_the_guest_took_short_after_reading_every_key(recorded):
+    # no drain (the walk stopped at paste-accepted), every byte read from
+    # qemu's queue, and the guest's paste_received says 18: the five went
+    # inside the guest
+    pcap, trace, _ = recorded
+    hops = keyhops.build(pcap, None, trace, None, [(6500, ord('i'))], SENT,
+                         pastes=[18])
+    assert hops.lost() == []
+    assert hops.first_lost_line() == (
+        'the guest read all 23 keys of the paste from qemu\'s PS/2 queue '
+        'but its paste took 18 (paste_received len=18): 5 lost inside the '
+        'guest, after the PS/2 read (the firmware\'s key buffer or the '
+        'guest\'s own poll)')
+    # a paste the guest took whole says nothing
+    assert keyhops.build(pcap, None, trace, None, None, SENT,
+                         pastes=[23]).first_lost_line() is None

@@ -527,6 +527,7 @@ class KeyHops:
     # key records the relay sent that ryll did not: [((t, make, down),
     # the duplicate fault's spec or None)]
     extra: list = dataclasses.field(default_factory=list)
+    short_paste: typing.Optional[str] = None
 
     def lost(self):
         return [k for k in self.keys if k.lost]
@@ -570,7 +571,7 @@ class KeyHops:
     def first_lost_line(self):
         lost = self.lost()
         if not lost:
-            return self.extra_line()
+            return self.short_paste or self.extra_line()
         more = ' (and %d more lost)' % (len(lost) - 1) if len(lost) > 1 \
             else ''
         return '%s %s%s' % (lost[0].label(), lost[0].lost, more)
@@ -581,6 +582,7 @@ class KeyHops:
             'headline': self.headline(),
             'lost': [('%s %s' % (k.label(), k.lost)) for k in self.lost()],
             'extra': self.extra_line(),
+            'short_paste': self.short_paste,
             'observed': {h: ('yes' if why is None else 'no: %s' % why)
                          for h, why in self.observed.items()},
             'ps2_queue': None if tr is None else {
@@ -611,7 +613,7 @@ def build(inputs_pcap=None, relay_events=None, trace_text=None,
           drain_keypresses=None, digest_keypresses=None, sent=None,
           load=None, inputs_missing='no inputs capture (ryll ran without '
           '--capture)', trace_missing='no PS/2 trace (qemu ran without '
-          '-trace)'):
+          '-trace)', pastes=None):
     """The per-key table of one walk. Every argument may be None (that
     hop is then not observed, and says why):
 
@@ -623,7 +625,10 @@ def build(inputs_pcap=None, relay_events=None, trace_text=None,
     - `digest_keypresses`: [(t, unicode)] of keypress records captured
       digests showed;
     - `sent`: the walker's key labels in order;
-    - `load`: /proc/loadavg's first figure, for the message.
+    - `load`: /proc/loadavg's first figure, for the message;
+    - `pastes`: the lengths of the guest's paste_received records in
+      order (a paste the guest took shorter than the keys it read says
+      where those went when no drain names them).
     """
     observed = collections.OrderedDict((h, None) for h in HOPS)
     if inputs_pcap is None:
@@ -728,7 +733,37 @@ def build(inputs_pcap=None, relay_events=None, trace_text=None,
     for s in strokes:
         _place(s, observed, trace, load)
     result.keys = strokes
+    result.short_paste = _short_paste(strokes, pastes, trace)
     return result
+
+
+def _short_paste(strokes, pastes, trace):
+    """A line for the first paste the guest took shorter than the keys
+    of it it read (qemu traced; none lost before the guest's read), or
+    None.
+    """
+    if trace is None or not pastes:
+        return None
+    groups, cur = [], None
+    for k in strokes:
+        if k.group != 'paste':
+            cur = None
+            continue
+        if cur is None or k.pos == 1:
+            cur = []
+            groups.append(cur)
+        cur.append(k)
+    for keys, took in zip(groups, pastes):
+        read = [k for k in keys if k.hop in (READ, REGISTERED)]
+        if any(k.lost and k.hop != READ for k in keys) or \
+                took >= len(read):
+            continue
+        return 'the guest read all %d keys of the paste from qemu\'s PS/2 ' \
+            'queue but its paste took %d (paste_received len=%d): %d lost ' \
+            'inside the guest, after the PS/2 read (the firmware\'s key ' \
+            'buffer or the guest\'s own poll)' % (len(read), took, took,
+                                                  len(read) - took)
+    return None
 
 
 def _reached_guest(stroke, trace):
@@ -901,14 +936,20 @@ def for_walk(art_path, relay_events=None, drain=None, digests=(),
     if drain is not None and drain.complete:
         drain_keys = [r.fields.get('unicode') for r in drain.records
                       if r.type == 'keypress']
-    seen = []
+    seen, pastes = [], {}
     for cd in digests or ():
         for e in getattr(cd, 'events', ()):
             if getattr(e, 'kind', None) == 'keypress':
                 seen.append((e.timestamp_ms, e.unicode))
+            elif getattr(e, 'kind', None) == 'paste_received':
+                pastes[e.timestamp_ms] = e.length
+    pastes = [pastes[t] for t in sorted(pastes)]
+    if drain is not None and drain.complete:
+        pastes = [r.fields.get('len') for r in drain.records
+                  if r.type == 'paste']
     try:
         hops = build(pcap, relay_events, trace, drain_keys, seen, sent,
-                     load=load)
+                     load=load, pastes=pastes)
     except KeyHopsError as e:
         return None, {'headline': 'not run: %s' % e, 'error': str(e),
                       'keys': [], 'lost': []}
