@@ -445,3 +445,21 @@ def test_a_paste_the_guest_took_short_after_reading_every_key(recorded):
     # a paste the guest took whole says nothing
     assert keyhops.build(pcap, None, trace, None, None, SENT,
                          pastes=[23]).first_lost_line() is None
+
+
+def test_keys_the_walk_typed_that_never_left_ryll(recorded):
+    # the inputs channel cut after 3 keys: ryll's capture ends there
+    pcap, trace, _ = recorded
+    msgs = keyhops.sent_messages(pcap)
+    hops = keyhops.build(pcap, None, None, None, None, SENT)
+    assert hops.unsent is None
+    three = keyhops.keystrokes(msgs)[:3]
+    cut = sum(len(k.msgs) for k in three)
+    import unittest.mock as mock
+    with mock.patch.object(keyhops, 'sent_messages',
+                           return_value=msgs[:cut]):
+        hops = keyhops.build(pcap, None, None, None, None, SENT)
+    assert hops.lost() == []
+    assert hops.first_lost_line() == (
+        'ryll sent 3 of the 27 keys the walk typed: key 2 of the paste and '
+        'the 23 after it never left ryll')

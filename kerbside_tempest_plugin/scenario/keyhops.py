@@ -498,20 +498,26 @@ def keystrokes(msgs):
 def label_groups(strokes, sent):
     """Name each keystroke by what the walk sent (`sent`: the walker's
     key labels in order: a key name, or 'paste(N chars)'). Keystrokes
-    beyond the labels keep their character as the group.
+    beyond the labels keep their character as the group. Returns the
+    (group, position) of each key the walk typed that ryll's capture
+    does not have.
     """
     i = 0
+    unsent = []
     for label in sent or ():
         m = re.match(r'^paste\((\d+) chars?\)$', str(label))
         n = int(m.group(1)) if m else 1
         for pos in range(1, n + 1):
+            group = 'paste' if m else str(label)
             if i >= len(strokes):
-                return
-            strokes[i].group = 'paste' if m else str(label)
-            strokes[i].pos = pos
+                unsent.append((group, pos, i + 1))
+            else:
+                strokes[i].group = group
+                strokes[i].pos = pos
             i += 1
     for s in strokes[i:]:
         s.group, s.pos = s.char, 1
+    return unsent
 
 
 # ------------------------------------------------------------- the table
@@ -528,6 +534,7 @@ class KeyHops:
     # the duplicate fault's spec or None)]
     extra: list = dataclasses.field(default_factory=list)
     short_paste: typing.Optional[str] = None
+    unsent: typing.Optional[str] = None
 
     def lost(self):
         return [k for k in self.keys if k.lost]
@@ -571,7 +578,7 @@ class KeyHops:
     def first_lost_line(self):
         lost = self.lost()
         if not lost:
-            return self.short_paste or self.extra_line()
+            return self.short_paste or self.unsent or self.extra_line()
         more = ' (and %d more lost)' % (len(lost) - 1) if len(lost) > 1 \
             else ''
         return '%s %s%s' % (lost[0].label(), lost[0].lost, more)
@@ -583,6 +590,7 @@ class KeyHops:
             'lost': [('%s %s' % (k.label(), k.lost)) for k in self.lost()],
             'extra': self.extra_line(),
             'short_paste': self.short_paste,
+            'unsent': self.unsent,
             'observed': {h: ('yes' if why is None else 'no: %s' % why)
                          for h, why in self.observed.items()},
             'ps2_queue': None if tr is None else {
@@ -712,7 +720,7 @@ def build(inputs_pcap=None, relay_events=None, trace_text=None,
 
     # 5. the guest
     strokes = keystrokes(msgs)
-    label_groups(strokes, sent)
+    unsent = label_groups(strokes, sent) if observed[SENT] is None else []
     registered, source = _registered_keys(drain_keypresses,
                                           digest_keypresses)
     if registered is None:
@@ -734,6 +742,14 @@ def build(inputs_pcap=None, relay_events=None, trace_text=None,
         _place(s, observed, trace, load)
     result.keys = strokes
     result.short_paste = _short_paste(strokes, pastes, trace)
+    if unsent:
+        group, pos, index = unsent[0]
+        first = 'key %d of the paste' % pos if group == 'paste' else \
+            'key %d (%s)' % (index, group)
+        result.unsent = 'ryll sent %d of the %d keys the walk typed: %s ' \
+            'and the %d after it never left ryll' % (
+                len(strokes), len(strokes) + len(unsent), first,
+                len(unsent) - 1)
     return result
 
 
@@ -894,10 +910,11 @@ def report_section(data):
             read_after or '-',
             {True: 'yes', False: 'no', None: '?'}[k.get('registered')],
             k.get('lost') or ''))
-    lost = bool(data.get('lost'))
+    lines = list(data.get('lost') or []) + [
+        data[k] for k in ('short_paste', 'unsent', 'extra') if data.get(k)]
     return {'headline': data.get('headline', ''),
-            'verdict': 'FAIL' if lost else 'PASS', 'rows': rows,
-            'lost': data.get('lost') or [],
+            'verdict': 'FAIL' if lines else 'PASS', 'rows': rows,
+            'lost': lines,
             'observed': data.get('observed') or {},
             'ps2_queue': data.get('ps2_queue')}
 
