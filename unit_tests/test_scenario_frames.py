@@ -204,14 +204,27 @@ def test_a_corrupted_boot_line_is_lasting_damage_from_its_frame(
     i, t, rect = [d for d in draws(clean) if d[2].y == BOOT_LINE_11][2]
     result = check(corrupt(clean, i), walk, tmp_path)
     assert result.verdict == checks.FAIL
+    # the first frame: the corrupted pixels exactly, by their colours
+    assert result.summary.startswith(
+        'frame 15 damaged 2.71 s into the walk, beat bootloader-prompt: '
+        'the wire showed 8 pixel(s) at (x=116, y=201, w=8, h=1) in '
+        'colours that no verified frame around it holds (a corrupted '
+        'draw)')
+    assert result.summary.endswith('(43 damaged frames in all)')
+    assert draw.Rect(116, 201, 8, 1).intersect(rect) == \
+        draw.Rect(116, 201, 8, 1)
+    # every frame on the wire after it is damaged too
+    after = [f.status for f in frames.verify(corrupt(clean, i)).frames
+             if f.frame >= 15]
+    assert len(after) == 43 and set(after) <= {'damaged', 'lasting damage'}
+    # dropped, the line is lasting damage from its frame
+    result = check(drop(clean, i), walk, tmp_path)
     assert result.summary.startswith(
         'frame 15 damaged 2.71 s into the walk, beat bootloader-prompt: '
         'frames 15 to 59 (43 frame(s), to the end of the capture) never '
         'match their hash; the damage is within (x=32, y=194, w=352, '
         'h=13), the draws outside the QR that reached the wire with frame '
         '15; rect (x, y, w, h) = (32, 194, 352, 13)')
-    # the line's draws: the corrupted one among them
-    assert draw.Rect(32, 194, 352, 13).intersect(rect) == rect
 
 
 def test_a_damaged_prompt_the_next_key_redraws_fails_at_its_frame(
@@ -220,15 +233,20 @@ def test_a_damaged_prompt_the_next_key_redraws_fails_at_its_frame(
     # draws the intro sentence over it. The damage was on the screen for
     # the whole wait, in one frame that nothing explains.
     i, t, rect = [d for d in draws(clean) if d[2].y == PROMPT_ROW][3]
-    for broken in (corrupt(clean, i), drop(clean, i)):
-        result = check(broken, walk, tmp_path)
-        assert result.verdict == checks.FAIL
-        assert result.summary.startswith(
-            'frame 25 damaged 4.8') and 'beat bootloader-prompt: no one ' \
-            'change explains the hash' in result.summary
-        assert result.summary.endswith('rect (x, y, w, h) = (0, 354, 608, '
-                                       '13)')
-        assert draw.Rect(0, 354, 608, 13).intersect(rect) == rect
+    result = check(drop(clean, i), walk, tmp_path)
+    assert result.verdict == checks.FAIL
+    assert result.summary.startswith(
+        'frame 25 damaged 4.8') and 'beat bootloader-prompt: no one ' \
+        'change explains the hash' in result.summary
+    assert result.summary.endswith('rect (x, y, w, h) = (0, 354, 608, '
+                                   '13)')
+    assert draw.Rect(0, 354, 608, 13).intersect(rect) == rect
+    # corrupted, its pixels are found by their colours
+    result = check(corrupt(clean, i), walk, tmp_path)
+    assert result.summary.startswith('frame 25 damaged 4.8')
+    assert result.summary.endswith('in colours that no verified frame '
+                                   'around it holds (a corrupted draw); '
+                                   'rect (x, y, w, h) = (148, 361, 8, 1)')
 
 
 def test_a_dropped_draw_fails(clean, walk, tmp_path):
