@@ -746,10 +746,11 @@ def build(inputs_pcap=None, relay_events=None, trace_text=None,
         group, pos, index = unsent[0]
         first = 'key %d of the paste' % pos if group == 'paste' else \
             'key %d (%s)' % (index, group)
-        result.unsent = 'ryll sent %d of the %d keys the walk typed: %s ' \
-            'and the %d after it never left ryll' % (
+        result.unsent = 'ryll sent %d of the %d keys the walk typed: %s%s ' \
+            'never left ryll' % (
                 len(strokes), len(strokes) + len(unsent), first,
-                len(unsent) - 1)
+                ' and the %d after it' % (len(unsent) - 1)
+                if len(unsent) > 1 else '')
     return result
 
 
@@ -987,8 +988,10 @@ def main(argv=None):
     from kerbside_tempest_plugin.sextant import drain as drain_mod
     p = argparse.ArgumentParser(description=main.__doc__)
     p.add_argument('dirs', nargs='+')
-    p.add_argument('--sent', default=','.join(CANONICAL_SENT),
-                   help="the walk's keys in order (canonical by default)")
+    p.add_argument('--sent', default=None,
+                   help="the walk's keys in order, comma-separated (the "
+                   "canonical walk's by default, and then keys it did not "
+                   "reach are not reported as never sent)")
     p.add_argument('--write', action='store_true',
                    help='write keyhops.json in each directory')
     args = p.parse_args(argv)
@@ -1004,7 +1007,10 @@ def main(argv=None):
         relay = lane_relay.read_log(relay_path) \
             if os.path.exists(relay_path) else None
         _, data = for_walk(d, relay_events=relay, drain=drain,
-                           sent=args.sent.split(','))
+                           sent=(args.sent or ','.join(CANONICAL_SENT)
+                                 ).split(','))
+        if args.sent is None:
+            data['unsent'] = None
         print('%s: %s' % (d, data['headline']))
         for line in data.get('lost') or ():
             print('  ' + line)
