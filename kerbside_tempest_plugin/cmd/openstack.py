@@ -7,6 +7,7 @@
                           [--proxy-bin PATH] [--firewall-mode M]
                           [--firewall-permitted-channels NAME,...]
                           [--console-token-duration MINUTES]
+                          [--bringup parallel|serial]
     kerbside-openstack tempest-conf --workspace WS --image ID [--route R]
     kerbside-openstack status [--workdir DIR]
     kerbside-openstack down [--workdir DIR]
@@ -95,7 +96,8 @@ def cmd_up(args):
             kerbside_source=args.kerbside_source, proxy_bin=args.proxy_bin,
             firewall_mode=args.firewall_mode,
             firewall_permitted_channels=args.firewall_permitted_channels,
-            console_token_duration=args.console_token_duration)
+            console_token_duration=args.console_token_duration,
+            bringup=args.bringup)
     except ValueError as e:
         _err(str(e))
         return 2
@@ -194,6 +196,10 @@ def build_parser():
                    help='no Kerbside in front (spice-direct URLs then '
                    'point at a closed port)')
     u.add_argument('--no-spice-tls', action='store_true')
+    u.add_argument('--bringup', choices=os_cloud.BRINGUP_MODES,
+                   help='parallel (default, or $KTP_OPENSTACK_BRINGUP): '
+                   'services side by side as their dependencies allow; '
+                   'serial: the earlier one-after-another order')
     harness.kerbside_arguments(u)
     u.add_argument('--timeout', type=float, default=300,
                    help='deadline of each service start')

@@ -34,20 +34,42 @@ IMAGE_PROPERTIES = {
 }
 
 
-def cells_before_compute(services, layout):
+def cells_before_compute(services, layout, pool=None, step=None):
+    """api_db sync, then map_cell0 and db sync (which also syncs the
+    mapped cell0), and create_cell cell1. With `pool` (an executor),
+    create_cell runs beside map_cell0 + db sync: it only writes cell1's
+    mapping into the API database. `step()`, when given, is called
+    between commands (it raises to stop early).
+    """
     conf = os.path.join(layout.conf_dir('nova'), 'nova.conf')
     manage = [services.bin('nova-manage'), '--config-file', conf]
+    create_cell = ('nova-manage-create-cell', manage + [
+        'cell_v2', 'create_cell', '--name', 'cell1', '--verbose'])
     services.run('nova-manage-api-db-sync', manage + ['api_db', 'sync'])
+    side = pool.submit(services.run, *create_cell) if pool else None
+    if step:
+        step()
     services.run('nova-manage-map-cell0', manage + ['cell_v2', 'map_cell0'])
-    services.run('nova-manage-create-cell', manage + [
-        'cell_v2', 'create_cell', '--name', 'cell1', '--verbose'],
-        env=None)
+    if side is None:
+        services.run(*create_cell)
+    if step:
+        step()
     services.run('nova-manage-db-sync', manage + ['db', 'sync'])
+    if side is not None:
+        side.result()
 
 
-def discover_hosts(services, layout, client, host, timeout=180):
+def discover_hosts(services, layout, client, host, timeout=180,
+                   db=None, interval=1.0):
     """Wait until nova-compute on `host` is up in the API, map it into
     cell1, and wait until a hypervisor is listed.
+
+    Without `db`, the host is mapped with `nova-manage cell_v2
+    discover_hosts` once the service is up (the serial bring-up). With
+    `db` (the lane's MariaDB), the scheduler maps it itself (nova.conf's
+    [scheduler] discover_hosts_in_cells_interval, see config.nova_conf):
+    this waits until nova_api.host_mappings has `host`, then for the
+    hypervisor. `interval`: seconds between looks.
     """
     t = time.monotonic()
     state = {}
@@ -63,11 +85,16 @@ def discover_hosts(services, layout, client, host, timeout=180):
         compute_up, timeout, 'nova-compute on %s to report up' % host,
         seen=lambda: 'os-services: %s; nova-compute alive: %s' % (
             state.get('services'), not services._dead('nova-compute')),
-        interval=1.0, abort=lambda: services._dead('nova-compute'))
-    conf = os.path.join(layout.conf_dir('nova'), 'nova.conf')
-    services.run('nova-manage-discover-hosts', [
-        services.bin('nova-manage'), '--config-file', conf, 'cell_v2',
-        'discover_hosts', '--verbose'])
+        interval=interval, abort=lambda: services._dead('nova-compute'))
+    services.timings['nova_compute_up'] = time.monotonic() - t
+    if db is None:
+        conf = os.path.join(layout.conf_dir('nova'), 'nova.conf')
+        services.run('nova-manage-discover-hosts', [
+            services.bin('nova-manage'), '--config-file', conf, 'cell_v2',
+            'discover_hosts', '--verbose'])
+    else:
+        wait_host_mapped(services, db, host, timeout, interval=interval)
+    services.timings['nova_host_mapped'] = time.monotonic() - t
 
     def hypervisor():
         hv = client.call('GET', 'compute', '/os-hypervisors/detail',
@@ -79,8 +106,34 @@ def discover_hosts(services, layout, client, host, timeout=180):
 
     waiting.wait_until(hypervisor, timeout, 'a hypervisor to be listed',
                        seen=lambda: str(state.get('hypervisors')),
-                       interval=1.0)
+                       interval=interval)
     services.timings['nova_discover'] = time.monotonic() - t
+
+
+def mapped_hosts(db):
+    """Hosts mapped to a cell (nova_api.host_mappings), from the lane's
+    MariaDB: what `nova-manage cell_v2 discover_hosts` or the scheduler's
+    periodic discovery writes, and what nova-conductor looks a scheduled
+    host up in (an unmapped host's server is buried in cell0).
+    """
+    return sorted(r[0] for r in db.query(
+        'SELECT host FROM nova_api.host_mappings') if r)
+
+
+def wait_host_mapped(services, db, host, timeout, interval=0.25):
+    """Until nova-scheduler's periodic discovery has mapped `host`."""
+    state = {}
+
+    def mapped():
+        state['hosts'] = mapped_hosts(db)
+        return host in state['hosts']
+
+    waiting.wait_until(
+        mapped, timeout, "nova-scheduler to map compute host %s into a "
+        'cell (periodic discover_hosts_in_cells)' % host,
+        seen=lambda: 'mapped hosts %s; %s' % (
+            state.get('hosts'), services._seen('nova-scheduler')()),
+        interval=interval, abort=lambda: services._dead('nova-scheduler'))
 
 
 def ensure_flavor(client):

@@ -267,7 +267,21 @@ def neutron_conf(layout):
     return s
 
 
-def nova_conf(layout, host='ktp-compute'):
+# [scheduler] discover_hosts_in_cells_interval when the lane lets the
+# scheduler map the compute host (OpenStackCloud's parallel bring-up):
+# Nova's own periodic discovery, once a second, instead of a
+# `nova-manage cell_v2 discover_hosts` that imports all of Nova (3-5 s)
+# after the compute node exists.
+DISCOVER_HOSTS_INTERVAL = 1
+
+
+def nova_conf(layout, host='ktp-compute', scheduler_discovery=False):
+    """nova.conf. `scheduler_discovery`: the scheduler maps new compute
+    hosts into cell1 itself (every DISCOVER_HOSTS_INTERVAL s) and every
+    service starts its periodic tasks at once (periodic_fuzzy_delay 0:
+    the random delay of up to 60 s only spreads a fleet's restarts);
+    else nobody discovers hosts but `nova-manage cell_v2 discover_hosts`.
+    """
     s = _common(layout, 'nova', db='nova', messaging=True)
     s['DEFAULT'].update({
         'host': host, 'my_ip': '127.0.0.1',
@@ -293,8 +307,11 @@ def nova_conf(layout, host='ktp-compute'):
     s['placement'] = _service_auth(layout, 'placement')
     s['neutron'] = _service_auth(layout, 'neutron')
     s['glance'] = {'region_name': REGION}
-    s['scheduler'] = {'discover_hosts_in_cells_interval': -1,
+    s['scheduler'] = {'discover_hosts_in_cells_interval':
+                      DISCOVER_HOSTS_INTERVAL if scheduler_discovery else -1,
                       'workers': 1}
+    if scheduler_discovery:
+        s['DEFAULT']['periodic_fuzzy_delay'] = 0
     s['conductor'] = {'workers': 1}
     s['libvirt'] = {
         # KVM is unusable with OVMF on these machines: TCG.

@@ -19,20 +19,34 @@ from kerbside_tempest_plugin.lane.openstack import config
 INTERFACES = ('public', 'internal')
 
 
-def prepare(services, layout):
-    """db_sync, fernet and credential key repositories, bootstrap."""
+def prepare(services, layout, pool=None, step=None):
+    """db_sync, fernet and credential key repositories, bootstrap.
+
+    With `pool` (a concurrent.futures executor) the two key repositories
+    are made while db_sync runs (neither touches the database); bootstrap
+    needs all three. `step()`, when given, is called between commands (it
+    raises to stop early).
+    """
     conf = os.path.join(layout.conf_dir('keystone'), 'keystone.conf')
     manage = [services.bin('keystone-manage'), '--config-file', conf]
     for repo in ('keystone-fernet', 'keystone-credential'):
         os.makedirs(os.path.join(layout.secrets_dir, repo), mode=0o700,
                     exist_ok=True)
-    services.run('keystone-db-sync', manage + ['db_sync'])
-    services.run('keystone-fernet-setup', manage + [
+    keys = [('keystone-fernet-setup', manage + [
         'fernet_setup', '--keystone-user', 'root', '--keystone-group',
-        'root'])
-    services.run('keystone-credential-setup', manage + [
-        'credential_setup', '--keystone-user', 'root', '--keystone-group',
-        'root'])
+        'root']), ('keystone-credential-setup', manage + [
+            'credential_setup', '--keystone-user', 'root',
+            '--keystone-group', 'root'])]
+    side = [pool.submit(services.run, *k) for k in keys] if pool else []
+    services.run('keystone-db-sync', manage + ['db_sync'])
+    for future in side:
+        future.result()
+    for k in (keys if not pool else ()):
+        if step:
+            step()
+        services.run(*k)
+    if step:
+        step()
     services.run('keystone-bootstrap', manage + [
         'bootstrap', '--bootstrap-username', 'admin',
         '--bootstrap-project-name', 'admin',

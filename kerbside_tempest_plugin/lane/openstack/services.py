@@ -19,6 +19,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import threading
 import time
 import urllib.request
 
@@ -91,6 +92,17 @@ def check_libvirt(version):
                 '.'.join(map(str, MIN_LIBVIRT))))
 
 
+# What warm_libvirt_capabilities runs with the venv's python.
+LIBVIRT_CAPABILITIES = '''
+import sys, time, libvirt
+t = time.monotonic()
+conn = libvirt.open(sys.argv[1])
+caps = conn.getCapabilities()
+print('libvirt host capabilities: %d bytes, %d guest arches, in %.1f s' % (
+    len(caps), caps.count('<guest>'), time.monotonic() - t))
+conn.close()
+'''
+
 WSGI_SHIM_EXTRA = {
     # neutron-api joins Port.port_forwardings (a backref the L3 plugin's
     # models declare) before its first query; SQLAlchemy creates backrefs
@@ -120,15 +132,41 @@ class CloudDB(lane_mariadb.PrivateMariaDB):
         self._sql('\n'.join(stmts) + '\n')
 
 
+def serialise_registry(registry):
+    """Make `registry`'s spawn() and add() one at a time, for every user
+    of this registry object (the cloud's services and its Kerbside): they
+    rewrite the whole records list and processes.json (through one tmp
+    file), so two at once could lose a record or collide on the file.
+    Idempotent. Returns `registry`.
+    """
+    if getattr(registry, '_ktp_serialised', False):
+        return registry
+    lock = threading.RLock()  # spawn() calls add()
+    for name in ('spawn', 'add'):
+        method = getattr(registry, name)
+
+        def locked(*args, _method=method, **kwargs):
+            with lock:
+                return _method(*args, **kwargs)
+        setattr(registry, name, locked)
+    registry._ktp_serialised = True
+    return registry
+
+
 class Services:
     """Starts the cloud's processes into one registry."""
 
     def __init__(self, layout, registry, redactor, timings):
         self.layout = layout
-        self.registry = registry
+        self.registry = serialise_registry(registry)
         self.redactor = redactor
         self.timings = timings
         self.procs = {}
+        # One spawn at a time (procs stays consistent with the registry)
+        # when the bring-up runs steps side by side.
+        self._spawn_lock = threading.RLock()
+        self._rabbit_started = None
+        self._wsgi_started = {}
 
     # -- generic ---------------------------------------------------------
     def log(self, name):
@@ -140,9 +178,11 @@ class Services:
         full_env['PATH'] = os.path.join(self.layout.venv, 'bin') + ':' + \
             full_env.get('PATH', '/usr/bin:/bin')
         full_env.update(env or {})
-        proc = self.registry.spawn(name, argv, self.log(name), env=full_env,
-                                   cwd=cwd or self.layout.workdir)
-        self.procs[name] = proc
+        with self._spawn_lock:
+            proc = self.registry.spawn(name, argv, self.log(name),
+                                       env=full_env,
+                                       cwd=cwd or self.layout.workdir)
+            self.procs[name] = proc
         return proc
 
     def _dead(self, name):
@@ -248,6 +288,14 @@ class Services:
 
     def start_rabbitmq(self, timeout=120):
         t = time.monotonic()
+        self.spawn_rabbitmq()
+        self.wait_rabbitmq(timeout, started=t)
+
+    def spawn_rabbitmq(self):
+        """epmd (waited for: it takes a fraction of a second) and
+        rabbitmq-server (not waited for: wait_rabbitmq).
+        """
+        self._rabbit_started = time.monotonic()
         self.start_epmd()
         env = config.rabbitmq_env(self.layout)
         for key in ('RABBITMQ_MNESIA_BASE', 'RABBITMQ_LOG_BASE', 'HOME'):
@@ -260,11 +308,18 @@ class Services:
             with open(env['RABBITMQ_ADVANCED_CONFIG_FILE'], 'w') as f:
                 f.write('[].\n')
         self.spawn('rabbitmq', [RABBITMQ_SERVER], env=env)
+
+    def wait_rabbitmq(self, timeout=120, started=None):
+        """Until RabbitMQ's AMQP port listens; timings['rabbitmq'] is from
+        spawn_rabbitmq() (or `started`) to then.
+        """
+        env = config.rabbitmq_env(self.layout)
         self.wait_port('rabbitmq', self.layout.ports['rabbit'], timeout,
                        extra_log=os.path.join(
                            env['RABBITMQ_LOG_BASE'],
                            env['RABBITMQ_NODENAME'] + '.log'))
-        self.timings['rabbitmq'] = time.monotonic() - t
+        self.timings['rabbitmq'] = time.monotonic() - (
+            started or self._rabbit_started)
 
     def start_memcached(self, timeout=30):
         t = time.monotonic()
@@ -312,10 +367,57 @@ class Services:
                               logs=[self.log('libvirtd')])
         self.timings['libvirt'] = time.monotonic() - t
 
-    # -- OpenStack services -------------------------------------------
-    def start_wsgi(self, name, timeout=180, path='/'):
-        """One API under gunicorn on its allocated port."""
+    def warm_libvirt_capabilities(self, timeout=180):
+        """Ask the lane's libvirtd for its host capabilities once, through
+        the venv's libvirt-python, so that it probes its QEMU binaries
+        now: libvirtd probes each emulator (qemu-system-i386 and -x86_64
+        here, about 4 s each under TCG on this box) only when a client
+        first asks, and until then nova-compute's start waits on it.
+        The probe is libvirtd's own and its result libvirtd's cache
+        (<workdir>/libvirt/cache/qemu/capabilities). Output to
+        logs/libvirt-capabilities.out; HarnessError on failure.
+        """
         t = time.monotonic()
+        self.run('libvirt-capabilities', [
+            self.bin('python'), '-c', LIBVIRT_CAPABILITIES,
+            self.layout.libvirt_uri], timeout=timeout)
+        self.timings['libvirt_capabilities'] = time.monotonic() - t
+
+    def service_hosts(self, db, binary, database='nova'):
+        """Hosts with a (not deleted) `binary` service record in the
+        cell database `database`, read from the lane's MariaDB.
+        """
+        rows = db.query("SELECT host FROM %s.services WHERE `binary` = '%s' "
+                        'AND deleted = 0' % (database, binary))
+        return sorted(r[0] for r in rows if r)
+
+    def wait_service_record(self, db, binary, timeout, database='nova'):
+        """Until `binary` has a service record in `database`: a Nova
+        service writes it in Service.start() right before it starts its
+        RPC server (nova/service.py), so a service that pings it (nova-
+        compute pings nova-conductor once, with a 10 s timeout, before
+        anything else) is answered at once instead of after 10 s.
+        """
+        state = {}
+
+        def recorded():
+            state['hosts'] = self.service_hosts(db, binary, database)
+            return state['hosts']
+
+        return waiting.wait_until(
+            recorded, timeout, '%s to write its service record in %s' % (
+                binary, database),
+            seen=lambda: 'hosts %s; %s' % (state.get('hosts'),
+                                           self._seen(binary)()),
+            interval=0.2, abort=lambda: self._dead(binary))
+
+    # -- OpenStack services -------------------------------------------
+    def start_wsgi(self, name, timeout=180, path='/', wait=True):
+        """One API under gunicorn on its allocated port. With `wait`
+        false, only spawned: wait_wsgi() waits for it.
+        """
+        t = time.monotonic()
+        self._wsgi_started[name] = (t, path)
         app, env_prefix, files = WSGI_APPS[name]
         conf_dir = self.layout.conf_dir(WSGI_CONF_DIR.get(name, name))
         port = self.layout.ports[name]
@@ -334,6 +436,14 @@ class Services:
                 '--no-control-socket', '--pythonpath', shim_dir,
                 '--error-logfile', '-', 'ktp_%s:application' % name]
         self.spawn(name, argv, env=env)
+        if wait:
+            self.wait_wsgi(name, timeout)
+
+    def wait_wsgi(self, name, timeout=180):
+        """Until the API start_wsgi() spawned answers; timings[name] is
+        from its spawn to then.
+        """
+        t, path = self._wsgi_started[name]
         self.wait_http(name, self.layout.url(name, path), timeout,
                        extra_log=os.path.join(self.layout.log_dir,
                                               WSGI_CONF_DIR.get(name, name)
