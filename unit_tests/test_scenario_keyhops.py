@@ -41,12 +41,15 @@ def recorded():
 def _trace(steps, t0=1796600000.0):
     """qemu 7.2 trace lines for `steps`: ('key', make, down) is a
     keyboard event and its put(s) (xlate 1, as on this guest); ('read',
-    value) is the guest reading one byte; ('junk', text) a raw line.
+    value) is the guest reading one byte; ('gap', s) time passing;
+    ('junk', text) a raw line. Steps are 1 ms apart.
     """
     out, t = [], t0
     for step in steps:
         t += 0.001
-        if step[0] == 'key':
+        if step[0] == 'gap':
+            t += step[1]
+        elif step[0] == 'key':
             _, make, down = step
             out.append('1@%.6f:ps2_keyboard_event %s qcode 0 down %d '
                        'modifier 0x0 modifiers 0x0 set 2 xlate 1'
@@ -72,7 +75,7 @@ def _typed(msgs, skip=()):
     for m in msgs:
         if m.index in skip:
             continue
-        steps += [('key', m.make, m.down),
+        steps += [('gap', 0.025), ('key', m.make, m.down),
                   ('read', m.make | (0 if m.down else 0x80))]
     return steps
 
@@ -463,3 +466,30 @@ def test_keys_the_walk_typed_that_never_left_ryll(recorded):
     assert hops.first_lost_line() == (
         'ryll sent 3 of the 27 keys the walk typed: key 2 of the paste and '
         'the 23 after it never left ryll')
+
+
+def test_a_burst_that_overflows_the_queue_names_the_dropped_releases(
+        recorded):
+    # load run N=16 (docs/plans/keys-under-load.md): 18 key events reached
+    # qemu at once, the queue held 16 and dropped the `}` release and its
+    # Shift release; every press was read and registered
+    pcap, _, keys = recorded
+    msgs = keyhops.sent_messages(pcap)
+    strokes = keyhops.keystrokes(msgs)
+    end = strokes[24].msgs[-1].index + 1        # after `}`'s Shift up
+    start = end - 18
+    steps = _typed(msgs[:start])
+    burst = msgs[start:end]
+    steps += [('gap', 0.2)] + [('key', m.make, m.down) for m in burst]
+    steps += [('read', m.make | (0 if m.down else 0x80))
+              for m in burst[:16]]
+    steps += _typed(msgs[end:])
+    hops = keyhops.build(pcap, None, _trace(steps), keys, None, SENT)
+    assert hops.lost() == []
+    line = hops.first_lost_line()
+    assert line.startswith(
+        'qemu\'s PS/2 queue overflowed: 2 byte(s) dropped (key 23 of the '
+        'paste (`}`) release, key 23 of the paste (`}`) Shift release): 17 '
+        'key events reached qemu within 16.0 ms, which ryll had sent over ')
+    assert hops.to_json()['overflow'] == line
+    assert hops.to_json()['ps2_queue']['bytes_dropped'] == 2

@@ -58,6 +58,10 @@ TRACE = 'guest__ps2-trace.log'
 SPICE_SERVER_PORT = 5900
 PS2_QUEUE_SIZE = 16         # qemu 7.2 hw/input/ps2.c
 ACK = 0xFA                  # a keyboard command's reply, not a key
+# s: key events closer than this reached qemu together (a burst). ryll
+# paces a paste at ~53 ms a character; one key's down and up are ~26 ms
+# apart.
+BURST_GAP_S = 0.005
 
 # Hops, in the order a key crosses them.
 SENT, RELAY, QEMU, READ, REGISTERED = (
@@ -165,6 +169,10 @@ class Msg:
     bytes_read: int = 0
     t_read: typing.Optional[float] = None
     values: typing.List[int] = dataclasses.field(default_factory=list)
+    # the run of key events that reached qemu together with it (gaps
+    # under BURST_GAP_S): how many, and over how long
+    burst: int = 1
+    burst_s: float = 0.0
 
     @property
     def key(self):
@@ -277,6 +285,8 @@ class QemuKey:
     read: int = 0
     t_read: typing.Optional[float] = None
     values: typing.List[int] = dataclasses.field(default_factory=list)
+    burst: int = 1
+    burst_s: float = 0.0
 
     def make(self, learned=None):
         """Its set-1 make code: from the bytes the guest read, else the
@@ -349,6 +359,9 @@ def parse_trace(text, what=TRACE):
                 continue
             cur = QemuKey(t, int(f.group(2)), f.group(3) == '1',
                           f.group(4) == '1')
+            if keys and t - keys[-1].t < BURST_GAP_S:
+                cur.burst = keys[-1].burst + 1
+                cur.burst_s = keys[-1].burst_s + (t - keys[-1].t)
             keys.append(cur)
         elif event == 'ps2_put_keycode':
             if cur is None or f.group(1) != kbd:
@@ -575,10 +588,35 @@ class KeyHops:
                 what, 'twice' if spec else 'again', len(self.extra),
                 ' (fault %s)' % spec if spec else '')
 
+    def overflow_line(self):
+        """One line for key messages whose bytes qemu's full PS/2 queue
+        dropped (a release, or a lost key), or None.
+        """
+        dropped = [(k, m) for k in self.keys for m in k.msgs
+                   if m.bytes_dropped]
+        if not dropped:
+            return None
+        k, m = dropped[0]
+        first = [x for x in (x for kk in self.keys for x in kk.msgs)
+                 if x.t_qemu is not None and m.t_qemu is not None and
+                 0 <= m.t_qemu - x.t_qemu <= m.burst_s + 1e-6]
+        sent = ''
+        if len(first) > 1:
+            sent = ', which ryll had sent over %.2f s' % (
+                max(x.t_sent for x in first) - min(x.t_sent for x in first))
+        return 'qemu\'s PS/2 queue overflowed: %d byte(s) dropped (%s)%s%s' \
+            % (sum(x.bytes_dropped for _, x in dropped),
+               ', '.join('%s %s' % (kk.label(), _what(x, kk).split(' ')[-1]
+                                    if x.make not in (0x2A, 0x36) else
+                                    'Shift ' + _what(x, kk).split(' ')[-1])
+                         for kk, x in dropped),
+               _burst(m), sent)
+
     def first_lost_line(self):
         lost = self.lost()
         if not lost:
-            return self.short_paste or self.unsent or self.extra_line()
+            return self.short_paste or self.unsent or \
+                self.overflow_line() or self.extra_line()
         more = ' (and %d more lost)' % (len(lost) - 1) if len(lost) > 1 \
             else ''
         return '%s %s%s' % (lost[0].label(), lost[0].lost, more)
@@ -591,6 +629,7 @@ class KeyHops:
             'extra': self.extra_line(),
             'short_paste': self.short_paste,
             'unsent': self.unsent,
+            'overflow': self.overflow_line(),
             'observed': {h: ('yes' if why is None else 'no: %s' % why)
                          for h, why in self.observed.items()},
             'ps2_queue': None if tr is None else {
@@ -717,6 +756,7 @@ def build(inputs_pcap=None, relay_events=None, trace_text=None,
                 m.bytes_dropped, m.depth = q.dropped, q.depth
                 m.bytes_read, m.t_read = q.read, q.t_read
                 m.values = list(q.values)
+                m.burst, m.burst_s = q.burst, q.burst_s
 
     # 5. the guest
     strokes = keystrokes(msgs)
@@ -846,8 +886,9 @@ def _place_hop(stroke, observed, trace, load):
         if m.bytes_dropped:
             stroke.lost = 'reached qemu but was never read by the guest: ' \
                 'PS/2 queue full (qemu\'s queue held %d bytes, its %s ' \
-                'dropped)%s' % (m.depth, _what(m, stroke),
-                                _starved(trace, load))
+                'dropped)%s%s' % (m.depth, _what(m, stroke),
+                                  _burst(m, stroke.msgs), _starved(trace,
+                                                                   load))
             return
         if m.bytes_read < m.bytes_put or not m.bytes_put:
             stroke.lost = 'reached qemu but was never read by the guest: ' \
@@ -861,6 +902,16 @@ def _place_hop(stroke, observed, trace, load):
     elif stroke.registered is False:
         stroke.lost = 'was read by the guest but never registered (not ' \
             'in the drain\'s keypress records)'
+
+
+def _burst(msg, msgs=()):
+    """', when 18 key events reached qemu within 0.2 ms' for a message
+    that came in a burst (more than one event), else ''.
+    """
+    if msg.burst < 2:
+        return ''
+    return ': %d key events reached qemu within %.1f ms' % (
+        msg.burst, msg.burst_s * 1000)
 
 
 def _what(msg, stroke):
@@ -912,7 +963,8 @@ def report_section(data):
             {True: 'yes', False: 'no', None: '?'}[k.get('registered')],
             k.get('lost') or ''))
     lines = list(data.get('lost') or []) + [
-        data[k] for k in ('short_paste', 'unsent', 'extra') if data.get(k)]
+        data[k] for k in ('short_paste', 'unsent', 'overflow', 'extra')
+        if data.get(k)]
     return {'headline': data.get('headline', ''),
             'verdict': 'FAIL' if lines else 'PASS', 'rows': rows,
             'lost': lines,
