@@ -493,3 +493,25 @@ def test_a_burst_that_overflows_the_queue_names_the_dropped_releases(
         'key events reached qemu within 16.0 ms, which ryll had sent over ')
     assert hops.to_json()['overflow'] == line
     assert hops.to_json()['ps2_queue']['bytes_dropped'] == 2
+
+
+def test_a_key_lost_under_load_is_put_on_qemus_full_queue():
+    # recorded: N=16 through Kerbside, load 23 (fixtures/keys/README.md)
+    pcap = _fixture('n16-lost-inputs.pcap', binary=True)
+    trace = _fixture('n16-lost-ps2-trace.log')
+    hops = keyhops.build(pcap, None, trace, None, None,
+                         ['enter', 'i', 'paste(23 chars)', 'enter'],
+                         load='23.44', pastes=[20])
+    assert [k.label() for k in hops.lost()] == ['key 14 of the paste (`_`)']
+    assert hops.first_lost_line() == (
+        'key 14 of the paste (`_`) reached qemu but was never read by the '
+        'guest: PS/2 queue full (qemu\'s queue held 16 bytes, its Shift '
+        'press dropped): 17 key events reached qemu within 0.1 ms (the '
+        'guest read the bytes queued ahead of it within 0.011 s, load '
+        '23.44); and the guest read 22 of the 23 keys of the paste from '
+        'qemu\'s PS/2 queue but its paste took 20 (paste_received len=20): '
+        '2 lost inside the guest, after the PS/2 read (the firmware\'s key '
+        'buffer or the guest\'s own poll)')
+    data = hops.to_json()
+    assert data['ps2_queue']['bytes_dropped'] == 4
+    assert data['ps2_queue']['max_depth'] == 16

@@ -173,6 +173,9 @@ class Msg:
     # under BURST_GAP_S): how many, and over how long
     burst: int = 1
     burst_s: float = 0.0
+    # for a message whose byte(s) a full queue dropped: how long the
+    # guest took to read the bytes of its burst queued ahead of it
+    ahead_read_s: typing.Optional[float] = None
 
     @property
     def key(self):
@@ -619,7 +622,8 @@ class KeyHops:
                 self.overflow_line() or self.extra_line()
         more = ' (and %d more lost)' % (len(lost) - 1) if len(lost) > 1 \
             else ''
-        return '%s %s%s' % (lost[0].label(), lost[0].lost, more)
+        also = '; and %s' % self.short_paste if self.short_paste else ''
+        return '%s %s%s%s' % (lost[0].label(), lost[0].lost, more, also)
 
     def to_json(self):
         tr = self.trace
@@ -757,6 +761,14 @@ def build(inputs_pcap=None, relay_events=None, trace_text=None,
                 m.bytes_read, m.t_read = q.read, q.t_read
                 m.values = list(q.values)
                 m.burst, m.burst_s = q.burst, q.burst_s
+        for m in upstream:
+            if not m.bytes_dropped or m.t_qemu is None:
+                continue
+            ahead = [x.t_read - x.t_qemu for x in upstream
+                     if x is not m and x.t_qemu is not None and
+                     x.t_read is not None and
+                     0 <= m.t_qemu - x.t_qemu <= m.burst_s + 1e-6]
+            m.ahead_read_s = max(ahead) if ahead else None
 
     # 5. the guest
     strokes = keystrokes(msgs)
@@ -812,14 +824,15 @@ def _short_paste(strokes, pastes, trace):
         cur.append(k)
     for keys, took in zip(groups, pastes):
         read = [k for k in keys if k.hop in (READ, REGISTERED)]
-        if any(k.lost and k.hop != READ for k in keys) or \
-                took >= len(read):
+        if took >= len(read):
             continue
-        return 'the guest read all %d keys of the paste from qemu\'s PS/2 ' \
+        return 'the guest read %s keys of the paste from qemu\'s PS/2 ' \
             'queue but its paste took %d (paste_received len=%d): %d lost ' \
             'inside the guest, after the PS/2 read (the firmware\'s key ' \
-            'buffer or the guest\'s own poll)' % (len(read), took, took,
-                                                  len(read) - took)
+            'buffer or the guest\'s own poll)' % (
+                'all %d' % len(read) if len(read) == len(keys) else
+                '%d of the %d' % (len(read), len(keys)), took, took,
+                len(read) - took)
     return None
 
 
@@ -887,8 +900,7 @@ def _place_hop(stroke, observed, trace, load):
             stroke.lost = 'reached qemu but was never read by the guest: ' \
                 'PS/2 queue full (qemu\'s queue held %d bytes, its %s ' \
                 'dropped)%s%s' % (m.depth, _what(m, stroke),
-                                  _burst(m, stroke.msgs), _starved(trace,
-                                                                   load))
+                                  _burst(m, stroke.msgs), _ahead(m, load))
             return
         if m.bytes_read < m.bytes_put or not m.bytes_put:
             stroke.lost = 'reached qemu but was never read by the guest: ' \
@@ -917,6 +929,23 @@ def _burst(msg, msgs=()):
 def _what(msg, stroke):
     name = 'Shift' if msg.make in (0x2A, 0x36) else stroke.char
     return '%s %s' % (name, 'press' if msg.down else 'release')
+
+
+def _ahead(msg, load):
+    """How fast the guest read the bytes queued ahead of a dropped one
+    ('guest starved' when that took 0.2 s or more), and the load.
+    """
+    parts = []
+    if msg.ahead_read_s is not None:
+        parts.append('the guest read the bytes queued ahead of it within '
+                     '%.3f s' % msg.ahead_read_s)
+    if load:
+        parts.append('load %s' % load)
+    if not parts:
+        return ''
+    starved = msg.ahead_read_s is not None and msg.ahead_read_s >= 0.2
+    return '%s (%s)' % (', guest starved' if starved else '',
+                        ', '.join(parts))
 
 
 def _starved(trace, load):
