@@ -7,6 +7,8 @@ capture of test_scenario_frames gets a tile corrupted and a tile dropped
 the way the relay does it; small synthetic captures show each rule.
 """
 
+import struct
+
 import numpy as np
 import pytest
 
@@ -133,15 +135,21 @@ def test_a_qr_wholly_drawn_is_whole_and_the_frames_verify():
     assert report.qr_states['whole'] == 3
 
 
-def test_a_tile_two_frames_old_that_stays_is_damage():
+@pytest.mark.parametrize('gap', [0.3, 0.05])
+def test_a_tile_two_frames_old_is_damage_however_short(gap):
+    # frames 2, 3 and 4 all reached the wire: nothing unseen could have
+    # left frame 1's modules there
     s1, s2, s3, s4 = (qr_screen(n) for n in (1, 2, 3, 4))
     tile = tile_where(s1, s2, s3, s4)
     status, report = verdicts(s1, s2, s3, mixed(s3, s1, tile), s4,
-                              gap=0.3)
+                              gap=gap)
     assert status[3] == 'damaged', status
     how = [f for f in report.frames if f.frame == 3][0].how
-    assert 'stayed for 0.300 s with modules at' in how
-    assert "neither its own nor frame 2's or 4's" in how
+    assert "neither its own nor frame 2's or 4's, frames 2 to 4 all on " \
+        'the wire: a tile that did not arrive' in how
+    # with frame 2 never on the wire, those could be its modules
+    status, report = verdicts(s1, mixed(s3, s1, tile), s4, gap=gap)
+    assert (status[3] == 'damaged') == (gap > qr_tiles.DRAWING_PAUSE)
 
 
 def test_drawing_caught_in_order_is_not_damage():
@@ -226,3 +234,67 @@ def test_text_under_the_qr_waiting_for_the_redraw_is_not_damage():
     # ... but left so to the end of the capture, it is
     status, report = verdicts(s1, s2, text, gap=0.3)
     assert status[1] == 'damaged'
+
+
+def capture_of(*steps, gap=0.05):
+    """A pcap of draws: each step a screen drawn whole, or (screen, (x,
+    y, w, h)) drawing only that rectangle of it.
+    """
+    records = [draw.pack_surface_create(W, H)]
+    for step in steps:
+        screen, box = step if isinstance(step, tuple) else (step, None)
+        if box is None:
+            records.append(draw.pack_draw_copy(draw.bgrx_of(screen), 0, 0))
+        else:
+            x, y, w, h = box
+            records.append(draw.pack_draw_copy(
+                draw.bgrx_of(screen[y:y + h, x:x + w]), x, y))
+    body = struct.pack('>IHHiIII', 0xa1b2c3d4, 2, 4, 0, 0, 262144, 1)
+    for k, payload in enumerate(records):
+        eth = b'\0' * 12 + b'\x08\x00'
+        ip = bytes([0x45, 0]) + b'\0' * 7 + bytes([6]) + b'\0' * 10
+        tcp = struct.pack('>HH', 5900, 10002) + b'\0' * 8 + \
+            bytes([0x50]) + b'\0' * 7
+        frame = eth + ip + tcp + payload
+        t = 1.0 + gap * k
+        body += struct.pack('>IIII', int(t), int(round(t % 1 * 1e6)),
+                            len(frame), len(frame)) + frame
+    return body
+
+
+def test_a_refresh_that_drew_elsewhere_proves_the_qr_was_sent_whole():
+    # Frame 2's QR caught with frame 1's tile; 0.03 s later a refresh
+    # draws outside the QR only: qemu had nothing left of the QR to send.
+    s1, s2, s3 = (qr_screen(n) for n in (1, 2, 3))
+    partial = mixed(s2, s1, tile_where(s1, s2))
+    moved = partial.copy()
+    moved[200:208, 16:24] = fbhash.FG
+    report = frames.verify(capture_of(s1, partial, (moved, (16, 200, 8, 8)),
+                                      s3, gap=0.03))
+    assert tf.status(report)[2] == 'damaged'
+    assert "drew elsewhere but not there: qemu had sent the whole QR" in [
+        f for f in report.frames if f.frame == 2][0].how
+    # without that refresh the same state is drawing in progress
+    report = frames.verify(capture_of(s1, partial, s2, s3, gap=0.03))
+    assert 'damaged' not in tf.status(report).values()
+
+
+def test_a_qr_that_stops_decoding_and_stays_is_damage():
+    s1, s2 = qr_screen(1), qr_screen(2)
+    ox, oy = fbhash.digest_origin(W, H)
+    broken = s1.copy()
+    # whole modules, guest colours, but half the symbol a checkerboard
+    for my in range(4, 24):
+        for mx in range(4, 41):
+            colour = fbhash.FG if (mx + my) % 2 else (0, 0, 0)
+            broken[oy + 4 * my:oy + 4 * my + 4,
+                   ox + 4 * mx:ox + 4 * mx + 4] = colour
+    assert frames.decode_qr(type('S', (), {'rgb': lambda self: broken})()
+                            ) is None
+    status, report = verdicts(s1, broken, s2, gap=0.3)
+    assert status[1] == 'damaged'
+    assert 'the QR region after frame 1 did not decode for 0.300 s' in \
+        report.frames[0].how
+    # caught mid-drawing (the region moved on at once) it is not
+    status, report = verdicts(s1, broken, s2, gap=0.05)
+    assert 'damaged' not in status.values()

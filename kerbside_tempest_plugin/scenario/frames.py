@@ -408,6 +408,8 @@ class Verifier:
             self._digest, payload = decode_qr_payload(surface)
             self.tiles.observe(t, None if self._digest is None else
                                self._digest.frame_counter, payload, surface)
+        elif self._other_touched:
+            self.tiles.elsewhere(t)
         if self._other_touched:
             self._hash = None           # the screen outside the QR moved
         self._qr_touched = self._other_touched = False
