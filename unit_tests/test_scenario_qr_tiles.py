@@ -60,17 +60,44 @@ def test_a_corrupted_qr_tile_fails_at_its_frame(clean, walk, tmp_path):
     assert (w, h) == (4, 1)
 
 
-def test_the_last_qr_tile_dropped_stays_and_fails(clean, walk, tmp_path):
-    # The parked screen's last QR draw never arrives: the wire keeps the
-    # older frame's modules there for the rest of the capture.
+def test_a_qr_tile_dropped_on_a_quiet_screen_stays_and_fails(
+        clean, walk, tmp_path):
+    # frame 55's QR (the Parked screen's first) loses a tile; the wire
+    # shows frame 54's modules there for 0.218 s, until the cursor blinks
+    i, t, rect = [d for d in qr_draws(clean)
+                  if d[2] == draw.Rect(896, 600, 32, 20) and 7.2 < d[1]][0]
+    result = tf.check(tf.drop(clean, i), walk, tmp_path)
+    assert result.verdict == checks.FAIL, result.summary
+    assert result.summary.startswith('frame 55 damaged 7.')
+    assert "the QR of frame 55 stayed for 0.218 s with frame 54's " \
+        'modules at (x=896, y=600, w=24, h=20)' in result.summary
+    # a starved guest (its slowest refresh over 100 ms) may leave its QR
+    # half drawn that long itself: then the rule does not judge it
+    starved = frames.check_capture(
+        str(tmp_path / 'capture-display.pcap'), seen=walk['seen'],
+        beats=walk['beats'], slowest_refresh_ms=150)
+    assert starved.verdict == checks.PASS, starved.summary
+    assert 'not judged, the guest was starved (its slowest refresh took ' \
+        '150 ms, over 100)' in ' '.join(starved.details)
+
+
+def test_the_last_qr_of_the_capture_is_not_judged(clean, walk, tmp_path):
+    # the guest powers off after its last QR, and qemu's last refresh may
+    # have caught it half drawn (seen beside a CPU hog)
     last = qr_draws(clean)[-1]
     result = tf.check(tf.drop(clean, last[0]), walk, tmp_path)
-    assert result.verdict == checks.FAIL, result.summary
-    assert 'stayed to the end of the capture with' in result.summary
-    assert 'a draw in the QR that did not arrive' in result.summary
-    x, y, w, h = [f for f in result.data['frames']
-                  if f['status'] == 'damaged'][0]['rect']
-    assert last[2].intersect(draw.Rect(x, y, w, h)) == draw.Rect(x, y, w, h)
+    assert result.verdict == checks.PASS, result.summary
+
+
+def test_a_corrupted_qr_tile_fails_even_for_a_starved_guest(
+        clean, walk, tmp_path):
+    i, t, rect = qr_draws(clean)[30]
+    tf.check(tf.corrupt(clean, i, row=2, col=2, pixels=4), walk, tmp_path)
+    result = frames.check_capture(
+        str(tmp_path / 'capture-display.pcap'), seen=walk['seen'],
+        beats=walk['beats'], slowest_refresh_ms=500)
+    assert result.verdict == checks.FAIL
+    assert 'held colours the guest never paints there' in result.summary
 
 
 # -- the rules on synthetic captures ----------------------------------------
@@ -231,8 +258,8 @@ def test_text_under_the_qr_waiting_for_the_redraw_is_not_damage():
     status, report = verdicts(s1, text, s2, gap=0.3)
     assert 'damaged' not in status.values(), status
     assert report.qr_states['unjudged'] == 1
-    # ... but left so to the end of the capture, it is
-    status, report = verdicts(s1, s2, text, gap=0.3)
+    # ... but left so longer than the guest's hash could take, it is
+    status, report = verdicts(s1, text, s2, gap=1.5)
     assert status[1] == 'damaged'
 
 

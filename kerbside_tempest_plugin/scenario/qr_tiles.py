@@ -78,6 +78,10 @@ WHOLE, PAINTING, OVERTAKEN = 'whole', 'painting', 'overtaken'
 DAMAGED, UNJUDGED = 'damaged', 'unjudged'
 MIXED = 'mixed'             # a kind only: modules partly green
 STALE = 'stale'             # a kind only: an older frame's modules
+# What a finding rests on: COLOUR and STALE hold however slow the guest
+# was; TIMING assumes it finishes its drawing within DRAWING_PAUSE, which
+# a starved guest does not (frames.judge leaves those unjudged then).
+COLOUR, STALE_TILE, TIMING = 'colour', 'stale', 'timing'
 
 
 def _format_positions():
@@ -165,6 +169,7 @@ class Seen:
     origin: typing.Tuple[int, int]
     decoded: bool = True
     lasted: typing.Optional[float] = None     # s until the region moved
+    evidence: str = TIMING
     # s after it of the states that drew only outside the region
     elsewhere: typing.List[float] = dataclasses.field(default_factory=list)
     status: str = ''
@@ -178,6 +183,7 @@ class QrDamage:
     t: float
     rect: typing.Optional[draw.Rect]
     how: str
+    evidence: str = TIMING
 
 
 class Judge:
@@ -256,17 +262,17 @@ class Judge:
             for s in epoch:
                 counts[s.status] += 1
                 if s.status == DAMAGED:
-                    found.setdefault(s.frame, QrDamage(s.frame, s.t, s.rect,
-                                                       s.how))
+                    _keep(found, QrDamage(s.frame, s.t, s.rect, s.how,
+                                          s.evidence))
             for d in _never_whole(epoch, grid, before, after):
-                found.setdefault(d.frame, d)
+                _keep(found, d)
         last = len(self.epochs) - 1
         for i, s in self.undecoded:
             self._judge_undecoded(s, final=i == last)
             counts[s.status] += 1
             if s.status == DAMAGED:
-                found.setdefault(s.frame, QrDamage(s.frame, s.t, s.rect,
-                                                   s.how))
+                _keep(found, QrDamage(s.frame, s.t, s.rect, s.how,
+                                      s.evidence))
         self.counts = counts
         return [found[n] for n in sorted(found)]
 
@@ -290,6 +296,7 @@ class Judge:
             s.how = ('the QR region after frame %d did not decode and '
                      'held colours the guest never paints there at %s (a '
                      'corrupted draw)' % (s.frame, s.rect))
+            s.evidence = COLOUR
             return
         if not g.dark.any() and not g.mixed.any():
             return                      # cleared: the guest's own
@@ -318,6 +325,7 @@ class Judge:
             s.how = ('the QR region of frame %d held colours the guest '
                      'never paints there at %s (a corrupted draw)' % (
                          s.frame, s.rect))
+            s.evidence = COLOUR
             return
         kind, why = self._kind(s, mine, before, after, grid)
         if kind == WHOLE:
@@ -328,6 +336,7 @@ class Judge:
             s.how = ('the QR of frame %d showed %s, frames %d to %d all '
                      'on the wire: a tile that did not arrive' % (
                          s.frame, why, s.frame - 1, s.frame + 1))
+            s.evidence = STALE_TILE
             return
         later = [e for e in s.elsewhere if e >= REFRESH_SPLIT]
         if kind in (PAINTING, OVERTAKEN) and later:
@@ -355,15 +364,18 @@ class Judge:
             s.how = '%s for %.3f s: text under the QR before its redraw' % (
                 why, s.lasted)
             return
-        if s.lasted is None and not final:
+        if s.lasted is None:
+            # up to a new screen mode, or the end: the guest powers off
+            # after its last QR, and qemu's last refresh may have caught
+            # that QR half drawn (a hog beside the walk showed it)
             s.status = UNJUDGED
-            s.how = '%s, up to a new screen mode' % why
+            s.how = '%s, to the %s' % (why, 'end of the capture' if final
+                                       else 'next screen mode')
             return
         s.status = DAMAGED
-        s.how = ('the QR of frame %d stayed %s with %s: a draw in the QR '
-                 'that did not arrive, or a damaged one' % (
-                     s.frame, 'to the end of the capture' if s.lasted is
-                     None else 'for %.3f s' % s.lasted, why))
+        s.how = ('the QR of frame %d stayed for %.3f s with %s: a draw in '
+                 'the QR that did not arrive, or a damaged one' % (
+                     s.frame, s.lasted, why))
 
     def _kind(self, s, mine, before, after, grid):
         """(kind, what differs): WHOLE, PAINTING (the other modules are
@@ -413,6 +425,16 @@ class Judge:
                                    oy + int(ys.min()) * px,
                                    ox + (int(xs.max()) + 1) * px,
                                    oy + (int(ys.max()) + 1) * px)
+
+
+def _keep(found, d):
+    """Keep a frame's first damage, unless a later one rests on evidence
+    that holds however slow the guest was and the first does not.
+    """
+    first = found.get(d.frame)
+    if first is None or (first.evidence == TIMING and
+                         d.evidence != TIMING):
+        found[d.frame] = d
 
 
 def _raster_suffix(stale, changed):

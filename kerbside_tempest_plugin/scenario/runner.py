@@ -176,6 +176,19 @@ def stop_reason(walker, error=None):
 
 # The checks whose input is the serial drain, which the guest writes only
 # after the power-off key (contract section 4.1).
+def _slowest_refresh_ms(drain):
+    """The guest's own slowest refresh in ms (refresh_stats max_us), or
+    None without a complete drain or with its TSC uncalibrated (0).
+    """
+    if drain is None or drain.refresh_stats is None:
+        return None
+    try:
+        us = int(drain.refresh_stats.fields.get('max_us') or 0)
+    except (TypeError, ValueError):
+        return None
+    return us / 1000.0 if us > 0 else None
+
+
 DRAIN_CHECKS = ('drain_sequence', 'drain_t_monotonic', 'refresh_stats',
                 'chains')
 
@@ -357,7 +370,9 @@ def run_scenario(lane, walk_name, route, image, artifact_root,
             t = time.monotonic()
             result.results.append(frames_mod.check_capture(
                 capture, beats=walker.beats, seen=[
-                    (cd.frame_counter, cd.at) for cd in stream.snapshot()]))
+                    (cd.frame_counter, cd.at) for cd in stream.snapshot()],
+                slowest_refresh_ms=_slowest_refresh_ms(drain),
+                drained=drain is not None and drain.complete))
             result.stats['frame_check_s'] = round(time.monotonic() - t, 3)
         if faults is not None:
             art.write_text('fault-relay.jsonl', ''.join(
