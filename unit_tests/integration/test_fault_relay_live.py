@@ -3,11 +3,12 @@ failing the real scenario walk (scenario.runner.run_scenario, as the
 tempest test runs it) for its own reason, and a clean walk through the
 same relay passing.
 
-Classes: a key lost (content, inputs channel), a draw dropped (content,
-display), the display stalled (timing), the display channel cut (cut) and
-a keystroke repeated (duplicate). The lane is the kerbside route with the
-relay on its hypervisor leg (then plain SPICE); the relay's log of each
-walk must hold the injection.
+Classes (spice.faults' actions): drop (a key; a draw), corrupt (a tile
+of the digest's QR), stall and delay (the display), cut (the display
+channel), duplicate (a keystroke), reorder (two pasted keys); fragment
+(the inputs in 1-byte writes) is benign and must pass. The lane is the
+kerbside route with the relay on its hypervisor leg (then plain SPICE);
+the relay's log of each walk must hold the injection.
 """
 
 import re
@@ -60,6 +61,14 @@ def test_a_clean_walk_through_the_relay_passes(lane, image, tmp_path):
     assert lane.info()['hypervisor_tls'] is False
 
 
+def test_input_in_one_byte_writes_is_benign(lane, image, tmp_path):
+    # the fragment class: what arrives is the same, in 1-byte pieces
+    r, injected = walk(lane, image, tmp_path,
+                       'fragment,channel=inputs,size=1,count=all')
+    assert injected, 'the relay fragmented nothing'
+    assert r.passed, r.failure_message()
+
+
 @pytest.mark.parametrize('spec,cause', [
     ('drop,channel=inputs,type=key_down,nth=2',
      r'^beat ignore: key 2 \(i\) at beat ignore (was not taken|never '
@@ -77,9 +86,13 @@ def test_a_clean_walk_through_the_relay_passes(lane, image, tmp_path):
      r'display (frozen|channel was lost)'),
     ('duplicate,channel=inputs,after_keys=4,nth=2,span=2',
      r'^beat paste-accepted: .*paste_received.*correct=false'),
+    ('reorder,channel=inputs,type=key_down,nth=12',
+     r'^beat paste-accepted: .*paste_received.*correct=false'),
+    ('delay,channel=display,after_keys=2,ms=10000',
+     r'^beat ignore: display frozen for \d+\.\d s after key 2 \(i\)'),
 ], ids=['key-lost', 'draw-dropped', 'qr-tile-corrupted',
-        'display-stalled', 'display-cut',
-        'keystroke-repeated'])
+        'display-stalled', 'display-cut', 'keystroke-repeated',
+        'keys-swapped', 'display-delayed'])
 def test_a_fault_fails_the_walk_for_its_reason(lane, image, tmp_path, spec,
                                                cause):
     r, injected = walk(lane, image, tmp_path, spec)
