@@ -536,33 +536,27 @@ def test_a_recorded_draw_dropped(rig):
     assert inj[0]['index'] == 40
 
 
-def test_outside_skips_draws_that_touch_the_rectangle(rig):
-    server, make, tmp = rig
-    r = make('drop,channel=display,type=draw_copy,outside=0:0:100:100')
-    c = Client(r.port, 'display')
-    inside = struct.pack('<Iiiii', 0, 10, 10, 20, 20) + b'\0' * 20
-    away = struct.pack('<Iiiii', 0, 200, 200, 210, 210) + b'\0' * 20
-    for body in (inside, away, away):
-        server.send(304, body)
-    c.read_until(lambda: len(c.messages()) == 2)
-    assert [u.body for u in c.messages()] == [inside, away]
-    inj = [e for e in log(tmp) if e['event'] == 'inject']
-    assert inj[0]['rect'] == [200, 200, 10, 10]
-    with pytest.raises(faults.FaultSpecError, match='outside=X:Y:W:H'):
-        faults.parse('drop,channel=display,outside=1:2')
+def _box(x0, y0, x1, y1):
+    """A display draw body whose box is (x0, y0)-(x1, y1)."""
+    return struct.pack('<Iiiii', 0, y0, x0, y1, x1) + b'\0' * 20
 
 
-def test_inside_takes_only_draws_within_the_rectangle(rig):
+@pytest.mark.parametrize('where,kept,hit', [
+    # outside=: a draw touching the rectangle is let through
+    ('outside', _box(10, 10, 20, 20), _box(200, 200, 210, 210)),
+    # inside=: a draw reaching out of the rectangle is let through
+    ('inside', _box(90, 90, 110, 110), _box(10, 10, 20, 20)),
+])
+def test_outside_and_inside_pick_draws_by_the_rectangle(
+        rig, where, kept, hit):
     server, make, tmp = rig
-    r = make('drop,channel=display,type=draw_copy,inside=0:0:100:100')
+    r = make('drop,channel=display,type=draw_copy,%s=0:0:100:100' % where)
     c = Client(r.port, 'display')
-    across = struct.pack('<Iiiii', 0, 90, 90, 110, 110) + b'\0' * 20
-    within = struct.pack('<Iiiii', 0, 10, 10, 20, 20) + b'\0' * 20
-    for body in (across, within, within):
+    for body in (kept, hit, hit):
         server.send(304, body)
     c.read_until(lambda: len(c.messages()) == 2)
-    assert [u.body for u in c.messages()] == [across, within]
+    assert [u.body for u in c.messages()] == [kept, hit]
     inj = [e for e in log(tmp) if e['event'] == 'inject']
-    assert inj[0]['rect'] == [10, 10, 10, 10]
-    with pytest.raises(faults.FaultSpecError, match='inside=X:Y:W:H'):
-        faults.parse('drop,channel=display,inside=1:2:3')
+    assert inj[0]['rect'] == list(faults.draw_rect(304, hit))
+    with pytest.raises(faults.FaultSpecError, match='%s=X:Y:W:H' % where):
+        faults.parse('drop,channel=display,%s=1:2' % where)
