@@ -3,12 +3,14 @@ parallel bring-up's dependencies with fake services, its nova.conf, the
 serialised process registry, and the side-by-side one-shot steps.
 """
 
+import os
 import threading
 import time
 
 import pytest
 
 from kerbside_tempest_plugin.common import errors
+from kerbside_tempest_plugin.common import secrets
 from kerbside_tempest_plugin.lane.openstack import cloud as os_cloud
 from kerbside_tempest_plugin.lane.openstack import compute
 from kerbside_tempest_plugin.lane.openstack import config
@@ -287,8 +289,9 @@ class _FakeServices:
     def bin(self, name):
         return name
 
-    def start_mariadb(self, secrets, timeout):
+    def start_mariadb(self, secrets, timeout, synced=True):
         self._note('mariadb')
+        self.synced = synced
         return 'db'
 
     def spawn_rabbitmq(self):
@@ -307,7 +310,9 @@ class _FakeServices:
     def warm_libvirt_capabilities(self, timeout):
         self._note('libvirt capabilities')
 
-    def run(self, name, argv, **kw):
+    def run(self, name, argv, nice=None, **kw):
+        self.nice = getattr(self, 'nice', {})
+        self.nice[name] = nice
         self._note('run ' + name)
 
     def start_wsgi(self, name, timeout=None, path='/', wait=True):
@@ -390,6 +395,11 @@ def test_parallel_bringup_starts_each_service_after_what_it_needs(
     for name in ('keystone', 'placement', 'glance', 'neutron', 'nova'):
         assert name + '_total' in cloud.timings
     assert 'nova_compute_to_hypervisor' in cloud.timings
+    assert fake.synced is False
+    # What nothing waits for yields the CPU; what compute waits for not.
+    assert fake.nice == {'placement-db-sync': None,
+                         'glance-db-sync': os_cloud.BACKGROUND_NICE,
+                         'neutron-db-manage': os_cloud.BACKGROUND_NICE}
 
 
 def test_parallel_bringup_stops_at_the_first_failure(tmp_path,
@@ -402,3 +412,30 @@ def test_parallel_bringup_stops_at_the_first_failure(tmp_path,
     # Nothing waits past the failure for Keystone's users: no compute.
     assert 'spawn nova-compute' not in fake.events
     assert 'keystone register' not in fake.events
+
+
+def test_run_at_a_niceness(tmp_path):
+    lay = _layout(tmp_path)
+    os.makedirs(lay.log_dir)
+    s = svc.Services(lay, procs.ProcessRegistry(
+        str(tmp_path / 'processes.json')), secrets.Redactor(), {})
+    s.run('niced', ['sh', '-c', 'nice'], nice=7)
+    with open(s.log('niced')) as f:
+        lines = f.read().splitlines()
+    assert lines[0].startswith('$ nice -n 7 sh -c nice')
+    assert lines[-1].strip() == str(7 + os.nice(0))
+
+
+def test_unsynced_mariadb_only_when_asked(tmp_path):
+    from kerbside_tempest_plugin.common import secrets as common_secrets
+    lay = _layout(tmp_path)
+    store = common_secrets.SecretStore(str(tmp_path / 'secrets'),
+                                       secrets.Redactor())
+    db = svc.CloudDB(store.file('mariadb'), lay.run_dir, lay.log_dir, 1,
+                     None, store)
+    assert not set(svc.CloudDB.UNSYNCED) & set(db.server_argv())
+    db.TUNING = list(svc.CloudDB.TUNING) + svc.CloudDB.UNSYNCED
+    argv = db.server_argv()
+    for option in svc.CloudDB.UNSYNCED + svc.CloudDB.TUNING:
+        assert option in argv
+        assert option in db.install_argv()

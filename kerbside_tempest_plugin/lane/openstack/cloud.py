@@ -86,6 +86,14 @@ STOP_TIMEOUTS = {'nova-compute': 30, 'libvirtd': 20, 'rabbitmq': 30,
 BRINGUP_MODES = ('parallel', 'serial')
 
 
+# Niceness of the one-shot setups no other service waits for (Glance's
+# and Neutron's database setup: only the first server needs them) in the
+# parallel bring-up: on two cores, Keystone's and Nova's chains, which
+# nova-compute waits for, get the CPU first. Their APIs run at the usual
+# niceness.
+BACKGROUND_NICE = 10
+
+
 def bringup_mode(value=None):
     mode = value or os.environ.get('KTP_OPENSTACK_BRINGUP') or 'parallel'
     if mode not in BRINGUP_MODES:
@@ -403,6 +411,8 @@ class OpenStackCloud:
         in Keystone (it creates its resource provider in Placement as it
         starts); nova-scheduler maps the compute host into cell1 itself
         (config.DISCOVER_HOSTS_INTERVAL). Kerbside starts beside Nova.
+        Glance's and Neutron's database setup run niced
+        (BACKGROUND_NICE): nothing waits for them until the first server.
 
         Timings: `<service>_total` is from the start of the side-by-side
         part to that service being usable; the one-shot commands keep
@@ -414,7 +424,8 @@ class OpenStackCloud:
         pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=16, thread_name_prefix='ktp-cloud-up')
         try:
-            self.db = s.start_mariadb(self.secrets, timeout=timeout)
+            self.db = s.start_mariadb(self.secrets, timeout=timeout,
+                                      synced=False)
             t = time.monotonic()
             s.spawn_rabbitmq()
             rabbit = pool.submit(s.wait_rabbitmq, timeout)
@@ -453,9 +464,10 @@ class OpenStackCloud:
                 self.admin = keystone.register(lay, self.redactor,
                                                self.timings)
 
-            def db_then_api(name, run_name, argv, needs_rabbit=False):
+            def db_then_api(name, run_name, argv, needs_rabbit=False,
+                            nice=None):
                 def run():
-                    s.run(run_name, argv)
+                    s.run(run_name, argv, nice=nice)
                     if needs_rabbit:
                         rabbit.result()
                     step()
@@ -491,11 +503,12 @@ class OpenStackCloud:
                     conf('placement'), 'placement.conf'), 'db', 'sync']))
             chain('glance', db_then_api('glance', 'glance-db-sync', [
                 s.bin('glance-manage'), '--config-file', os.path.join(
-                    conf('glance'), 'glance-api.conf'), 'db_sync']))
+                    conf('glance'), 'glance-api.conf'), 'db_sync'],
+                nice=BACKGROUND_NICE))
             chain('neutron', db_then_api('neutron', 'neutron-db-manage', [
                 s.bin('neutron-db-manage'), '--config-file', os.path.join(
                     conf('neutron'), 'neutron.conf'), 'upgrade', 'heads'],
-                needs_rabbit=True))
+                needs_rabbit=True, nice=BACKGROUND_NICE))
             done('keystone')
             if self.with_kerbside:
                 self._start_kerbside(timeout)
