@@ -65,13 +65,13 @@ SIZE = 37                                       # version 5
 FG_BGR = np.array(fbhash.FG[::-1], dtype=np.uint8)
 MAX_FORMAT_ERRORS = 3       # of 30 format modules, for a readable mask
 # s: a state the region left sooner was caught mid-drawing (measured: at
-# most 0.061 s over 156 clean walks; frames.DRAWING_PAUSE is the same)
+# most 0.067 s over 209 clean captures; frames.DRAWING_PAUSE is the same)
 DRAWING_PAUSE = 0.1
 # s: states closer than this after one may be the same refresh, read in
 # pieces (records within frames.GAP are one state already)
 REFRESH_SPLIT = 0.01
 # s: text under the QR waits for the guest's hash and the QR's redraw
-# (at most 0.061 s measured; a starved guest is slower)
+# (at most 0.061 s measured at load 1-4; a starved guest is slower)
 TEXT_PAUSE = 1.0
 
 WHOLE, PAINTING, OVERTAKEN = 'whole', 'painting', 'overtaken'
