@@ -478,6 +478,13 @@ def _missed(evidence):
     return '\n'.join(out)
 
 
+def _section_head(sid, title, section):
+    """A check's section opening: its title and its verdict's headline."""
+    return ['<section id="%s"><h2>%s</h2>' % (sid, _e(title)),
+            '<p class="%s">%s</p>' % (ROW_CLASS.get(section['verdict'], ''),
+                                      _e(section['headline']))]
+
+
 def _frame_states(results):
     """The per-frame check (scenario.frames): its counts and a row per
     frame that did not verify.
@@ -486,9 +493,7 @@ def _frame_states(results):
     section = frames_mod.report_section(results)
     if section is None:
         return ''
-    out = ['<section id="frame-states"><h2>Frames on the wire</h2>',
-           '<p class="%s">%s</p>' % (ROW_CLASS.get(section['verdict'], ''),
-                                     _e(section['headline']))]
+    out = _section_head('frame-states', 'Frames on the wire', section)
     if section['rows']:
         out.append('<table id="frame-rows"><tr>%s</tr>' % ''.join(
             '<th>%s</th>' % _e(c) for c in frames_mod.REPORT_COLUMNS))
@@ -508,9 +513,7 @@ def _key_hops(data):
     section = keyhops_mod.report_section(data)
     if section is None:
         return ''
-    out = ['<section id="key-hops"><h2>Where the keys went</h2>',
-           '<p class="%s">%s</p>' % (ROW_CLASS.get(section['verdict'], ''),
-                                     _e(section['headline']))]
+    out = _section_head('key-hops', 'Where the keys went', section)
     if section['lost']:
         out.append('<ul id="keys-lost">%s</ul>' % ''.join(
             '<li class="fail">%s</li>' % _e(line)
