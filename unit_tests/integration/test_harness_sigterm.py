@@ -79,6 +79,20 @@ TESTS = os.path.join(str(REPO_ROOT), 'kerbside_tempest_plugin', 'tests')
 
 # -- helpers -----------------------------------------------------------------
 
+
+def _default_signals():
+    """preexec_fn: the child starts with SIGINT, SIGTERM, SIGHUP and
+    SIGQUIT at their defaults, as a terminal or a CI runner gives a job.
+    A suite started in the background of a non-interactive shell (nohup
+    ... &) inherits SIGINT ignored, and a process (or a bash script) that
+    starts with a signal ignored keeps it so: the tests below would then
+    judge the shell that started pytest, not the code.
+    """
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP,
+                signal.SIGQUIT):
+        signal.signal(sig, signal.SIG_DFL)
+
+
 def _tail(path, n=3000):
     try:
         with open(path, errors='replace') as f:
@@ -273,7 +287,8 @@ def _holder(sig, during='pass', then='', deadline=30):
         [sys.executable, '-c', HOLDER % {
             'repo': str(REPO_ROOT), 'during': during, 'then': then,
             'deadline': deadline}],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=_default_signals)
     try:
         t = time.monotonic()
         out = ''
@@ -373,7 +388,7 @@ def test_a_tempest_worker_tears_its_lane_down_before_it_dies(tmp_path, sig):
             [sys.executable, '-m', 'stestr.subunit_runner.run', 'discover',
              '-t', str(REPO_ROOT), TESTS, '--load-list', ids],
             stdout=out, stderr=errf, stdin=subprocess.DEVNULL, cwd=ws,
-            env=_tempest_env(ws))
+            env=_tempest_env(ws), preexec_fn=_default_signals)
     try:
         workdir, ports, tree = _when_lane_runs(lanes, worker, err)
         assert common_ports.busy_ports(ports), ports
@@ -425,7 +440,8 @@ def _job(tmp_path, how):
     with open(log, 'wb') as logf:
         job = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT,
                                stdin=subprocess.DEVNULL, cwd=str(REPO_ROOT),
-                               env=env, start_new_session=True)
+                               env=env, start_new_session=True,
+                               preexec_fn=_default_signals)
     return job, log, os.path.join(out, 'kerbside', 'artifacts', 'lanes', '*')
 
 
@@ -528,7 +544,8 @@ def test_the_terminate_benchmark_tears_its_lane_down_on_sigterm(tmp_path):
                 'benchmarks': os.path.join(str(REPO_ROOT), 'benchmarks')},
              str(tmp_path / 'machine.lock'), '--rounds', '1000', '--out',
              out], stdout=logf, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, cwd=str(REPO_ROOT))
+            stdin=subprocess.DEVNULL, cwd=str(REPO_ROOT),
+            preexec_fn=_default_signals)
     try:
         workdir, ports, tree = _when_lane_runs(lanes, bench, log)
         bench.send_signal(signal.SIGTERM)
@@ -606,7 +623,7 @@ def test_a_killed_cloud_owner_leaves_nothing_behind(tmp_path, sig):
     owner = subprocess.Popen(
         [sys.executable, '-c', CLOUD_OWNER % {'repo': str(REPO_ROOT)},
          workdir], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True, cwd=str(REPO_ROOT))
+        text=True, cwd=str(REPO_ROOT), preexec_fn=_default_signals)
     bystander = subprocess.Popen(['sleep', '120'])
     try:
         info = json.loads(lane_signals._read_line(

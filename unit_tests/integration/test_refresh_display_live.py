@@ -48,6 +48,8 @@ def test_qemu_refreshes_its_display_at_the_monitor_rate(
 def test_without_the_setting_qemu_keeps_its_30_ms(qemu_guest,
                                                   monkeypatch):
     monkeypatch.delenv(rd.ENV_VAR, raising=False)
+    # qemu's -D file (the PS/2 trace's) would take this trace too
+    monkeypatch.setenv('KTP_PS2_TRACE', '0')
     g = qemu_guest(None, name='refresh-off', spice=True, ticketing=False,
                    extra_args=['-trace', 'console_refresh'])
     assert '-display none' in ' '.join(g.argv)
