@@ -167,7 +167,6 @@ class Seen:
     grid: Grid = dataclasses.field(repr=False)
     mask: typing.Optional[int]
     origin: typing.Tuple[int, int]
-    decoded: bool = True
     lasted: typing.Optional[float] = None     # s until the region moved
     evidence: str = TIMING
     # s after it of the states that drew only outside the region
@@ -195,9 +194,9 @@ class Judge:
         self.epochs: typing.List[typing.List[Seen]] = [[]]
         self.counts = {}
         self._open = None
-        # (epoch, Seen) of the region's states that did not decode, after
-        # a frame that did; Seen.frame is that frame
-        self.undecoded: typing.List[typing.Tuple[int, Seen]] = []
+        # the region's states that did not decode, after a frame that
+        # did; Seen.frame is that frame
+        self.undecoded: typing.List[Seen] = []
 
     def new_geometry(self):
         self._open = None
@@ -224,11 +223,10 @@ class Judge:
             return                      # a screen too small: not judged
         grid = grid_of(region)
         if frame is None:
-            shown = [s.frame for s in self.epochs[-1]]
-            if shown:       # before the epoch's first QR: nothing drawn
-                self._open = Seen(t, shown[-1], b'', grid, None, (ox, oy),
-                                  decoded=False)
-                self.undecoded.append((len(self.epochs) - 1, self._open))
+            if self.epochs[-1]:     # before the epoch's first QR: nothing
+                self._open = Seen(t, self.epochs[-1][-1].frame, b'', grid,
+                                  None, (ox, oy))
+                self.undecoded.append(self._open)
             return
         self._open = Seen(t, frame, bytes(payload), grid,
                           read_mask(grid.dark, grid.mixed), (ox, oy))
@@ -266,9 +264,8 @@ class Judge:
                                           s.evidence))
             for d in _never_whole(epoch, grid, before, after):
                 _keep(found, d)
-        last = len(self.epochs) - 1
-        for i, s in self.undecoded:
-            self._judge_undecoded(s, final=i == last)
+        for s in self.undecoded:
+            self._judge_undecoded(s)
             counts[s.status] += 1
             if s.status == DAMAGED:
                 _keep(found, QrDamage(s.frame, s.t, s.rect, s.how,
@@ -276,7 +273,7 @@ class Judge:
         self.counts = counts
         return [found[n] for n in sorted(found)]
 
-    def _judge_undecoded(self, s, final):
+    def _judge_undecoded(self, s):
         """A state of the region that did not decode, after frame
         `s.frame` did: damaged when it holds a colour the guest never
         paints there, or when it was not the guest's own doing (black:
@@ -289,14 +286,8 @@ class Judge:
         g = s.grid
         ox, oy = s.origin
         s.status = UNJUDGED
-        if g.foreign is not None:
-            r = g.foreign
-            s.status, s.rect = DAMAGED, draw.Rect(ox + r.x, oy + r.y,
-                                                  r.w, r.h)
-            s.how = ('the QR region after frame %d did not decode and '
-                     'held colours the guest never paints there at %s (a '
-                     'corrupted draw)' % (s.frame, s.rect))
-            s.evidence = COLOUR
+        if _corrupted(s, 'the QR region after frame %d did not decode and '
+                      'held' % s.frame):
             return
         if not g.dark.any() and not g.mixed.any():
             return                      # cleared: the guest's own
@@ -316,16 +307,7 @@ class Judge:
                     'there' % later[0]))
 
     def _judge(self, s, mine, before, after, grid, final=True):
-        g = s.grid
-        ox, oy = s.origin
-        if g.foreign is not None:
-            r = g.foreign
-            s.status, s.rect = DAMAGED, draw.Rect(ox + r.x, oy + r.y,
-                                                  r.w, r.h)
-            s.how = ('the QR region of frame %d held colours the guest '
-                     'never paints there at %s (a corrupted draw)' % (
-                         s.frame, s.rect))
-            s.evidence = COLOUR
+        if _corrupted(s, 'the QR region of frame %d held' % s.frame):
             return
         kind, why = self._kind(s, mine, before, after, grid)
         if kind == WHOLE:
@@ -395,8 +377,7 @@ class Judge:
             s.rect = self._rect(s, g.mixed)
             return MIXED, 'modules at %s that are not whole modules' % (
                 s.rect,)
-        older = None if before is None else grid(before)
-        newer = None if after is None else grid(after)
+        older, newer = grid(before), grid(after)
         for other, kind, n in ((older, PAINTING, before),
                                (newer, OVERTAKEN, after)):
             if other is not None and not (bad & (g.dark != other)).any():
@@ -425,6 +406,21 @@ class Judge:
                                    oy + int(ys.min()) * px,
                                    ox + (int(xs.max()) + 1) * px,
                                    oy + (int(ys.max()) + 1) * px)
+
+
+def _corrupted(s, what):
+    """Mark `s` DAMAGED when its region holds a colour the guest never
+    paints there (`what` starts the message); True if so.
+    """
+    r = s.grid.foreign
+    if r is None:
+        return False
+    ox, oy = s.origin
+    s.status, s.evidence = DAMAGED, COLOUR
+    s.rect = draw.Rect(ox + r.x, oy + r.y, r.w, r.h)
+    s.how = '%s colours the guest never paints there at %s (a corrupted ' \
+        'draw)' % (what, s.rect)
+    return True
 
 
 def _keep(found, d):
