@@ -485,6 +485,19 @@ def _section_head(sid, title, section):
                                       _e(section['headline']))]
 
 
+def _rows_table(tid, columns, rows, failed=lambda row: False):
+    """A section's table: a header of `columns`, a row each, the ones
+    `failed` says so marked; nothing without rows.
+    """
+    if not rows:
+        return []
+    return (['<table id="%s"><tr>%s</tr>' % (tid, ''.join(
+        '<th>%s</th>' % _e(c) for c in columns))] +
+        ['<tr%s>%s</tr>' % (' class="fail"' if failed(row) else '',
+                            ''.join('<td>%s</td>' % _e(c) for c in row))
+         for row in rows] + ['</table>'])
+
+
 def _frame_states(results):
     """The per-frame check (scenario.frames): its counts and a row per
     frame that did not verify.
@@ -494,12 +507,8 @@ def _frame_states(results):
     if section is None:
         return ''
     out = _section_head('frame-states', 'Frames on the wire', section)
-    if section['rows']:
-        out.append('<table id="frame-rows"><tr>%s</tr>' % ''.join(
-            '<th>%s</th>' % _e(c) for c in frames_mod.REPORT_COLUMNS))
-        out += ['<tr>%s</tr>' % ''.join('<td>%s</td>' % _e(c) for c in row)
-                for row in section['rows']]
-        out.append('</table>')
+    out += _rows_table('frame-rows', frames_mod.REPORT_COLUMNS,
+                       section['rows'])
     out.append('</section>')
     return '\n'.join(out)
 
@@ -528,14 +537,9 @@ def _key_hops(data):
             queue['slowest_read_s'])] if queue else [])
     if facts:
         out.append('<p class="meta">%s</p>' % _e('; '.join(facts)))
-    if section['rows']:
-        out.append('<table id="key-rows"><tr>%s</tr>' % ''.join(
-            '<th>%s</th>' % _e(c) for c in keyhops_mod.REPORT_COLUMNS))
-        out += ['<tr%s>%s</tr>' % (' class="fail"' if row[-1] else '',
-                                   ''.join('<td>%s</td>' % _e(c)
-                                           for c in row))
-                for row in section['rows']]
-        out.append('</table>')
+    # a row whose last column (the loss) is filled is a lost key
+    out += _rows_table('key-rows', keyhops_mod.REPORT_COLUMNS,
+                       section['rows'], failed=lambda row: row[-1])
     out.append('</section>')
     return '\n'.join(out)
 
