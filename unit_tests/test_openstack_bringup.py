@@ -17,27 +17,8 @@ from kerbside_tempest_plugin.lane.openstack import config
 from kerbside_tempest_plugin.lane.openstack import keystone
 from kerbside_tempest_plugin.lane.openstack import services as svc
 from kerbside_tempest_plugin.lane import procs
-
-
-def _layout(tmp_path):
-    ports = {name: 20000 + i for i, name in enumerate(config.PORT_NAMES)}
-    passwords = {'admin': 'a', 'db': 'd', 'rabbit': 'r'}
-    for user in config.SERVICE_USERS:
-        passwords[user] = user + '-secret'
-    return config.Layout(workdir=str(tmp_path), ports=ports,
-                         spice_range=(30000, 30007), passwords=passwords,
-                         venv='/venv', run_dir=str(tmp_path / 'run'))
-
-
-def _ini(text):
-    sections, current = {}, None
-    for line in text.splitlines():
-        if line.startswith('['):
-            current = sections.setdefault(line.strip('[]'), {})
-        elif ' = ' in line:
-            key, value = line.split(' = ', 1)
-            current[key] = value
-    return sections
+from unit_tests.test_openstack_lane_units import _layout
+from unit_tests.test_openstack_lane_units import _parse_ini as _ini
 
 
 # -- nova.conf -------------------------------------------------------------
