@@ -25,11 +25,12 @@ from unit_tests.test_openstack_lane_units import _parse_ini as _ini
 
 def test_nova_conf_lets_the_scheduler_discover_only_when_asked(tmp_path):
     lay = _layout(tmp_path)
-    old = _ini(config.render_ini(config.nova_conf(lay)))
+    old = _ini(config.render_ini(config.nova_conf(
+        lay, power_state_sync=None)))
     assert old['scheduler']['discover_hosts_in_cells_interval'] == '-1'
     assert 'periodic_fuzzy_delay' not in old['DEFAULT']
     new = _ini(config.render_ini(config.nova_conf(
-        lay, scheduler_discovery=True)))
+        lay, scheduler_discovery=True, power_state_sync=None)))
     assert new['scheduler']['discover_hosts_in_cells_interval'] == str(
         config.DISCOVER_HOSTS_INTERVAL)
     assert new['DEFAULT']['periodic_fuzzy_delay'] == '0'

@@ -87,9 +87,13 @@ def test_boot_console_serial_teardown(clouds, tmp_path):
     assert '\x1b' not in guest.serial.read()
 
     guest.teardown()
-    assert fake_nova.servers[guest.server_id]['gone']
+    # Deleted, not waited for: the provider's cleanup() waits.
+    assert not fake_nova.servers[guest.server_id]['gone']
     assert len(fake_nova.requests_to('DELETE', r'/servers/')) == 1
     guest.teardown()                       # idempotent
+    assert len(fake_nova.requests_to('DELETE', r'/servers/')) == 1
+    provider.cleanup()
+    assert fake_nova.servers[guest.server_id]['gone'] and guest.gone
     assert len(fake_nova.requests_to('DELETE', r'/servers/')) == 1
     with open(os.path.join(guest.artifact_dir, 'serial.log')) as f:
         assert BANNER in f.read()
@@ -109,7 +113,10 @@ def test_server_error_names_the_fault_and_deletes(clouds, tmp_path):
     assert 'No valid host was found' in msg and 'code 500' in msg
     (server,) = fake_nova.servers.values()
     assert server['image'] == 'img-other'
-    assert server['gone']                  # boot failure cleans up
+    # A failed boot deletes its server; cleanup() sees it gone.
+    assert fake_nova.requests_to('DELETE', r'/servers/')
+    provider.cleanup()
+    assert server['gone']
 
 
 def test_boot_deadline_says_what_was_seen(clouds, tmp_path):

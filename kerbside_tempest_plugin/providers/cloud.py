@@ -443,9 +443,12 @@ class CloudGuest(base.Guest):
                 'console_fetches': self.console_fetches,
                 'serial': self.serial.describe()}
 
-    def teardown(self):
-        """Keep the last serial output and a record, delete the guest and
-        wait until it is gone. Idempotent; logs instead of raising.
+    def teardown(self, wait=None):
+        """Keep the last serial output and a record and delete the guest;
+        with `wait` (default: the provider's `wait_for_delete`, True when
+        it has none) also wait until it is gone, else the provider's
+        cleanup() does (wait_deleted()). Idempotent; logs instead of
+        raising.
         """
         if self._torn_down:
             return
@@ -460,16 +463,68 @@ class CloudGuest(base.Guest):
                 json.dump(self.record(), f, indent=2)
         except (OSError, TypeError, ValueError) as e:
             LOG.debug('cannot write %s: %s', self.record_name, e)
+        if wait is None:
+            wait = getattr(self.provider, 'wait_for_delete', True)
         try:
             if not self._delete():
+                self.gone = True
                 return
-
-            def gone():
-                return self._gone(self.show())
-
-            waiting.wait_until(gone, self.provider.delete_timeout,
-                               '%s to be deleted' % self.title,
-                               seen=self._seen,
-                               interval=self.provider.poll_interval)
+            self.delete_requested = time.monotonic()
+            if wait:
+                self.wait_deleted()
         except Exception:
             LOG.exception('teardown of %s failed', self.title)
+
+    # Set by teardown(): the monotonic time of the delete request, and
+    # True once the guest is seen gone.
+    delete_requested = None
+    gone = False
+
+    def wait_deleted(self, timeout=None):
+        """Wait until the deleted guest is gone (the API says so); raises
+        HarnessTimeout naming what it last saw.
+        """
+        if self.gone:
+            return
+
+        def gone():
+            return self._gone(self.show())
+
+        waiting.wait_until(gone, timeout or self.provider.delete_timeout,
+                           '%s to be deleted' % self.title, seen=self._seen,
+                           interval=self.provider.poll_interval)
+        self.gone = True
+
+
+def wait_all_deleted(guests, timeout, clock=time.monotonic):
+    """Delete every guest not torn down yet and wait, under one deadline
+    of `timeout` s, until each one deleted is gone. Raises ProviderError
+    naming each guest still there and what was last seen of it.
+    """
+    left = []
+    for guest in guests:
+        if not guest._torn_down:
+            guest.teardown(wait=False)
+        if guest.gone or guest.delete_requested is not None:
+            continue
+        # The delete itself failed (teardown logged why): once more.
+        try:
+            if guest._delete():
+                guest.delete_requested = clock()
+            else:
+                guest.gone = True
+        except Exception as e:
+            left.append('%s: delete refused: %s' % (
+                guest.title, redact(str(e)).splitlines()[0][:300]))
+    deadline = clock() + timeout
+    for guest in guests:
+        if guest.gone or guest.delete_requested is None:
+            continue
+        try:
+            guest.wait_deleted(max(0.1, deadline - clock()))
+        except Exception as e:
+            left.append('%s: %s' % (guest.title, str(e).splitlines()[0]))
+    if left:
+        raise errors.ProviderError(
+            '%d of %d guest(s) not gone %.0f s after their delete: %s' % (
+                len(left), len(guests), timeout, '; '.join(left)))

@@ -19,8 +19,11 @@ provider never talks to Keystone.
 - serial: `get_console_output` polled into a cached, growing text. Nova's
   API drops control characters (ESC and CR among them) from console
   output, so ANSI sequences arrive as bare `[..m` text.
-- teardown: `delete_server` and wait until the server is gone; idempotent,
-  never raises, keeps serial.log and server.json in the artifact dir.
+- teardown: `delete_server`; idempotent, never raises, keeps serial.log
+  and server.json in the artifact dir. Nothing after a test needs its
+  server gone, so by default (`wait_for_delete=False`) the test does not
+  wait for it: cleanup() waits until every server the provider booted
+  is gone (one deadline, `delete_timeout`) and raises naming any left.
 
 tempest is imported lazily so that the libraries work without it.
 """
@@ -303,7 +306,7 @@ class NovaProvider(base.GuestProvider):
                  console_ca_file=None, console_verify=True,
                  serial_interval=2.0, create_kwargs=None, images_client=None,
                  check_image=True, image_upload_timeout=600,
-                 hypervisor_ca_file=None):
+                 hypervisor_ca_file=None, wait_for_delete=False):
         if route == 'direct' and admin_servers_client is None:
             raise errors.ProviderError(NO_DIRECT_ROUTE)
         self.servers_client = servers_client
@@ -326,6 +329,7 @@ class NovaProvider(base.GuestProvider):
         self.check_image = check_image
         self.image_upload_timeout = image_upload_timeout
         self.hypervisor_ca_file = hypervisor_ca_file
+        self.wait_for_delete = wait_for_delete
         self.guests = []
         self.uploaded = {}        # local path -> Glance image id
         self._checked = set()
@@ -498,7 +502,18 @@ class NovaProvider(base.GuestProvider):
         return image_id
 
     def cleanup(self):
-        """Delete the images this provider uploaded. Never raises."""
+        """Delete every server this provider booted that is not deleted
+        yet and wait until all are gone (one deadline: delete_timeout),
+        then delete the images it uploaded. Raises ProviderError naming
+        the servers still there after the deadline (the images are
+        deleted first all the same); image failures are logged.
+        """
+        try:
+            cloud.wait_all_deleted(self.guests, self.delete_timeout)
+        finally:
+            self._delete_uploads()
+
+    def _delete_uploads(self):
         for path, image_id in list(self.uploaded.items()):
             try:
                 self.images_client.delete_image(image_id)

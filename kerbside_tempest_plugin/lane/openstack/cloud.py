@@ -126,15 +126,19 @@ class OpenStackCloud:
     Kerbside venv in up() unless it holds it unchanged), `firewall_mode`,
     `firewall_permitted_channels`, `console_token_duration` and `proxy_bin`
     (None: $KERBSIDE_PROXY_BIN when set). `kerbside_build()` says which
-    Kerbside ran.
+    Kerbside ran. `power_state_sync`: nova-compute's
+    sync_power_state_interval (config.POWER_STATE_SYNC_INTERVAL; None:
+    Nova's default, for comparisons).
     """
 
     def __init__(self, workdir=None, venv=None, spice_tls=True,
                  kerbside=True, kerbside_venv=None, kerbside_source=None,
                  firewall_mode=None, firewall_permitted_channels=None,
                  console_token_duration=None, proxy_bin=None,
-                 bringup=None):
+                 bringup=None,
+                 power_state_sync=config.POWER_STATE_SYNC_INTERVAL):
         self.workdir = os.path.abspath(workdir or default_workdir())
+        self.power_state_sync = power_state_sync
         self.bringup = bringup_mode(bringup)
         self.venv = os_venv.OpenStackVenv(venv)
         self.spice_tls = spice_tls
@@ -209,6 +213,7 @@ class OpenStackCloud:
             'images': self.images,
             'servers': self.servers,
             'bringup': self.bringup,
+            'power_state_sync': self.power_state_sync,
             'timings': {k: round(v, 3) for k, v in
                         dict(self.timings).items()},
         }
@@ -288,7 +293,8 @@ class OpenStackCloud:
         self._write('nova', 'nova.conf',
                     ini(config.nova_conf(
                         lay, host=COMPUTE_HOST,
-                        scheduler_discovery=self.bringup == 'parallel')))
+                        scheduler_discovery=self.bringup == 'parallel',
+                        power_state_sync=self.power_state_sync)))
         paste = os.path.join(self.venv.path, 'etc')
         for service, name in (('glance', 'glance-api-paste.ini'),
                               ('nova', 'api-paste.ini'),

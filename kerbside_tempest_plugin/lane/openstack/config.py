@@ -45,6 +45,16 @@ CONSOLE_TOKEN_TTL = 30
 SERIAL_PORT_COUNT = 4
 # The qemu SPICE ports libvirt may hand out (plain and TLS per guest).
 SPICE_PORT_COUNT = 8
+# Seconds between nova-compute's power-state syncs ([DEFAULT]
+# sync_power_state_interval; Nova's default is 600). A guest that powers
+# itself off (Sextant does, after its serial drain) is otherwise seen
+# STOPPED only through libvirt's lifecycle event, which nova-compute's
+# libvirt host holds back 15 s, hard-coded (nova/virt/libvirt/host.py
+# _init_events, delay=15, so that a reboot's STARTED can cancel it);
+# the periodic sync calls the stop API for a domain found shut off
+# (compute/manager.py _sync_instance_power_state), the same thing the
+# event would do. None: Nova's default.
+POWER_STATE_SYNC_INTERVAL = 1
 
 
 @dataclasses.dataclass
@@ -275,12 +285,15 @@ def neutron_conf(layout):
 DISCOVER_HOSTS_INTERVAL = 1
 
 
-def nova_conf(layout, host='ktp-compute', scheduler_discovery=False):
+def nova_conf(layout, host='ktp-compute', scheduler_discovery=False,
+              power_state_sync=POWER_STATE_SYNC_INTERVAL):
     """nova.conf. `scheduler_discovery`: the scheduler maps new compute
     hosts into cell1 itself (every DISCOVER_HOSTS_INTERVAL s) and every
     service starts its periodic tasks at once (periodic_fuzzy_delay 0:
     the random delay of up to 60 s only spreads a fleet's restarts);
     else nobody discovers hosts but `nova-manage cell_v2 discover_hosts`.
+    `power_state_sync`: nova-compute's sync_power_state_interval (see
+    POWER_STATE_SYNC_INTERVAL); None leaves Nova's default.
     """
     s = _common(layout, 'nova', db='nova', messaging=True)
     s['DEFAULT'].update({
@@ -297,6 +310,10 @@ def nova_conf(layout, host='ktp-compute', scheduler_discovery=False):
         'heal_instance_info_cache_interval': 60,
         # A lane's teardown should not wait a minute per service.
         'graceful_shutdown_timeout': 5})
+    if power_state_sync is not None:
+        s['DEFAULT']['sync_power_state_interval'] = int(power_state_sync)
+        # From nova-compute's start, not after a random 0-60 s.
+        s['DEFAULT']['periodic_fuzzy_delay'] = 0
     s['wsgi'] = {'api_paste_config': os.path.join(layout.conf_dir('nova'),
                                                   'api-paste.ini')}
     s['api_database'] = {'connection': layout.db_url('nova_api')}

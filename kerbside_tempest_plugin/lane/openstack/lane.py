@@ -30,6 +30,8 @@ import os
 
 from kerbside_tempest_plugin.common import errors
 from kerbside_tempest_plugin.lane.openstack import cloud as os_cloud
+from kerbside_tempest_plugin.lane.openstack import tempest_conf as \
+    os_tempest_conf
 from kerbside_tempest_plugin.lane import provider_lane
 from kerbside_tempest_plugin.providers import nova
 
@@ -41,13 +43,15 @@ class OpenStackLane(provider_lane.ProviderLane):
     `console_token_duration`, `proxy_bin` and `kerbside_source` go to the
     Kerbside of the cloud this lane brings up (cloud.OpenStackCloud); a
     shared `cloud=` already has its Kerbside, so they are refused there.
+    `provider_kwargs` go to the NovaProvider (default: the job's polls).
     """
 
     def __init__(self, workdir, route='kerbside', ryll_binary='ryll',
                  image=None, cloud=None, cloud_kwargs=None,
                  hypervisor_ca_file=None, kerbside_source=None,
                  firewall_mode=None, firewall_permitted_channels=None,
-                 console_token_duration=None, proxy_bin=None):
+                 console_token_duration=None, proxy_bin=None,
+                 provider_kwargs=None):
         kerbside_options = {k: v for k, v in dict(
             kerbside_source=kerbside_source, firewall_mode=firewall_mode,
             firewall_permitted_channels=firewall_permitted_channels,
@@ -65,6 +69,12 @@ class OpenStackLane(provider_lane.ProviderLane):
             **dict(cloud_kwargs or {}, **kerbside_options))
         self.image_path = image
         self.hypervisor_ca_file = hypervisor_ca_file
+        # The NovaProvider's options, as tempest.conf sets them for the
+        # job (tempest_conf.POLL_INTERVAL) unless given.
+        self.provider_kwargs = dict(
+            dict(poll_interval=os_tempest_conf.POLL_INTERVAL,
+                 serial_interval=os_tempest_conf.POLL_INTERVAL),
+            **(provider_kwargs or {}))
         # The provider exists once the cloud is up.
         super().__init__(None, workdir, route=route,
                          ryll_binary=ryll_binary)
@@ -89,7 +99,7 @@ class OpenStackLane(provider_lane.ProviderLane):
             image_ref=image_id, flavor_ref=self.cloud.flavor['id'],
             network='none', route=self.route,
             hypervisor_ca_file=self.hypervisor_ca_file or
-            self.cloud.tls.ca_cert)
+            self.cloud.tls.ca_cert, **self.provider_kwargs)
         self.timings.update(self.cloud.timings)
         return self
 
