@@ -338,8 +338,12 @@ def _parallel_cloud(tmp_path, monkeypatch, fail=None):
         s._note('discovered by the scheduler')
 
     monkeypatch.setattr(keystone, 'prepare', prepare)
+    monkeypatch.setattr(keystone, 'prepare_in_one_process',
+                        lambda s, lay: prepare(s, lay))
     monkeypatch.setattr(keystone, 'register', register)
     monkeypatch.setattr(compute, 'cells_before_compute', cells)
+    monkeypatch.setattr(compute, 'cells_in_one_process',
+                        lambda s, lay: cells(s, lay))
     monkeypatch.setattr(compute, 'discover_hosts', discover)
     monkeypatch.setattr(compute, 'ensure_flavor',
                         lambda client: {'id': 'f'})

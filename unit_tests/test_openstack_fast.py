@@ -6,13 +6,24 @@
 - tempest.conf: the Nova provider polls every 0.5 s;
 - the Nova provider deletes a test's server without waiting for it, and
   its cleanup() proves every server it booted gone, under one deadline,
-  naming any that is not.
+  naming any that is not;
+- the parallel bring-up sets Keystone and Nova's cells up in one
+  process each.
 """
+
+import ast
+import json
+import os
+import re
 
 import pytest
 
 from kerbside_tempest_plugin.common import errors
+from kerbside_tempest_plugin.lane.openstack import cloud as os_cloud
+from kerbside_tempest_plugin.lane.openstack import compute
 from kerbside_tempest_plugin.lane.openstack import config
+from kerbside_tempest_plugin.lane.openstack import keystone
+from kerbside_tempest_plugin.lane.openstack import services as svc
 from kerbside_tempest_plugin.lane.openstack import tempest_conf
 from unit_tests.test_openstack_lane_units import _layout
 from unit_tests.test_openstack_lane_units import _parse_ini as _ini
@@ -106,3 +117,87 @@ def test_waiting_teardown_is_still_there(clouds, tmp_path):  # noqa
     g = provider.boot(None, 'sextant-w', str(tmp_path))
     g.teardown()
     assert fake_nova.servers[g.server_id]['gone'] and g.gone
+
+
+class _RecordingServices:
+    """services.Services' run() and timings, recording what ran;
+    run_script() is the real one.
+    """
+
+    run_script = svc.Services.run_script
+
+    def __init__(self, layout, write=None):
+        self.layout = layout
+        self.timings = {}
+        self.runs = []
+        self.envs = []
+        self.write = write
+
+    def bin(self, name):
+        return os.path.join(self.layout.venv, 'bin', name)
+
+    def run(self, name, argv, env=None, **kw):
+        self.runs.append((name, argv))
+        self.envs.append(env)
+        if self.write is not None:
+            # The script writes its step timings to its first argument.
+            with open(argv[2], 'w') as f:
+                f.write(self.write)
+            if 'exit' in self.write:
+                raise errors.HarnessError('%s failed (exit 255)' % name)
+
+
+def test_nova_cells_in_one_process(tmp_path):
+    lay = _layout(tmp_path)
+    ast.parse(compute.CELLS_SHIM)
+    # The four nova-manage commands, in cells_before_compute's order.
+    names = re.findall(r"\('(nova-manage-[a-z0-9-]+)'", compute.CELLS_SHIM)
+    assert names == ['nova-manage-api-db-sync', 'nova-manage-map-cell0',
+                     'nova-manage-create-cell', 'nova-manage-db-sync']
+    s = _RecordingServices(lay, write=json.dumps(
+        {'nova-manage-import': 2.0, 'nova-manage-api-db-sync': 1.5}))
+    compute.cells_in_one_process(s, lay)
+    ((name, argv),) = s.runs
+    assert name == 'nova-manage-cells'
+    assert argv[0] == os.path.join(lay.venv, 'bin', 'python')
+    with open(argv[1]) as f:
+        assert f.read() == compute.CELLS_SHIM
+    assert argv[3].endswith('nova/nova.conf')
+    assert s.timings == {'nova-manage-import': 2.0,
+                         'nova-manage-api-db-sync': 1.5}
+    # A failing step: the error is raised, the steps done still timed.
+    s = _RecordingServices(lay, write=json.dumps(
+        {'nova-manage-import': 2.0, 'exit': 1}))
+    with pytest.raises(errors.HarnessError, match='nova-manage-cells'):
+        compute.cells_in_one_process(s, lay)
+    assert s.timings['nova-manage-import'] == 2.0
+
+
+def test_bringup_modes_keep_the_split_cells_for_comparison():
+    assert os_cloud.bringup_mode('parallel-split') == 'parallel-split'
+    assert os_cloud.bringup_mode() in ('parallel', 'parallel-split',
+                                       'serial')
+
+
+def test_keystone_setup_in_one_process(tmp_path):
+    lay = _layout(tmp_path)
+    ast.parse(keystone.SETUP_SHIM)
+    s = _RecordingServices(lay, write=json.dumps({'keystone-db-sync': 3.0}))
+    keystone.prepare_in_one_process(s, lay)
+    ((name, argv),) = s.runs
+    assert name == 'keystone-setup'
+    assert argv[3].endswith('keystone/keystone.conf')
+    steps = [json.loads(a) for a in argv[4:]]
+    assert [n for n, _ in steps] == [
+        'keystone-db-sync', 'keystone-fernet-setup',
+        'keystone-credential-setup', 'keystone-bootstrap']
+    # The same arguments keystone-manage gets in prepare().
+    split = _RecordingServices(lay)
+    keystone.prepare(split, lay)
+    assert [(n, a[3:]) for n, a in split.runs] == [
+        (n, a) for n, a in steps]
+    # The admin password only through the environment.
+    password = lay.passwords['admin']
+    assert s.envs == [{'OS_BOOTSTRAP_PASSWORD': password}]
+    assert not any(password in a for a in argv)
+    assert s.timings == {'keystone-db-sync': 3.0}

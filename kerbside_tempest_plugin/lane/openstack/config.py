@@ -308,8 +308,10 @@ def nova_conf(layout, host='ktp-compute', scheduler_discovery=False,
         # One small guest; keep the compute node's claims honest.
         'reserved_host_memory_mb': 0, 'reserved_host_disk_mb': 0,
         'heal_instance_info_cache_interval': 60,
-        # A lane's teardown should not wait a minute per service.
-        'graceful_shutdown_timeout': 5})
+        # A lane's teardown should not wait a minute per service; with
+        # 5 s nova-compute took all 5 of them to exit after its SIGTERM
+        # in every teardown (no server left by then).
+        'graceful_shutdown_timeout': 1})
     if power_state_sync is not None:
         s['DEFAULT']['sync_power_state_interval'] = int(power_state_sync)
         # From nova-compute's start, not after a random 0-60 s.

@@ -10,6 +10,7 @@ cloud's admin in it, and every other service's endpoints) goes through
 the Identity API, idempotently.
 """
 
+import json
 import os
 import time
 
@@ -32,13 +33,11 @@ def prepare(services, layout, pool=None, step=None):
     for repo in ('keystone-fernet', 'keystone-credential'):
         os.makedirs(os.path.join(layout.secrets_dir, repo), mode=0o700,
                     exist_ok=True)
-    keys = [('keystone-fernet-setup', manage + [
-        'fernet_setup', '--keystone-user', 'root', '--keystone-group',
-        'root']), ('keystone-credential-setup', manage + [
-            'credential_setup', '--keystone-user', 'root',
-            '--keystone-group', 'root'])]
+    (db, db_args), fernet, credential, (boot, boot_args) = \
+        _commands(layout)
+    keys = [(name, manage + args) for name, args in (fernet, credential)]
     side = [pool.submit(services.run, *k) for k in keys] if pool else []
-    services.run('keystone-db-sync', manage + ['db_sync'])
+    services.run(db, manage + db_args)
     for future in side:
         future.result()
     for k in (keys if not pool else ()):
@@ -47,16 +46,85 @@ def prepare(services, layout, pool=None, step=None):
         services.run(*k)
     if step:
         step()
-    services.run('keystone-bootstrap', manage + [
-        'bootstrap', '--bootstrap-username', 'admin',
-        '--bootstrap-project-name', 'admin',
-        '--bootstrap-role-name', 'admin',
-        '--bootstrap-service-name', 'keystone',
-        '--bootstrap-region-id', config.REGION,
-        '--bootstrap-admin-url', layout.auth_url,
-        '--bootstrap-public-url', layout.auth_url,
-        '--bootstrap-internal-url', layout.auth_url],
+    services.run(boot, manage + boot_args,
+                 env={'OS_BOOTSTRAP_PASSWORD': layout.passwords['admin']})
+
+
+# Keystone's one-shot setup in one Python process (the parallel
+# bring-up): keystone-manage's own command classes, each run as
+# keystone-manage's main() runs one (oslo.config parses the command line
+# again for each: ConfigOpts.__call__ clears the last parse), after one
+# import of Keystone, instead of four processes that each import it.
+# argv[1]: a JSON file for each step's seconds; argv[2]: keystone.conf;
+# then one JSON [name, keystone-manage arguments] per step. The admin
+# password comes through OS_BOOTSTRAP_PASSWORD, as for keystone-manage.
+SETUP_SHIM = """import json
+import sys
+import time
+
+t0 = time.monotonic()
+import pbr.version
+from keystone.cmd import cli
+from keystone.common import sql
+import keystone.conf
+
+timings_file, conf_file = sys.argv[1], sys.argv[2]
+steps = [json.loads(a) for a in sys.argv[3:]]
+CONF = keystone.conf.CONF
+CONF.register_cli_opt(cli.command_opt)
+keystone.conf.configure()
+sql.initialize()
+keystone.conf.set_default_for_default_log_levels()
+timings = {'keystone-manage-import': time.monotonic() - t0}
+version = pbr.version.VersionInfo('keystone').version_string()
+for i, (name, args) in enumerate(steps):
+    t = time.monotonic()
+    print('== %s' % name, flush=True)
+    CONF(args=['--config-file', conf_file] + args, project='keystone',
+         version=version)
+    if i == 0:
+        keystone.conf.setup_logging()
+    CONF.command.cmd_class.main()
+    timings[name] = time.monotonic() - t
+    with open(timings_file, 'w') as f:
+        json.dump(timings, f)
+"""
+
+
+def prepare_in_one_process(services, layout):
+    """prepare()'s four keystone-manage commands (db_sync, fernet_setup,
+    credential_setup, bootstrap) in one process (SETUP_SHIM); each
+    step's seconds in services.timings under the command's own name, the
+    whole process as `keystone-setup`.
+    """
+    conf = os.path.join(layout.conf_dir('keystone'), 'keystone.conf')
+    for repo in ('keystone-fernet', 'keystone-credential'):
+        os.makedirs(os.path.join(layout.secrets_dir, repo), mode=0o700,
+                    exist_ok=True)
+    services.run_script(
+        'keystone-setup', SETUP_SHIM, [conf] + [
+            json.dumps(step) for step in _commands(layout)],
         env={'OS_BOOTSTRAP_PASSWORD': layout.passwords['admin']})
+
+
+def _commands(layout):
+    """(timings name, keystone-manage arguments) of prepare()'s steps, in
+    order.
+    """
+    owner = ['--keystone-user', 'root', '--keystone-group', 'root']
+    return [
+        ('keystone-db-sync', ['db_sync']),
+        ('keystone-fernet-setup', ['fernet_setup'] + owner),
+        ('keystone-credential-setup', ['credential_setup'] + owner),
+        ('keystone-bootstrap', [
+            'bootstrap', '--bootstrap-username', 'admin',
+            '--bootstrap-project-name', 'admin',
+            '--bootstrap-role-name', 'admin',
+            '--bootstrap-service-name', 'keystone',
+            '--bootstrap-region-id', config.REGION,
+            '--bootstrap-admin-url', layout.auth_url,
+            '--bootstrap-public-url', layout.auth_url,
+            '--bootstrap-internal-url', layout.auth_url])]
 
 
 def admin_client(layout, redactor):

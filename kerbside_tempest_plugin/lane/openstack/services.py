@@ -14,6 +14,7 @@ keeps all of it under the workdir. Its socket appears on the host side at
 """
 
 import getpass
+import json
 import os
 import re
 import shlex
@@ -279,6 +280,29 @@ class Services:
 
     def bin(self, name):
         return os.path.join(self.layout.venv, 'bin', name)
+
+    def run_script(self, name, script, args, env=None):
+        """run() a Python `script` (its source) with the venv's python:
+        written to <workdir>/wsgi/ktp_<name>.py and run with the path of
+        a JSON file as its first argument, then `args`. The script
+        writes {step: seconds} there as it goes; every step read back
+        goes to timings (also after a failure).
+        """
+        shim_dir = self.layout.path('wsgi')
+        os.makedirs(shim_dir, exist_ok=True)
+        path = os.path.join(shim_dir, 'ktp_%s.py' % name.replace('-', '_'))
+        with open(path, 'w') as f:
+            f.write(script)
+        timings_file = os.path.join(shim_dir, '%s-timings.json' % name)
+        try:
+            self.run(name, [self.bin('python'), path, timings_file] +
+                     list(args), env=env)
+        finally:
+            try:
+                with open(timings_file) as f:
+                    self.timings.update(json.load(f))
+            except (OSError, ValueError):
+                pass
 
     # -- infrastructure ------------------------------------------------
     def start_mariadb(self, secrets, timeout=90, synced=True):
