@@ -325,6 +325,113 @@ class Trace:
     learned: dict = dataclasses.field(default_factory=dict)
 
 
+class Replay:
+    """qemu's PS/2 queue replayed line by line from its trace (`feed`),
+    so the same rules serve a finished walk (parse_trace) and a walk
+    still typing (Ps2Gauge). `trace` is the Trace so far; `bytes_read`
+    and `trace.drops` count the keys' bytes the guest read and the ones
+    the full queue dropped; `queued` is what the queue holds now.
+    """
+
+    def __init__(self, what=TRACE):
+        self.what = what
+        self.trace = Trace([])
+        self.queue = collections.deque()
+        self.kbd = None
+        self.cur = None
+        self.pending = None         # the key whose byte was just read
+        self.bytes_read = 0
+        self.events = 0             # keyboard events of this keyboard
+
+    @property
+    def queued(self):
+        return len(self.queue)
+
+    def feed(self, line, no=None):
+        """One line of the trace; lines that are not trace lines of the
+        four events are skipped. A line of one of them that does not
+        parse raises KeyHopsError naming line `no`.
+        """
+        m = TRACE_LINE.match(line.strip())
+        if not m:
+            return
+        trace = self.trace
+        trace.lines += 1
+        event, rest = m.group(3), m.group(4) or ''
+        fields = _FIELDS.get(event)
+        if fields is None:
+            return
+        f = fields.match(rest.strip())
+        if f is None:
+            raise KeyHopsError('%s line %s: a %s line that does not parse: '
+                               '%r' % (self.what, no or trace.lines, event,
+                                       line[:120]))
+        t = float(m.group(2))
+        keys, queue = trace.keys, self.queue
+        if event == 'ps2_keyboard_event':
+            self.kbd = self.kbd or f.group(1)
+            if f.group(1) != self.kbd:
+                return
+            cur = self.cur = QemuKey(t, int(f.group(2)), f.group(3) == '1',
+                                     f.group(4) == '1')
+            self.events += 1
+            if keys and t - keys[-1].t < BURST_GAP_S:
+                cur.burst = keys[-1].burst + 1
+                cur.burst_s = keys[-1].burst_s + (t - keys[-1].t)
+            keys.append(cur)
+        elif event == 'ps2_put_keycode':
+            cur = self.cur
+            if cur is None or f.group(1) != self.kbd:
+                return
+            code = int(f.group(2), 16)
+            cur.codes.append(code)
+            if cur.xlate and code == 0xF0:
+                return          # the next byte gets the break bit instead
+            if len(queue) >= PS2_QUEUE_SIZE:
+                cur.dropped += 1
+                trace.drops += 1
+                cur.depth = max(cur.depth, len(queue))
+                return
+            if not cur.put:
+                cur.depth = len(queue)
+            queue.append((cur, t))
+            cur.put += 1
+            trace.max_depth = max(trace.max_depth, len(queue))
+        elif event == 'ps2_read_data':
+            self.pending = None
+            if self.kbd is None or f.group(1) != self.kbd or not queue:
+                return
+            key, t_put = queue.popleft()
+            key.read += 1
+            self.bytes_read += 1
+            key.t_read = t
+            trace.slowest_read_s = max(trace.slowest_read_s, t - t_put)
+            self.pending = (key, t_put)
+        elif event == 'pckbd_kbd_read_data':
+            if self.pending is None:
+                return
+            value = int(f.group(1), 16)
+            key, t_put = self.pending
+            self.pending = None
+            if value == ACK and key.values == [] and key.put:
+                # a command's reply queued at the head: not this key's
+                key.read -= 1
+                self.bytes_read -= 1
+                queue.appendleft((key, t_put))
+                return
+            key.values.append(value)
+
+    def finish(self):
+        trace = self.trace
+        trace.left_in_queue = len(self.queue)
+        for k in trace.keys:
+            vals = [v for v in k.values if v != 0xE0]
+            codes = [c for c in k.codes if c not in (0xF0, 0xE0)]
+            if vals and codes:
+                trace.learned.setdefault(codes[-1], vals[0] & 0x7F)
+        return trace
+
+
 def parse_trace(text, what=TRACE):
     """Replay qemu's PS/2 trace: every keyboard event with the bytes it
     put in the queue (or that were dropped, the queue full) and when the
@@ -332,85 +439,46 @@ def parse_trace(text, what=TRACE):
     last line (qemu killed) too. A trace line of these events that does
     not parse raises KeyHopsError with its line number.
     """
-    keys = []
-    queue = collections.deque()
-    kbd = None
-    cur = None
-    pending = None              # the key whose byte was just read
-    trace = Trace(keys)
+    replay = Replay(what)
     lines = text.split('\n')
-    cut = lines[-1] if lines and not text.endswith('\n') else None
-    if cut is not None:
+    if lines and not text.endswith('\n'):
         lines = lines[:-1]
     for no, line in enumerate(lines, 1):
-        m = TRACE_LINE.match(line.strip())
-        if not m:
-            continue
-        trace.lines += 1
-        event, rest = m.group(3), m.group(4) or ''
-        fields = _FIELDS.get(event)
-        if fields is None:
-            continue
-        f = fields.match(rest.strip())
-        if f is None:
-            raise KeyHopsError('%s line %d: a %s line that does not parse: '
-                               '%r' % (what, no, event, line[:120]))
-        t = float(m.group(2))
-        if event == 'ps2_keyboard_event':
-            kbd = kbd or f.group(1)
-            if f.group(1) != kbd:
-                continue
-            cur = QemuKey(t, int(f.group(2)), f.group(3) == '1',
-                          f.group(4) == '1')
-            if keys and t - keys[-1].t < BURST_GAP_S:
-                cur.burst = keys[-1].burst + 1
-                cur.burst_s = keys[-1].burst_s + (t - keys[-1].t)
-            keys.append(cur)
-        elif event == 'ps2_put_keycode':
-            if cur is None or f.group(1) != kbd:
-                continue
-            code = int(f.group(2), 16)
-            cur.codes.append(code)
-            if cur.xlate and code == 0xF0:
-                continue        # the next byte gets the break bit instead
-            if len(queue) >= PS2_QUEUE_SIZE:
-                cur.dropped += 1
-                trace.drops += 1
-                cur.depth = max(cur.depth, len(queue))
-                continue
-            if not cur.put:
-                cur.depth = len(queue)
-            queue.append((cur, t))
-            cur.put += 1
-            trace.max_depth = max(trace.max_depth, len(queue))
-        elif event == 'ps2_read_data':
-            pending = None
-            if kbd is None or f.group(1) != kbd or not queue:
-                continue
-            key, t_put = queue.popleft()
-            key.read += 1
-            key.t_read = t
-            trace.slowest_read_s = max(trace.slowest_read_s, t - t_put)
-            pending = (key, t_put)
-        elif event == 'pckbd_kbd_read_data':
-            if pending is None:
-                continue
-            value = int(f.group(1), 16)
-            key, t_put = pending
-            pending = None
-            if value == ACK and key.values == [] and key.put:
-                # a command's reply queued at the head: not this key's
-                key.read -= 1
-                queue.appendleft((key, t_put))
-                continue
-            key.values.append(value)
-    trace.left_in_queue = len(queue)
-    for k in keys:
-        vals = [v for v in k.values if v != 0xE0]
-        codes = [c for c in k.codes if c not in (0xF0, 0xE0)]
-        if vals and codes:
-            trace.learned.setdefault(codes[-1], vals[0] & 0x7F)
-    return trace
+        replay.feed(line, no)
+    return replay.finish()
+
+
+class Ps2Gauge:
+    """qemu's PS/2 trace file read while the walk types: `poll()` feeds
+    the lines written since the last poll (whole lines only) to a
+    Replay. Bad lines raise KeyHopsError, as parse_trace does.
+    """
+
+    def __init__(self, path):
+        self.path = path
+        self.replay = Replay(os.path.basename(path))
+        self._offset = 0
+        self._rest = b''
+        self._no = 0
+
+    def poll(self):
+        try:
+            with open(self.path, 'rb') as f:
+                f.seek(self._offset)
+                data = f.read()
+        except OSError:
+            return self.replay
+        self._offset += len(data)
+        data = self._rest + data
+        end = data.rfind(b'\n')
+        if end < 0:
+            self._rest = data
+            return self.replay
+        self._rest = data[end + 1:]
+        for line in data[:end].decode('utf-8', 'replace').split('\n'):
+            self._no += 1
+            self.replay.feed(line, self._no)
+        return self.replay
 
 
 # ------------------------------------------------------------- alignment
