@@ -40,6 +40,7 @@ import re
 import typing
 
 from kerbside_tempest_plugin.scenario import capture as cap
+from kerbside_tempest_plugin.scenario import starvation
 
 # The default bound on a key's first redraw and its registration. On
 # 2-core TCG the clean maximum was 0.39 s (p99 0.29 s) over 552 keys; the
@@ -78,6 +79,15 @@ class InputsStalled(LivenessFailure):
     pass
 
 
+class PathStarved(LivenessFailure):
+    """Not a verdict on the proxy: the machine kept the console's path
+    (qemu, the proxy, ryll, the harness) from a CPU for most of the wait,
+    so the bound was never reached on the path's CPU-available clock
+    (scenario.starvation). The walk still fails, as the environment's.
+    """
+    environment = True
+
+
 @dataclasses.dataclass
 class KeySample:
     index: int
@@ -88,6 +98,7 @@ class KeySample:
     chain_at_send: int = None
     first_frame_s: float = None     # time to the first new frame
     registered_s: float = None      # time to the keypress chain's change
+    starved_share: float = None     # the path kept from a CPU, 0-1
 
     def as_dict(self):
         return dataclasses.asdict(self)
@@ -101,9 +112,14 @@ class Liveness:
     """The walk's liveness judge; see the module docstring."""
 
     def __init__(self, stream, bound_s=DEFAULT_BOUND_S, ryll_log=None,
-                 probe=None, clock=None):
+                 probe=None, clock=None, path=None, cap_s=None):
         self.stream = stream
         self.bound_s = float(bound_s)
+        # scenario.starvation.PathClock: the bound counts CPU-available
+        # time of the console's path; `cap_s` (wall) ends a wait the
+        # machine starved as PathStarved. None: the bound is wall time.
+        self.path = path
+        self.cap_s = cap_s
         self.ryll_log = ryll_log
         self.probe = probe
         self._clock = clock or stream.now
@@ -123,6 +139,8 @@ class Liveness:
 
     # -- what the walker tells it ----------------------------------------
     def key_sent(self, key, at=None):
+        if self.path is not None:
+            self.path.sample()
         last = _last(self.stream)
         s = KeySample(len(self.samples), key,
                       self._clock() if at is None else at,
@@ -215,46 +233,75 @@ class Liveness:
             '"%s"' % (channel, when, self._clock(), line[-300:]),
             what=self.beat)
 
+    def _waited(self, s, now):
+        """(wall seconds since key `s`, the path's Starved or None)."""
+        waited = now - s.sent_at
+        if self.path is None or waited < self.bound_s:
+            return waited, None
+        st = self.path.since(s.sent_at, now)
+        if not st.measured:
+            return waited, None
+        s.starved_share = round(st.share, 3)
+        return waited, st
+
     def check(self):
         """An exception for the waiting beat to raise, or None."""
         lost = self._lost('at beat %s' % self.beat)
         if lost:
             return lost
         self._absorb()
+        if self.path is not None:
+            self.path.sample()
         now = self._clock()
         for s in self._pending:
-            waited = now - s.sent_at
+            waited, st = self._waited(s, now)
             if waited < self.bound_s:
                 continue
-            last = _last(self.stream)
             where = 'key %d (%s) at beat %s' % (
                 s.index + 1, s.key, s.beat or self.beat)
-            if s.first_frame_s is None:
-                seen = 'the last frame was %s, %.1f s before the key' % (
-                    last.frame_counter, s.sent_at - last.at) \
-                    if last else 'no frame had arrived at all'
-                guest_frame, probe = self._probe(last)
-                client_frame = last.frame_counter if last else None
-                if guest_frame is not None and client_frame is not None \
-                        and guest_frame <= client_frame:
-                    return KeyNotRegistered(
-                        '%s was not taken by the guest: no new frame for '
-                        '%.1f s, and %s (the key was lost before the guest '
-                        'read it, or the guest stopped)' % (
-                            where, waited, probe), what=self.beat)
-                msg = 'display frozen for %.1f s after %s: no new frame ' \
-                    'reached the client (%s)' % (waited, where, seen)
-                msg += '; %s' % (probe or 'no view of the guest\'s own '
-                                 'screen here to tell a frozen display from '
-                                 'a key the guest never took')
-                return DisplayFrozen(msg, what=self.beat)
-            return KeyNotRegistered(
-                '%s never registered: frames up to %s reached the client '
-                'over %.1f s and none changed the keypress chain (the '
-                'guest did not record the key)' % (
-                    where, last.frame_counter if last else '?', waited),
-                what=self.beat)
+            if st is not None and st.available_s < self.bound_s:
+                if self.cap_s is None or waited < self.cap_s:
+                    continue        # the machine, not the path, is slow
+                return PathStarved(
+                    'the machine starved the console\'s path: %s had no '
+                    'effect in %.1f s, of which the path had a CPU for only '
+                    '%.1f s (%s; load %s); not judged as a fault of the '
+                    'proxy' % (where, waited, st.available_s, st.describe(),
+                               starvation.loadavg()), what=self.beat)
+            note = ''
+            if st is not None and st.share >= 0.1:
+                note = ' (the bound counts CPU-available time: %s)' % \
+                    st.describe()
+            return self._judge(s, where, waited, note)
         return None
+
+    def _judge(self, s, where, waited, note=''):
+        last = _last(self.stream)
+        if s.first_frame_s is None:
+            seen = 'the last frame was %s, %.1f s before the key' % (
+                last.frame_counter, s.sent_at - last.at) \
+                if last else 'no frame had arrived at all'
+            guest_frame, probe = self._probe(last)
+            client_frame = last.frame_counter if last else None
+            if guest_frame is not None and client_frame is not None \
+                    and guest_frame <= client_frame:
+                return KeyNotRegistered(
+                    '%s was not taken by the guest: no new frame for '
+                    '%.1f s, and %s (the key was lost before the guest '
+                    'read it, or the guest stopped)%s' % (
+                        where, waited, probe, note), what=self.beat)
+            msg = 'display frozen for %.1f s after %s: no new frame ' \
+                'reached the client (%s)' % (waited, where, seen)
+            msg += '; %s' % (probe or 'no view of the guest\'s own '
+                             'screen here to tell a frozen display from '
+                             'a key the guest never took')
+            return DisplayFrozen(msg + note, what=self.beat)
+        return KeyNotRegistered(
+            '%s never registered: frames up to %s reached the client '
+            'over %.1f s and none changed the keypress chain (the '
+            'guest did not record the key)%s' % (
+                where, last.frame_counter if last else '?', waited, note),
+            what=self.beat)
 
     def paste_failed(self, sample, error):
         """ryll's paste ended in `error` (no paste_completed): a lost
@@ -316,7 +363,22 @@ class Liveness:
                          for b, v in per_beat.items()},
             'unregistered': [s.key for s in self.samples
                              if s.registered_s is None],
+            'path': self._path_summary(),
         }
+
+    def _path_summary(self):
+        """The path's starvation over the walk (scenario.starvation), or
+        None without a measured path.
+        """
+        if self.path is None or not self.path.available or \
+                not self.path.intervals:
+            return None
+        st = self.path.since(self.path.intervals[0].t0,
+                             self.path.intervals[-1].t1)
+        return {'wall_s': round(st.wall_s, 3),
+                'available_s': round(st.available_s, 3),
+                'share': round(st.share, 3),
+                'worst_share': round(st.worst_share, 3), 'who': st.who}
 
 
 def screendump_probe(guest, path, tries=3):

@@ -269,6 +269,29 @@ def guest_pacing(drain, first_key_unicode=None):
     return (keys[-1].t - keys[0].t) / 1000.0
 
 
+def path_pids(lane, guest, rp):
+    """A callable giving {role: [pid]} of the console's path: the guest's
+    qemu (where the lane runs it here), the lane's kerbside-proxy, ryll
+    and this harness, for liveness's CPU-available clock
+    (scenario.starvation).
+    """
+    def pids():
+        out = {'harness': [os.getpid()]}
+        qemu = getattr(guest, 'pid', None)
+        out['qemu'] = [qemu] if isinstance(qemu, int) else []
+        ryll = getattr(rp, 'pid', None)
+        out['ryll'] = [ryll] if isinstance(ryll, int) else []
+        kerbside = getattr(lane, 'kerbside', None) or getattr(
+            getattr(lane, 'lane', None), 'kerbside', None)   # a slot's
+        try:
+            out['kerbside-proxy'] = list(kerbside.proxy_pids()) \
+                if kerbside is not None else []
+        except Exception:
+            out['kerbside-proxy'] = []
+        return out
+    return pids
+
+
 def run_scenario(lane, walk_name, route, image, artifact_root,
                  step_timeout=90, boot_timeout=120, drain_timeout=60,
                  paste_secret=walk_mod.PASTE_SECRET,
@@ -314,7 +337,8 @@ def run_scenario(lane, walk_name, route, image, artifact_root,
             key_bound_s=key_bound_s, ryll_log=getattr(rp, 'stdout_path',
                                                       None),
             probe=liveness_mod.screendump_probe(
-                guest, os.path.join(art.path, 'liveness-screendump.png')))
+                guest, os.path.join(art.path, 'liveness-screendump.png')),
+            path_pids=path_pids(lane, guest, rp))
         t = time.monotonic()
         walk_mod.run_walk(walk_name, walker)
         phases['walk'] = time.monotonic() - t
@@ -381,6 +405,8 @@ def run_scenario(lane, walk_name, route, image, artifact_root,
         if walker.liveness is not None:
             live = walker.liveness.evidence()
             art.write_json('liveness.json', live)
+            if live.get('path'):
+                result.stats['path_starved_share'] = live['path']['share']
             reg = [k['registered_s'] for k in live['keys']
                    if k['registered_s'] is not None]
             if reg:

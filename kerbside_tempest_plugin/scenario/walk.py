@@ -37,6 +37,7 @@ import typing
 from kerbside_tempest_plugin.scenario import capture as cap
 from kerbside_tempest_plugin.scenario import checks
 from kerbside_tempest_plugin.scenario import liveness as liveness_mod
+from kerbside_tempest_plugin.scenario import starvation
 from kerbside_tempest_plugin.sextant import contract
 
 LOG = logging.getLogger(__name__)
@@ -207,7 +208,7 @@ class Walker:
                  paste_secret=PASTE_SECRET,
                  char_delay_ms=contract.PASTE_CHAR_DELAY_MS, log=None,
                  on_beat=None, key_bound_s=liveness_mod.DEFAULT_BOUND_S,
-                 ryll_log=None, probe=None):
+                 ryll_log=None, probe=None, path_pids=None):
         self.client = client
         self.stream = stream
         self.artifacts = artifacts
@@ -223,10 +224,18 @@ class Walker:
         self._on_beat = on_beat
         self.powered_off = False
         # Judges every wait: a frozen display, a key never registered, a
-        # lost channel (scenario.liveness); None: key_bound_s=0.
+        # lost channel (scenario.liveness); None: key_bound_s=0. With
+        # `path_pids` ({role: [pid]} of qemu, the proxy, ryll, the
+        # harness) its bound counts the path's CPU-available time, and a
+        # wait the machine starved ends before the step timeout as
+        # PathStarved (scenario.starvation).
+        path = starvation.PathClock(path_pids, clock=stream.now) \
+            if path_pids is not None else None
         self.liveness = liveness_mod.Liveness(
             stream, bound_s=key_bound_s, ryll_log=ryll_log,
-            probe=probe) if key_bound_s else None
+            probe=probe, path=path,
+            cap_s=max(step_timeout - 5.0, key_bound_s)
+            if path is not None else None) if key_bound_s else None
 
     # -- primitives
 
