@@ -338,7 +338,9 @@ def run_scenario(lane, walk_name, route, image, artifact_root,
                                                       None),
             probe=liveness_mod.screendump_probe(
                 guest, os.path.join(art.path, 'liveness-screendump.png')),
-            path_pids=path_pids(lane, guest, rp))
+            path_pids=path_pids(lane, guest, rp),
+            ps2_trace=getattr(guest, 'trace_path', None)
+            if walk_mod.pacing_on() else None)
         t = time.monotonic()
         walk_mod.run_walk(walk_name, walker)
         phases['walk'] = time.monotonic() - t
@@ -404,6 +406,7 @@ def run_scenario(lane, walk_name, route, image, artifact_root,
             result.stats['faults_injected'] = fault_summary(faults)
         if walker.liveness is not None:
             live = walker.liveness.evidence()
+            live['paste_pacing'] = walker.pacing
             art.write_json('liveness.json', live)
             if live.get('path'):
                 result.stats['path_starved_share'] = live['path']['share']

@@ -36,6 +36,7 @@ import typing
 
 from kerbside_tempest_plugin.scenario import capture as cap
 from kerbside_tempest_plugin.scenario import checks
+from kerbside_tempest_plugin.scenario import keyhops
 from kerbside_tempest_plugin.scenario import liveness as liveness_mod
 from kerbside_tempest_plugin.scenario import starvation
 from kerbside_tempest_plugin.sextant import contract
@@ -49,6 +50,13 @@ PASTE_PROMPT_ROW = contract.PASTE_PROMPT_ROW
 WRONG_INDICATOR_ROW = contract.PASTE_PROMPT_ROW + 1   # "(wrong, attempt N)"
 MODE_KEY = '4'
 MODE_SIZE = contract.MODE_KEYS[MODE_KEY]
+# Pacing a paste on qemu's PS/2 trace (Walker._paced_paste): at most
+# PACE_WINDOW of the queue's 16 bytes in flight, the trace polled every
+# PACE_POLL_S, and a chunk's bytes waited for PACE_BOUND_S of the path's
+# CPU-available time at most.
+PACE_WINDOW = 12
+PACE_POLL_S = 0.005
+PACE_BOUND_S = 2.0
 DRAIN_END_RE = re.compile(r'type=refresh_stats[^\r\n]*\r?\n')
 
 
@@ -84,6 +92,40 @@ class Beat:
         out = dataclasses.asdict(self)
         out['elapsed'] = self.elapsed
         return out
+
+
+def pacing_on():
+    """Pacing pastes on qemu's PS/2 trace is on unless $KTP_PACE_KEYS is
+    0 (benchmarks compare the two).
+    """
+    import os
+    return os.environ.get('KTP_PACE_KEYS', '1').strip() not in (
+        '0', 'no', 'false', 'off')
+
+
+def queue_bytes(char):
+    """Bytes `char` puts in qemu's PS/2 queue as ryll types it (OVMF's
+    translated set 2, docs/plans/keys-under-load.md): its make and its
+    break, and a Shift's make and break around it when it needs one.
+    """
+    from kerbside_tempest_plugin.sextant import keys as keys_mod
+    return 4 if keys_mod.needs_shift(char) else 2
+
+
+def paste_chunks(text, window=None):
+    """`text` cut into runs whose queue bytes fit `window`."""
+    window = PACE_WINDOW if window is None else window
+    out, cur, size = [], '', 0
+    for c in text:
+        n = queue_bytes(c)
+        if cur and size + n > window:
+            out.append(cur)
+            cur, size = '', 0
+        cur += c
+        size += n
+    if cur:
+        out.append(cur)
+    return out
 
 
 def _hash_moved(channel):
@@ -208,7 +250,7 @@ class Walker:
                  paste_secret=PASTE_SECRET,
                  char_delay_ms=contract.PASTE_CHAR_DELAY_MS, log=None,
                  on_beat=None, key_bound_s=liveness_mod.DEFAULT_BOUND_S,
-                 ryll_log=None, probe=None, path_pids=None):
+                 ryll_log=None, probe=None, path_pids=None, ps2_trace=None):
         self.client = client
         self.stream = stream
         self.artifacts = artifacts
@@ -231,6 +273,11 @@ class Walker:
         # PathStarved (scenario.starvation).
         path = starvation.PathClock(path_pids, clock=stream.now) \
             if path_pids is not None else None
+        # qemu's PS/2 trace, read while typing: a paste is typed in
+        # chunks that fit qemu's queue, each once the guest has read the
+        # last (`paced_chunks`); None: one ryll paste at its pace.
+        self.ps2 = keyhops.Ps2Gauge(ps2_trace) if ps2_trace else None
+        self.pacing = []            # per paste: the chunks and their waits
         self.liveness = liveness_mod.Liveness(
             stream, bound_s=key_bound_s, ryll_log=ryll_log,
             probe=probe, path=path,
@@ -257,13 +304,19 @@ class Walker:
         self.client.send_key(key)
 
     def paste(self, text):
-        """Type `text`; return only after paste_completed."""
+        """Type `text`; return only after paste_completed (of every chunk,
+        when paced).
+        """
         self.keys.append((self.stream.now(), 'paste(%d chars)' % len(text)))
         sample = None
         if self.liveness is not None:
             sample = self.liveness.key_sent('paste(%d chars)' % len(text))
         try:
-            sent = self.client.paste(text, char_delay_ms=self.char_delay_ms)
+            if self.ps2 is not None:
+                sent = self._paced_paste(text)
+            else:
+                sent = self.client.paste(text,
+                                         char_delay_ms=self.char_delay_ms)
         except Exception as e:
             found = self.liveness and self.liveness.paste_failed(sample, e)
             if found is not None:
@@ -273,6 +326,71 @@ class Walker:
             raise AssertionError('ryll typed %r of the %d characters pasted'
                                  % (sent, len(text)))
         return sent
+
+    def _paced_paste(self, text):
+        """`text` as ryll pastes of chunks of at most PACE_WINDOW queue
+        bytes, each sent once qemu's trace shows every byte of the chunks
+        before it read by the guest (or dropped): a burst of delayed keys
+        can then never hold more than the queue's 16 bytes
+        (docs/plans/keys-under-load.md). A chunk whose bytes do not all
+        reach qemu within PACE_BOUND_S of the path's CPU-available time
+        (a key lost on the way) is not waited for longer: typing goes on
+        and the guest's paste shows the loss, which keyhops puts on its
+        hop. Nothing is typed twice.
+        """
+        gauge = self.ps2
+        replay = gauge.poll()
+        base = replay.bytes_read + replay.trace.drops
+        owed = 0
+        sent = 0
+        record = {'chars': len(text), 'chunks': [], 'window': PACE_WINDOW}
+        self.pacing.append(record)
+        for chunk in paste_chunks(text):
+            t0 = self.stream.now()
+            waited, state, short = self._absorbed(base + owed)
+            base -= short           # bytes that will not come: not owed
+            n = self.client.paste(chunk, char_delay_ms=self.char_delay_ms)
+            sent += n or 0
+            owed += sum(queue_bytes(c) for c in chunk)
+            record['chunks'].append({
+                'chars': len(chunk), 'at': round(t0, 3),
+                'waited_s': round(waited, 3), 'before': state})
+        return sent
+
+    def _absorbed(self, target):
+        """Wait until the guest read (or the queue dropped) `target` key
+        bytes since the trace began; (seconds waited, 'read' | 'lost: ...',
+        the bytes still missing).
+        The bound counts the path's CPU-available time (liveness's clock)
+        when there is one; liveness is asked between polls, so a lost
+        channel still fails at once.
+        """
+        t0 = self.stream.now()
+        path = self.liveness.path if self.liveness is not None else None
+        deadline = time.monotonic() + max(PACE_BOUND_S * 20, 60.0)
+        last_check = 0.0
+        while True:
+            replay = self.ps2.poll()
+            have = replay.bytes_read + replay.trace.drops
+            if have >= target:
+                return self.stream.now() - t0, 'read', 0
+            now = self.stream.now()
+            if now - last_check >= 0.25:
+                last_check = now
+                if self.liveness is not None:
+                    failure = self.liveness.check()
+                    if isinstance(failure, liveness_mod.ChannelLost):
+                        raise failure
+                waited = now - t0
+                if waited >= PACE_BOUND_S:
+                    avail = path.since(t0, path.sample()).available_s \
+                        if path is not None and path.available else waited
+                    if avail >= PACE_BOUND_S or time.monotonic() > deadline:
+                        return waited, 'lost: %d of the keys\' queue ' \
+                            'bytes were still unread after %.1f s (%.1f s ' \
+                            'of CPU-available time)' % (
+                                target - have, waited, avail), target - have
+            time.sleep(PACE_POLL_S)
 
     def beat(self, name, what, predicate, implied_by=None, since=None,
              timeout=None, fail_on=None, meaning=None):
