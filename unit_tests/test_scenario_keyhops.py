@@ -361,10 +361,23 @@ def test_the_report_shows_lost_keys_and_a_row_per_key(recorded, tmp_path):
     (tmp_path / 'keyhops.json').write_text(json.dumps(hops.to_json()))
     (tmp_path / 'result.json').write_text(json.dumps(
         {'name': 'n', 'passed': False, 'beats': [], 'results': []}))
+    (tmp_path / 'liveness.json').write_text(json.dumps({
+        'keys': [], 'path': {'wall_s': 8.0, 'available_s': 6.0,
+                             'share': 0.25, 'worst_share': 0.5,
+                             'who': 'qemu (CPU 0/TCG)'},
+        'paste_pacing': [{'chars': 23, 'window': 12, 'chunks': [
+            {'chars': 6, 'waited_s': 0.0, 'before': 'read'},
+            {'chars': 3, 'waited_s': 2.1, 'before': 'lost: 4 of the '
+             'keys\' queue bytes were still unread after 2.1 s'}]}]}))
     html = open(html_report.build(str(tmp_path))).read()
     assert 'Where the keys went' in html
     assert 'key 3 of the paste (`x`) left ryll but never crossed' in html
     assert html.count('<tr') >= 28
+    assert 'paste of 23 characters paced on the PS/2 trace: 2 chunks of ' \
+        'at most 12 queue bytes, the longest wait for the guest to read ' \
+        'the last 2.100 s; lost: 4 of the keys&#x27; queue bytes' in html
+    assert 'the console&#x27;s path waited for a CPU 25 % of the walk ' \
+        '(6.0 s of 8.0 s available; most: qemu (CPU 0/TCG))' in html
 
 
 def _records(order, msgs):

@@ -513,10 +513,37 @@ def _frame_states(results):
     return '\n'.join(out)
 
 
-def _key_hops(data):
+def _pacing_facts(live):
+    """From liveness.json: how the paste was paced on qemu's PS/2 trace,
+    and how much of the walk the console's path waited for a CPU.
+    """
+    facts = []
+    for paste in (live or {}).get('paste_pacing') or ():
+        chunks = paste.get('chunks') or []
+        waits = [c.get('waited_s') or 0.0 for c in chunks]
+        lost = [c['before'] for c in chunks
+                if str(c.get('before', '')).startswith('lost')]
+        facts.append(
+            'paste of %d characters paced on the PS/2 trace: %d chunks of '
+            'at most %s queue bytes, the longest wait for the guest to '
+            'read the last %.3f s%s' % (
+                paste.get('chars', 0), len(chunks), paste.get('window'),
+                max(waits or [0.0]), '; ' + '; '.join(lost) if lost else ''))
+    path = (live or {}).get('path')
+    if path:
+        facts.append(
+            'the console\'s path waited for a CPU %d %% of the walk (%.1f '
+            's of %.1f s available; most: %s); the key bound counts the '
+            'available time' % (round(100 * path['share']),
+                                path['available_s'], path['wall_s'],
+                                path.get('who') or '?'))
+    return facts
+
+
+def _key_hops(data, live=None):
     """Where every key went (scenario.keyhops, keyhops.json): the
-    headline, each lost key on its hop, the PS/2 queue's figures and a
-    row per key.
+    headline, each lost key on its hop, the PS/2 queue's figures, the
+    paste's pacing and the path's CPU (liveness.json) and a row per key.
     """
     from kerbside_tempest_plugin.scenario import keyhops as keyhops_mod
     section = keyhops_mod.report_section(data)
@@ -534,7 +561,7 @@ def _key_hops(data):
         'PS/2 queue: at most %d of %d bytes held, %d byte(s) dropped, the '
         'slowest read %.3f s after its byte was queued' % (
             queue['max_depth'], queue['size'], queue['bytes_dropped'],
-            queue['slowest_read_s'])] if queue else [])
+            queue['slowest_read_s'])] if queue else []) + _pacing_facts(live)
     if facts:
         out.append('<p class="meta">%s</p>' % _e('; '.join(facts)))
     # a row whose last column (the loss) is filled is a lost key
@@ -587,7 +614,8 @@ def build(path):
            '<h2>Checks</h2>', _check_rows(result.get('results', [])),
            _missed(_load(path, 'missed_frames.json', None)),
            _frame_states(result.get('results', [])),
-           _key_hops(_load(path, 'keyhops.json', None)),
+           _key_hops(_load(path, 'keyhops.json', None),
+                     _load(path, 'liveness.json', None)),
            '<h2>Timeline</h2><p class="meta">Seconds since the capture '
            'started. Drain events sit at the first digest whose channel '
            'hashes prove them. Hover a mark for its text.</p>',
