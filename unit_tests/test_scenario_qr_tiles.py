@@ -81,6 +81,37 @@ def test_a_qr_tile_dropped_on_a_quiet_screen_stays_and_fails(
         '150 ms, over 100)' in ' '.join(starved.details)
 
 
+def test_a_dropped_tile_where_the_path_waited_for_a_cpu_is_not_judged(
+        clean, walk, tmp_path):
+    """The same dropped tile, with the display's path (here qemu) kept
+    off the CPU around it: unverifiable, saying so; kept off only far
+    from it, or only the harness waiting: it still fails.
+    """
+    i, t, rect = [d for d in qr_draws(clean)
+                  if d[2] == draw.Rect(896, 600, 32, 20) and 7.2 < d[1]][0]
+    tf.check(tf.drop(clean, i), walk, tmp_path)
+    calls = []
+
+    def waited_near(t0, t1, roles):
+        calls.append((t0, t1, roles))
+        return 0.3 if 'qemu' in roles else 0.0
+
+    def check(waited):
+        return frames.check_capture(
+            str(tmp_path / 'capture-display.pcap'), seen=walk['seen'],
+            beats=walk['beats'], path_waited=waited)
+    gated = check(waited_near)
+    assert gated.verdict == checks.PASS, gated.summary
+    assert "not judged, the display's path (qemu, the proxy, ryll) waited " \
+        '0.30 s for a CPU around it' in ' '.join(gated.details)
+    t0, t1, roles = calls[0]
+    assert t1 - t0 == pytest.approx(frames.PATH_BEFORE + frames.PATH_AFTER)
+    assert 'harness' not in roles
+    assert check(lambda t0, t1, roles: 0.05).verdict == checks.FAIL
+    assert check(lambda t0, t1, roles: 0.3 if 'harness' in roles
+                 else 0.0).verdict == checks.FAIL
+
+
 def test_the_last_qr_of_the_capture_is_not_judged(clean, walk, tmp_path):
     # the guest powers off after its last QR, and qemu's last refresh may
     # have caught it half drawn (seen beside a CPU hog)

@@ -175,3 +175,20 @@ def test_run_delay_is_read_for_real_from_proc():
     assert 0.0 <= s.share <= 1.0 and s.wall_s > 0.5
     assert starvation.thread_delays(os.getpid())
     assert starvation.thread_delays(2 ** 22 + 12345) == {}
+
+
+def test_waited_counts_seconds_per_role(st):
+    """PathClock.waited: the seconds the most starved thread of the
+    roles asked for waited in a window (the frame check's gate).
+    """
+    d = Delays(st)
+    clock = _clock(st, d)
+    clock.sample()
+    d.rate = 0.5
+    st.t = 2.0
+    clock.sample()
+    assert clock.waited(0.0, 2.0) == pytest.approx(1.0)
+    assert clock.waited(1.0, 1.5, ('qemu',)) == pytest.approx(0.25)
+    assert clock.waited(0.0, 2.0, ('ryll', 'kerbside-proxy')) == 0.0
+    assert clock.waited(3.0, 4.0) == 0.0
+    assert clock.intervals[-1].to_json() == [0.0, 2.0, {'qemu': 0.5}]

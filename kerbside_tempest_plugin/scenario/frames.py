@@ -88,6 +88,14 @@ DRAWING_PAUSE = 0.1
 # (the matrix's walks at load 1.3-3.6: 10-66 ms; 8-16 guests on 2 cores:
 # 120-660 ms, and those rules failed 15 of 58 healthy walks)
 STARVED_MS = 100
+# s: a timing finding is not judged either when the display's path (qemu,
+# kerbside-proxy, ryll) waited for a CPU this long around it, from
+# PATH_BEFORE before it to PATH_AFTER after (scenario.starvation): the
+# rules' own pause is DRAWING_PAUSE, and a path kept off the CPU that
+# long delays draws by as much without any fault
+PATH_WAIT = DRAWING_PAUSE
+PATH_BEFORE, PATH_AFTER = 0.5, 1.0
+PATH_ROLES = ('qemu', 'kerbside-proxy', 'ryll')
 
 VERIFIED, TORN, TRAILING = 'verified', 'torn', 'trailing'
 DAMAGED, UNVERIFIABLE, LASTING_DAMAGE = ('damaged', 'unverifiable',
@@ -840,15 +848,36 @@ def starved(slowest_refresh_ms):
         slowest_refresh_ms > STARVED_MS
 
 
+def _path_gate(report, offset, path_waited):
+    """Timing findings at a moment the display's path waited PATH_WAIT
+    or more for a CPU become unverifiable, saying so. `path_waited`:
+    (t0, t1, roles) -> seconds, on the walk's clock (PathClock.waited).
+    """
+    if path_waited is None or offset is None:
+        return
+    for f in report.frames:
+        if f.status not in (DAMAGED, LASTING_DAMAGE) or \
+                f.evidence != qr_tiles.TIMING:
+            continue
+        at = f.t + offset
+        waited = path_waited(at - PATH_BEFORE, at + PATH_AFTER, PATH_ROLES)
+        if waited >= PATH_WAIT:
+            f.status = UNVERIFIABLE
+            f.how = 'not judged, the display\'s path (qemu, the proxy, ' \
+                'ryll) waited %.2f s for a CPU around it: %s' % (waited, f.how)
+
+
 def judge(report, seen=(), beats=(), name=NAME, slowest_refresh_ms=None,
-          drained=True):
+          drained=True, path_waited=None):
     """The CheckResult of a FrameReport: fails on damage, naming the
     first damaged frame, its time in the walk and the beat (`seen`: the
     frames the harness saw, as (frame counter, stream time), to put the
     capture on the walk's clock; `beats`: the walk's beats) and its
-    rectangle.
+    rectangle. `path_waited` (PathClock.waited) takes timing findings
+    out where the display's path was kept from a CPU (_path_gate).
     """
     offset = clock_offset(report, seen)
+    _path_gate(report, offset, path_waited)
     if starved(slowest_refresh_ms) or not drained:
         # `drained` False: the walk stopped before the guest's drain, so
         # its refresh costs are unknown (and the walk failed already)
@@ -912,7 +941,7 @@ def judge(report, seen=(), beats=(), name=NAME, slowest_refresh_ms=None,
 
 
 def check_capture(path, seen=(), beats=(), name=NAME,
-                  slowest_refresh_ms=None, drained=True):
+                  slowest_refresh_ms=None, drained=True, path_waited=None):
     """The per-frame check on the display capture at `path` (a test's
     ``ryll/capture-display.pcap``). NOT RUN, with the reason, when there
     is none or it cannot be replayed; never raises for a bad capture.
@@ -942,7 +971,8 @@ def check_capture(path, seen=(), beats=(), name=NAME,
         return checks.CheckResult.not_run(name, 'the check raised %s: %s' % (
             type(e).__name__, e))
     return judge(report, seen=seen, beats=beats, name=name,
-                 slowest_refresh_ms=slowest_refresh_ms, drained=drained)
+                 slowest_refresh_ms=slowest_refresh_ms, drained=drained,
+                 path_waited=path_waited)
 
 
 REPORT_COLUMNS = ('frame', 'verdict', 's into the walk', 'beat',

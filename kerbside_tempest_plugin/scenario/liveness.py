@@ -378,7 +378,10 @@ class Liveness:
         return {'wall_s': round(st.wall_s, 3),
                 'available_s': round(st.available_s, 3),
                 'share': round(st.share, 3),
-                'worst_share': round(st.worst_share, 3), 'who': st.who}
+                'worst_share': round(st.worst_share, 3), 'who': st.who,
+                # [t0, t1, {role: the role's most starved thread's share}]
+                # on the stream clock, for the frame check and later study
+                'intervals': [iv.to_json() for iv in self.path.intervals]}
 
 
 def screendump_probe(guest, path, tries=3):

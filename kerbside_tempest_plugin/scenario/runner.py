@@ -269,6 +269,14 @@ def guest_pacing(drain, first_key_unicode=None):
     return (keys[-1].t - keys[0].t) / 1000.0
 
 
+def _path_waited(walker):
+    """The walk's PathClock.waited when it measured anything, else None
+    (the frame check then judges every timing finding).
+    """
+    path = walker.liveness.path if walker.liveness is not None else None
+    return path.waited if path is not None and path.available else None
+
+
 def path_pids(lane, guest, rp):
     """A callable giving {role: [pid]} of the console's path: the guest's
     qemu (where the lane runs it here), the lane's kerbside-proxy, ryll
@@ -398,7 +406,8 @@ def run_scenario(lane, walk_name, route, image, artifact_root,
                 capture, beats=walker.beats, seen=[
                     (cd.frame_counter, cd.at) for cd in stream.snapshot()],
                 slowest_refresh_ms=_slowest_refresh_ms(drain),
-                drained=drain is not None and drain.complete))
+                drained=drain is not None and drain.complete,
+                path_waited=_path_waited(walker)))
             result.stats['frame_check_s'] = round(time.monotonic() - t, 3)
         if faults is not None:
             art.write_text('fault-relay.jsonl', ''.join(

@@ -63,10 +63,15 @@ class Interval:
     t1: float
     share: float                    # the most starved thread's share
     who: str = None                 # 'qemu (CPU 0/TCG)'
+    roles: dict = dataclasses.field(default_factory=dict)  # role: share
 
     @property
     def dt(self):
         return self.t1 - self.t0
+
+    def to_json(self):
+        return [round(self.t0, 3), round(self.t1, 3),
+                {r: round(v, 3) for r, v in sorted(self.roles.items())}]
 
 
 @dataclasses.dataclass
@@ -139,21 +144,37 @@ class PathClock:
         seen = self._sample()
         if self._last is not None and now > self._t:
             dt = now - self._t
-            share, who = 0.0, None
+            share, who, roles = 0.0, None, {}
             for k, (comm, delay) in seen.items():
                 old = self._last.get(k)
                 if old is None:
                     continue
                 s = min(1.0, max(0.0, (delay - old[1]) / 1e9 / dt))
+                roles[k[0]] = max(roles.get(k[0], 0.0), s)
                 if s > share:
                     share, who = s, '%s (%s)' % (k[0], comm)
             if seen and self._last:
                 self.available = True
-            self.intervals.append(Interval(self._t, now, share, who))
+            self.intervals.append(Interval(self._t, now, share, who, roles))
             if len(self.intervals) > self._keep:
                 del self.intervals[:len(self.intervals) - self._keep]
         self._last, self._t = seen, now
         return now
+
+    def waited(self, t0, t1, roles=None):
+        """Seconds of [t0, t1] the most starved thread of `roles` (None:
+        any) spent waiting for a CPU, from the samples taken (no new
+        one).
+        """
+        lost = 0.0
+        for iv in self.intervals:
+            lo, hi = max(iv.t0, t0), min(iv.t1, t1)
+            if hi <= lo:
+                continue
+            share = iv.share if roles is None else max(
+                [iv.roles.get(r, 0.0) for r in roles] or [0.0])
+            lost += (hi - lo) * share
+        return lost
 
     def since(self, t0, t1=None):
         """Starved over [t0, t1] (t1 default: a new sample now), counting
