@@ -173,3 +173,23 @@ def test_the_gauge_reads_only_whole_lines(tmp_path):
         f.write('code %s keycode 0x1c\n' % KBD)
     assert g.poll().queued == 1
     assert keyhops.Ps2Gauge(str(tmp_path / 'none.log')).poll().events == 0
+
+
+def test_a_trace_nobody_writes_stops_the_pacing_once(tmp_path, monkeypatch):
+    """qemu writes no key event at all (a trace file that is not live):
+    one wait, then the rest of the paste in one ryll paste.
+    """
+    monkeypatch.setattr(walk, 'PACE_BOUND_S', 0.3)
+    path = tmp_path / 'ps2-trace.log'
+    path.write_text('')
+    pastes = []
+    stream = types.SimpleNamespace(now=time.monotonic)
+    w = walk.Walker(types.SimpleNamespace(
+        paste=lambda text, **kw: pastes.append(text) or len(text)), stream,
+        key_bound_s=0, log=lambda m: None, ps2_trace=str(path))
+    t0 = time.monotonic()
+    assert w._paced_paste('sextant{HELLO_OPERATOR}') == 23
+    assert time.monotonic() - t0 < 0.3 * 2
+    assert pastes == ['sextan', 't{HELLO_OPERATOR}']
+    assert w.pacing[-1]['chunks'][1]['before'].startswith(
+        'no trace: qemu wrote no key event in 0.')
