@@ -217,15 +217,17 @@ def pct(values, q):
     return values[-1]
 
 
-def run_point(lane, route, n, args, out):
-    """N walks at once on the first N console slots of `lane`."""
+def run_point(lane, route, n, args, out, tag=''):
+    """N walks at once on the first N console slots of `lane` (`tag` in
+    their names keeps guest names unique when an N runs again).
+    """
     slots = lane.console_slots()[:n]
     results = [None] * n
     barrier = threading.Barrier(n)
     root = os.path.join(out, route, 'n%02d' % n)
 
     def walk(i):
-        name = 'load-%s-n%02d-%02d' % (route, n, i + 1)
+        name = 'load-%s-n%02d%s-%02d' % (route, n, tag, i + 1)
         try:
             barrier.wait(60)
             results[i] = runner.run_scenario(
