@@ -21,9 +21,9 @@ itself) unless with --no-lock.
 `--modes parallel-split parallel` compares the parallel bring-up with
 Keystone's and Nova's one-shot setups as one process per command
 against one process each (issue 20). `CPU s of the one-shot commands`
-is the user + system CPU of every command that ended during the
-bring-up (the db syncs, *-manage, the capabilities probe), from
-getrusage(RUSAGE_CHILDREN).
+is the user + system CPU of every one-shot command of the bring-up (the
+db syncs, *-manage, the capabilities probe), each reaped with wait4 by
+Services.run; `cpu` in the JSON line has each command's.
 """
 
 import argparse
@@ -31,7 +31,6 @@ import fcntl
 import json
 import logging
 import os
-import resource
 import statistics
 import sys
 import time
@@ -96,12 +95,6 @@ def loadavg():
         return float(f.read().split()[0])
 
 
-def children_cpu():
-    """User + system CPU seconds of this process's ended children."""
-    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return ru.ru_utime + ru.ru_stime
-
-
 class LoadStamped(dict):
     """The cloud's timings dict, noting the 1-minute load average when
     each figure is set (at the end of its phase).
@@ -115,17 +108,23 @@ class LoadStamped(dict):
         self.load[key] = loadavg()
         super().__setitem__(key, value)
 
+    def update(self, *args, **kwargs):
+        # Services.run_script() merges its steps' timings with update().
+        for key, value in dict(*args, **kwargs).items():
+            self[key] = value
+
 
 def one_cloud(mode, workdir, boot_image=None):
     cloud = os_cloud.OpenStackCloud(workdir, bringup=mode)
     cloud.timings = LoadStamped()
     result = {'mode': mode, 'workdir': workdir, 'load_start': loadavg()}
     try:
-        cpu = children_cpu()
         cloud.up(timeout=300)
-        # The one-shot commands (db syncs, *-manage) are the children
-        # that have ended by now; the services still run.
-        cloud.timings['oneshot_cpu'] = children_cpu() - cpu
+        # The one-shot commands (db syncs, *-manage, the capabilities
+        # probe), each reaped with its own rusage (Services.run).
+        result['cpu'] = dict(cloud.services.cpu)
+        cloud.timings['oneshot_cpu'] = sum(
+            v for v in cloud.services.cpu.values() if v)
         if boot_image:
             cloud.upload_image(boot_image)
             server = cloud.boot(boot_image, name='bringup-bench')
@@ -154,10 +153,12 @@ def table(results, modes):
             return '-'
         secs = statistics.median(v for v, _ in vals)
         loads = [lv for _, lv in vals if lv is not None]
+        load = ('load %.1f' % loads[0] if len(loads) == 1 else
+                'load %.1f-%.1f' % (min(loads), max(loads)) if loads
+                else 'load -')
         if len(vals) == 1:
-            return '%6.1f s (load %.1f)' % (secs, loads[0])
-        return '%6.1f s (median of %d; load %.1f-%.1f)' % (
-            secs, len(vals), min(loads), max(loads))
+            return '%6.1f s (%s)' % (secs, load)
+        return '%6.1f s (median of %d; %s)' % (secs, len(vals), load)
 
     width = max(len(label) for _, label in PHASES)
     lines = ['%-*s  %s' % (width, 'phase', '  '.join(

@@ -15,6 +15,7 @@ import ast
 import json
 import os
 import re
+import time
 
 import pytest
 
@@ -201,3 +202,37 @@ def test_keystone_setup_in_one_process(tmp_path):
     assert s.envs == [{'OS_BOOTSTRAP_PASSWORD': password}]
     assert not any(password in a for a in argv)
     assert s.timings == {'keystone-db-sync': 3.0}
+
+
+def _services(tmp_path):
+    from kerbside_tempest_plugin.common import secrets
+    from kerbside_tempest_plugin.lane import procs
+    lay = _layout(tmp_path)
+    os.makedirs(lay.log_dir, exist_ok=True)
+    return svc.Services(lay, procs.ProcessRegistry(
+        str(tmp_path / 'processes.json')), secrets.Redactor(), {})
+
+
+def test_run_records_each_commands_cpu(tmp_path):
+    s = _services(tmp_path)
+    s.run('burn', ['python3', '-c',
+                   'import time\nt = time.process_time()\n'
+                   'while time.process_time() - t < 0.3: pass'])
+    s.run('sleep', ['sleep', '0.3'])
+    assert 0.25 < s.cpu['burn'] < 5
+    assert s.cpu['sleep'] < 0.1 and s.timings['sleep'] >= 0.3
+    # Input still reaches the command; a failure still names it.
+    s.run('cat', ['sh', '-c', 'cat > in.txt'], input_text='hello')
+    assert (tmp_path / 'in.txt').read_text() == 'hello'
+    with pytest.raises(errors.HarnessError, match='false failed .exit 1'):
+        s.run('false', ['false'])
+
+
+def test_run_deadline_kills_and_says_what(tmp_path):
+    s = _services(tmp_path)
+    t = time.monotonic()
+    with pytest.raises(errors.HarnessTimeout) as e:
+        s.run('stuck', ['sh', '-c', 'echo started; sleep 30'], timeout=0.5)
+    assert time.monotonic() - t < 5
+    assert 'waiting for stuck to finish' in str(e.value)
+    assert 'started' in str(e.value)

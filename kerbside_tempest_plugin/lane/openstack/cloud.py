@@ -219,6 +219,10 @@ class OpenStackCloud:
             'servers': self.servers,
             'bringup': self.bringup,
             'power_state_sync': self.power_state_sync,
+            # User + system CPU seconds of each one-shot command.
+            'oneshot_cpu': {k: round(v, 2) for k, v in dict(
+                self.services.cpu if self.services else {}).items()
+                if v is not None},
             'timings': {k: round(v, 3) for k, v in
                         dict(self.timings).items()},
         }
