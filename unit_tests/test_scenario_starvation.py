@@ -189,6 +189,7 @@ def test_waited_counts_seconds_per_role(st):
     clock.sample()
     assert clock.waited(0.0, 2.0) == pytest.approx(1.0)
     assert clock.waited(1.0, 1.5, ('qemu',)) == pytest.approx(0.25)
+    assert clock.waited(1.0, 1.5, ('qemu', 'ryll')) == pytest.approx(0.25)
     assert clock.waited(0.0, 2.0, ('ryll', 'kerbside-proxy')) == 0.0
     assert clock.waited(3.0, 4.0) == 0.0
     assert clock.intervals[-1].to_json() == [0.0, 2.0, {'qemu': 0.5}]

@@ -162,19 +162,24 @@ class PathClock:
         return now
 
     def waited(self, t0, t1, roles=None):
-        """Seconds of [t0, t1] the most starved thread of `roles` (None:
-        any) spent waiting for a CPU, from the samples taken (no new
-        one).
+        """Seconds of [t0, t1] that one role's most starved thread spent
+        waiting for a CPU, for the role of `roles` (None: the most
+        starved thread of any role, interval by interval) that waited
+        most; from the samples taken (no new one).
         """
+        per_role = {}
         lost = 0.0
         for iv in self.intervals:
             lo, hi = max(iv.t0, t0), min(iv.t1, t1)
             if hi <= lo:
                 continue
-            share = iv.share if roles is None else max(
-                [iv.roles.get(r, 0.0) for r in roles] or [0.0])
-            lost += (hi - lo) * share
-        return lost
+            lost += (hi - lo) * iv.share
+            for r in roles or ():
+                per_role[r] = per_role.get(r, 0.0) + \
+                    (hi - lo) * iv.roles.get(r, 0.0)
+        if roles is None:
+            return lost
+        return max(per_role.values(), default=0.0)
 
     def since(self, t0, t1=None):
         """Starved over [t0, t1] (t1 default: a new sample now), counting
