@@ -35,9 +35,13 @@ def _read(path):
         return None
 
 
+_COMMS = {}
+
+
 def thread_delays(pid):
     """{tid: (comm, run_ns, delay_ns)} of process `pid`'s threads; {} for
-    a process that is gone (or a /proc without schedstat).
+    a process that is gone (or a /proc without schedstat). A thread's
+    name is read once.
     """
     out = {}
     base = '/proc/%d/task' % pid
@@ -52,7 +56,12 @@ def thread_delays(pid):
         parts = text.split()
         if len(parts) < 2 or not (parts[0].isdigit() and parts[1].isdigit()):
             continue
-        comm = (_read('%s/%s/comm' % (base, tid)) or '?').strip()
+        comm = _COMMS.get((pid, tid))
+        if comm is None:
+            comm = _COMMS[(pid, tid)] = (
+                _read('%s/%s/comm' % (base, tid)) or '?').strip()
+            if len(_COMMS) > 20000:
+                _COMMS.clear()
         out[int(tid)] = (comm, int(parts[0]), int(parts[1]))
     return out
 
