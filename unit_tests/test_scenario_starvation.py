@@ -41,20 +41,31 @@ def _clock(st, delays):
                                 clock=st.now, reader=delays)
 
 
-@pytest.fixture
-def st():
+def _stream():
+    """test_scenario_liveness's stream, at frame 10."""
     s = Stream()
     s.frame(10, 0xAAAA)
     return s
 
 
-def test_the_clock_counts_only_cpu_available_time(st):
+st = pytest.fixture(name='st')(_stream)
+
+
+def _starving(st, rate, until):
+    """A clock sampled at st.t and at `until`, qemu waiting `rate` of
+    the time between; (the fake /proc, the clock).
+    """
     d = Delays(st)
     clock = _clock(st, d)
     clock.sample()
-    d.rate = 0.75
-    st.t = 4.0
+    d.rate = rate
+    st.t = until
     clock.sample()
+    return d, clock
+
+
+def test_the_clock_counts_only_cpu_available_time(st):
+    d, clock = _starving(st, 0.75, 4.0)
     d.rate = 0.0
     st.t = 6.0
     s = clock.since(0.0)
@@ -181,12 +192,7 @@ def test_waited_counts_seconds_per_role(st):
     """PathClock.waited: the seconds the most starved thread of the
     roles asked for waited in a window (the frame check's gate).
     """
-    d = Delays(st)
-    clock = _clock(st, d)
-    clock.sample()
-    d.rate = 0.5
-    st.t = 2.0
-    clock.sample()
+    _d, clock = _starving(st, 0.5, 2.0)
     assert clock.waited(0.0, 2.0) == pytest.approx(1.0)
     assert clock.waited(1.0, 1.5, ('qemu',)) == pytest.approx(0.25)
     assert clock.waited(1.0, 1.5, ('qemu', 'ryll')) == pytest.approx(0.25)
