@@ -14,7 +14,10 @@
 #      test (versions, source, proxy binary and its sha256) is logged
 #      and kept in cloud-up.json (kerbside_build);
 #   4. per route (KTP_ROUTE=kerbside|direct; default both): a fresh
-#      tempest workspace and tempest.conf for this cloud, then
+#      tempest workspace and tempest.conf for this cloud (pre-provisioned
+#      credentials: a member the lane makes once and the cloud's admin,
+#      in accounts.yaml; KTP_DYNAMIC_CREDENTIALS=1: tempest makes a
+#      project and users per test class, as before issue 20), then
 #      `tempest run --regex sextant` (kerbside: Nova's spice-direct URL,
 #      Kerbside's /nova-console.vv, ryll through the proxy, and the cloud
 #      promise test, which logs in to Kerbside's API with POST /auth;
@@ -117,15 +120,20 @@ for route in $ROUTES; do
         >"$OUT/tempest-init-$route.log" 2>&1 \
         || { cat "$OUT/tempest-init-$route.log"; die "tempest init failed"; }
     openstack tempest-conf --workdir "$CLOUD" --workspace "$ws" \
-        --route "$route" --image "$GLANCE_IMAGE" >/dev/null \
+        --route "$route" --image "$GLANCE_IMAGE" \
+        ${KTP_DYNAMIC_CREDENTIALS:+--dynamic-credentials} >/dev/null \
         || die "cannot write tempest.conf"
     mkdir -p "$ws/lock" "$ws/artifacts"
     log "route $route: tempest, workspace $ws"
     t1=$SECONDS
     ktp_run run_tempest "$ws" "$@"
     rc[$route]=$?
-    # The conf holds the admin password: only the redacted copy stays.
+    # The conf and accounts.yaml hold passwords: only the redacted
+    # copies stay.
     mv -f "$ws/etc/tempest.redacted.conf" "$ws/etc/tempest.conf"
+    if [ -f "$ws/etc/accounts.redacted.yaml" ]; then
+        mv -f "$ws/etc/accounts.redacted.yaml" "$ws/etc/accounts.yaml"
+    fi
     log "route $route: tempest exited ${rc[$route]} after $((SECONDS - t1)) s"
     ktp_stopping && stopped
 done

@@ -204,6 +204,131 @@ def test_keystone_setup_in_one_process(tmp_path):
     assert s.timings == {'keystone-db-sync': 3.0}
 
 
+def test_tempest_uses_one_preprovisioned_member_and_the_admin(tmp_path):
+    import yaml
+    state = {'flavor': 'f1', 'auth_url': 'http://127.0.0.1:1/v3'}
+    accounts = yaml.safe_load(tempest_conf.accounts_yaml(
+        "adm'pw", 'mem-pw', ('ktp-tempest', 'ktp-tempest-member')))
+    assert accounts == [
+        {'username': 'ktp-tempest-member', 'project_name': 'ktp-tempest',
+         'domain_name': 'Default', 'password': 'mem-pw',
+         'roles': ['member']},
+        {'username': 'admin', 'project_name': 'admin',
+         'domain_name': 'Default', 'password': "adm'pw",
+         'roles': ['admin']}]
+    conf = _ini(tempest_conf.render(state, 'pw', 'kerbside', '/ws', 'img',
+                                    accounts_file='/ws/etc/accounts.yaml'))
+    assert conf['auth']['use_dynamic_credentials'] == 'false'
+    assert conf['auth']['test_accounts_file'] == '/ws/etc/accounts.yaml'
+    dyn = _ini(tempest_conf.render(state, 'pw', 'kerbside', '/ws', 'img'))
+    assert dyn['auth']['use_dynamic_credentials'] == 'true'
+    assert 'test_accounts_file' not in dyn['auth']
+
+
+class _Keystone:
+    """find()/call() of lane.openstack.api.Client over dicts."""
+
+    def __init__(self, users=()):
+        self.items = {'projects': [], 'users': list(users),
+                      'roles': [{'id': 'r-member', 'name': 'member'}]}
+        self.calls = []
+
+    def find(self, service, collection, key, name):
+        return next((i for i in self.items[collection]
+                     if i['name'] == name), None)
+
+    def call(self, method, service, path, body=None, expect=(200,)):
+        self.calls.append((method, path, body))
+        if method == 'POST':
+            kind = path.strip('/')
+            item = dict(body[kind[:-1]], id='id-%d' % len(self.calls))
+            self.items[kind].append(item)
+            return {kind[:-1]: item}
+        return None
+
+
+def test_tempest_member_account_is_made_once_and_kept_in_step():
+    ks = _Keystone()
+    assert keystone.tempest_account(ks, 'pw1') == (
+        keystone.TEMPEST_PROJECT, keystone.TEMPEST_USER)
+    (project,) = ks.items['projects']
+    (user,) = ks.items['users']
+    assert user['password'] == 'pw1'
+    assert user['default_project_id'] == project['id']
+    assert ('PUT', '/projects/%s/users/%s/roles/r-member' % (
+        project['id'], user['id']), None) in ks.calls
+    # Again (the second route): nothing new, the password set again.
+    n = len(ks.calls)
+    keystone.tempest_account(ks, 'pw1')
+    assert len(ks.items['projects']) == len(ks.items['users']) == 1
+    assert [c[0] for c in ks.calls[n:]] == ['PATCH', 'PUT']
+
+
+def test_tempest_conf_command_writes_private_accounts(
+        tmp_path, monkeypatch):
+    from kerbside_tempest_plugin.cmd import openstack as cmd
+    workdir = tmp_path / 'cloud'
+    (workdir / 'secrets').mkdir(parents=True)
+    (workdir / 'secrets' / 'admin-password').write_text('adm-secret\n')
+    monkeypatch.setattr(os_cloud, 'load_state', lambda w: {
+        'state': 'up', 'flavor': 'f1', 'auth_url': 'http://127.0.0.1:1/v3',
+        'admin_password_file': str(workdir / 'secrets' / 'admin-password')})
+    made = []
+    monkeypatch.setattr(keystone, 'tempest_account',
+                        lambda client, pw: made.append(pw) or (
+                            'ktp-tempest', 'ktp-tempest-member'))
+    ws = tmp_path / 'ws'
+    (ws / 'etc').mkdir(parents=True)
+    assert cmd.main(['tempest-conf', '--workdir', str(workdir),
+                     '--workspace', str(ws), '--image', 'img']) == 0
+    (member_pw,) = made
+    # Kept in the cloud's secrets, so its teardown masks it in logs.
+    stored = workdir / 'secrets' / 'tempest-member-password'
+    assert stored.read_text().strip() == member_pw
+    accounts = (ws / 'etc' / 'accounts.yaml')
+    assert oct(accounts.stat().st_mode & 0o777) == '0o600'
+    assert member_pw in accounts.read_text()
+    assert 'adm-secret' in accounts.read_text()
+    red = (ws / 'etc' / 'accounts.redacted.yaml').read_text()
+    assert member_pw not in red and 'adm-secret' not in red
+    conf = _ini((ws / 'etc' / 'tempest.conf').read_text())
+    assert conf['auth']['test_accounts_file'] == str(accounts)
+    red_conf = (ws / 'etc' / 'tempest.redacted.conf').read_text()
+    assert 'adm-secret' not in red_conf and member_pw not in red_conf
+    # --dynamic-credentials: no account, as before.
+    made.clear()
+    assert cmd.main(['tempest-conf', '--workdir', str(workdir),
+                     '--workspace', str(ws), '--image', 'img',
+                     '--dynamic-credentials']) == 0
+    assert not made
+    conf = _ini((ws / 'etc' / 'tempest.conf').read_text())
+    assert conf['auth']['use_dynamic_credentials'] == 'true'
+
+
+def test_tempest_finds_its_primary_and_admin_in_the_accounts(tmp_path):
+    # tempest's own matching (a project-scoped `member` for primary, the
+    # admin role for admin); the first job run without `roles:
+    # [member]` failed every class with "No credentials matching role:
+    # member, scope: project".
+    from oslo_concurrency import lockutils
+    from tempest.lib.common import preprov_creds
+    lockutils.set_defaults(str(tmp_path / 'lock'))
+    path = tmp_path / 'accounts.yaml'
+    path.write_text(tempest_conf.accounts_yaml(
+        'adm-pw', 'mem-pw', ('ktp-tempest', 'ktp-tempest-member')))
+    p = preprov_creds.PreProvisionedCredentialProvider(
+        identity_version='v3', test_accounts_file=str(path),
+        accounts_lock_dir=str(tmp_path / 'accounts-lock'), name='t',
+        admin_role='admin', identity_uri='http://127.0.0.1:1/v3',
+        credentials_domain='Default')
+    # What tempest wraps with network resources (none here): the account.
+    # (The account locks live under tmp_path; nothing to release.)
+    p._wrap_creds_with_network = lambda h: p.hash_dict['creds'][h]
+    assert p.admin_available()
+    assert p.get_primary_creds()['username'] == 'ktp-tempest-member'
+    assert p.get_admin_creds()['username'] == 'admin'
+
+
 def _services(tmp_path):
     from kerbside_tempest_plugin.common import secrets
     from kerbside_tempest_plugin.lane import procs

@@ -41,8 +41,10 @@ from kerbside_tempest_plugin.common import secrets as common_secrets
 from kerbside_tempest_plugin.common import signals
 from kerbside_tempest_plugin import guest_images
 from kerbside_tempest_plugin.lane import kerbside as lane_kerbside
+from kerbside_tempest_plugin.lane.openstack import api as os_api
 from kerbside_tempest_plugin.lane.openstack import cloud as os_cloud
 from kerbside_tempest_plugin.lane.openstack import kerbside as os_kerbside
+from kerbside_tempest_plugin.lane.openstack import keystone as os_keystone
 from kerbside_tempest_plugin.lane.openstack import tempest_conf
 from kerbside_tempest_plugin.lane.openstack import venv as os_venv
 from kerbside_tempest_plugin.sextant import contract
@@ -143,7 +145,10 @@ def cmd_down(args):
 
 def cmd_tempest_conf(args):
     """Write tempest.conf for the cloud in --workdir (0600: it holds the
-    admin password) and a redacted copy beside it.
+    admin password) and a redacted copy beside it; unless
+    --dynamic-credentials, also the member account tempest uses (made
+    in the cloud's Keystone, its password in the cloud's secrets) and
+    accounts.yaml (0600) with a redacted copy.
     """
     workdir = os.path.abspath(args.workdir or os_cloud.default_workdir())
     state = os_cloud.load_state(workdir)
@@ -153,14 +158,42 @@ def cmd_tempest_conf(args):
     with open(state['admin_password_file']) as f:
         password = f.read().strip()
     ws = os.path.abspath(args.workspace)
-    path = os.path.join(ws, 'etc', 'tempest.conf')
+    etc = os.path.join(ws, 'etc')
+    path = os.path.join(etc, 'tempest.conf')
+    accounts = None
+    if not args.dynamic_credentials:
+        accounts = os.path.join(etc, 'accounts.yaml')
+        member = tempest_member(workdir, state, password)
+        common_secrets.write_private(accounts, tempest_conf.accounts_yaml(
+            password, member['password'], member['names']), 0o600)
+        with open(os.path.join(etc, 'accounts.redacted.yaml'), 'w') as f:
+            f.write(tempest_conf.accounts_yaml(
+                tempest_conf.REDACTED, tempest_conf.REDACTED,
+                member['names']))
     common_secrets.write_private(path, tempest_conf.render(
-        state, password, args.route, ws, args.image), 0o600)
-    with open(os.path.join(ws, 'etc', 'tempest.redacted.conf'), 'w') as f:
+        state, password, args.route, ws, args.image,
+        accounts_file=accounts), 0o600)
+    with open(os.path.join(etc, 'tempest.redacted.conf'), 'w') as f:
         f.write(tempest_conf.render(state, tempest_conf.REDACTED,
-                                    args.route, ws, args.image))
+                                    args.route, ws, args.image,
+                                    accounts_file=accounts))
     print(path)
     return 0
+
+
+def tempest_member(workdir, state, admin_password):
+    """tempest's member account in the cloud's Keystone (idempotent):
+    {'names': (project, user), 'password'}. The password lives in the
+    cloud's secrets (so the cloud's teardown masks it in the logs).
+    """
+    redactor = common_secrets.Redactor()
+    secrets = common_secrets.SecretStore(os.path.join(workdir, 'secrets'),
+                                         redactor)
+    member_password = secrets.get_or_create('tempest-member-password')
+    client = os_api.Client(state['auth_url'], 'admin', admin_password,
+                           project='admin', redactor=redactor)
+    names = os_keystone.tempest_account(client, member_password)
+    return {'names': names, 'password': member_password}
 
 
 def build_parser():
@@ -212,6 +245,10 @@ def build_parser():
     tc.add_argument('--route', choices=('kerbside', 'direct'),
                     default='kerbside')
     tc.add_argument('--image', required=True, help='Glance image id')
+    tc.add_argument('--dynamic-credentials', action='store_true',
+                    help='tempest makes a project and users per test class '
+                    '(the default: one pre-provisioned member the lane '
+                    'makes, in accounts.yaml)')
     tc.set_defaults(func=cmd_tempest_conf)
     st = sub.add_parser('status', help='show what runs')
     st.add_argument('--workdir')

@@ -154,6 +154,36 @@ def kerbside_access(client, user):
     return group
 
 
+# tempest's pre-provisioned member (the job's accounts.yaml: tempest_conf.
+# accounts_yaml): one project and one user with the member role there,
+# made once per cloud instead of a project and users per test class.
+TEMPEST_PROJECT = 'ktp-tempest'
+TEMPEST_USER = 'ktp-tempest-member'
+
+
+def tempest_account(client, password):
+    """The project and member user tempest's pre-provisioned primary
+    credentials name (idempotent; the password is set either way).
+    Returns (project name, user name).
+    """
+    project = _ensure(client, 'projects', 'projects', TEMPEST_PROJECT,
+                      {'name': TEMPEST_PROJECT, 'domain_id': 'default',
+                       'description': 'tempest\'s member (kerbside lane)'})
+    user = client.find('identity', 'users', 'users', TEMPEST_USER)
+    if user is None:
+        user = client.call('POST', 'identity', '/users', {'user': {
+            'name': TEMPEST_USER, 'domain_id': 'default',
+            'default_project_id': project['id'], 'password': password}},
+            expect=(201,))['user']
+    else:
+        client.call('PATCH', 'identity', '/users/%s' % user['id'], {
+            'user': {'password': password}})
+    role = client.find('identity', 'roles', 'roles', 'member')
+    client.call('PUT', 'identity', '/projects/%s/users/%s/roles/%s' % (
+        project['id'], user['id'], role['id']), expect=(201, 204))
+    return TEMPEST_PROJECT, TEMPEST_USER
+
+
 def register(layout, redactor, timings):
     """Service project, role, users and the catalog. Returns the admin
     client (authenticated).
