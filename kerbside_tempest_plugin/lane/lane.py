@@ -66,6 +66,8 @@ LOG = logging.getLogger(__name__)
 ROUTES = ('kerbside', 'direct')
 SEXTANT_BANNER = 'Hello from Uncalibrated Sextant'
 STATE_FILE = 'lane.json'
+# Saved guests (guest_restore): large, not artifacts, gone with the lane.
+GUEST_STATE_DIR = 'guest-state'
 PORT_NAMES = ('mariadb', 'api', 'proxy_secure', 'proxy_insecure',
               'metrics', 'guest_spice', 'guest_spice_tls')
 
@@ -155,6 +157,15 @@ class Lane(lane_base.Lane):
     `consoles` (default 1): how many consoles the lane holds at once
     (see the module docstring and console_slots()).
 
+    `guest_restore` (a predicate on a booted guest; None: off): boot
+    once, restore per guest. The first guest of each image on each
+    console boots cold and is saved once the predicate says so (qemu's
+    migration stream, its OVMF vars, disk overlay and serial so far, in
+    `<workdir>/guest-state/`); every later guest there is a new qemu
+    restored from that save, with the lane's ticket and its own serial
+    file (providers.direct_qemu; docs/plans/fast-feedback.md). The saves
+    go with the lane (down(), or teardown_workdir after a crash).
+
     Kerbside's settings (lane.kerbside.KerbsideSettings; None leaves
     Kerbside's default): `firewall_mode` ('enforce' or 'warn'),
     `firewall_permitted_channels` (channel names), `console_token_duration`
@@ -174,7 +185,7 @@ class Lane(lane_base.Lane):
                  kerbside_source=None, firewall_mode=None,
                  firewall_permitted_channels=None,
                  console_token_duration=None, proxy_bin=None, relay=False,
-                 fault=None):
+                 fault=None, guest_restore=None):
         if route not in ROUTES:
             raise ValueError('route must be one of %s' % (ROUTES,))
         if route == 'kerbside' and not kerbside:
@@ -204,6 +215,7 @@ class Lane(lane_base.Lane):
             ovmf_code=ovmf_code, ovmf_vars=ovmf_vars, memory_mb=memory_mb,
             tls=guest_tls)
         self.kerbside_verbose = kerbside_verbose
+        self.guest_restore = guest_restore
         environ = os.environ
         if hypervisor_tls is None:
             hypervisor_tls = env_flag(HYPERVISOR_TLS_ENV, True, environ)
@@ -302,6 +314,7 @@ class Lane(lane_base.Lane):
             'kerbside_settings': self.kerbside_settings.info()
             if self.kerbside_settings else None,
             'kerbside_build': self._kerbside_build,
+            'guest_restore': self.guest_restore is not None,
             'timings': {k: round(v, 3) for k, v in self.timings.items()},
         }
         if self.consoles > 1:
@@ -469,7 +482,9 @@ class Lane(lane_base.Lane):
         return direct_qemu.DirectQemuProvider(
             spice_port=self.ports[spice], ticket=self.tickets[index],
             registry=self.registry, secrets=self.secrets,
-            run_dir=self.run_dir, **qemu_options)
+            run_dir=self.run_dir, restore_when=self.guest_restore,
+            state_dir=os.path.join(self.workdir, GUEST_STATE_DIR,
+                                   str(index + 1)), **qemu_options)
 
     def hypervisor_port(self, index):
         """The plain SPICE port a console's hypervisor leg dials: its
@@ -655,6 +670,8 @@ class Lane(lane_base.Lane):
                                   run_dir=self.run_dir)
         for guest in self.guests:
             guest.teardown()  # qemu is already stopped; frees scratch files
+        for provider in self.providers:
+            provider.drop_saved()
         # Only now: had this process died during the teardown, the reaper
         # would have finished it.
         self.leave_running()
@@ -729,6 +746,8 @@ def teardown_workdir(workdir, redactor=None, extra_ports=(), run_dir=None,
         LOG.exception('removing process scratch directories failed')
     ports = set(p for p in (state.get('ports') or {}).values() if p)
     ports.update(p for p in extra_ports if p)
+    # qemu is down: the saved guests (guest_restore) have no more use.
+    shutil.rmtree(os.path.join(workdir, GUEST_STATE_DIR), ignore_errors=True)
     return finish_teardown(workdir, state, report, ports, redactor,
                            secrets_dir, started, port_timeout,
                            run_dir=run_dir, state_file=STATE_FILE)

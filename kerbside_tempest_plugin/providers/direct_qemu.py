@@ -13,7 +13,22 @@ under it with "KVM internal error ... emulation failure", so `auto` boots
 OVMF under KVM for a few seconds and only uses KVM when firmware output
 appears; otherwise TCG. The choice and its reason are logged once per
 process.
+
+Boot once, restore per guest (issue 20; docs/plans/fast-feedback.md): a
+provider built with `restore_when` (a predicate on a booted guest, e.g.
+"its screen shows the Awaiting digest and no event yet") saves the first
+guest of each image the moment the predicate holds: qemu stops, its
+migration stream goes to a file, the OVMF vars and the disk overlay are
+copied as they are at that instant, with the serial output so far, and
+the guest runs on (cont). Every later guest of that image starts a new
+qemu with the same devices, `-incoming defer`, fresh copies of the vars
+and overlay, the saved serial output in its own serial file, and loads
+the stream: the guest resumes where the saved one stood, before anything
+touched it. The SPICE server (port, TLS, ticket) is the new qemu's own:
+SPICE settings are host-side and not in the migration stream.
 """
+
+import dataclasses
 
 import json
 import logging
@@ -170,7 +185,7 @@ def image_format(path):
 def build_argv(qemu_binary, name, accel, memory_mb, ovmf_code, vars_copy,
                serial_path, ticket_file, spice_port, qmp_path, overlay=None,
                tls_port=None, x509_dir=None, extra_args=(), tls_only=False,
-               trace_path=None):
+               trace_path=None, serial_append=False, incoming=False):
     """The qemu command line. It holds paths and ports, never the ticket.
 
     The one qemu launcher's command line (the integration tests' guests
@@ -179,7 +194,10 @@ def build_argv(qemu_binary, name, accel, memory_mb, ovmf_code, vars_copy,
     forces TLS on every channel (`tls-channel=default`): a plain link gets
     NEED_SECURED, which is what sends Kerbside to the TLS port.
     `trace_path` writes qemu's PS/2 trace (PS2_TRACE_EVENTS, each line
-    with its wall-clock time) there.
+    with its wall-clock time) there. `serial_append` opens the serial
+    file for appending (a restored guest's file already holds what the
+    guest wrote before its save); `incoming` waits for a migration stream
+    (`-incoming defer`, then QMP migrate-incoming).
     """
     argv = [qemu_binary, '-name', name, '-accel', accel, '-machine', 'q35',
             '-m', str(memory_mb),
@@ -189,8 +207,13 @@ def build_argv(qemu_binary, name, accel, memory_mb, ovmf_code, vars_copy,
         # No if=: q35's default controller is AHCI (Sextant has no virtio).
         argv += ['-drive', 'format=qcow2,file=%s' % overlay]
     argv += ['-vga', 'qxl', '-display', 'none', '-nic', 'none',
-             '-no-reboot',
-             '-serial', 'file:%s' % serial_path]
+             '-no-reboot']
+    if serial_append:
+        # the same isa-serial device; only the host side appends
+        argv += ['-chardev', 'file,id=serial0,path=%s,append=on'
+                 % serial_path, '-serial', 'chardev:serial0']
+    else:
+        argv += ['-serial', 'file:%s' % serial_path]
     if spice_port is not None:
         spice = ['port=%d' % spice_port, 'addr=%s' % SPICE_HOST]
         spice += SPICE_DISPLAY
@@ -212,6 +235,8 @@ def build_argv(qemu_binary, name, accel, memory_mb, ovmf_code, vars_copy,
         for event in PS2_TRACE_EVENTS:
             argv += ['-trace', 'enable=%s' % event]
         argv += ['-D', trace_path, '-msg', 'timestamp=on']
+    if incoming:
+        argv += ['-incoming', 'defer']
     return argv + list(extra_args)
 
 
@@ -254,6 +279,57 @@ class QMP:
                     pass
 
 
+# What a save or a restore may take before it is called stuck.
+SAVE_TIMEOUT = 30.0
+RESTORE_TIMEOUT = 30.0
+RESTORE_FILE = 'restore.json'
+
+
+@dataclasses.dataclass
+class SavedGuest:
+    """A guest saved by the provider, as later guests start from it.
+
+    `state` is qemu's migration stream; `vars_fd` and `overlay` the OVMF
+    vars and the disk overlay copied while the saved qemu stood stopped;
+    `serial` what the guest had written to serial by then (its banner and
+    mode list). `note` is what the provider's `restore_when` said of the
+    saved guest (e.g. its frame counter); `seconds` how long the save
+    held the guest stopped.
+    """
+    image: str
+    source: str
+    state: str
+    vars_fd: str
+    overlay: str
+    serial: bytes
+    note: str
+    seconds: float
+    size: int
+
+    def info(self):
+        return {'image': self.image, 'saved_from': self.source,
+                'state_bytes': self.size, 'serial_bytes': len(self.serial),
+                'saved_at': self.note, 'save_seconds': round(self.seconds, 3)}
+
+
+def _migration_done(guest):
+    """QMP query-migrate's answer once the migration has ended, else None.
+    """
+    mig = guest.qmp.cmd('query-migrate')
+    if mig.get('status') in ('completed', 'failed', 'cancelled'):
+        return mig
+    return None
+
+
+def _write_restore_info(guest, info):
+    """`restore.json` in the guest's artifacts: where it came from (no
+    secret: paths, sizes, times).
+    """
+    with open(os.path.join(guest.artifact_dir, RESTORE_FILE), 'w') as f:
+        json.dump(info, f, indent=1, sort_keys=True)
+        f.write('\n')
+
+
 class DirectQemuGuest(base.Guest):
     """A qemu process started by the harness."""
 
@@ -282,6 +358,12 @@ class DirectQemuGuest(base.Guest):
         self.accel_reason = None
         self.started_at = None
         self.boot_seconds = None
+        # Boot once, restore per guest: the SavedGuest this guest was
+        # restored from (None: it booted cold), and for a cold guest the
+        # SavedGuest it became (None: not saved).
+        self.restored_from = None
+        self.saved_as = None
+        self.restore_seconds = None
         self._torn_down = False
         self._scratch = []
 
@@ -469,6 +551,14 @@ class DirectQemuProvider(base.GuestProvider):
     starts no SPICE server (guests driven over QMP only: keys with
     send_key_qmp, frames with screendump); `ticketing=False` an
     unticketed one on loopback (`ryll --direct` without a password).
+
+    `restore_when` (a callable taking a booted DirectQemuGuest): boot
+    once, restore per guest (module docstring). It returns a short note
+    (truthy) once the guest is in the state to save, None until then, and
+    raises when the guest can never be saved (e.g. it was touched). The
+    first guest of each image boots cold and is saved when it says so;
+    every later one is restored from that save. `state_dir` holds the
+    saves (default: a private temporary directory); close() removes them.
     """
 
     name = 'direct_qemu'
@@ -479,8 +569,13 @@ class DirectQemuProvider(base.GuestProvider):
                  secrets=None, run_dir=None, route='direct',
                  boot_timeout=60, extra_args=(), spice=True,
                  ticketing=True, tls_port=None, x509_dir=None,
-                 tls_only=False, display_refresh_hz=None, ps2_trace=None):
+                 tls_only=False, display_refresh_hz=None, ps2_trace=None,
+                 restore_when=None, state_dir=None):
         DirectQemuGuest._direct_only(route)
+        self.restore_when = restore_when
+        self.state_dir = state_dir
+        self._own_state_dir = False
+        self.saved = {}         # image path -> SavedGuest
         # None: on unless $KTP_PS2_TRACE is 0 (scenario.keyhops reads it)
         if ps2_trace is None:
             ps2_trace = os.environ.get('KTP_PS2_TRACE', '1').strip() not in (
@@ -533,6 +628,7 @@ class DirectQemuProvider(base.GuestProvider):
         """
         for guest in self.guests:
             guest.teardown()
+        self.drop_saved()
         if self._refresh is not None:
             self._refresh.stop()
             self._refresh = None
@@ -586,14 +682,103 @@ class DirectQemuProvider(base.GuestProvider):
                                 ticket_file, tls_port=tls_port,
                                 x509_dir=x509_dir)
         self.guests.append(guest)
+        saved = self.saved.get(os.path.abspath(image)) if image else None
         try:
-            self._start(guest, image)
+            if saved is not None:
+                self._start(guest, image, restore=saved)
+            else:
+                self._start(guest, image)
+                if self.restore_when is not None and image:
+                    self._save(guest, os.path.abspath(image))
         except BaseException:
             guest.teardown()
             raise
         return guest
 
-    def _start(self, guest, image):
+    # -- boot once, restore per guest ----------------------------------
+    def _state_dir(self):
+        if self.state_dir is None:
+            self.state_dir = tempfile.mkdtemp(prefix='ktp-guest-state-')
+            self._own_state_dir = True
+        os.makedirs(self.state_dir, exist_ok=True)
+        return self.state_dir
+
+    def drop_saved(self):
+        """Forget every save and delete its files. Never raises."""
+        for saved in self.saved.values():
+            shutil.rmtree(os.path.dirname(saved.state), ignore_errors=True)
+        self.saved = {}
+        if self._own_state_dir and self.state_dir:
+            shutil.rmtree(self.state_dir, ignore_errors=True)
+            self.state_dir = None
+            self._own_state_dir = False
+
+    def _save(self, guest, image):
+        """Wait until `restore_when(guest)` holds, then save the guest
+        (stop, migration stream to a file, vars, overlay and serial
+        copied) and let it run on. The guest's own run is unchanged but
+        for the pause (its clocks stop with it).
+        """
+        t0 = time.monotonic()
+
+        def dead():
+            if not guest.is_running():
+                return 'qemu exited with %s' % guest.returncode
+            return None
+
+        note = waiting.wait_until(
+            lambda: self.restore_when(guest), SAVE_TIMEOUT,
+            'guest %s to reach the state to save (restore_when)'
+            % guest.name, seen=guest.describe, abort=dead, interval=0.2)
+        waited = time.monotonic() - t0
+        where = tempfile.mkdtemp(prefix='%s-' % guest.name,
+                                 dir=self._state_dir())
+        state = os.path.join(where, 'state.mig')
+        t = time.monotonic()
+        guest.qmp.cmd('stop')
+        try:
+            guest.qmp.cmd('migrate', uri='exec:cat > %s' % state)
+            status = waiting.wait_until(
+                lambda: _migration_done(guest), SAVE_TIMEOUT,
+                'the save of %s (QMP query-migrate)' % guest.name,
+                seen=guest.describe, abort=dead, interval=0.02)
+            if status.get('status') != 'completed':
+                raise errors.ProviderError(
+                    'saving %s failed: %s%s' % (
+                        guest.name, status.get('error-desc', status),
+                        guest.exit_note()))
+            # qemu flushed its disks when it stopped: the files are as
+            # the saved guest sees them.
+            vars_fd = os.path.join(where, 'OVMF_VARS.fd')
+            shutil.copyfile(os.path.join(guest.artifact_dir, 'OVMF_VARS.fd'),
+                            vars_fd)
+            overlay = os.path.join(where, 'overlay.qcow2')
+            shutil.copyfile(os.path.join(guest.artifact_dir,
+                                         'overlay.qcow2'), overlay)
+            with open(guest.serial_path, 'rb') as f:
+                serial = f.read()
+        finally:
+            guest.qmp.cmd('cont')
+        held = time.monotonic() - t
+        saved = SavedGuest(image=image, source=guest.name, state=state,
+                           vars_fd=vars_fd, overlay=overlay, serial=serial,
+                           note=str(note), seconds=held,
+                           size=os.path.getsize(state))
+        self.saved[image] = saved
+        guest.saved_as = saved
+        info = dict(saved.info(), role='saved', waited_for_save_s=round(
+            waited, 3))
+        _write_restore_info(guest, info)
+        LOG.info('saved %s at %s in %.2f s (%d bytes; waited %.1f s for '
+                 'it): later guests of %s are restored from it',
+                 guest.name, saved.note, held, saved.size, waited, image)
+        return saved
+
+    def _start(self, guest, image, restore=None):
+        """Start qemu for `guest`: a cold boot of `image`, or with
+        `restore` (a SavedGuest of that image) a new qemu that loads the
+        saved guest and runs on from it.
+        """
         # A previous guest on the same (lane) port must be gone.
         wanted = [p for p in (guest.spice_port, guest.tls_port) if p]
         waiting.wait_until(
@@ -617,11 +802,21 @@ class DirectQemuProvider(base.GuestProvider):
         guest.qmp = QMP(guest.qmp_path)
 
         vars_copy = os.path.join(guest.artifact_dir, 'OVMF_VARS.fd')
-        shutil.copyfile(self.ovmf_vars, vars_copy)
+        shutil.copyfile(restore.vars_fd if restore else self.ovmf_vars,
+                        vars_copy)
         guest._scratch.append(vars_copy)
 
         overlay = None
-        if image:
+        if restore is not None:
+            # The saved guest's disk as it was at the save (its backing
+            # file is the image, by absolute path), and what it had
+            # written to serial: the new serial file starts with it.
+            overlay = os.path.join(guest.artifact_dir, 'overlay.qcow2')
+            shutil.copyfile(restore.overlay, overlay)
+            guest._scratch.append(overlay)
+            with open(guest.serial_path, 'wb') as f:
+                f.write(restore.serial)
+        elif image:
             image = os.path.abspath(image)
             if not os.path.exists(image):
                 raise errors.ProviderError('guest image %s does not exist'
@@ -650,7 +845,8 @@ class DirectQemuProvider(base.GuestProvider):
             guest.spice_port, guest.qmp_path, overlay=overlay,
             tls_port=guest.tls_port, x509_dir=guest.x509_dir,
             extra_args=self.extra_args, tls_only=self.tls_only,
-            trace_path=trace_path)
+            trace_path=trace_path, serial_append=restore is not None,
+            incoming=restore is not None)
         env = None
         if self.display_refresh_hz:
             # qemu's GTK display on a private fast monitor: every display
@@ -678,11 +874,11 @@ class DirectQemuProvider(base.GuestProvider):
                     argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                     start_new_session=True, env=env)
 
-        def running():
+        def status():
             if not os.path.exists(guest.qmp_path):
                 return None
             try:
-                return guest.status().get('status') == 'running'
+                return guest.status().get('status')
             except Exception:
                 return None
 
@@ -691,11 +887,53 @@ class DirectQemuProvider(base.GuestProvider):
                 return 'qemu exited with %s' % guest.returncode
             return None
 
-        waiting.wait_until(running, 30, 'qemu %s to run (QMP query-status)'
-                           % guest.name, seen=guest.describe, abort=dead)
+        if restore is not None:
+            self._load(guest, restore, status, dead)
+        waiting.wait_until(lambda: status() == 'running', 30,
+                           'qemu %s to run (QMP query-status)' % guest.name,
+                           seen=guest.describe, abort=dead)
+        if restore is not None:
+            guest.restore_seconds = time.monotonic() - guest.started_at
+            _write_restore_info(guest, dict(
+                restore.info(), role='restored',
+                restore_seconds=round(guest.restore_seconds, 3)))
         if guest.spice_port is None:
             return
         waiting.wait_until(
             lambda: common_ports.is_listening(guest.spice_port), 10,
             'qemu SPICE port %d to listen' % guest.spice_port,
             seen=guest.describe, abort=dead)
+
+    @staticmethod
+    def _load(guest, restore, status, dead):
+        """Feed the saved stream to a qemu started with -incoming defer,
+        and run the guest once the stream is in (it comes up paused, as
+        the saved qemu stood).
+        """
+        waiting.wait_until(lambda: status() == 'inmigrate', 30,
+                           'qemu %s to wait for its saved state (QMP '
+                           'query-status inmigrate)' % guest.name,
+                           seen=guest.describe, abort=dead)
+        guest.restored_from = restore
+        guest.qmp.cmd('migrate-incoming', uri='exec:cat %s' % restore.state)
+
+        def loaded():
+            mig = guest.qmp.cmd('query-migrate')
+            if mig.get('status') == 'failed':
+                raise errors.ProviderError(
+                    'restoring %s from %s failed: %s%s' % (
+                        guest.name, restore.source,
+                        mig.get('error-desc', mig), guest.exit_note()))
+            now = status()
+            if now == 'paused':
+                # Loaded (it is 'inmigrate' until then). The stream carries
+                # the saved qemu's run state, stopped for the save, so the
+                # restored one comes up paused.
+                guest.qmp.cmd('cont')
+                return False
+            return now == 'running'
+
+        waiting.wait_until(loaded, RESTORE_TIMEOUT,
+                           'qemu %s to load the state saved from %s' % (
+                               guest.name, restore.source),
+                           seen=guest.describe, abort=dead, interval=0.02)
