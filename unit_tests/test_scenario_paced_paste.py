@@ -151,15 +151,25 @@ def test_a_key_lost_on_the_way_is_not_waited_for_twice(tmp_path,
     assert took < 0.3 * 2 + 0.5
 
 
-def test_a_bad_trace_line_is_a_typed_error(tmp_path):
+def test_a_bad_trace_line_stops_the_pacing_not_the_walk(tmp_path):
+    """A garbled trace is the harness's instrument failing: the paste is
+    typed whole without pacing, and the record names the bad line (a
+    typed KeyHopsError, which keyhops reports again after the walk).
+    """
     qemu = Qemu(str(tmp_path / 'ps2-trace.log'))
     with open(qemu.path, 'a') as f:
         f.write('4242@1796600000.000001:ps2_put_keycode %s keycode zz\n'
                 % KBD)
     w = walker(tmp_path, qemu)
-    with pytest.raises(keyhops.KeyHopsError, match='line 2: a '
-                       'ps2_put_keycode line that does not parse'):
-        w._paced_paste('abc')
+    assert w._paced_paste('sextant{HELLO_OPERATOR}') == 23
+    assert ''.join(qemu.typed) == 'sextant{HELLO_OPERATOR}'
+    chunks = w.pacing[-1]['chunks']
+    assert len(chunks) == 1 and chunks[0]['chars'] == 23
+    assert chunks[0]['before'].startswith(
+        'trace unreadable, typed unpaced: ps2-trace.log line 2: a '
+        'ps2_put_keycode line that does not parse')
+    with pytest.raises(keyhops.KeyHopsError):
+        keyhops.parse_trace(open(qemu.path).read())
 
 
 def test_the_gauge_reads_only_whole_lines(tmp_path):
@@ -193,3 +203,22 @@ def test_a_trace_nobody_writes_stops_the_pacing_once(tmp_path, monkeypatch):
     assert pastes == ['sextan', 't{HELLO_OPERATOR}']
     assert w.pacing[-1]['chunks'][1]['before'].startswith(
         'no trace: qemu wrote no key event in 0.')
+
+
+def test_a_bad_line_mid_paste_types_the_rest_unpaced(tmp_path):
+    qemu = Qemu(str(tmp_path / 'ps2-trace.log'))
+    real = qemu.paste
+
+    def paste(text, **kw):
+        n = real(text, **kw)
+        with open(qemu.path, 'a') as f:
+            f.write('4242@1796600001.000001:ps2_read_data\n')   # no kbd
+        return n
+    w = walker(tmp_path, qemu)
+    w.client.paste = paste
+    assert w._paced_paste('sextant{HELLO_OPERATOR}') == 23
+    assert ''.join(qemu.typed) == 'sextant{HELLO_OPERATOR}'
+    chunks = w.pacing[-1]['chunks']
+    assert [c['chars'] for c in chunks] == [6, 17]
+    assert chunks[1]['before'].startswith(
+        'trace unreadable, the rest typed unpaced: ps2-trace.log line ')

@@ -339,18 +339,35 @@ class Walker:
         hop. Nothing is typed twice.
         """
         gauge = self.ps2
-        replay = gauge.poll()
+        record = {'chars': len(text), 'chunks': [], 'window': PACE_WINDOW}
+        self.pacing.append(record)
+        chunks = paste_chunks(text)
+        try:
+            replay = gauge.poll()
+        except keyhops.KeyHopsError as e:
+            # our instrument broke, not the console: no pacing (keyhops
+            # reports the bad line after the walk)
+            replay, chunks = gauge.replay, [text]
+            unreadable = 'trace unreadable, typed unpaced: %s' % e
+        else:
+            unreadable = None
         base = replay.bytes_read + replay.trace.drops
         events = replay.events
         owed = 0
         sent = 0
-        record = {'chars': len(text), 'chunks': [], 'window': PACE_WINDOW}
-        self.pacing.append(record)
-        chunks = paste_chunks(text)
         while chunks:
             chunk = chunks.pop(0)
             t0 = self.stream.now()
-            waited, state, short = self._absorbed(base + owed)
+            try:
+                if unreadable:
+                    raise keyhops.KeyHopsError(unreadable)
+                waited, state, short = self._absorbed(base + owed)
+            except keyhops.KeyHopsError as e:
+                chunk += ''.join(chunks)
+                chunks = []
+                unreadable = unreadable or \
+                    'trace unreadable, the rest typed unpaced: %s' % e
+                waited, state, short = self.stream.now() - t0, unreadable, 0
             base -= short           # bytes that will not come: not owed
             if short and gauge.replay.events == events:
                 # not one key event since the paste began: the trace is
