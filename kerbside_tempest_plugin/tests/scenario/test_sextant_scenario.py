@@ -20,7 +20,17 @@ own workdir (ports, run directory, guests, ryll sockets), so with
 `tempest run --concurrency 2` each worker has one lane of its own; run
 serially, the two lanes follow each other (docs/plans/
 soak-and-concurrency.md).
+
+Issue 20 (docs/plans/fast-feedback.md): on direct_qemu each lane boots
+its first guest cold, saves it at Awaiting and restores every later
+test's guest from that save ($KTP_GUEST_RESTORE, default on); and the
+classes of one worker whose lanes would be the same (same route, same
+lane settings) share one lane ($KTP_LANE_PER_WORKER, default on): the
+first class brings it up, the worker tears it down when it exits (or on
+a signal; its reaper after a crash).
 """
+
+import atexit
 
 import functools
 import os
@@ -33,6 +43,9 @@ from tempest import test
 
 CONF = config.CONF
 LOG = logging.getLogger(__name__)
+LANE_PER_WORKER_ENV = 'KTP_LANE_PER_WORKER'
+# This worker's shared direct-qemu lanes: key -> (lane, image).
+_WORKER_LANES = {}
 
 
 def artifact_root():
@@ -101,8 +114,10 @@ class SextantScenarioBase(test.BaseTestCase):
         cls.artifact_root = artifact_root()
         lanes = os.path.join(cls.artifact_root, 'lanes')
         os.makedirs(lanes, exist_ok=True)
-        # One workdir per class (and so per worker): the class name in it
-        # tells the two lanes of a route apart in the artifacts.
+        if CONF.kerbside.provider == 'direct_qemu' and cls._worker_lane():
+            return
+        # One workdir per lane: the class name in it (the first class's,
+        # for a worker's shared lane) tells the lanes apart.
         workdir = tempfile.mkdtemp(
             prefix='%s-%s-' % (cls.route, cls.__name__), dir=lanes)
         if CONF.kerbside.provider == 'direct_qemu':
@@ -116,17 +131,72 @@ class SextantScenarioBase(test.BaseTestCase):
         return {}
 
     @classmethod
+    def _direct_qemu_kwargs(cls):
+        """lane.Lane keywords of this class's direct-qemu lane.
+
+        Boot once, restore per test ($KTP_GUEST_RESTORE, default on):
+        a lane's first guest boots cold and is saved at Awaiting before
+        anything touches it; its later guests are restored from that
+        save (docs/plans/fast-feedback.md).
+        """
+        from kerbside_tempest_plugin.tests.scenario import guest_restore
+        kwargs = guest_restore.lane_kwargs()
+        kwargs.update(cls._lane_kwargs())
+        return kwargs
+
+    @classmethod
+    def _worker_key(cls):
+        """What makes two classes' lanes the same lane (None: sharing is
+        off, $KTP_LANE_PER_WORKER=0).
+        """
+        from kerbside_tempest_plugin.lane import lane as lane_mod
+        if not lane_mod.env_flag(LANE_PER_WORKER_ENV, True):
+            return None
+        kwargs = cls._direct_qemu_kwargs()
+        return (cls.route, tuple(sorted(
+            (k, getattr(v, '__qualname__', None) or repr(v))
+            for k, v in kwargs.items())))
+
+    @classmethod
+    def _worker_lane(cls):
+        """Take this worker's lane with the same settings, when an
+        earlier class left one up and healthy. Returns whether it did.
+        """
+        key = cls._worker_key()
+        # One shared lane at a time: another settings' lane (the classes
+        # before this one, in test-id order) is not needed again.
+        _down_worker_lanes(keep=key)
+        held = _WORKER_LANES.get(key) if key else None
+        if held is None:
+            return False
+        lane, image = held
+        if not lane._up or lane.dead_services():
+            LOG.warning('the worker\'s %s lane in %s is not usable (%s): '
+                        'a new one', cls.route, lane.workdir,
+                        lane.dead_services() or 'down')
+            _WORKER_LANES.pop(key, None)
+            return False
+        cls.lane, cls.image, cls._shared_key = lane, image, key
+        cls.addClassResourceCleanup(cls._lane_release)
+        LOG.info('%s uses this worker\'s %s lane in %s', cls.__name__,
+                 cls.route, lane.workdir)
+        return True
+
+    @classmethod
     def _direct_qemu_lane(cls, workdir):
         # Imported here, not at module level: discovery must never need
         # the lane's dependencies.
         from kerbside_tempest_plugin.lane import lane as lane_mod
 
+        key = cls._worker_key()
         cls.lane = lane_mod.Lane.from_config(
             CONF, workdir=workdir, route=cls.route,
-            kerbside=cls.route == 'kerbside', **cls._lane_kwargs())
+            kerbside=cls.route == 'kerbside', **cls._direct_qemu_kwargs())
+        cls._shared_key = key
         # Registered before up(): a lane that fails half-way is still
         # torn down (tempest runs class cleanups from tearDownClass).
-        cls.addClassResourceCleanup(cls._lane_down)
+        cls.addClassResourceCleanup(cls._lane_release if key
+                                    else cls._lane_down)
         cls._down_on_signal(functools.partial(_crash_safe_down, cls.lane))
         LOG.info('bringing the %s lane up in %s', cls.route, workdir)
         cls.lane.up()
@@ -134,6 +204,29 @@ class SextantScenarioBase(test.BaseTestCase):
         from kerbside_tempest_plugin import guest_images
         cls.image = guest_images.sextant_image(
             CONF.sextant.image, log_dir=os.path.join(workdir, 'logs'))
+        if key:
+            if not _WORKER_LANES:
+                atexit.register(_down_worker_lanes)
+            _WORKER_LANES[key] = (cls.lane, cls.image)
+
+    @classmethod
+    def _lane_release(cls):
+        """A class's cleanup of a worker's shared lane: its last guest
+        and ryll go; the lane stays up for the worker's next class with
+        the same settings, unless it is not healthy.
+        """
+        lane = cls.lane
+        held = _WORKER_LANES.get(cls._shared_key)
+        if held is None or held[0] is not lane or not lane._up or \
+                lane.dead_services():
+            _WORKER_LANES.pop(cls._shared_key, None)
+            cls._lane_down()
+            return
+        lane.stop_ryll()
+        if lane.guest is not None:
+            lane.guest.teardown()
+        LOG.info('%s done; the %s lane in %s stays up for this worker',
+                 cls.__name__, cls.route, lane.workdir)
 
     @classmethod
     def _cloud_lane(cls, workdir):
@@ -172,7 +265,8 @@ class SextantScenarioBase(test.BaseTestCase):
         def down():
             teardown()
             _drop_secrets(workdir)
-        signals.tear_down_on(cls, down, 'the %s lane of %s in %s' % (
+        # keyed by the lane: a worker's shared lane is one owner
+        signals.tear_down_on(cls.lane, down, 'the %s lane of %s in %s' % (
             cls.route, cls.__name__, workdir))
 
     @classmethod
@@ -183,7 +277,7 @@ class SextantScenarioBase(test.BaseTestCase):
         with signals.shielded():
             report = cls.lane.down()
             _drop_secrets(cls.lane.workdir)
-            signals.forget(cls)
+            signals.forget(cls.lane)
         LOG.info('lane down: %s', report)
 
     def _walk(self, walk):
@@ -263,6 +357,24 @@ class SextantScenarioVariantsTest(SextantScenarioBase):
         1280x720, with keypress `4` and the mode_switch first in the drain.
         """
         self._walk('mode_switch')
+
+
+def _down_worker_lanes(keep=None):
+    """This worker's shared lanes down (but the one of key `keep`), as
+    a class's cleanup takes its own lane down: at exit (atexit), and
+    when a class needs a lane of other settings. Never raises.
+    """
+    from kerbside_tempest_plugin.common import signals
+    for key in [k for k in _WORKER_LANES if k != keep]:
+        lane, _image = _WORKER_LANES.pop(key)
+        try:
+            with signals.shielded():
+                lane.down()
+                _drop_secrets(lane.workdir)
+                signals.forget(lane)
+        except Exception:
+            LOG.exception('taking the worker lane in %s down failed',
+                          lane.workdir)
 
 
 def _crash_safe_down(lane):
