@@ -363,15 +363,17 @@ def test_run_deadline_kills_and_says_what(tmp_path):
     assert 'started' in str(e.value)
 
 
-def test_teardown_kills_a_kerbside_daemon_that_ignores_sigterm(tmp_path):
+@pytest.mark.parametrize('name,kill_after', [('kerbside-daemon', 3),
+                                             ('libvirtd', 5)])
+def test_teardown_kills_a_service_that_ignores_sigterm(tmp_path, name,
+                                                       kill_after):
     from kerbside_tempest_plugin.lane import procs
     registry = procs.ProcessRegistry(str(tmp_path / 'processes.json'))
     (tmp_path / 'logs').mkdir()
     # Ready (the trap set) before the teardown signals it.
-    registry.spawn('kerbside-daemon', [
-        'sh', '-c', 'trap "" TERM; echo ready; sleep 60'],
-        str(tmp_path / 'logs' / 'kerbside-daemon.out'))
-    out = tmp_path / 'logs' / 'kerbside-daemon.out'
+    out = tmp_path / 'logs' / (name + '.out')
+    registry.spawn(name, [
+        'sh', '-c', 'trap "" TERM; echo ready; sleep 60'], str(out))
     deadline = time.monotonic() + 10
     while 'ready' not in (out.read_text() if out.exists() else ''):
         assert time.monotonic() < deadline, 'the stand-in never started'
@@ -380,7 +382,8 @@ def test_teardown_kills_a_kerbside_daemon_that_ignores_sigterm(tmp_path):
     report = os_cloud.teardown_workdir(str(tmp_path))
     took = time.monotonic() - t
     (stopped,) = report['stopped']
-    assert stopped['result'] == 'SIGKILLed after 3 s', stopped
-    # Under the default 15 s alone (the rest of an empty teardown: ~5 s).
-    assert took < 13, took
+    assert stopped['result'] == 'SIGKILLed after %d s' % kill_after, stopped
+    # Under the earlier 15 s / 20 s alone (the rest of an empty teardown:
+    # about 5 s).
+    assert took < kill_after + 9, took
     assert report['leftover_pids'] == []
