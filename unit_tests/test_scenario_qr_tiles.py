@@ -295,9 +295,10 @@ def test_text_under_the_qr_waiting_for_the_redraw_is_not_damage():
     assert status[1] == 'damaged'
 
 
-def capture_of(*steps, gap=0.05):
+def capture_of(*steps, gap=0.05, at=None):
     """A pcap of draws: each step a screen drawn whole, or (screen, (x,
-    y, w, h)) drawing only that rectangle of it.
+    y, w, h)) drawing only that rectangle of it; `gap` s apart, or at
+    the offsets `at` (one per step, from the surface's creation).
     """
     records = [draw.pack_surface_create(W, H)]
     for step in steps:
@@ -315,7 +316,7 @@ def capture_of(*steps, gap=0.05):
         tcp = struct.pack('>HH', 5900, 10002) + b'\0' * 8 + \
             bytes([0x50]) + b'\0' * 7
         frame = eth + ip + tcp + payload
-        t = 1.0 + gap * k
+        t = 1.0 + (gap * k if at is None or k == 0 else at[k - 1])
         body += struct.pack('>IIII', int(t), int(round(t % 1 * 1e6)),
                             len(frame), len(frame)) + frame
     return body
@@ -336,6 +337,30 @@ def test_a_refresh_that_drew_elsewhere_proves_the_qr_was_sent_whole():
     # without that refresh the same state is drawing in progress
     report = frames.verify(capture_of(s1, partial, s2, s3, gap=0.03))
     assert 'damaged' not in tf.status(report).values()
+
+
+def test_a_refresh_read_in_pieces_is_not_one_that_drew_elsewhere():
+    """Seen on a clean walk: qemu's refresh reached the wire as two
+    states 4.5 ms apart, the text rows above the QR first, then the rest
+    of the QR. The first piece did not draw elsewhere *instead of* the
+    QR: only a state with no QR draw within REFRESH_SPLIT after it
+    proves qemu had nothing left of the QR to send.
+    """
+    s1, s2, s3 = (qr_screen(n) for n in (1, 2, 3))
+    partial = mixed(s2, s1, tile_where(s1, s2))
+    moved = partial.copy()
+    moved[200:208, 16:24] = fbhash.FG
+    done = s2.copy()
+    done[200:208, 16:24] = fbhash.FG
+    steps = (s1, partial, (moved, (16, 200, 8, 8)), done, s3)
+    split = frames.verify(capture_of(
+        *steps, at=(0.05, 0.1, 0.13, 0.1345, 0.35)))
+    assert 'damaged' not in tf.status(split).values(), [
+        f.how for f in split.frames]
+    # the same text draw with the QR's rest a refresh (30 ms) later
+    apart = frames.verify(capture_of(
+        *steps, at=(0.05, 0.1, 0.13, 0.16, 0.35)))
+    assert tf.status(apart)[2] == 'damaged'
 
 
 def test_a_qr_that_stops_decoding_and_stays_is_damage():

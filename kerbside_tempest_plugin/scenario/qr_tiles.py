@@ -215,6 +215,13 @@ class Judge:
         """
         if self._open is not None:
             self._open.lasted = t - self._open.t
+            # a state that drew elsewhere less than REFRESH_SPLIT before
+            # this one was the same refresh, read in pieces (qemu sends
+            # a refresh top to bottom: text rows above the QR first);
+            # it did not draw elsewhere *instead of* the QR
+            cut = self._open.lasted - REFRESH_SPLIT
+            self._open.elsewhere = [e for e in self._open.elsewhere
+                                    if e <= cut]
             self._open = None
         ox, oy = fbhash.digest_origin(surface.width, surface.height)
         region = surface.pixels[oy:oy + fbhash.REGION_PX,
