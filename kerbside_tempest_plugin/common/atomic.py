@@ -6,19 +6,36 @@ or the new, never half a file.
 
 import json
 import os
+import tempfile
 
 
 def write_text(path, text, mode=None, encoding='utf-8'):
-    """Write `text` to `path` atomically; `mode` (e.g. 0o600) is set on
-    the tmp file before the rename. Returns `path`.
+    """Write `text` to `path` atomically; `mode` (e.g. 0o600, default
+    0o644) is set on the tmp file before the rename. Returns `path`.
+    """
+    return write_bytes(path, text.encode(encoding), mode)
+
+
+def write_bytes(path, data, mode=None):
+    """`data` to `path` atomically, the file's mode `mode` (default
+    0o644). The tmp file is this writer's own: two writers of one path
+    at once (a lane's own teardown and a detached `down`) must not share
+    one, or the loser's longer text shows through the winner's.
     """
     path = os.fspath(path)
-    tmp = path + '.tmp'
-    with open(tmp, 'w', encoding=encoding) as f:
-        if mode is not None:
-            os.chmod(tmp, mode)
-        f.write(text)
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + '.',
+                               suffix='.tmp', dir=os.path.dirname(path) or '.')
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            os.chmod(tmp, 0o644 if mode is None else mode)
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
     return path
 
 

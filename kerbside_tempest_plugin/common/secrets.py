@@ -10,7 +10,9 @@ which is never an artifact. Every value put here is also known to the
 import os
 import re
 import secrets as _secrets
+import stat
 
+from kerbside_tempest_plugin.common import atomic
 from kerbside_tempest_plugin.common import vv
 
 REDACTED = '<redacted>'
@@ -240,9 +242,11 @@ def scrub_tree(root, redactor, skip=(), max_size=64 * 1024 * 1024):
             new = redact_token_shapes(new)
         if new == data:
             continue
-        with open(path, 'r+b') as f:
-            f.seek(0)
-            f.write(new)
-            f.truncate()
+        try:
+            keep = stat.S_IMODE(os.stat(path).st_mode)
+        except OSError:
+            continue                    # gone meanwhile
+        # atomically: another teardown may scrub the same file at once
+        atomic.write_bytes(path, new, keep)
         changed.append(path)
     return changed
