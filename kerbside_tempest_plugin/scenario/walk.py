@@ -95,12 +95,11 @@ class Beat:
 
 
 def pacing_on():
-    """Pacing pastes on qemu's PS/2 trace is on unless $KTP_PACE_KEYS is
-    0 (benchmarks compare the two).
+    """Pacing pastes on qemu's PS/2 trace is on unless $KTP_PACE_KEYS
+    says no (lane.env_flag: 0/false/no/off; benchmarks compare the two).
     """
-    import os
-    return os.environ.get('KTP_PACE_KEYS', '1').strip() not in (
-        '0', 'no', 'false', 'off')
+    from kerbside_tempest_plugin.lane import lane as lane_mod
+    return lane_mod.env_flag('KTP_PACE_KEYS', True)
 
 
 def queue_bytes(char):
@@ -275,7 +274,7 @@ class Walker:
             if path_pids is not None else None
         # qemu's PS/2 trace, read while typing: a paste is typed in
         # chunks that fit qemu's queue, each once the guest has read the
-        # last (`paced_chunks`); None: one ryll paste at its pace.
+        # last (`_paced_paste`); None: one ryll paste at its pace.
         self.ps2 = keyhops.Ps2Gauge(ps2_trace) if ps2_trace else None
         self.pacing = []            # per paste: the chunks and their waits
         self.liveness = liveness_mod.Liveness(
