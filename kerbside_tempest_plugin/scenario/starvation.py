@@ -170,25 +170,26 @@ class PathClock:
         self._last, self._t = seen, now
         return now
 
+    def _overlapping(self, t0, t1):
+        """(seconds of [t0, t1] inside it, interval) for each sampled
+        interval that overlaps the window.
+        """
+        for iv in self.intervals:
+            lo, hi = max(iv.t0, t0), min(iv.t1, t1)
+            if hi > lo:
+                yield hi - lo, iv
+
     def waited(self, t0, t1, roles=None):
         """Seconds of [t0, t1] that one role's most starved thread spent
         waiting for a CPU, for the role of `roles` (None: the most
         starved thread of any role, interval by interval) that waited
         most; from the samples taken (no new one).
         """
-        per_role = {}
-        lost = 0.0
-        for iv in self.intervals:
-            lo, hi = max(iv.t0, t0), min(iv.t1, t1)
-            if hi <= lo:
-                continue
-            lost += (hi - lo) * iv.share
-            for r in roles or ():
-                per_role[r] = per_role.get(r, 0.0) + \
-                    (hi - lo) * iv.roles.get(r, 0.0)
         if roles is None:
-            return lost
-        return max(per_role.values(), default=0.0)
+            return sum(dt * iv.share for dt, iv in self._overlapping(t0, t1))
+        return max(sum(dt * iv.roles.get(r, 0.0)
+                       for dt, iv in self._overlapping(t0, t1))
+                   for r in roles) if roles else 0.0
 
     def since(self, t0, t1=None):
         """Starved over [t0, t1] (t1 default: a new sample now), counting
@@ -197,13 +198,9 @@ class PathClock:
         """
         t1 = self.sample() if t1 is None else t1
         wall = max(0.0, t1 - t0)
-        lost = 0.0
         worst, who = 0.0, None
-        for iv in self.intervals:
-            lo, hi = max(iv.t0, t0), min(iv.t1, t1)
-            if hi <= lo:
-                continue
-            lost += (hi - lo) * iv.share
+        for _dt, iv in self._overlapping(t0, t1):
             if iv.share > worst:
                 worst, who = iv.share, iv.who
-        return Starved(wall, wall - lost, worst, who, self.available)
+        return Starved(wall, wall - self.waited(t0, t1), worst, who,
+                       self.available)
