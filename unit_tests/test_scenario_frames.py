@@ -444,6 +444,59 @@ def test_the_cursor_kept_through_a_repaint_is_trailing_not_damage():
     assert report.frames[1].rect == draw.Rect(16, 112, 8, 16)
 
 
+def test_the_kept_cursor_beside_the_next_drawing_in_pieces_is_torn():
+    # CI, mode switch: the repaint's frame 2 is hashed with the cursor
+    # cell cleared while the wire keeps the cursor (trailing). Then the
+    # next frame's text arrives in pieces: the piece right of the cursor
+    # cell is on the wire, the cell itself not yet, under QR 2. Black
+    # there gives frame 2's hash, the cursor pixels are in no later
+    # frame; they are the wire's pixels from before: explained, not a
+    # corrupted draw (before the fix: damaged, "no verified frame holds").
+    cursor, text = (16, 112, 8, 16), (18, 114, 38, 12)
+    toast = (16, 200, 64, 16)
+    report = frames.verify(capture(
+        with_qr(1, screen(A, cursor, toast)),
+        with_qr(2, screen(A), screen(A, cursor, (24, 114, 32, 12))),
+        with_qr(3, screen(A, text)), gap=0.3))
+    assert status(report) == {1: 'verified', 2: 'torn', 3: 'verified'}
+    assert 'kept the pixels from before frame 2' in report.frames[1].how
+
+
+def test_new_pixels_beside_kept_ones_are_still_damage():
+    # the same, but the piece that arrived is in no frame at all
+    cursor, toast = (16, 112, 8, 16), (16, 200, 64, 16)
+    bad = screen(A, cursor)
+    bad[114:126, 24:56] = (200, 0, 0)
+    report = frames.verify(capture(
+        with_qr(1, screen(A, cursor, toast)),
+        with_qr(2, screen(A), screen(A, cursor)),
+        with_qr(2, screen(A), bad),
+        with_qr(3, screen(A, (18, 114, 38, 12))), gap=0.3))
+    assert status(report)[2] == 'damaged'
+
+
+def test_a_qr_ahead_of_its_drawing_that_a_later_state_shows_is_torn():
+    # qemu sends an update's rectangles in pieces, the QR's before one
+    # that ends lower: the wire shows QR 2 over frame 1's screen, then
+    # frame 2's drawing arrives (with the cursor kept: frame 2 is never
+    # verified). A missing draw only if no later state shows it.
+    cursor = (16, 112, 8, 16)
+    s1 = screen(A, cursor)
+    report = frames.verify(capture(
+        with_qr(1, s1), with_qr(2, screen(A, B), s1),
+        with_qr(2, screen(A, B), screen(A, B, cursor)),
+        with_qr(3, screen(A, B, C)), gap=0.3))
+    assert status(report) == {1: 'verified', 2: 'torn', 3: 'verified'}
+    assert 'arrived 0.300 s before its drawing' in report.frames[1].how
+    # the drawing never arrives: a missing draw, damage
+    report = frames.verify(capture(
+        with_qr(1, s1), with_qr(2, screen(A, B), s1),
+        with_qr(2, screen(A, B), s1),
+        with_qr(3, screen(A, B, C)), gap=0.3))
+    assert status(report)[2] == 'damaged'
+    assert 'a missing draw' in report.frames[1].how
+
+
 def test_one_frame_no_change_explains_is_damage():
     # the wire showed B two pixels off; the guest's B never reaches the
     # wire again (frame 3 clears it)

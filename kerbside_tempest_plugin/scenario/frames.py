@@ -18,7 +18,9 @@ that holds for a state showing its QR:
 - **torn** (explained) when the state hashes as a later frame: the
   guest's next drawing arrived before its QR;
 - **damaged** when it hashes as the last verified frame: none of N's
-  drawing arrived (a missing draw);
+  drawing arrived (a missing draw), unless a later state of N shows the
+  drawing (then torn: the update reached the wire in pieces, the QR's
+  first);
 - else one connected change (or a line of them, all, all but one) taken
   from the last verified screen before it, or from one of the next
   verified screens, makes it hash as N. Then it is **torn** (taken from
@@ -26,7 +28,10 @@ that holds for a state showing its QR:
   **trailing** (taken from after, and a later frame shows it: the mode
   toast, the Retry text; or the wire kept its old pixels there, which is
   how the cursor redrawn after a repaint looks, and a dropped cursor
-  draw too: contract §7 pitfall 7), torn again when the wire's pixels
+  draw too: contract §7 pitfall 7), torn when every pixel of the
+  change is either kept from before N or shown by a later frame (both
+  at once: the next frame's drawing arriving in pieces beside the kept
+  cursor), torn again when the wire's pixels
   there are in no verified frame but were drawn over while the wire
   kept drawing with no pause over DRAWING_PAUSE (the
   guest was still drawing), and **damaged** otherwise (a corrupted draw,
@@ -77,7 +82,8 @@ CELL = 8                    # px: the grid changes are grouped on
 MAX_COMPONENTS = 16         # connected changes tried per comparison
 LATER_TRIES = 6             # later verified states tried per state
 MAX_PENDING = 16            # unverified frames examined in detail
-STATES_KEPT = 3             # ... and states of each: the first, the last
+STATES_KEPT = 3             # ... and states of each: the first, the first
+#                             changed one, and the last two (_unverified)
 HASH_BUDGET = 800           # candidate hashes per capture, at most
 FRAME_BUDGET = 400          # ... and per unverified frame (clean: <= 95)
 LASTING = 2                 # unexplained frames in a row: damage
@@ -103,6 +109,7 @@ VERIFIED, TORN, TRAILING = 'verified', 'torn', 'trailing'
 DAMAGED, UNVERIFIABLE, LASTING_DAMAGE = ('damaged', 'unverifiable',
                                          'lasting damage')
 UNEXPLAINED = 'unexplained'     # while classifying; DAMAGED in the end
+MISSING, LATER_SCREEN, KEPT = 'missing', 'later screen', 'kept'
 EXPLAINED = (TORN, TRAILING)
 BLANK = -1                  # Snapshot.frame of a cleared (black) screen
 
@@ -194,6 +201,12 @@ class Pending:
     expected: int
     later: typing.List[Snapshot] = dataclasses.field(default_factory=list)
     tried: set = dataclasses.field(default_factory=set, repr=False)
+    # which of _explain's rules held, where the verdict alone does not
+    # tell: MISSING (the previous screen under this QR), LATER_SCREEN
+    # (a later frame's screen under it), KEPT (the wire kept its pixels
+    # where the guest hashed others)
+    rule: typing.Optional[str] = None
+    pinned: bool = False            # kept whatever comes after (above)
 
 
 @dataclasses.dataclass
@@ -454,18 +467,24 @@ class Verifier:
             self._unverified(state, surface)
 
     def _unverified(self, state, surface):
-        """Keep the state for finish(): the first and the last
-        STATES_KEPT - 1 of a frame, for at most MAX_PENDING frames.
+        """Keep the state for finish(): the first of a frame, the first
+        whose screen differs from the first's (where the frame's drawing
+        arrived after its QR, when it did: _classify), and the last
+        STATES_KEPT - 1 others, for at most MAX_PENDING frames.
         """
         mine = [p for p in self.pending if p.state.frame == state.frame]
         if not mine and len({p.state.frame for p in self.pending}) >= \
                 MAX_PENDING:
             return
-        if len(mine) >= STATES_KEPT:
-            self.pending.remove(mine[1])
+        pinned = not mine or (state.hash != mine[0].state.hash and
+                              sum(p.pinned for p in mine) == 1)
+        rest = [p for p in mine if not p.pinned]
+        if not pinned and len(rest) >= STATES_KEPT - 1:
+            self.pending.remove(rest[0])
         self.pending.append(Pending(state, surface.pixels.copy(),
                                     self.last_verified,
-                                    self.expected[state.frame]))
+                                    self.expected[state.frame],
+                                    pinned=pinned))
 
     def _verified(self, state, surface):
         self.verified.add(state.frame)
@@ -527,14 +546,33 @@ class Verifier:
         explained = None
         self.frame_budget = FRAME_BUDGET
         self.budget_spent = False
+        verdicts = []
         for p in pendings:
             verdict = self._explain(p)
             if verdict is None:
                 verdict = _foreign(p)
                 if verdict is not None:
                     v.evidence = qr_tiles.COLOUR
+            verdicts.append((p, verdict))
+        for i, (p, verdict) in enumerate(verdicts):
             if verdict is None:
                 continue
+            drawn = [q for q, w in verdicts[i + 1:] if w is not None and
+                     w[0] != DAMAGED and q.rule != LATER_SCREEN]
+            if verdict[0] == DAMAGED and p.rule == MISSING and drawn:
+                # The QR arrived before the frame's own drawing, which a
+                # later state of the same frame shows, explained by the
+                # frame's own hash (not by the next frame's screen: that
+                # is how a dropped draw the next frame covers looks, and
+                # stays damage): an update in pieces. (A later state with
+                # the wire's pixels kept somewhere, the cursor of a
+                # repaint, counts: a draw dropped there is not told apart
+                # from it whichever way the pieces came.)
+                verdict = (TORN, p.state.window, 'the QR of frame %d '
+                           'arrived %.3f s before its drawing, which a '
+                           'later state of it shows: an update caught in '
+                           'pieces' % (p.state.frame,
+                                       drawn[0].state.t - p.state.t))
             if verdict[0] == DAMAGED:
                 v.status, v.rect, v.how = verdict
                 return
@@ -558,11 +596,13 @@ class Verifier:
         later = sorted(m for m, h in self.expected.items()
                        if h == p.state.hash and m > n)
         if later:
+            p.rule = LATER_SCREEN
             return (TORN, p.state.window, 'the wire showed frame %d\'s '
                     'screen under QR %d: drawn after the refresh, caught '
                     'before the QR was redrawn' % (later[0], n))
         e = p.earlier
         if e is not None and self.expected.get(e.frame) == p.state.hash:
+            p.rule = MISSING
             return (DAMAGED, p.state.window, 'the wire still showed frame '
                     '%d\'s screen under QR %d: the drawing of frame %d did '
                     'not arrive (a missing draw)' % (e.frame, n, n))
@@ -588,6 +628,7 @@ class Verifier:
             # dropped draw looks so, and so does the cursor the guest
             # redraws without a refresh after a repaint (contract §7
             # pitfall 7): not told apart, so not called damage.
+            p.rule = KEPT
             return (TRAILING, f.rect, 'the wire kept the pixels from '
                     'before frame %d at %s where the guest hashed others '
                     '(%s): redrawn after the refresh, or a draw that did '
@@ -596,8 +637,15 @@ class Verifier:
         seen = np.zeros(f.mask.shape, dtype=bool)
         for snap in p.later:
             seen |= ~_rgb_diff(p.pixels[r], snap.pixels[r])
-        if not seen[f.mask].all():
-            life = self._lifetime(p.state.t, f.rect, f.mask & ~seen)
+        # Where the wire kept the pixels from before frame n: the rule
+        # above, for part of the change (the trailing cursor of a repaint
+        # beside the next frame's drawing, arrived in pieces).
+        kept = np.zeros(f.mask.shape, dtype=bool)
+        if f.later and e is not None and e.pixels.shape == p.pixels.shape:
+            kept = ~_rgb_diff(p.pixels[r], e.pixels[r]) & ~seen
+        if not (seen | kept)[f.mask].all():
+            life = self._lifetime(p.state.t, f.rect,
+                                  f.mask & ~(seen | kept))
             if life is not None and life[1] <= DRAWING_PAUSE:
                 return (TORN, f.rect, 'the wire showed pixels at %s that '
                         'no verified frame holds, for %.3f s until drawn '
@@ -610,6 +658,12 @@ class Verifier:
                         f.rect, 'the rest of the capture' if life is None
                         else '%.3f s (a pause of %.3f s without a draw)' %
                         life, _source(f)))
+        if kept[f.mask].any():
+            return (TORN, f.rect, 'the wire showed at %s the guest\'s next '
+                    'drawing in part (a later frame shows it) and kept the '
+                    'pixels from before frame %d where it had not arrived '
+                    '(with %s the hash matches): a refresh caught between '
+                    'two pieces of an update' % (f.rect, n, _source(f)))
         if not f.later:
             return (TORN, f.rect, 'drawn after the refresh at %s, caught '
                     'before the QR was redrawn (with %s the hash matches; '
