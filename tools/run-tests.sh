@@ -50,13 +50,15 @@ OPENSTACK=${KTP_SETUP_OPENSTACK:-1}
 if [ "$OPENSTACK" != 0 ]; then
     step openstack-job "$VENV/bin/tox" -e openstack
 fi
+# --durations: the slowest tests of every run, for the time budget
+# (docs/plans/fast-feedback.md); printed before the closing summary.
 step pytest "$VENV/bin/python" -m pytest -q -p no:cacheprovider \
-    -m "not openstack" "$@"
+    --durations=25 -m "not openstack" "$@"
 # Apart, so that the cloud the `openstack` tests share (one bring-up,
 # conftest.openstack_cloud) is not running under the rest of the suite.
 if [ "$OPENSTACK" != 0 ]; then
     step pytest-openstack "$VENV/bin/python" -m pytest -q \
-        -p no:cacheprovider -m openstack "$@"
+        -p no:cacheprovider --durations=10 -m openstack "$@"
 fi
 
 if [ ${#failed[@]} -ne 0 ]; then
