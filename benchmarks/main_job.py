@@ -25,8 +25,14 @@ each with the load beside it.
 Holds the machine lock (/tmp/ktp-machine.lock, fcntl.flock) while it
 runs; `--no-lock` when the caller holds it.
 
+With `--routes-at-once`, the tox runs are restore on with the routes one
+after the other against both at once (KTP_ROUTES_AT_ONCE=1), `--rounds`
+times, alternating which goes first; `--regex sextant` times the whole
+job (the nine promise tests too).
+
     python3 benchmarks/main_job.py [--routes kerbside direct]
-        [--tox] [--workers 1 2] [--out DIR] [--no-lock]
+        [--tox | --tox-only] [--workers 1 2] [--routes-at-once]
+        [--rounds N] [--regex sextant] [--out DIR] [--no-lock]
 """
 
 import argparse
@@ -252,13 +258,16 @@ def table(per_route):
     return lines
 
 
-def run_tox(restore, workers, out, log):
-    env = dict(os.environ, KTP_REGEX='test_sextant_scenario',
+def run_tox(restore, workers, out, log, at_once=False,
+            regex='test_sextant_scenario'):
+    env = dict(os.environ, KTP_REGEX=regex,
                KTP_GUEST_RESTORE='1' if restore else '0',
                KTP_LANE_PER_WORKER='1' if restore else '0',
                KTP_CONCURRENCY=str(workers),
-               KTP_ARTIFACTS=os.path.join(out, 'tox-%s-w%d' % (
-                   'new' if restore else 'old', workers)))
+               KTP_ROUTES_AT_ONCE='1' if at_once else '0',
+               KTP_ARTIFACTS=os.path.join(out, 'tox-%s-w%d%s-%s' % (
+                   'new' if restore else 'old', workers,
+                   '-at-once' if at_once else '', regex)))
     logf = env['KTP_ARTIFACTS'] + '.log'
     before = load1()
     t = time.monotonic()
@@ -267,10 +276,12 @@ def run_tox(restore, workers, out, log):
                               '-e', 'direct-qemu'], cwd=REPO, env=env,
                              stdout=f, stderr=subprocess.STDOUT)
     wall = time.monotonic() - t
-    log('  tox restore=%d workers=%d: rc %d, %.1f s (load %.2f at start, '
-        '%.2f at end), log %s' % (restore, workers, rc, wall, before,
-                                  load1(), logf))
-    return {'restore': restore, 'workers': workers, 'rc': rc, 'wall_s': wall,
+    log('  tox restore=%d workers=%d routes at once=%d regex=%s: rc %d, '
+        '%.1f s (load %.2f at start, %.2f at end), log %s' % (
+            restore, workers, at_once, regex, rc, wall, before, load1(),
+            logf))
+    return {'restore': restore, 'workers': workers, 'at_once': at_once,
+            'regex': regex, 'rc': rc, 'wall_s': wall,
             'load1_start': before, 'load1_end': load1(), 'log': logf}
 
 
@@ -287,6 +298,14 @@ def main(argv=None):
     p.add_argument('--tox-only', action='store_true',
                    help='only the tox runs')
     p.add_argument('--workers', nargs='+', type=int, default=[1])
+    p.add_argument('--routes-at-once', action='store_true',
+                   help='the tox runs: restore on, the routes one after '
+                   'the other against at once (KTP_ROUTES_AT_ONCE), '
+                   'alternating which goes first, --rounds times')
+    p.add_argument('--rounds', type=int, default=1)
+    p.add_argument('--regex', default='test_sextant_scenario',
+                   help='KTP_REGEX of the tox runs (sextant: the whole '
+                   'job, promise tests too)')
     p.add_argument('--no-lock', action='store_true',
                    help='the caller already holds %s' % LOCK)
     args = p.parse_args(argv)
@@ -362,14 +381,23 @@ def _run(args, out):
     if args.tox or args.tox_only:
         report['tox'] = []
         for workers in args.workers:
-            for restore in (False, True):
-                report['tox'].append(run_tox(restore, workers, out, log))
-        log('tox -e direct-qemu, the eight tests (KTP_REGEX='
-            'test_sextant_scenario):')
+            for k in range(args.rounds):
+                if args.routes_at_once:
+                    pairs = [(True, False), (True, True)]
+                else:
+                    pairs = [(False, False), (True, False)]
+                for restore, at_once in (pairs if k % 2 == 0
+                                         else pairs[::-1]):
+                    report['tox'].append(run_tox(
+                        restore, workers, out, log, at_once=at_once,
+                        regex=args.regex))
+        log('tox -e direct-qemu (KTP_REGEX=%s):' % args.regex)
         for t in report['tox']:
-            log('  workers %d %-4s rc %d  %.1f s @%.1f (load at end %.1f)' % (
-                t['workers'], 'new' if t['restore'] else 'old', t['rc'],
-                t['wall_s'], t['load1_start'], t['load1_end']))
+            log('  workers %d %-4s %-13s rc %d  %.1f s @%.1f (load at end '
+                '%.1f)' % (t['workers'], 'new' if t['restore'] else 'old',
+                           'routes at once' if t['at_once'] else 'in turn',
+                           t['rc'], t['wall_s'], t['load1_start'],
+                           t['load1_end']))
     with open(os.path.join(out, 'main_job.json'), 'w') as f:
         json.dump(report, f, indent=1, sort_keys=True, default=str)
     log('figures: %s' % os.path.join(out, 'main_job.json'))

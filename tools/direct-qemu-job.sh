@@ -14,6 +14,8 @@
 #      or with KTP_CONCURRENCY=N (N >= 2) on N workers (`--concurrency N`);
 #      the tests are two classes of two, each class with its own lane, so
 #      N = 2 gives each worker one lane (docs/plans/soak-and-concurrency.md);
+#      KTP_ROUTES_AT_ONCE=1 runs the routes at the same time instead of
+#      one after the other;
 #   4. a teardown safety net over every lane the tests started;
 #   5. the verdicts and the artifact directory; non-zero exit on failure,
 #      including when the tests were skipped.
@@ -136,22 +138,63 @@ run_tests() {  # workspace [tempest run arguments]
     fi
 }
 
-declare -A rc
-for route in $ROUTES; do
-    ktp_stopping && break
-    ws=$OUT/$route
-    "$TEMPEST" init --name "ktp-$STAMP-$route" \
+init_route() {  # route: its tempest workspace and tempest.conf
+    local ws=$OUT/$1
+    "$TEMPEST" init --name "ktp-$STAMP-$1" \
         --workspace-path "$OUT/workspace.yaml" "$ws" \
-        >"$OUT/tempest-init-$route.log" 2>&1 \
-        || { cat "$OUT/tempest-init-$route.log"; die "tempest init failed"; }
-    write_conf "$route" "$ws"
+        >"$OUT/tempest-init-$1.log" 2>&1 \
+        || { cat "$OUT/tempest-init-$1.log"; die "tempest init failed"; }
+    write_conf "$1" "$ws"
     mkdir -p "$ws/lock" "$ws/artifacts"
-    log "route $route: $RUNNER ${WORKERS[*]}, workspace $ws"
+}
+
+# KTP_ROUTES_AT_ONCE=1: every route's runner at the same time, each with
+# its own lane(s), its output in OUT/tempest-ROUTE.out (printed when all
+# are done) and its exit status in OUT/rc-ROUTE. Off by default: the
+# routes then share the two cores (docs/plans/fast-feedback.md).
+AT_ONCE=${KTP_ROUTES_AT_ONCE:-0}
+case $AT_ONCE in 0|1) ;; *)
+    die "KTP_ROUTES_AT_ONCE must be 0 or 1, not '$AT_ONCE'";; esac
+all_routes() {  # [tempest run arguments]
+    local route pids=()
+    for route in $ROUTES; do
+        ( t0=$SECONDS
+          run_tests "$OUT/$route" "$@" >"$OUT/tempest-$route.out" 2>&1
+          echo $? >"$OUT/rc-$route"
+          echo $((SECONDS - t0)) >"$OUT/seconds-$route" ) &
+        pids+=($!)
+    done
+    wait "${pids[@]}"
+}
+
+declare -A rc
+if [ "$AT_ONCE" = 1 ]; then
+    for route in $ROUTES; do init_route "$route"; done
+    log "routes $ROUTES at once: $RUNNER ${WORKERS[*]} each," \
+        "workspaces under $OUT"
     t0=$SECONDS
-    ktp_run run_tests "$ws" "$@"
-    rc[$route]=$?
-    log "route $route: $RUNNER exited ${rc[$route]} after $((SECONDS - t0)) s"
-done
+    ktp_run all_routes "$@"
+    for route in $ROUTES; do
+        echo "---- route $route: $RUNNER output"
+        cat "$OUT/tempest-$route.out" 2>/dev/null
+        rc[$route]=$(cat "$OUT/rc-$route" 2>/dev/null || echo 1)
+        log "route $route: $RUNNER exited ${rc[$route]} after" \
+            "$(cat "$OUT/seconds-$route" 2>/dev/null || echo '?') s"
+    done
+    log "routes at once: $((SECONDS - t0)) s in all"
+else
+    for route in $ROUTES; do
+        ktp_stopping && break
+        init_route "$route"
+        ws=$OUT/$route
+        log "route $route: $RUNNER ${WORKERS[*]}, workspace $ws"
+        t0=$SECONDS
+        ktp_run run_tests "$ws" "$@"
+        rc[$route]=$?
+        log "route $route: $RUNNER exited ${rc[$route]} after" \
+            "$((SECONDS - t0)) s"
+    done
+fi
 
 # -- 4. teardown safety net --------------------------------------------
 # The test classes tear their lanes down; this catches a runner that died

@@ -417,7 +417,7 @@ def test_a_tempest_worker_tears_its_lane_down_before_it_dies(tmp_path, sig):
 
 # -- 2. the job --------------------------------------------------------------
 
-def _job(tmp_path, how):
+def _job(tmp_path, how, **extra_env):
     """Start the job as `how` says: 'script' (bash tools/direct-qemu-job.sh,
     as tox runs it) or 'tox' (`tox -e direct-qemu`, its env under the
     test's directory). In a session of its own: its process group is the
@@ -428,6 +428,7 @@ def _job(tmp_path, how):
     log = str(tmp_path / 'job.log')
     env = dict(os.environ, KTP_ROUTE='kerbside', KTP_REGEX=CANONICAL,
                KTP_ARTIFACTS=out)
+    env.update(extra_env)
     for name in ('TOX_ENV_NAME', 'PYTHON', 'VIRTUAL_ENV'):
         env.pop(name, None)
     if how == 'tox':
@@ -477,6 +478,49 @@ def test_the_job_tears_its_lanes_down_before_it_exits(tmp_path, sig, group):
     assert os.path.exists(os.path.join(workdir, 'job-down.log'))
     print('direct-qemu job, %s%s: lane down and the job gone %.2f s after '
           'the signal' % (name, ' to its group' if group else '', took))
+
+
+def test_the_job_with_its_routes_at_once_tears_every_lane_down(tmp_path):
+    # KTP_ROUTES_AT_ONCE=1: both routes' tempest at the same time; SIGTERM
+    # to the job reaches both, each lane goes down before the job exits.
+    job, log, lanes = _job(tmp_path, 'script', KTP_ROUTE='kerbside direct',
+                           KTP_ROUTES_AT_ONCE='1')
+    arts = os.path.join(lanes.split(os.sep + os.path.join(
+        'kerbside', 'artifacts', 'lanes'))[0], 'direct', 'artifacts')
+    direct = os.path.join(arts, 'lanes', '*')
+    try:
+        workdir, ports, _ = _when_lane_runs(lanes, job, log)
+        # the direct route's test has begun (its artifact directory: the
+        # guest boots next), while the kerbside one runs
+        deadline = time.monotonic() + 60
+        while not glob.glob(os.path.join(arts, '*-sextant-*')):
+            assert time.monotonic() < deadline and job.poll() is None, (
+                'the direct route\'s test did not begin within 60 s of the '
+                'kerbside lane: %s' % _tail(log, 3000))
+            time.sleep(0.1)
+        time.sleep(1)
+        tree = _tree(job.pid)
+        job.send_signal(signal.SIGTERM)
+        took = _wait_exit(job, EXIT_DEADLINE, 'the job', log)
+        _assert_none_left(tree)
+        _assert_down_at_exit(workdir, ports)
+        for other in glob.glob(direct):
+            assert (lane_mod.load_state(other) or {}).get('state') == \
+                'down', other
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+            job.wait(10)
+        _cleanup(lanes)
+        _cleanup(direct)
+    text = _tail(log, 50000)
+    assert job.returncode == 128 + signal.SIGTERM, (job.returncode,
+                                                    text[-3000:])
+    assert 'routes kerbside direct at once' in text, text
+    assert 'received: tearing down the kerbside lane of SextantScenarioTest' \
+        in text, text
+    print('direct-qemu job, routes at once, SIGTERM: both lanes down and '
+          'the job gone %.2f s after the signal' % took)
 
 
 def test_tox_sigterm_to_tox_alone_still_takes_the_lane_down(tmp_path):
