@@ -558,8 +558,9 @@ class Verifier:
             if verdict is None:
                 continue
             drawn = [q for q, w in verdicts[i + 1:] if w is not None and
-                     w[0] != DAMAGED and q.rule != LATER_SCREEN]
-            if verdict[0] == DAMAGED and p.rule == MISSING and drawn:
+                     w[0] != DAMAGED and q.rule != LATER_SCREEN] \
+                if p.rule == MISSING else []
+            if drawn:
                 # The QR arrived before the frame's own drawing, which a
                 # later state of the same frame shows, explained by the
                 # frame's own hash (not by the next frame's screen: that
@@ -622,8 +623,12 @@ class Verifier:
         if f is None:
             return None
         r = f.rect.slices
-        if f.later and e is not None and e.pixels.shape == p.pixels.shape \
-                and not _rgb_diff(p.pixels[r], e.pixels[r])[f.mask].any():
+        # Where the wire still has the pixels from before frame n (only
+        # asked when the guest's pixels came from a later screen or black)
+        kept = np.zeros(f.mask.shape, dtype=bool)
+        if f.later and e is not None and e.pixels.shape == p.pixels.shape:
+            kept = ~_rgb_diff(p.pixels[r], e.pixels[r])
+        if kept[f.mask].all():
             # The wire kept its pixels there; the guest hashed others. A
             # dropped draw looks so, and so does the cursor the guest
             # redraws without a refresh after a repaint (contract §7
@@ -637,12 +642,10 @@ class Verifier:
         seen = np.zeros(f.mask.shape, dtype=bool)
         for snap in p.later:
             seen |= ~_rgb_diff(p.pixels[r], snap.pixels[r])
-        # Where the wire kept the pixels from before frame n: the rule
-        # above, for part of the change (the trailing cursor of a repaint
-        # beside the next frame's drawing, arrived in pieces).
-        kept = np.zeros(f.mask.shape, dtype=bool)
-        if f.later and e is not None and e.pixels.shape == p.pixels.shape:
-            kept = ~_rgb_diff(p.pixels[r], e.pixels[r]) & ~seen
+        # The rule above for part of the change: kept pixels beside ones
+        # a later frame shows (the trailing cursor of a repaint beside
+        # the next frame's drawing, arrived in pieces).
+        kept &= ~seen
         if not (seen | kept)[f.mask].all():
             life = self._lifetime(p.state.t, f.rect,
                                   f.mask & ~(seen | kept))
