@@ -380,12 +380,11 @@ def _run(args, out):
         report['oracles'] = comparisons
     if args.tox or args.tox_only:
         report['tox'] = []
+        # (restore, routes at once): what is compared, old against new
+        pairs = [(True, False), (True, True)] if args.routes_at_once \
+            else [(False, False), (True, False)]
         for workers in args.workers:
             for k in range(args.rounds):
-                if args.routes_at_once:
-                    pairs = [(True, False), (True, True)]
-                else:
-                    pairs = [(False, False), (True, False)]
                 for restore, at_once in (pairs if k % 2 == 0
                                          else pairs[::-1]):
                     report['tox'].append(run_tox(
