@@ -12,6 +12,28 @@ import pytest
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
+def raised_in_threads(target, n):
+    """Call target(i) for i in range(n), each in a thread of its own, all
+    at once; returns what they raised (a test of writers at once asserts
+    it is empty).
+    """
+    import threading
+    raised = []
+
+    def run(i):
+        try:
+            target(i)
+        except Exception as e:      # noqa: BLE001 (returned)
+            raised.append(e)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return raised
+
+
 def _run_dirs(pattern):
     return set(glob.glob(os.path.join(tempfile.gettempdir(), pattern)))
 

@@ -7,31 +7,22 @@ whole file.
 import json
 import os
 import stat
-import threading
 
 from kerbside_tempest_plugin.common import atomic
 from kerbside_tempest_plugin.common import secrets
+from unit_tests import conftest
 
 
 def test_writers_at_once_leave_one_whole_file(tmp_path):
     path = str(tmp_path / 'lane.json')
-    errors = []
 
     def write(n):
-        try:
-            for i in range(200):
-                atomic.write_json(path, {'writer': n, 'pad': 'x' * (
-                    (n * 997 + i * 31) % 3000)})
-                with open(path) as f:
-                    json.load(f)
-        except Exception as e:      # noqa: BLE001 (reported below)
-            errors.append(e)
-    threads = [threading.Thread(target=write, args=(n,)) for n in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
+        for i in range(200):
+            atomic.write_json(path, {'writer': n, 'pad': 'x' * (
+                (n * 997 + i * 31) % 3000)})
+            with open(path) as f:
+                json.load(f)
+    assert conftest.raised_in_threads(write, 4) == []
     assert json.load(open(path))['writer'] in range(4)
     assert [p for p in os.listdir(tmp_path) if p.endswith('.tmp')] == []
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o644

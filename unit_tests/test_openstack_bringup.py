@@ -17,6 +17,7 @@ from kerbside_tempest_plugin.lane.openstack import config
 from kerbside_tempest_plugin.lane.openstack import keystone
 from kerbside_tempest_plugin.lane.openstack import services as svc
 from kerbside_tempest_plugin.lane import procs
+from unit_tests import conftest
 from unit_tests.test_openstack_lane_units import _layout
 from unit_tests.test_openstack_lane_units import _parse_ini as _ini
 
@@ -60,24 +61,16 @@ def test_serialised_registry_keeps_every_record_from_many_threads(
         procs.ProcessRegistry(str(tmp_path / 'processes.json')))
     assert svc.serialise_registry(registry) is registry
     barrier = threading.Barrier(8)
-    failures = []
 
     def add(i):
         barrier.wait()
         for j in range(25):
-            try:
-                # Our own pid: a real, live process for proc_info().
-                registry.add('t%d-%d' % (i, j), 10 ** 6 + i * 100 + j,
-                             argv=['x'])
-            except Exception as e:  # the file collision this prevents
-                failures.append(e)
+            # Our own pid: a real, live process for proc_info().
+            registry.add('t%d-%d' % (i, j), 10 ** 6 + i * 100 + j,
+                         argv=['x'])
 
-    threads = [threading.Thread(target=add, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert failures == []
+    # what they raise: the file collision this prevents
+    assert conftest.raised_in_threads(add, 8) == []
     assert len(registry.records) == 200
     again = procs.ProcessRegistry(str(tmp_path / 'processes.json'))
     assert len(again.records) == 200
